@@ -1,0 +1,56 @@
+"""hfcn-bench packaging. Imports no torch: the C++/CUDA extension is JIT-compiled on first use
+(hfcn_bench/ops/_extension.py), so the sources in csrc/ ship with the package as data."""
+
+import shutil
+from pathlib import Path
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+
+
+class BuildPyWithSources(build_py):
+    """Copy csrc/ into the built package as hfcn_bench/_csrc, so a non-editable install can
+    still JIT-compile the extension (an editable install reads csrc/ in the checkout)."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "hfcn_bench" / "_csrc"
+        target.mkdir(parents=True, exist_ok=True)
+        for src in sorted((HERE / "csrc").iterdir()):
+            if src.suffix in (".h", ".cpp", ".cu"):
+                shutil.copy2(src, target / src.name)
+
+
+setup(
+    name="hfcn-bench",
+    version="0.1.0",
+    description=(
+        "Hybrid Feature Cropping Network (HFCN) for thyroid nodule ultrasound classification: "
+        "a fused C++/CUDA crop+resize op, models, DDTI data tools and a benchmark harness"
+    ),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hfcn_bench", "hfcn_bench.*"]),
+    cmdclass={"build_py": BuildPyWithSources},
+    install_requires=[
+        "torch>=2.4",
+        "ninja",
+        "pybind11",
+        "numpy",
+        "lxml",
+        "pillow",
+        "rich",
+        # Figures (speed bars, ROC curves, alpha sweeps) are written as PNG with matplotlib's
+        # headless Agg backend: a maintained plotting library beats hand-drawn PIL charts.
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        # Optional peers and backbones: roi_align/grid_sample timing peers, VGG/ResNet/Inception.
+        "vision": ["torchvision"],
+    },
+    entry_points={"console_scripts": ["hfcn-bench=hfcn_bench.cli:main"]},
+)
