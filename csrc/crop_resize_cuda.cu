@@ -5,7 +5,7 @@
 // ones the CPU kernels' tables are built from.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -77,7 +77,7 @@ at::Tensor crop_resize_cuda(const at::Tensor& x_in, const at::Tensor& boxes_in, 
   at::Tensor y = at::empty({B, N, C, out_h, out_w}, x.options());
   const int64_t total = y.numel();
   if (total == 0) return y;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "crop_resize_cuda", [&] {
     forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), boxes.data_ptr<int64_t>(), y.data_ptr<scalar_t>(), total, N, C, H,
@@ -98,7 +98,7 @@ at::Tensor crop_resize_backward_cuda(const at::Tensor& grad_in, const at::Tensor
   const int64_t total = gx.numel();
   if (total == 0) return gx;
   if (g.numel() == 0) return gx.zero_();
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "crop_resize_backward_cuda", [&] {
     backward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
         g.data_ptr<scalar_t>(), boxes.data_ptr<int64_t>(), gx.data_ptr<scalar_t>(), total, N, C,

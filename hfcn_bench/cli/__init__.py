@@ -1,0 +1,61 @@
+"""``hfcn-bench`` command line. Each sub-command lives in a module of this package that exposes
+``register(subparsers)``; handlers return an exit code. Known errors (``HfcnError`` and bad
+input: ``ValueError``, ``FileNotFoundError``, ``TypeError``, ``KeyError``) become one red line
+with a hint; the traceback is shown only with ``--debug``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from ..errors import HfcnError
+
+__all__ = ["main", "build_parser"]
+
+# Sub-command modules, in the order --help lists them.
+_COMMAND_MODULES = ("build",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="hfcn-bench",
+        description="Hybrid Feature Cropping Network (HFCN) for thyroid nodule ultrasound: "
+        "fused crop+resize op, DDTI data tools, training and benchmark reports.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None, console: Console | None = None) -> int:
+    """Entry point of ``hfcn-bench``; ``console`` lets tests capture the output."""
+    console = console or Console()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args, console) or 0)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]")
+        return 130
+    except (HfcnError, ValueError, FileNotFoundError, TypeError, KeyError) as exc:
+        if args.debug:
+            raise
+        hint = getattr(exc, "hint", None)
+        msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0]) if exc.args else repr(exc)
+        console.print(f"[bold red]error:[/bold red] {msg}", highlight=False, markup=True)
+        if hint:
+            console.print(f"[yellow]hint:[/yellow] {hint}", highlight=False)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
