@@ -219,7 +219,7 @@ def _random_scores(data):
     return y, p / levels
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.data())
 def test_against_sklearn_ranking(data):
     skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is only a test cross-check")
@@ -259,7 +259,7 @@ def test_against_sklearn_larger_random(seed):
     assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((prec, rec, f1))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.data(), st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 1.1]))
 def test_against_sklearn_confusion(data, threshold):
     skm = pytest.importorskip("sklearn.metrics", reason="scikit-learn is only a test cross-check")
