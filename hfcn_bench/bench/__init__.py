@@ -1,0 +1,1 @@
+"""Benchmark harness: timing and memory measurement, report building and figures."""
