@@ -1,0 +1,36 @@
+"""HFCN models: backbones, the hybrid global + feature-cropping network and its baselines, and
+the class-weighted loss (Song et al., IEEE Access 8:64064-64074, 2020).
+
+>>> m = build_model(backbone="paper", crop="bfc", alpha=0.6, branch_weight=0.5)   # doctest: +SKIP
+>>> out = m(images)                     # images [B, 3, 224, 224]                  # doctest: +SKIP
+>>> loss = hfcn_loss(out, labels)       # w_malignant=3, w_benign=2                # doctest: +SKIP
+"""
+
+from .backbones import (
+    ModelConfigError,
+    PaperBackbone,
+    Xception,
+    available_backbones,
+    build_backbone,
+    feature_shape,
+    load_backbone_weights,
+)
+from .hfcn import CROP_IMPLS, CROP_MODES, HFCN, HFCNConfig, HFCNOutput, build_model
+from .loss import hfcn_loss
+
+__all__ = [
+    "CROP_IMPLS",
+    "CROP_MODES",
+    "HFCN",
+    "HFCNConfig",
+    "HFCNOutput",
+    "ModelConfigError",
+    "PaperBackbone",
+    "Xception",
+    "available_backbones",
+    "build_backbone",
+    "build_model",
+    "feature_shape",
+    "hfcn_loss",
+    "load_backbone_weights",
+]

@@ -1,0 +1,391 @@
+"""The Hybrid Feature Cropping Network (HFCN) and its baselines.
+
+Song R., Zhang L., Zhu C., Liu J., Yang J., Zhang T., "Thyroid nodule ultrasound image
+classification through hybrid feature cropping network", IEEE Access 8:64064-64074, 2020.
+
+One backbone computes the feature map ``F (Tensor[B, C, h, w])`` once per image. Two branches
+share one classifier (flatten -> dropout 0.5 -> FC 512 -> ReLU -> dropout 0.5 -> FC 2):
+
+- the *global* branch classifies ``F`` itself: ``P_G = softmax(head(F))``;
+- the *feature-cropping* branch cuts ``F`` into N windows of ``alpha*h x alpha*w``, resizes each
+  back to ``h x w`` (bilinear; the paper's "upsampling") so that the same classifier applies, and
+  averages the N softmax outputs: ``P_C = mean_n softmax(head(crop_n(F)))``. The windows are the
+  paper's boundary feature cropping (BFC: four corners + centre) or random feature cropping
+  (RFC: random positions, the same for the whole batch).
+
+The prediction fuses both (eq. 1): ``P = w * P_G + (1 - w) * P_C``.
+
+Two baselines share the code: ``crop="none"`` (global branch only, ``P = P_G``) and
+``crop="image"``, the image-level multi-crop of AlexNet/VGG/GoogLeNet that the paper argues
+against: it crops the *input image* into the BFC windows, resizes each crop to the input size
+and runs the backbone once per crop (N + 1 backbone passes instead of one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from .backbones import (
+    ModelConfigError,
+    build_backbone,
+    check_backbone_name,
+    feature_shape,
+)
+
+__all__ = ["CROP_MODES", "CROP_IMPLS", "HFCN", "HFCNConfig", "HFCNOutput", "build_model"]
+
+CROP_MODES = ("none", "bfc", "rfc", "image")
+CROP_IMPLS = ("fused", "naive")
+
+# BFC: the four corner windows the paper's stride formula gives, plus the centre window.
+BFC_NUM_CROPS = 5
+
+
+@dataclass
+class HFCNConfig:
+    """Everything that defines an HFCN model (paper defaults).
+
+    Attributes:
+        backbone: feature extractor, one of :func:`available_backbones` ("paper" = Table 1).
+        crop: "none" (global branch only), "bfc", "rfc" (feature cropping) or "image"
+            (image-level multi-crop baseline).
+        alpha: window side as a fraction of the map (paper's best: 0.6, Table 3), in (0, 1].
+        branch_weight: ``w`` of eq. 1, the weight of the global branch, in [0, 1].
+        crop_impl: "fused" (the crop_resize op through its autograd.Function) or "naive"
+            (slicing + ``F.interpolate`` per window); numerically equivalent.
+        num_crops: windows per image for "rfc" (default 5); "bfc" and "image" always use 5.
+        seed: seed of the RFC window generator.
+        input_size: ``H`` or ``(H, W)`` the model is built for; fixes the feature-map size and so
+            the classifier's input size ``C*h*w``.
+        hidden: width of the classifier's hidden FC layer (512).
+        dropout: dropout probability before each FC layer (0.5).
+        num_classes: 2 (index 1 = malignant, the positive class).
+        weights: optional path of a local backbone state dict.
+        backbone_kwargs: options passed to the backbone builder (e.g. xception ``width``).
+    """
+
+    backbone: str = "paper"
+    crop: str = "bfc"
+    alpha: float = 0.6
+    branch_weight: float = 0.5
+    crop_impl: str = "fused"
+    num_crops: int | None = None
+    seed: int = 0
+    input_size: int | tuple[int, int] = 224
+    hidden: int = 512
+    dropout: float = 0.5
+    num_classes: int = 2
+    weights: str | None = None
+    backbone_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ModelConfigError` (an ``HfcnError`` and ``ValueError``) on a bad field."""
+        check_backbone_name(self.backbone)
+        if self.crop not in CROP_MODES:
+            raise ModelConfigError(f"unknown crop mode {self.crop!r}; known modes: {', '.join(CROP_MODES)}")
+        if self.crop_impl not in CROP_IMPLS:
+            raise ModelConfigError(f"unknown crop_impl {self.crop_impl!r}; known: {', '.join(CROP_IMPLS)}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha <= 1.0:
+            raise ModelConfigError(f"alpha must be in (0, 1], got {self.alpha!r}")
+        w = self.branch_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+            raise ModelConfigError(f"branch_weight must be in [0, 1], got {w!r}")
+        if self.num_crops is not None:
+            n = self.num_crops
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ModelConfigError(f"num_crops must be a positive integer, got {n!r}")
+            if self.crop in ("bfc", "image") and n != BFC_NUM_CROPS:
+                raise ModelConfigError(
+                    f"crop={self.crop!r} always uses the {BFC_NUM_CROPS} boundary windows "
+                    f"(4 corners + centre); num_crops={n} only applies to crop='rfc'"
+                )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ModelConfigError(f"seed must be an integer, got {self.seed!r}")
+        size = self.input_size
+        pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else None
+        if pair is None or len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
+            raise ModelConfigError(f"input_size must be a positive int or a pair (H, W), got {size!r}")
+        for name in ("hidden", "num_classes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ModelConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.num_classes < 2:
+            raise ModelConfigError(f"num_classes must be >= 2, got {self.num_classes}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ModelConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.weights is not None:
+            if not isinstance(self.weights, (str, os.PathLike)):
+                raise ModelConfigError(f"weights must be a file path or None, got {type(self.weights).__name__}")
+            self.weights = os.fspath(self.weights)
+        if not isinstance(self.backbone_kwargs, dict):
+            raise ModelConfigError(f"backbone_kwargs must be a dict, got {type(self.backbone_kwargs).__name__}")
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        s = self.input_size
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    @property
+    def n_crops(self) -> int:
+        """Windows per image of the cropping branch (0 for crop="none")."""
+        if self.crop == "none":
+            return 0
+        if self.crop == "rfc":
+            return self.num_crops or BFC_NUM_CROPS
+        return BFC_NUM_CROPS
+
+
+class HFCNOutput(NamedTuple):
+    """What :class:`HFCN` returns (a NamedTuple, so ``torch.compile`` handles it).
+
+    Attributes:
+        prob (Tensor[B, K]): fused probability ``P = w * P_G + (1 - w) * P_C`` (eq. 1);
+            ``P_G`` when crop="none". Column 1 = malignant.
+        global_prob (Tensor[B, K]): ``P_G``, softmax of the global branch.
+        crop_prob (Tensor[B, K] or None): ``P_C``, mean of the per-crop softmax.
+        crop_probs (Tensor[B, N, K] or None): per-crop softmax.
+        global_logits (Tensor[B, K]): logits of the global branch.
+        crop_logits (Tensor[B, N, K] or None): logits of every crop.
+        boxes (LongTensor[N, 4] or None): the windows used, ``(top, left, height, width)`` in
+            feature-map pixels (image pixels for crop="image").
+    """
+
+    prob: torch.Tensor
+    global_prob: torch.Tensor
+    crop_prob: torch.Tensor | None
+    crop_probs: torch.Tensor | None
+    global_logits: torch.Tensor
+    crop_logits: torch.Tensor | None
+    boxes: torch.Tensor | None
+
+
+def _crop_naive(x: torch.Tensor, rows: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
+    """Slicing + ``F.interpolate`` per window: ``[B, C, H, W] -> [B, N, C, oh, ow]``.
+
+    The same arithmetic as :func:`ops.crop_resize_reference` without its validation pass,
+    which reads the boxes back from the device (a host sync on CUDA) on every call; here the
+    windows are host integers already.
+    """
+    crops = [
+        F.interpolate(x[:, :, t : t + h, l : l + w], size=size, mode="bilinear", align_corners=False)
+        for t, l, h, w in rows
+    ]
+    return torch.stack(crops, dim=1)
+
+
+class HFCN(nn.Module):
+    """Hybrid Feature Cropping Network (Song et al. 2020), timm-style.
+
+    ``forward_features`` (backbone) -> ``crop_features`` (the cropping branch) ->
+    ``forward_head`` (the shared classifier) -> softmax and fusion.
+
+    Input ``x (Tensor[B, 3, H, W])`` must give the feature-map size the model was built for
+    (``config.input_size``; the classifier's first FC layer has ``C*h*w`` inputs). For the
+    paper backbone ``h = ceil(H/16)``: 224 -> 14; other rules in
+    :mod:`hfcn_bench.models.backbones`.
+
+    RFC windows come from the model's own ``torch.Generator`` seeded with ``config.seed``: a new
+    set (shared by the batch) on every forward, in training *and* evaluation (the paper averages
+    the crops at test time as well). Two models with the same seed draw the same sequence;
+    :meth:`reset_crop_generator` restarts it, e.g. before an evaluation, so that evaluation does
+    not depend on how many training steps ran before.
+    """
+
+    def __init__(self, config: HFCNConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.backbone = build_backbone(config.backbone, weights=config.weights, **config.backbone_kwargs)
+        H, W = config.input_hw
+        C, h, w = feature_shape(self.backbone, (H, W))
+        self.num_features = C
+        self.feature_hw = (h, w)
+        self.head = nn.Sequential(
+            nn.Flatten(1),
+            nn.Dropout(config.dropout),
+            nn.Linear(C * h * w, config.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, config.num_classes),
+        )
+        self.num_crops = config.n_crops
+        # BFC windows are fixed by (h, w, alpha): a non-persistent buffer, so they follow
+        # .to(device) and stay out of checkpoints.
+        if config.crop == "bfc":
+            boxes = ops.boundary_boxes(h, w, config.alpha)
+        elif config.crop == "image":
+            boxes = ops.boundary_boxes(H, W, config.alpha)
+        else:
+            boxes = torch.zeros((0, 4), dtype=torch.int64)
+        self.register_buffer("bfc_boxes", boxes, persistent=False)
+        self._box_rows = [tuple(r) for r in boxes.tolist()]
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(config.seed)
+        # Load (or build) the extension now, outside any torch.compile trace.
+        self._fused = config.crop_impl == "fused" and config.crop != "none" and ops.load_extension()
+        self._fused_cuda = self._fused and ops.backend() == "cuda"
+        self._warned_cuda = False
+
+    # ------------------------------------------------------------------ parts
+
+    @property
+    def crop_backend(self) -> str:
+        """What crops the maps: "none", "naive" or the op's backend ("cpp-cpu", "cuda", ...);
+        "reference" when crop_impl="fused" but the extension could not be built."""
+        if self.config.crop == "none":
+            return "none"
+        if self.config.crop_impl == "naive":
+            return "naive"
+        return ops.backend()
+
+    def reset_crop_generator(self, seed: int | None = None) -> None:
+        """Restart the RFC window sequence from ``seed`` (default: ``config.seed``)."""
+        self._generator.manual_seed(self.config.seed if seed is None else seed)
+
+    def next_boxes(self) -> torch.Tensor:
+        """The windows of the next forward, ``LongTensor[N, 4]`` on the CPU: the fixed BFC (or
+        image-level) windows, or a fresh RFC draw (advances the generator)."""
+        if self.config.crop == "rfc":
+            h, w = self.feature_hw
+            return ops.random_boxes(h, w, self.config.alpha, self.num_crops, generator=self._generator)
+        return self.bfc_boxes.cpu()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone: ``x (Tensor[B, 3, H, W]) -> Tensor[B, C, h, w]``."""
+        return self.backbone(x)
+
+    def crop_resize(self, x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int],
+                    rows: list | None = None) -> torch.Tensor:
+        """Crop every window and resize it to ``size``: ``[B, C, H, W] -> [B, N, C, oh, ow]``,
+        with the configured implementation. ``rows`` are ``boxes`` as host ints (optional)."""
+        if self._fused and (x.device.type == "cpu" or (x.is_cuda and self._fused_cuda)):
+            return ops.CropResizeFunction.apply(x, boxes.to(x.device), size[0], size[1])
+        if self._fused and not self._warned_cuda:
+            self._warned_cuda = True
+            warnings.warn(
+                f"crop_impl='fused' but the crop_resize extension has no kernels for {x.device}; "
+                "using slicing + F.interpolate instead (set HFCN_BUILD_CUDA=1 before the first use "
+                "to build the CUDA kernels)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return _crop_naive(x, rows if rows is not None else [tuple(r) for r in boxes.tolist()], size)
+
+    def crop_features(self, feat: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Feature-cropping branch: ``feat (Tensor[B, C, h, w]) -> Tensor[B, N, C, h, w]``, each
+        window resized back to the map size so the shared classifier applies. ``boxes``
+        (``LongTensor[N, 4]``) defaults to :meth:`next_boxes`."""
+        rows = None
+        if boxes is None:
+            if self.config.crop == "bfc":
+                boxes, rows = self.bfc_boxes, self._box_rows
+            else:
+                boxes = self.next_boxes()
+        return self.crop_resize(feat, boxes, tuple(feat.shape[-2:]), rows)
+
+    def forward_head(self, feat: torch.Tensor) -> torch.Tensor:
+        """Shared classifier: ``Tensor[M, C, h, w] -> logits Tensor[M, K]``."""
+        return self.head(feat)
+
+    # ------------------------------------------------------------------ forward
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ModelConfigError(f"HFCN expects images [B, 3, H, W], got shape {list(x.shape)}")
+
+    def _check_features(self, feat: torch.Tensor, x: torch.Tensor) -> None:
+        if tuple(feat.shape[-2:]) != self.feature_hw:
+            raise ModelConfigError(
+                f"a {x.shape[-2]}x{x.shape[-1]} input gives a {feat.shape[-2]}x{feat.shape[-1]} feature "
+                f"map, but this model was built for input_size={self.config.input_size} "
+                f"({self.feature_hw[0]}x{self.feature_hw[1]} maps; the classifier's input size depends on it)",
+                hint="resize the images or build the model with a matching input_size",
+            )
+
+    def _fuse(self, g_logits: torch.Tensor, c_logits: torch.Tensor | None, boxes) -> HFCNOutput:
+        p_g = g_logits.softmax(dim=-1)
+        if c_logits is None:
+            return HFCNOutput(p_g, p_g, None, None, g_logits, None, None)
+        p_n = c_logits.softmax(dim=-1)
+        p_c = p_n.mean(dim=1)
+        w = float(self.config.branch_weight)
+        return HFCNOutput(w * p_g + (1.0 - w) * p_c, p_g, p_c, p_n, g_logits, c_logits, boxes)
+
+    def forward(self, x: torch.Tensor) -> HFCNOutput:
+        """``x (Tensor[B, 3, H, W])`` -> :class:`HFCNOutput` (probabilities ``[B, K]``, per-crop
+        ``[B, N, K]``)."""
+        self._check_input(x)
+        B = x.shape[0]
+        crop = self.config.crop
+        if crop == "image":
+            return self._forward_image(x)
+        feat = self.forward_features(x)
+        self._check_features(feat, x)
+        if crop == "none":
+            return self._fuse(self.forward_head(feat), None, None)
+        if crop == "bfc":
+            boxes, rows = self.bfc_boxes, self._box_rows
+        else:
+            boxes, rows = self.next_boxes(), None
+        crops = self.crop_resize(feat, boxes, self.feature_hw, rows)
+        N = crops.shape[1]
+        # One classifier call for the map and its crops: the same weights, one GEMM.
+        logits = self.forward_head(torch.cat([feat, crops.flatten(0, 1)], dim=0))
+        return self._fuse(logits[:B], logits[B:].unflatten(0, (B, N)), boxes)
+
+    def _forward_image(self, x: torch.Tensor) -> HFCNOutput:
+        """Image-level multi-crop: the backbone runs on the image and on its N resized crops."""
+        B, _, H, W = x.shape
+        if (H, W) != self.config.input_hw:
+            raise ModelConfigError(
+                f"crop='image' model built for {self.config.input_hw[0]}x{self.config.input_hw[1]} "
+                f"images got {H}x{W}",
+                hint="resize the images or build the model with a matching input_size",
+            )
+        crops = self.crop_resize(x, self.bfc_boxes, (H, W), self._box_rows)  # [B, N, 3, H, W]
+        N = crops.shape[1]
+        # One backbone pass over image + crops: BatchNorm sees all of them, as it would if the
+        # crops were simply more training images.
+        feat = self.forward_features(torch.cat([x, crops.flatten(0, 1)], dim=0))
+        self._check_features(feat, x)
+        logits = self.forward_head(feat)
+        return self._fuse(logits[:B], logits[B:].unflatten(0, (B, N)), self.bfc_boxes)
+
+
+def build_model(config: HFCNConfig | None = None, /, **kwargs) -> HFCN:
+    """Build an :class:`HFCN` from a config, keyword fields, or both (keywords override).
+
+    Example::
+
+        m = build_model(backbone="paper", crop="bfc", alpha=0.6, branch_weight=0.5, crop_impl="fused")
+        out = m(images)       # images [B, 3, 224, 224]; out.prob [B, 2]
+
+    Raises :class:`ModelConfigError` on an unknown field or a bad value (the message lists the
+    known choices).
+    """
+    names = {f.name for f in dataclasses.fields(HFCNConfig)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ModelConfigError(
+            f"unknown model option(s) {unknown}; known options: {', '.join(sorted(names))}"
+        )
+    if config is None:
+        config = HFCNConfig(**kwargs)
+    elif not isinstance(config, HFCNConfig):
+        raise ModelConfigError(f"config must be an HFCNConfig, got {type(config).__name__}")
+    elif kwargs:
+        config = dataclasses.replace(config, **kwargs)
+    return HFCN(config)
+

@@ -1,0 +1,80 @@
+"""The HFCN training loss: class-weighted cross-entropy on the fused probability.
+
+Song et al., IEEE Access 8:64064-64074 (2020), eqs. 4-8: the loss is the cross-entropy of the
+*fused* prediction ``P = w * P_G + (1 - w) * P_C`` (not of each branch), each sample weighted by
+its class, malignant (the positive class, index 1) ``w_m = 3``, benign (index 0) ``w_b = 2``, and
+summed over the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .backbones import ModelConfigError
+from .hfcn import HFCNOutput
+
+__all__ = ["hfcn_loss"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def hfcn_loss(
+    out: HFCNOutput | torch.Tensor,
+    labels: torch.Tensor,
+    w_malignant: float = 3.0,
+    w_benign: float = 2.0,
+    reduction: str = "mean",
+    class_weights: Sequence[float] | None = None,
+    eps: float = 1e-7,
+) -> torch.Tensor:
+    """Class-weighted cross-entropy ``-w_{y_i} log P_i[y_i]`` of the fused probability (eqs. 7-8).
+
+    Args:
+        out: an :class:`HFCNOutput` (its ``prob`` is used) or probabilities ``Tensor[B, K]``.
+        labels (LongTensor[B]): class indices, 0 = benign, 1 = malignant.
+        w_malignant, w_benign: the paper's class weights (3 and 2).
+        reduction: "mean" (default): the *weighted* mean ``sum_i w_i l_i / sum_i w_i``, as
+            ``F.nll_loss`` computes it, so only the ratio ``w_malignant / w_benign`` matters and
+            the loss scale (hence the learning rate) does not depend on the weights; "sum": the
+            paper's sum over the batch, whose scale grows with the weights and the batch size;
+            "none": per-sample weighted losses ``[B]``.
+        class_weights: weights for all K classes, overriding ``w_benign``/``w_malignant`` (needed
+            when K != 2).
+        eps: ``P`` is clamped to ``[eps, 1]`` before the log: the fused probability is a mixture
+            of softmaxes, not a softmax, so no log-sum-exp form exists and a saturated softmax
+            could otherwise give ``log 0``.
+
+    Returns:
+        A scalar (``[B]`` with reduction="none").
+    """
+    prob = out.prob if isinstance(out, HFCNOutput) else out
+    if not isinstance(prob, torch.Tensor) or prob.dim() != 2:
+        raise ModelConfigError(
+            f"hfcn_loss expects HFCNOutput or probabilities [B, K], got "
+            f"{list(prob.shape) if isinstance(prob, torch.Tensor) else type(prob).__name__}"
+        )
+    if reduction not in _REDUCTIONS:
+        raise ModelConfigError(f"unknown reduction {reduction!r}; known: {', '.join(_REDUCTIONS)}")
+    K = prob.shape[1]
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise ModelConfigError("labels must be an integer tensor of class indices (0 = benign, 1 = malignant)")
+    if labels.shape != prob.shape[:1]:
+        raise ModelConfigError(f"labels must have shape [{prob.shape[0]}], got {list(labels.shape)}")
+    if class_weights is None:
+        if K != 2:
+            raise ModelConfigError(f"{K} classes: pass class_weights (one per class)")
+        class_weights = (w_benign, w_malignant)
+    weights = torch.as_tensor(class_weights, dtype=prob.dtype, device=prob.device)
+    if weights.shape != (K,) or bool((weights < 0).any()) or not bool(weights.sum() > 0):
+        raise ModelConfigError(
+            f"class weights must be {K} non-negative numbers, not all zero, got {list(class_weights)}"
+        )
+    if not torch.compiler.is_compiling() and labels.numel() > 0:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= K:
+            raise ModelConfigError(f"labels must be in [0, {K - 1}], got values from {lo} to {hi}")
+    log_p = prob.clamp(min=eps, max=1.0).log()
+    return F.nll_loss(log_p, labels.long(), weight=weights, reduction=reduction)
