@@ -1,0 +1,118 @@
+"""Data: DDTI reader, folder datasets, synthetic DDTI-format phantoms, case-level splits.
+
+Typical use::
+
+    from hfcn_bench.data import load_dataset, split_train_test, write_manifest, RoiDataset
+
+    ds = load_dataset("path/to/ddti/raw", label_rule="tirads")   # or a synthetic/folder dir
+    split = split_train_test(ds, test_fraction=0.25, seed=0)      # by case, stratified
+    write_manifest("runs/split.json", ds, split)
+    train_samples, test_samples = split.select(ds)
+    train = RoiDataset(train_samples, size=224, augment=True)     # (image[3,224,224], label, idx)
+
+Labels are TI-RADS proxies (no pathology in DDTI): see ``ddti.LABEL_RULES``; every sample
+carries its ``label_rule``. ``RoiDataset`` is imported lazily so that the readers (and
+``hfcn-bench data check``) do not import torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import HfcnError
+from .collection import BENIGN, LABEL_NAMES, MALIGNANT, CaseInfo, LoadedDataset, data_fingerprint
+from .ddti import LABEL_RULES, label_for, load_ddti, normalize_field, parse_case_xml, parse_svg
+from .folder import is_folder_dataset, load_folder
+from .report import WART_KINDS, DataWarning, LoadReport, RuleCounts, Wart
+from .rois import Sample, crop_roi, expand_box, load_roi, polygon_bbox
+from .splits import Manifest, Split, kfold, read_manifest, split_train_test, verify_manifest, write_manifest
+from .synthetic import write_synthetic_ddti
+
+__all__ = [
+    "BENIGN",
+    "MALIGNANT",
+    "LABEL_NAMES",
+    "LABEL_RULES",
+    "WART_KINDS",
+    "CaseInfo",
+    "DataWarning",
+    "LoadReport",
+    "LoadedDataset",
+    "Manifest",
+    "RoiDataset",
+    "RuleCounts",
+    "Sample",
+    "Split",
+    "Wart",
+    "crop_roi",
+    "data_fingerprint",
+    "default_synthetic_dir",
+    "detect_format",
+    "expand_box",
+    "kfold",
+    "label_for",
+    "load_dataset",
+    "load_ddti",
+    "load_folder",
+    "load_roi",
+    "normalize_field",
+    "parse_case_xml",
+    "parse_svg",
+    "polygon_bbox",
+    "read_manifest",
+    "split_train_test",
+    "verify_manifest",
+    "write_manifest",
+    "write_synthetic_ddti",
+]
+
+
+def default_synthetic_dir() -> Path:
+    """``data/synthetic`` of the checkout (git-ignored), where generated phantoms go by default."""
+    return Path(__file__).resolve().parents[2] / "data" / "synthetic"
+
+
+def detect_format(path: str | Path) -> str:
+    """``folder`` when ``path`` has benign/ or malignant/ sub-folders, else ``ddti``."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise HfcnError(f"{p} does not exist",
+                        hint="give a DDTI folder (raw/ with xml/ + raw_jpg/, or flat *.xml + *.jpg), a folder with "
+                        "benign/ and malignant/, or create phantoms with `hfcn-bench data synth --out DIR`")
+    if not p.is_dir():
+        raise HfcnError(f"{p} is not a directory")
+    return "folder" if is_folder_dataset(p) else "ddti"
+
+
+def load_dataset(
+    path: str | Path,
+    label_rule: str = "tirads",
+    margin: float = 0.0,
+    empty_outline: str = "skip",
+    truncated: str = "salvage",
+    verify_images: bool = True,
+    warn: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> LoadedDataset:
+    """Load DDTI-format data (real or synthetic) or a benign/malignant folder dataset.
+
+    The format is detected (``detect_format``). For the folder format the labels come from
+    the folders and ``label_rule``/``truncated`` do not apply (the rule is recorded as
+    ``folder``). See ``load_ddti`` for the arguments.
+    """
+    fmt = detect_format(path)
+    if fmt == "folder":
+        return load_folder(path, margin=margin, empty_outline=empty_outline, verify_images=verify_images,
+                           warn=warn, progress=progress)
+    return load_ddti(path, label_rule=label_rule, margin=margin, empty_outline=empty_outline, truncated=truncated,
+                     verify_images=verify_images, warn=warn, progress=progress)
+
+
+def __getattr__(name: str):
+    # torch is heavy to import; only the Dataset needs it.
+    if name == "RoiDataset":
+        from .dataset import RoiDataset
+
+        return RoiDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

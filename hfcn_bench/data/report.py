@@ -1,0 +1,161 @@
+"""The load report: what a loader found, counted, and every wart it met (once each).
+
+A *wart* is a defect in the input that the loader handled instead of crashing on: a case it
+skipped, an outline it salvaged, an image it dropped. Each wart names the file, says what was
+wrong and what was done about it, so a user can check the decision against the data.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["Wart", "WART_KINDS", "RuleCounts", "LoadReport", "DataWarning"]
+
+
+class DataWarning(UserWarning):
+    """Emitted once per load when the data had warts (details are in the report)."""
+
+
+# Every kind of wart a loader can record, with what it means. Kept in one place so the CLI,
+# the docs and the tests agree on the vocabulary.
+WART_KINDS: dict[str, str] = {
+    "malformed-xml": "the case XML does not parse; the whole case is skipped",
+    "truncated-outline": "the <svg> JSON is cut short; points before the cut are salvaged, or the mark is skipped",
+    "empty-outline": "a frame has no nodule outline; skipped, or used as a full-frame ROI",
+    "duplicate-outline": "the same outline twice in one frame; one copy is kept",
+    "short-outline": "a region has fewer than 3 points; it cannot bound a nodule and is ignored",
+    "duplicate-image": "byte-identical to an image already kept; this copy is dropped",
+    "missing-image": "the image a mark refers to does not exist; the frame is skipped",
+    "unreadable-image": "the image exists but cannot be decoded; the frame is skipped",
+    "unknown-value": "a clinical field or TI-RADS value outside the known vocabulary; treated as empty",
+    "case-number-mismatch": "<number> differs from the file name; the file name is used as case id",
+    "bad-mark": "a <mark> without a usable <image> index; skipped",
+    "orphan-image": "an image no case refers to; ignored",
+    "empty-mask": "a folder-format mask with no foreground; handled like an empty outline",
+    "unreadable-mask": "a folder-format mask that cannot be decoded; the image is used full-frame",
+}
+
+
+@dataclass(frozen=True)
+class Wart:
+    """One defect in the input and what the loader did about it.
+
+    ``file`` is the path relative to the dataset root (posix separators) so that reports are
+    comparable between machines; ``case``/``frame`` locate it when known.
+    """
+
+    kind: str
+    file: str
+    message: str
+    action: str
+    case: str | None = None
+    frame: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in WART_KINDS:
+            raise ValueError(f"unknown wart kind {self.kind!r}; known: {sorted(WART_KINDS)}")
+
+    @property
+    def key(self) -> tuple:
+        return (self.kind, self.file, self.case, self.frame)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RuleCounts:
+    """Label counts under one label rule, at three granularities.
+
+    ``excluded`` counts what the rule leaves out: unlabelled cases (empty TI-RADS) and, for
+    ``mccnn``, the 4a/4b cases it drops on purpose. Frames and ROIs are counted as they are
+    usable (after warts), before de-duplication, so they describe the data, not one run.
+    """
+
+    rule: str
+    cases: dict[str, int] = field(default_factory=lambda: {"benign": 0, "malignant": 0, "excluded": 0})
+    frames: dict[str, int] = field(default_factory=lambda: {"benign": 0, "malignant": 0, "excluded": 0})
+    rois: dict[str, int] = field(default_factory=lambda: {"benign": 0, "malignant": 0, "excluded": 0})
+
+    def to_dict(self) -> dict:
+        return {"rule": self.rule, "cases": dict(self.cases), "frames": dict(self.frames), "rois": dict(self.rois)}
+
+
+@dataclass
+class LoadReport:
+    """Counts and warts of one load. ``samples`` is the number of labelled ROIs the loader
+    returned under the active ``label_rule`` (after de-duplication); zero means nothing usable."""
+
+    root: str
+    format: str
+    label_rule: str
+    options: dict = field(default_factory=dict)
+    cases: int = 0
+    cases_skipped: int = 0
+    frames: int = 0
+    frames_usable: int = 0
+    outlines: int = 0
+    arrows: int = 0
+    dual_view_frames: int = 0
+    samples: int = 0
+    samples_by_label: dict[str, int] = field(default_factory=lambda: {"benign": 0, "malignant": 0})
+    sample_cases: int = 0
+    by_rule: dict[str, RuleCounts] = field(default_factory=dict)
+    warts: list[Wart] = field(default_factory=list)
+    _seen: set = field(default_factory=set, repr=False, compare=False)
+
+    def add(self, kind: str, file: str, message: str, action: str, case: str | None = None,
+            frame: int | None = None) -> bool:
+        """Record a wart unless the same (kind, file, case, frame) was already recorded, so
+        that a defect met twice (e.g. by two passes) is reported once. True if recorded."""
+        wart = Wart(kind, file, message, action, case, frame)
+        if wart.key in self._seen:
+            return False
+        self._seen.add(wart.key)
+        self.warts.append(wart)
+        return True
+
+    def wart_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(w.kind for w in self.warts).items()))
+
+    def warts_of(self, kind: str) -> list[Wart]:
+        return [w for w in self.warts if w.kind == kind]
+
+    @property
+    def usable(self) -> bool:
+        return self.samples > 0
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "format": self.format,
+            "label_rule": self.label_rule,
+            "options": dict(self.options),
+            "cases": self.cases,
+            "cases_skipped": self.cases_skipped,
+            "frames": self.frames,
+            "frames_usable": self.frames_usable,
+            "outlines": self.outlines,
+            "arrows": self.arrows,
+            "dual_view_frames": self.dual_view_frames,
+            "samples": self.samples,
+            "samples_by_label": dict(self.samples_by_label),
+            "sample_cases": self.sample_cases,
+            "by_rule": {k: v.to_dict() for k, v in self.by_rule.items()},
+            "wart_counts": self.wart_counts(),
+            "warts": [w.to_dict() for w in self.warts],
+        }
+
+    def warn_summary(self, stacklevel: int = 3) -> None:
+        """One ``DataWarning`` for the whole load (not one per wart: DDTI alone has ~20)."""
+        if not self.warts:
+            return
+        counts = ", ".join(f"{n} {k}" for k, n in self.wart_counts().items())
+        warnings.warn(
+            f"{self.root}: {len(self.warts)} data warts handled ({counts}); see the load report "
+            "(`.report.warts`, or `hfcn-bench data check`)",
+            DataWarning,
+            stacklevel=stacklevel,
+        )

@@ -1,0 +1,280 @@
+"""Case-level splits and the manifest that makes a run reproducible.
+
+Every split here assigns *cases* (patients), never frames or ROIs, so all images of one
+patient stay on one side: splitting by image leaks a patient's nodule across train and test
+and inflates every metric. Splits are stratified by case label and deterministic from the
+seed: a case's place in the shuffled order is sha256(seed, case id), which depends neither
+on the Python/numpy version nor on which other cases are present (adding a case does not
+reshuffle the rest).
+
+The paper (Song et al. 2020) uses a 3:1 train/test split; ``kfold`` gives stratified k-fold
+cross-validation. ``write_manifest`` stores the case ids of each side with the label rule,
+seed and data fingerprint, so another machine can check it has the same data and rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..errors import HfcnError
+from .collection import LABEL_NAMES, LoadedDataset
+from .rois import Sample
+
+__all__ = [
+    "Split",
+    "Manifest",
+    "case_labels",
+    "split_train_test",
+    "kfold",
+    "write_manifest",
+    "read_manifest",
+    "verify_manifest",
+    "write_json_atomic",
+    "MANIFEST_FORMAT",
+]
+
+MANIFEST_FORMAT = "hfcn-bench/split-manifest"
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Split:
+    """One train/test partition of case ids (``fold`` is set for k-fold splits)."""
+
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    method: str = "train_test"
+    seed: int = 0
+    params: dict = field(default_factory=dict, compare=False, hash=False)
+    fold: int | None = None
+
+    def indices(self, samples: Sequence[Sample] | LoadedDataset) -> tuple[list[int], list[int]]:
+        """Positions of the train and test samples in ``samples``."""
+        samples = _samples(samples)
+        tr, te = set(self.train), set(self.test)
+        return ([i for i, s in enumerate(samples) if s.case_id in tr],
+                [i for i, s in enumerate(samples) if s.case_id in te])
+
+    def select(self, samples: Sequence[Sample] | LoadedDataset) -> tuple[list[Sample], list[Sample]]:
+        """The train and test samples, in dataset order."""
+        samples = _samples(samples)
+        tr, te = self.indices(samples)
+        return [samples[i] for i in tr], [samples[i] for i in te]
+
+
+def _samples(samples) -> list[Sample]:
+    return list(samples.samples if isinstance(samples, LoadedDataset) else samples)
+
+
+def case_labels(samples: Iterable[Sample] | LoadedDataset) -> dict[str, int]:
+    """Label per case. A case whose ROIs disagree (possible only in the folder format with a
+    mislabelled duplicate case name) counts as malignant, the class a miss costs most."""
+    out: dict[str, int] = {}
+    for s in _samples(samples):
+        out[s.case_id] = max(out.get(s.case_id, s.label), s.label)
+    return out
+
+
+def _order_key(seed: int, case_id: str) -> str:
+    return hashlib.sha256(f"{int(seed)}\0{case_id}".encode("utf-8")).hexdigest()
+
+
+def _by_class(labels: dict[str, int], seed: int) -> dict[int, list[str]]:
+    groups: dict[int, list[str]] = defaultdict(list)
+    for cid, lab in labels.items():
+        groups[lab].append(cid)
+    return {lab: sorted(ids, key=lambda c: _order_key(seed, c)) for lab, ids in sorted(groups.items())}
+
+
+def split_train_test(samples: Sequence[Sample] | LoadedDataset, test_fraction: float = 0.25,
+                     seed: int = 0) -> Split:
+    """Stratified train/test split of the cases (default 3:1, as in the paper).
+
+    Each class sends ``round(n * test_fraction)`` of its cases to test, but at least one and
+    never all of them when it has two or more, so both sides see both classes."""
+    if not 0.0 < test_fraction < 1.0:
+        raise HfcnError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    labels = case_labels(samples)
+    if len(labels) < 2:
+        raise HfcnError(f"a train/test split needs at least 2 cases, got {len(labels)}")
+    train, test = [], []
+    for _, ids in _by_class(labels, seed).items():
+        n_test = int(round(len(ids) * test_fraction))
+        if len(ids) >= 2:
+            n_test = min(max(n_test, 1), len(ids) - 1)
+        test.extend(ids[:n_test])
+        train.extend(ids[n_test:])
+    return Split(tuple(sorted(train, key=_id_key)), tuple(sorted(test, key=_id_key)), "train_test", int(seed),
+                 {"test_fraction": float(test_fraction)})
+
+
+def kfold(samples: Sequence[Sample] | LoadedDataset, k: int = 5, seed: int = 0) -> list[Split]:
+    """Stratified k-fold over cases: every case is in exactly one test fold.
+
+    Cases of each class, in seeded order, are dealt round-robin to the folds, continuing
+    where the previous class stopped, so fold sizes differ by at most one case."""
+    labels = case_labels(samples)
+    if k < 2:
+        raise HfcnError(f"k must be >= 2, got {k}")
+    if k > len(labels):
+        raise HfcnError(f"k={k} folds need at least {k} cases, got {len(labels)}")
+    folds: list[list[str]] = [[] for _ in range(k)]
+    pos = 0
+    for lab, ids in _by_class(labels, seed).items():
+        if len(ids) < k:
+            warnings.warn(f"only {len(ids)} {LABEL_NAMES[lab]} case(s) for {k} folds: some test folds have none",
+                          stacklevel=2)
+        for cid in ids:
+            folds[pos % k].append(cid)
+            pos += 1
+    all_ids = sorted(labels, key=_id_key)
+    out = []
+    for i, test in enumerate(folds):
+        test_set = set(test)
+        out.append(Split(tuple(c for c in all_ids if c not in test_set), tuple(sorted(test, key=_id_key)), "kfold",
+                         int(seed), {"k": int(k)}, fold=i))
+    return out
+
+
+def _id_key(case_id: str):
+    return (0, int(case_id), "") if case_id.isdigit() else (1, 0, case_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest.
+
+
+@dataclass(frozen=True)
+class Manifest:
+    method: str
+    seed: int
+    params: dict
+    label_rule: str
+    fingerprint: str
+    data: dict
+    files: dict
+    splits: list[Split]
+
+
+def write_json_atomic(path: str | Path, obj) -> Path:
+    """Write JSON through a temporary file in the same folder + ``os.replace``, so a reader
+    (or a crash) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def write_manifest(path: str | Path, dataset: LoadedDataset, splits: Split | Sequence[Split]) -> Path:
+    """Write the split(s) of ``dataset`` as a JSON manifest (atomically).
+
+    Holds the case ids of each side, the label rule, the seed and split parameters, the
+    loader options and the data fingerprint with the per-file sha1s it was computed from, so
+    ``verify_manifest`` can name the files that changed."""
+    split_list = [splits] if isinstance(splits, Split) else list(splits)
+    if not split_list:
+        raise HfcnError("write_manifest: no split given")
+    methods = {(s.method, s.seed) for s in split_list}
+    if len(methods) != 1:
+        raise HfcnError(f"write_manifest: splits come from different methods/seeds: {sorted(methods)}")
+    labels = case_labels(dataset)
+    unknown = sorted({c for s in split_list for c in s.train + s.test} - set(labels))
+    if unknown:
+        raise HfcnError(f"write_manifest: {len(unknown)} case(s) of the split are not in the dataset: {unknown[:5]}")
+    first = split_list[0]
+    folds = []
+    for s in split_list:
+        tr, te = s.select(dataset)
+        folds.append({
+            "fold": s.fold,
+            "train": list(s.train),
+            "test": list(s.test),
+            "train_rois": {n: sum(1 for x in tr if x.label == i) for i, n in enumerate(LABEL_NAMES)},
+            "test_rois": {n: sum(1 for x in te if x.label == i) for i, n in enumerate(LABEL_NAMES)},
+        })
+    from .. import __version__
+
+    obj = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "created_by": f"hfcn-bench {__version__}",
+        "method": first.method,
+        "seed": first.seed,
+        "params": dict(first.params),
+        "label_rule": dataset.label_rule,
+        "data": {
+            "root": str(dataset.root),
+            "format": dataset.format,
+            "options": dict(dataset.options),
+            "fingerprint": dataset.fingerprint,
+            "n_files": len(dataset.files),
+            "cases": len(labels),
+            "rois": len(dataset.samples),
+        },
+        "files": dict(sorted(dataset.files.items())),
+        "splits": folds,
+    }
+    return write_json_atomic(path, obj)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read a manifest written by ``write_manifest``; a wrong or damaged file is a clear error."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HfcnError(f"no split manifest at {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HfcnError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("format") != MANIFEST_FORMAT:
+        raise HfcnError(f"{path} is not an hfcn-bench split manifest")
+    if obj.get("version") != MANIFEST_VERSION:
+        raise HfcnError(f"{path}: manifest version {obj.get('version')} is not supported (expected {MANIFEST_VERSION})")
+    try:
+        splits = [Split(tuple(f["train"]), tuple(f["test"]), obj["method"], int(obj["seed"]), dict(obj["params"]),
+                        f.get("fold")) for f in obj["splits"]]
+        return Manifest(obj["method"], int(obj["seed"]), dict(obj["params"]), obj["label_rule"],
+                        obj["data"]["fingerprint"], dict(obj["data"]), dict(obj.get("files", {})), splits)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HfcnError(f"{path}: damaged manifest ({exc!r})") from None
+
+
+def verify_manifest(manifest: Manifest, dataset: LoadedDataset) -> None:
+    """Raise ``HfcnError`` unless ``dataset`` is the data the manifest was written for: same
+    label rule, same fingerprint (the hint names files that differ), all cases present."""
+    if manifest.label_rule != dataset.label_rule:
+        raise HfcnError(f"the manifest uses label rule {manifest.label_rule!r}, the data was loaded with "
+                        f"{dataset.label_rule!r}", hint=f"load with label_rule={manifest.label_rule!r}")
+    if manifest.fingerprint != dataset.fingerprint:
+        old, new = manifest.files, dataset.files
+        changed = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+        raise HfcnError(
+            f"data fingerprint differs from the manifest ({len(changed)} file(s) added, removed or changed)",
+            hint="changed: " + ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
+            + f"; loader options in the manifest: {manifest.data.get('options')}",
+        )
+    labels = case_labels(dataset)
+    missing = sorted({c for s in manifest.splits for c in s.train + s.test} - set(labels))
+    if missing:
+        raise HfcnError(f"{len(missing)} case(s) of the manifest have no samples: {missing[:5]}")
