@@ -282,7 +282,7 @@ def parse_case_xml(path: str | Path, report: LoadReport | None = None, rel: str 
     try:
         root = etree.fromstring(data, parser=etree.XMLParser(**_PARSER_OPTS))
     except etree.XMLSyntaxError as exc:
-        report.add("malformed-xml", rel, f"XML syntax error: {exc}", "case skipped", case=case_id)
+        report.add("malformed-xml", rel, f"XML syntax error: {exc.msg}", "case skipped", case=case_id)
         return None
     if root.tag != "case":
         report.add("malformed-xml", rel, f"root element is <{root.tag}>, expected <case>", "case skipped", case=case_id)

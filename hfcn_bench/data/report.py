@@ -59,7 +59,9 @@ class Wart:
 
     @property
     def key(self) -> tuple:
-        return (self.kind, self.file, self.case, self.frame)
+        # The message is part of the identity: one file can hold two different defects of
+        # one kind (an unknown TI-RADS and an unknown margin in the same XML).
+        return (self.kind, self.file, self.case, self.frame, self.message)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,8 +110,9 @@ class LoadReport:
 
     def add(self, kind: str, file: str, message: str, action: str, case: str | None = None,
             frame: int | None = None) -> bool:
-        """Record a wart unless the same (kind, file, case, frame) was already recorded, so
-        that a defect met twice (e.g. by two passes) is reported once. True if recorded."""
+        """Record a wart unless the same one (kind, file, case, frame, message) was already
+        recorded, so that a defect met twice (e.g. by two passes) is reported once. True if
+        recorded."""
         wart = Wart(kind, file, message, action, case, frame)
         if wart.key in self._seen:
             return False
