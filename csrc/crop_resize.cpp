@@ -11,13 +11,64 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "crop_resize.h"
 #include "crop_resize_host.h"
 
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__AVX512F__) || defined(__AVX2__))
+#define HFCN_SIMD 1
+#include <immintrin.h>
+#endif
+
 namespace hfcn {
 namespace {
+
+// SIMD fast path (float32 on x86 with AVX2/AVX-512, GCC): one crop row (or output-gradient
+// row) is at most two registers wide on the paper's shapes, so the horizontal taps become
+// in-register table lookups (vpermps / vpermt2ps) instead of per-element gathers. The lanes
+// apply two_tap/accumulate from crop_resize.h, the expressions of the scalar and CUDA paths.
+#ifdef HFCN_SIMD
+namespace simd {
+#if defined(__AVX512F__)
+constexpr int64_t K = 16;
+#else
+constexpr int64_t K = 8;
+#endif
+typedef float vf __attribute__((vector_size(K * 4)));
+typedef int32_t vi __attribute__((vector_size(K * 4)));
+typedef float vf_u __attribute__((vector_size(K * 4), aligned(4)));
+inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vf_u*>(p) = v; }
+inline vf splat(float a) { return vf{} + a; }
+// Lanes idx (each in [0, 2K)) of the 2K floats lo:hi.
+inline vf lookup(vf lo, vf hi, vi idx) { return __builtin_shuffle(lo, hi, idx); }
+
+// Masked loads and stores touch only the first n lanes (n <= K): no read past a row, no write
+// into a neighbour's output, and masked-off lanes never fault.
+#if defined(__AVX512F__)
+inline unsigned lane_mask(int64_t n) { return n >= K ? 0xFFFFu : ((1u << n) - 1u); }
+inline vf load_n(const float* p, int64_t n) { return (vf)_mm512_maskz_loadu_ps((__mmask16)lane_mask(n), p); }
+inline void store_n(float* p, vf v, int64_t n) { _mm512_mask_storeu_ps(p, (__mmask16)lane_mask(n), (__m512)v); }
+#else
+inline __m256i lane_mask(int64_t n) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes);
+}
+inline vf load_n(const float* p, int64_t n) { return (vf)_mm256_maskload_ps(p, lane_mask(n)); }
+inline void store_n(float* p, vf v, int64_t n) { _mm256_maskstore_ps(p, lane_mask(n), (__m256)v); }
+#endif
+
+// The `len` (<= 2K) floats at p as the table lo:hi (lanes past len are zero).
+inline void load_row(const float* p, int64_t len, vf& lo, vf& hi) {
+  lo = load_n(p, len);
+  hi = len > K ? load_n(p + K, len - K) : vf{};
+}
+
+}  // namespace simd
+#endif
+
 
 // Forward taps of one axis of one crop: output coordinate -> two source coordinates
 // (crop-relative) and their weights.
@@ -85,6 +136,30 @@ int64_t plane_grain(int64_t per_plane_elems) {
   return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, per_plane_elems));
 }
 
+#ifdef HFCN_SIMD
+// Forward lookup tables of one crop: per block of K output columns, the crop-relative source
+// columns and weights of both taps (lanes past ow: index 0, weight 0, never stored).
+struct VecColumnTaps {
+  std::vector<simd::vi> i0, i1;
+  std::vector<simd::vf> w0, w1;
+
+  template <typename acc_t>
+  void build(const AxisTaps<acc_t>& taps, int64_t left, int64_t ow) {
+    const int64_t blocks = (ow + simd::K - 1) / simd::K;
+    i0.assign(blocks, simd::vi{});
+    i1.assign(blocks, simd::vi{});
+    w0.assign(blocks, simd::vf{});
+    w1.assign(blocks, simd::vf{});
+    for (int64_t j = 0; j < ow; ++j) {
+      i0[j / simd::K][j % simd::K] = static_cast<int32_t>(taps.i0[j] - left);
+      i1[j / simd::K][j % simd::K] = static_cast<int32_t>(taps.i1[j] - left);
+      w0[j / simd::K][j % simd::K] = static_cast<float>(taps.w0[j]);
+      w1[j / simd::K][j % simd::K] = static_cast<float>(taps.w1[j]);
+    }
+  }
+};
+#endif
+
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per_sample,
                     at::Tensor& y) {
@@ -92,55 +167,148 @@ void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t N = y.size(1), oh = y.size(3), ow = y.size(4);
   const int64_t n_tables = static_cast<int64_t>(boxes.size());
+#ifdef HFCN_SIMD
+  constexpr bool kSimd = std::is_same<scalar_t, float>::value;
+  const int64_t stride = kSimd ? (ow + simd::K - 1) / simd::K * simd::K : ow;
+#else
+  const int64_t stride = ow;
+#endif
 
+  // Per crop: column taps (absolute columns), and the crop rows the vertical pass reads
+  // ("needed", each lerped once) with the output rows' taps remapped into that compact list.
   std::vector<AxisTaps<acc_t>> rows(n_tables), cols(n_tables);
-  // Which crop rows the vertical pass reads: only those are lerped horizontally.
-  std::vector<std::vector<int32_t>> needed(n_tables);
-  int64_t max_h = 1;
+  std::vector<std::vector<int32_t>> needed(n_tables), q0(n_tables), q1(n_tables);
+  int64_t max_needed = 1;
   for (int64_t k = 0; k < n_tables; ++k) {
     const Box& bx = boxes[k];
     rows[k].build(bx.h, oh, 0);
     cols[k].build(bx.w, ow, bx.l);
-    std::vector<char> mark(bx.h, 0);
-    for (int64_t i = 0; i < oh; ++i) mark[rows[k].i0[i]] = mark[rows[k].i1[i]] = 1;
-    for (int64_t r = 0; r < bx.h; ++r)
-      if (mark[r]) needed[k].push_back(static_cast<int32_t>(r));
-    max_h = std::max(max_h, bx.h);
+    std::vector<int32_t> slot(bx.h, -1);
+    for (int64_t i = 0; i < oh; ++i) slot[rows[k].i0[i]] = slot[rows[k].i1[i]] = 0;
+    for (int64_t r = 0; r < bx.h; ++r) {
+      if (slot[r] < 0) continue;
+      slot[r] = static_cast<int32_t>(needed[k].size());
+      needed[k].push_back(static_cast<int32_t>((bx.t + r) * W));
+    }
+    for (int64_t i = 0; i < oh; ++i) {
+      q0[k].push_back(slot[rows[k].i0[i]] * static_cast<int32_t>(stride));
+      q1[k].push_back(slot[rows[k].i1[i]] * static_cast<int32_t>(stride));
+    }
+    max_needed = std::max<int64_t>(max_needed, static_cast<int64_t>(needed[k].size()));
   }
+#ifdef HFCN_SIMD
+  std::vector<VecColumnTaps> vcols(kSimd ? n_tables : 0);
+  for (int64_t k = 0; k < static_cast<int64_t>(vcols.size()); ++k)
+    if (boxes[k].w <= 2 * simd::K) vcols[k].build(cols[k], boxes[k].l, ow);
+#endif
 
   const scalar_t* xp = x.data_ptr<scalar_t>();
   scalar_t* yp = y.data_ptr<scalar_t>();
   at::parallel_for(0, B * C, plane_grain(N * oh * ow), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> lerped(max_h * ow);
+    std::vector<acc_t> lerped_buf(max_needed * stride + stride);
+    acc_t* __restrict__ lerped = lerped_buf.data();
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / C, c = p % C;
-      const scalar_t* plane = xp + p * H * W;
+      const scalar_t* __restrict__ plane = xp + p * H * W;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t k = per_sample ? b * N + n : n;
-        const Box& bx = boxes[k];
-        const AxisTaps<acc_t>& rt = rows[k];
-        const AxisTaps<acc_t>& ct = cols[k];
-        const int32_t* c0 = ct.i0.data();
-        const int32_t* c1 = ct.i1.data();
-        const acc_t* wc0 = ct.w0.data();
-        const acc_t* wc1 = ct.w1.data();
-        for (int32_t r : needed[k]) {
-          const scalar_t* row = plane + (bx.t + r) * W;
-          acc_t* dst = lerped.data() + r * ow;
-          for (int64_t j = 0; j < ow; ++j) dst[j] = lerp_row<scalar_t, acc_t>(row, c0[j], c1[j], wc0[j], wc1[j]);
+        const int64_t n_rows = static_cast<int64_t>(needed[k].size());
+        const int32_t* __restrict__ row_off = needed[k].data();
+        const int64_t left = boxes[k].l;
+        bool done = false;
+#ifdef HFCN_SIMD
+        if constexpr (kSimd) {
+          if (boxes[k].w <= 2 * simd::K) {
+            const VecColumnTaps& vt = vcols[k];
+            const int64_t blocks = static_cast<int64_t>(vt.i0.size());
+            for (int64_t q = 0; q < n_rows; ++q) {
+              simd::vf lo, hi;
+              simd::load_row(plane + row_off[q] + left, boxes[k].w, lo, hi);
+              float* dst = lerped + q * stride;
+              for (int64_t jb = 0; jb < blocks; ++jb)
+                simd::store(dst + jb * simd::K,
+                            two_tap<simd::vf>(simd::lookup(lo, hi, vt.i0[jb]),
+                                              simd::lookup(lo, hi, vt.i1[jb]), vt.w0[jb], vt.w1[jb]));
+            }
+            done = true;
+          }
         }
-        scalar_t* out = yp + ((b * N + n) * C + c) * oh * ow;
+#endif
+        if (!done) {
+          const int32_t* __restrict__ c0 = cols[k].i0.data();
+          const int32_t* __restrict__ c1 = cols[k].i1.data();
+          const acc_t* __restrict__ wc0 = cols[k].w0.data();
+          const acc_t* __restrict__ wc1 = cols[k].w1.data();
+          for (int64_t q = 0; q < n_rows; ++q) {
+            const scalar_t* __restrict__ row = plane + row_off[q];
+            acc_t* __restrict__ dst = lerped + q * stride;
+            for (int64_t j = 0; j < ow; ++j)
+              dst[j] = lerp_row<scalar_t, acc_t>(row, c0[j], c1[j], wc0[j], wc1[j]);
+          }
+        }
+        const int32_t* __restrict__ up = q0[k].data();
+        const int32_t* __restrict__ lo = q1[k].data();
+        const acc_t* __restrict__ wr0 = rows[k].w0.data();
+        const acc_t* __restrict__ wr1 = rows[k].w1.data();
+        scalar_t* __restrict__ out = yp + ((b * N + n) * C + c) * oh * ow;
+#ifdef HFCN_SIMD
+        if constexpr (kSimd) {
+          const int64_t blocks = stride / simd::K;
+          for (int64_t i = 0; i < oh; ++i) {
+            const simd::vf a = simd::splat(wr0[i]), bw = simd::splat(wr1[i]);
+            float* orow = out + i * ow;
+            for (int64_t jb = 0; jb < blocks; ++jb) {
+              const simd::vf v = blend<simd::vf>(simd::load(lerped + up[i] + jb * simd::K),
+                                                 simd::load(lerped + lo[i] + jb * simd::K), a, bw);
+              simd::store_n(orow + jb * simd::K, v, ow - jb * simd::K);
+            }
+          }
+          continue;
+        }
+#endif
         for (int64_t i = 0; i < oh; ++i) {
-          const acc_t* upper = lerped.data() + rt.i0[i] * ow;
-          const acc_t* lower = lerped.data() + rt.i1[i] * ow;
-          const acc_t a = rt.w0[i], bw = rt.w1[i];
-          scalar_t* orow = out + i * ow;
-          for (int64_t j = 0; j < ow; ++j) orow[j] = static_cast<scalar_t>(blend<acc_t>(upper[j], lower[j], a, bw));
+          const acc_t* __restrict__ upper = lerped + up[i];
+          const acc_t* __restrict__ lower = lerped + lo[i];
+          const acc_t a = wr0[i], bw = wr1[i];
+          scalar_t* __restrict__ orow = out + i * ow;
+#pragma omp simd
+          for (int64_t j = 0; j < ow; ++j)
+            orow[j] = static_cast<scalar_t>(blend<acc_t>(upper[j], lower[j], a, bw));
         }
       }
     }
   });
 }
+
+#ifdef HFCN_SIMD
+// Backward lookup tables of one crop: per block of K crop columns kk, up to R reader columns j
+// (indices into the output-gradient row, increasing) with their weights; lanes with fewer
+// readers are masked out by count, so each lane adds exactly the terms of column_adjoint.
+struct VecColumnReaders {
+  int64_t R = 0;
+  std::vector<simd::vi> index, count;
+  std::vector<simd::vf> weight;
+
+  template <typename acc_t>
+  void build(const AxisReaders<acc_t>& readers, int64_t w) {
+    const int64_t blocks = (w + simd::K - 1) / simd::K;
+    R = 0;
+    for (int64_t kk = 0; kk < w; ++kk) R = std::max<int64_t>(R, readers.start[kk + 1] - readers.start[kk]);
+    index.assign(blocks * R, simd::vi{});
+    weight.assign(blocks * R, simd::vf{});
+    count.assign(blocks, simd::vi{});
+    for (int64_t kk = 0; kk < w; ++kk) {
+      const int64_t kb = kk / simd::K, lane = kk % simd::K;
+      const int32_t first = readers.start[kk], n = readers.start[kk + 1] - first;
+      count[kb][lane] = n;
+      for (int32_t r = 0; r < n; ++r) {
+        index[kb * R + r][lane] = readers.index[first + r];
+        weight[kb * R + r][lane] = static_cast<float>(readers.weight[first + r]);
+      }
+    }
+  }
+};
+#endif
 
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& g, const std::vector<Box>& boxes, bool per_sample,
@@ -149,6 +317,11 @@ void backward_kernel(const at::Tensor& g, const std::vector<Box>& boxes, bool pe
   const int64_t B = g.size(0), N = g.size(1), C = g.size(2), oh = g.size(3), ow = g.size(4);
   const int64_t H = gx.size(2), W = gx.size(3);
   const int64_t n_tables = static_cast<int64_t>(boxes.size());
+  // float32/float64 accumulate straight into the output plane; half types in an acc buffer.
+  constexpr bool kInPlace = std::is_same<acc_t, scalar_t>::value;
+#ifdef HFCN_SIMD
+  constexpr bool kSimd = std::is_same<scalar_t, float>::value;
+#endif
 
   std::vector<AxisReaders<acc_t>> rows(n_tables), cols(n_tables);
   int64_t max_w = 1;
@@ -157,45 +330,96 @@ void backward_kernel(const at::Tensor& g, const std::vector<Box>& boxes, bool pe
     cols[k].build(boxes[k].w, ow);
     max_w = std::max(max_w, boxes[k].w);
   }
+  int64_t stride = max_w;
+#ifdef HFCN_SIMD
+  std::vector<VecColumnReaders> vcols(kSimd && ow <= 2 * simd::K ? n_tables : 0);
+  for (int64_t k = 0; k < static_cast<int64_t>(vcols.size()); ++k)
+    if (boxes[k].w <= 2 * simd::K) vcols[k].build(cols[k], boxes[k].w);
+  if (kSimd) stride = (max_w + simd::K - 1) / simd::K * simd::K;
+#endif
 
   const scalar_t* gp = g.data_ptr<scalar_t>();
   scalar_t* gxp = gx.data_ptr<scalar_t>();
   at::parallel_for(0, B * C, plane_grain(H * W + N * oh * ow), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> total(H * W);
-    std::vector<acc_t> col_adj(oh * max_w);  // [i][kk]: horizontal adjoint of output row i
-    std::vector<acc_t> contrib(max_w);
+    std::vector<acc_t> total_buf(kInPlace ? 0 : H * W), col_adj_buf(oh * stride), contrib_buf(stride);
+    acc_t* __restrict__ col_adj = col_adj_buf.data();  // [i][kk]: horizontal adjoint of row i
+    acc_t* __restrict__ contrib = contrib_buf.data();
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / C, c = p % C;
-      std::fill(total.begin(), total.end(), acc_t(0));
+      scalar_t* __restrict__ out = gxp + p * H * W;
+      acc_t* __restrict__ total;
+      if constexpr (kInPlace) total = reinterpret_cast<acc_t*>(out);
+      else total = total_buf.data();
+      for (int64_t e = 0; e < H * W; ++e) total[e] = acc_t(0);
       for (int64_t n = 0; n < N; ++n) {
         const int64_t k = per_sample ? b * N + n : n;
-        const Box& bx = boxes[k];
-        const AxisReaders<acc_t>& rr = rows[k];
-        const AxisReaders<acc_t>& cr = cols[k];
-        const scalar_t* gplane = gp + ((b * N + n) * C + c) * oh * ow;
+        const Box bx = boxes[k];
+        const scalar_t* __restrict__ gplane = gp + ((b * N + n) * C + c) * oh * ow;
+        const int32_t* __restrict__ rs = rows[k].start.data();
+        const int32_t* __restrict__ ri = rows[k].index.data();
+        const acc_t* __restrict__ rw = rows[k].weight.data();
+#ifdef HFCN_SIMD
+        if constexpr (kSimd) {
+          if (!vcols.empty() && bx.w <= 2 * simd::K) {
+            const VecColumnReaders& vr = vcols[k];
+            const int64_t blocks = static_cast<int64_t>(vr.count.size());
+            for (int64_t i = 0; i < oh; ++i) {
+              simd::vf lo, hi;
+              simd::load_row(gplane + i * ow, ow, lo, hi);
+              for (int64_t kb = 0; kb < blocks; ++kb) {
+                simd::vf sum = simd::vf{};
+                for (int64_t r = 0; r < vr.R; ++r) {
+                  const simd::vf term = accumulate<simd::vf>(sum, vr.weight[kb * vr.R + r],
+                                                            simd::lookup(lo, hi, vr.index[kb * vr.R + r]));
+                  sum = (simd::vi{} + static_cast<int32_t>(r)) < vr.count[kb] ? term : sum;
+                }
+                simd::store(col_adj + i * stride + kb * simd::K, sum);
+              }
+            }
+            for (int64_t r = 0; r < bx.h; ++r) {
+              float* dst = total + (bx.t + r) * W + bx.l;
+              for (int64_t kb = 0; kb < blocks; ++kb) {
+                simd::vf acc = simd::vf{};
+                for (int32_t e = rs[r]; e < rs[r + 1]; ++e)
+                  acc = accumulate<simd::vf>(acc, simd::splat(rw[e]),
+                                             simd::load(col_adj + ri[e] * stride + kb * simd::K));
+                const int64_t n_lanes = bx.w - kb * simd::K;
+                simd::store_n(dst + kb * simd::K, simd::load_n(dst + kb * simd::K, n_lanes) + acc, n_lanes);
+              }
+            }
+            continue;
+          }
+        }
+#endif
+        const int32_t* __restrict__ cs = cols[k].start.data();
+        const int32_t* __restrict__ ci = cols[k].index.data();
+        const acc_t* __restrict__ cw = cols[k].weight.data();
         for (int64_t i = 0; i < oh; ++i) {
-          const scalar_t* grow = gplane + i * ow;
-          acc_t* dst = col_adj.data() + i * bx.w;
+          const scalar_t* __restrict__ grow = gplane + i * ow;
+          acc_t* __restrict__ dst = col_adj + i * stride;
           for (int64_t kk = 0; kk < bx.w; ++kk) {
             acc_t sum = acc_t(0);
-            for (int32_t e = cr.start[kk]; e < cr.start[kk + 1]; ++e)
-              sum += cr.weight[e] * static_cast<acc_t>(grow[cr.index[e]]);
+            for (int32_t e = cs[kk]; e < cs[kk + 1]; ++e)
+              sum = accumulate<acc_t>(sum, cw[e], static_cast<acc_t>(grow[ci[e]]));
             dst[kk] = sum;
           }
         }
         for (int64_t r = 0; r < bx.h; ++r) {
-          std::fill(contrib.begin(), contrib.begin() + bx.w, acc_t(0));
-          for (int32_t e = rr.start[r]; e < rr.start[r + 1]; ++e) {
-            const acc_t wt = rr.weight[e];
-            const acc_t* src = col_adj.data() + rr.index[e] * bx.w;
-            for (int64_t kk = 0; kk < bx.w; ++kk) contrib[kk] += wt * src[kk];
+          for (int64_t kk = 0; kk < bx.w; ++kk) contrib[kk] = acc_t(0);
+          for (int32_t e = rs[r]; e < rs[r + 1]; ++e) {
+            const acc_t wt = rw[e];
+            const acc_t* __restrict__ src = col_adj + ri[e] * stride;
+#pragma omp simd
+            for (int64_t kk = 0; kk < bx.w; ++kk) contrib[kk] = accumulate<acc_t>(contrib[kk], wt, src[kk]);
           }
-          acc_t* dst = total.data() + (bx.t + r) * W + bx.l;
+          acc_t* __restrict__ dst = total + (bx.t + r) * W + bx.l;
+#pragma omp simd
           for (int64_t kk = 0; kk < bx.w; ++kk) dst[kk] += contrib[kk];
         }
       }
-      scalar_t* out = gxp + p * H * W;
-      for (int64_t e = 0; e < H * W; ++e) out[e] = static_cast<scalar_t>(total[e]);
+      if constexpr (!kInPlace) {
+        for (int64_t e = 0; e < H * W; ++e) out[e] = static_cast<scalar_t>(total[e]);
+      }
     }
   });
 }

@@ -81,16 +81,29 @@ HFCN_HD void reader_range(int64_t src, int64_t in_size, int64_t out_size, int64_
   if (hi > out_size - 1) hi = out_size - 1;
 }
 
+// The two-tap interpolation used by both passes: w0 * a + w1 * b. Templated on the value type
+// so that the CPU kernels apply the very same expression to SIMD vectors.
+template <typename T>
+HFCN_HD T two_tap(T a, T b, T w0, T w1) {
+  return w0 * a + w1 * b;
+}
+
+// One adjoint term: sum + w * g (the backward's accumulation step, scalar or SIMD).
+template <typename T>
+HFCN_HD T accumulate(T sum, T w, T g) {
+  return sum + w * g;
+}
+
 // Horizontal lerp of one row: the first pass of an output element.
 template <typename scalar_t, typename acc_t>
 HFCN_HD acc_t lerp_row(const scalar_t* row, int64_t c0, int64_t c1, acc_t w0, acc_t w1) {
-  return w0 * static_cast<acc_t>(row[c0]) + w1 * static_cast<acc_t>(row[c1]);
+  return two_tap<acc_t>(static_cast<acc_t>(row[c0]), static_cast<acc_t>(row[c1]), w0, w1);
 }
 
 // Vertical blend of two lerped rows: the second pass of an output element.
 template <typename acc_t>
 HFCN_HD acc_t blend(acc_t upper, acc_t lower, acc_t w0, acc_t w1) {
-  return w0 * upper + w1 * lower;
+  return two_tap<acc_t>(upper, lower, w0, w1);
 }
 
 // One output element, computed directly (the CUDA forward). `plane` is the channel's
@@ -116,7 +129,7 @@ HFCN_HD acc_t column_adjoint(const scalar_t* grow, int64_t kk, int64_t w, int64_
   acc_t sum = acc_t(0);
   for (int64_t j = lo; j <= hi; ++j) {
     acc_t wt;
-    if (tap_weight<acc_t>(j, kk, w, ow, wt)) sum += wt * static_cast<acc_t>(grow[j]);
+    if (tap_weight<acc_t>(j, kk, w, ow, wt)) sum = accumulate<acc_t>(sum, wt, static_cast<acc_t>(grow[j]));
   }
   return sum;
 }
@@ -132,7 +145,7 @@ HFCN_HD acc_t input_grad_element(const scalar_t* gplane, int64_t rr, int64_t kk,
   for (int64_t i = lo; i <= hi; ++i) {
     acc_t wt;
     if (tap_weight<acc_t>(i, rr, h, oh, wt))
-      sum += wt * column_adjoint<scalar_t, acc_t>(gplane + i * ow, kk, w, ow);
+      sum = accumulate<acc_t>(sum, wt, column_adjoint<scalar_t, acc_t>(gplane + i * ow, kk, w, ow));
   }
   return sum;
 }

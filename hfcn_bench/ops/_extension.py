@@ -8,6 +8,7 @@ it when a source or a flag changes. Environment:
   ``0`` never builds them; unset, they are built when ``torch.cuda.is_available()``.
 - ``HFCN_NO_EXTENSION=1``: do not build; use the pure-PyTorch reference.
 - ``HFCN_VERBOSE_BUILD=1``: show the compiler's output.
+- ``HFCN_EXTRA_CFLAGS``: more host compiler flags (e.g. ``-g`` to profile the kernels).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def _build(with_cuda: bool) -> None:
     cflags = ["-O3", "-fopenmp"]
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
         cflags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
+    cflags += os.environ.get("HFCN_EXTRA_CFLAGS", "").split()  # e.g. "-g" for profiling
     name = f"hfcn_bench_{'cuda' if with_cuda else 'cpu'}_{_cpu_tag()}"
     load(
         name=name,
