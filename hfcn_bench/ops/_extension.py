@@ -105,6 +105,11 @@ def load_extension(cuda: bool | None = None) -> bool:
     reference. ``cuda`` overrides ``HFCN_BUILD_CUDA``. Only one variant (CPU, or CPU+CUDA) can be
     loaded into a process, since both register the same operators.
     """
+    # Decided already: answer without the lock (also keeps torch.compile from tracing a lock).
+    if _state["loaded"] is not None:
+        return True
+    if _state["error"] is not None:
+        return False
     with _lock:
         if _state["loaded"] is not None or _state["error"] is not None:
             return _state["loaded"] is not None

@@ -55,6 +55,9 @@ def crop_resize(x: torch.Tensor, boxes, size) -> torch.Tensor:
     """
     if not isinstance(boxes, torch.Tensor):
         boxes = torch.as_tensor(boxes, dtype=torch.int64, device=x.device)
+    if boxes.device != x.device:
+        # Checked here too: the dispatcher would otherwise pick a kernel by the other device.
+        raise ValueError(f"x is on {x.device} but boxes are on {boxes.device}; put both on one device")
     oh, ow = normalize_size(size)
     if not load_extension():
         return crop_resize_reference(x, boxes, (oh, ow))
