@@ -1,0 +1,166 @@
+"""``hfcn-bench data synth|check``: write phantom DDTI-format data; audit a dataset folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import HfcnError
+
+DEFAULT_SYNTH_DIR = Path("data") / "synthetic"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="data tools: synthetic DDTI-format phantoms, dataset check")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    p.set_defaults(handler=lambda args, console: _missing_action(p, console))
+
+    s = dsub.add_parser("synth", help="write synthetic thyroid ultrasound phantoms in DDTI format (XML + JPEG)")
+    s.add_argument("--out", type=Path, default=DEFAULT_SYNTH_DIR,
+                   help=f"output folder; gets xml/ and raw_jpg/ like DDTI's raw/ (default: {DEFAULT_SYNTH_DIR})")
+    s.add_argument("--cases", type=int, default=40, help="number of cases (patients) (default: 40)")
+    s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
+    s.add_argument("--label-noise", type=float, default=0.0, metavar="P",
+                   help="probability that a case's recorded TI-RADS class is flipped (default: 0)")
+    s.add_argument("--malignant-fraction", type=float, default=0.6, metavar="F",
+                   help="fraction of malignant cases (default: 0.6)")
+    s.add_argument("--unlabelled-fraction", type=float, default=0.1, metavar="F",
+                   help="fraction of cases with an empty TI-RADS (default: 0.1)")
+    s.add_argument("--warts", action="store_true", help="inject each DDTI wart once (truncated/empty outlines, "
+                   "duplicate/missing/unreadable images, malformed XML)")
+    s.add_argument("--force", action="store_true", help="replace an earlier output in --out")
+    s.set_defaults(handler=run_synth)
+
+    c = dsub.add_parser("check", help="count cases, frames, ROIs and labels; list every wart")
+    c.add_argument("dir", nargs="?", type=Path, default=None,
+                   help="DDTI raw/ (xml/ + raw_jpg/), a flat *.xml + *.jpg folder, synthetic output, or a "
+                   "benign/ + malignant/ folder (default: $HFCN_DDTI_DIR)")
+    c.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads",
+                   help="tirads: 2-3 benign, 4a-5 malignant; mccnn: 2-3 vs 4c-5 (default: tirads)")
+    c.add_argument("--margin", type=float, default=0.0, help="ROI margin, fraction of the nodule box per side")
+    c.add_argument("--empty-outline", choices=("skip", "full-frame"), default="skip",
+                   help="frames without an outline: skip them or use the whole frame (default: skip)")
+    c.add_argument("--truncated", choices=("salvage", "skip"), default="salvage",
+                   help="truncated outline JSON: salvage the points before the cut, or skip the mark")
+    c.add_argument("--json", action="store_true", help="print the load report as JSON instead of tables")
+    c.set_defaults(handler=run_check)
+
+
+def _missing_action(parser, console) -> int:
+    console.print(parser.format_help(), highlight=False, markup=False)
+    return 2
+
+
+@contextmanager
+def _progress(console, what: str, enabled: bool = True):
+    """A rich progress bar fed by the library's ``progress(done, total)`` callbacks."""
+    if not enabled:
+        yield None
+        return
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(what, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def run_synth(args, console) -> int:
+    from ..data.synthetic import write_synthetic_ddti
+
+    start = time.perf_counter()
+    with _progress(console, "writing phantoms") as update:
+        out = write_synthetic_ddti(args.out, n_cases=args.cases, seed=args.seed, label_noise=args.label_noise,
+                                   warts=args.warts, malignant_fraction=args.malignant_fraction,
+                                   unlabelled_fraction=args.unlabelled_fraction, overwrite=args.force,
+                                   progress=update)
+    elapsed = time.perf_counter() - start
+    truth = json.loads((out / "synthetic.json").read_text(encoding="utf-8"))
+    n_frames = sum(len(c["frames"]) for c in truth["cases"].values())
+    flips = sum(c["flipped"] for c in truth["cases"].values())
+    console.print(f"wrote {args.cases} cases, {n_frames} frames to [bold]{out}[/bold] in {elapsed:.1f} s "
+                  f"(seed {args.seed}, label noise {args.label_noise:g}: {flips} flipped"
+                  f"{', warts injected: ' + str(len(truth['warts'])) if args.warts else ''})", highlight=False)
+    console.print(f"next: hfcn-bench data check {out}", highlight=False, markup=False)
+    return 0
+
+
+def _report_tables(ds) -> list[Table]:
+    r = ds.report
+    overview = Table(title=f"{r.format} data at {r.root}", show_header=False, title_justify="left")
+    overview.add_column(style="bold")
+    overview.add_column()
+    overview.add_row("cases", f"{r.cases} read" + (f", {r.cases_skipped} skipped (malformed)" if r.cases_skipped else ""))
+    overview.add_row("frames", f"{r.frames} ({r.frames_usable} with a usable ROI after de-duplication)")
+    if r.format == "ddti":
+        overview.add_row("outlines", f"{r.outlines} (+{r.arrows} arrow regions, not outlines); "
+                         f"{r.dual_view_frames} dual-view frames")
+    opts = ", ".join(f"{k}={v}" for k, v in r.options.items())
+    overview.add_row("options", opts)
+    overview.add_row(f"ROIs ({r.label_rule})", f"{r.samples} labelled ROIs from {r.sample_cases} cases: "
+                     f"{r.samples_by_label['benign']} benign / {r.samples_by_label['malignant']} malignant")
+    overview.add_row("fingerprint", ds.fingerprint[:16] + "… (sha256 of the files used; full in --json)")
+
+    labels = Table(title="labels per rule (frames and ROIs before de-duplication)", title_justify="left")
+    for col in ("rule", "counted", "benign", "malignant", "excluded"):
+        labels.add_column(col, justify="left" if col in ("rule", "counted") else "right")
+    for name, counts in r.by_rule.items():
+        shown = f"[bold]{name}[/bold] (active)" if name == r.label_rule else name
+        for i, (level, d) in enumerate((("cases", counts.cases), ("frames", counts.frames), ("ROIs", counts.rois))):
+            labels.add_row(shown if i == 0 else "", level, str(d["benign"]), str(d["malignant"]), str(d["excluded"]),
+                           end_section=i == 2)
+
+    tables = [overview, labels]
+    if r.warts:
+        warts = Table(title=f"{len(r.warts)} warts handled", title_justify="left")
+        for col, ratio in (("kind", 2), ("file", 2), ("frame", 1), ("what", 3), ("done", 3)):
+            warts.add_column(col, overflow="fold", ratio=ratio)
+        order = {k: i for i, k in enumerate(dict.fromkeys(w.kind for w in r.warts))}
+        for w in sorted(r.warts, key=lambda w: order[w.kind]):  # grouped by kind, stable within
+            warts.add_row(w.kind, w.file, "" if w.frame is None else str(w.frame), w.message, w.action)
+        tables.append(warts)
+    return tables
+
+
+def run_check(args, console) -> int:
+    import warnings
+
+    from ..data import load_dataset
+
+    path = args.dir
+    if path is None:
+        env = os.environ.get("HFCN_DDTI_DIR")
+        if not env:
+            raise HfcnError("no dataset folder given", hint="hfcn-bench data check DIR, or set HFCN_DDTI_DIR")
+        path = Path(env)
+    with warnings.catch_warnings():
+        # The report below lists every wart; the one-line summary warning would repeat it.
+        warnings.simplefilter("ignore")
+        with _progress(console, "reading cases", enabled=not args.json) as update:
+            ds = load_dataset(path, label_rule=args.label_rule, margin=args.margin,
+                              empty_outline=args.empty_outline, truncated=args.truncated, progress=update)
+    r = ds.report
+    if args.json:
+        out = r.to_dict()
+        out["fingerprint"] = ds.fingerprint
+        console.print_json(json.dumps(out))
+    else:
+        for table in _report_tables(ds):
+            console.print(table)
+    if not r.usable:
+        console.print(f"[bold red]no usable labelled ROI[/bold red] in {r.root} under rule {r.label_rule!r}",
+                      highlight=False)
+        return 1
+    if not args.json:
+        counts = ", ".join(f"{n} {k}" for k, n in r.wart_counts().items()) or "none"
+        console.print(f"[green]usable:[/green] {r.samples} ROIs from {r.sample_cases} cases; warts: {counts}",
+                      highlight=False)
+    return 0
