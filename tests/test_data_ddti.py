@@ -277,6 +277,7 @@ def test_every_xml_wart_is_reported_once_and_never_crashes(tmp_path):
     assert by[("truncated-outline", "xml/2.xml")].action.startswith("salvaged 2 outline(s)")
     assert "skipped" in by[("truncated-outline", "xml/3.xml")].action
     assert "kept raw_jpg/8_1.jpg" in by[("duplicate-image", "raw_jpg/7_1.jpg")].action
+    assert by[("duplicate-outline", "xml/10.xml")].message.endswith("appears 2 times")
     assert "9.xml" in by[("malformed-xml", "xml/9.xml")].file and r.cases_skipped == 1 and r.cases == 11
 
     ids = [s.key for s in ds.samples]
@@ -390,6 +391,9 @@ def test_real_warts(ddti):
     assert dropped == {"150_1", "323_1", "326_1", "349_1", "396_1", "1_2", "213_2", "230_2", "92_4"}
     kept = {s.image_path.stem for s in ddti["tirads"].samples}
     assert {"233_2", "353_2"} <= kept  # the labelled copies of the cross-case groups survive
+    repeats = {w.case: w.message for w in r.warts_of("duplicate-outline")}
+    assert set(repeats) == {"294", "348", "350", "359", "374", "381"} and "4 times" in repeats["348"]
+    assert r.outlines == 665 - 9  # 648 parsed + 17 salvaged, less 9 verbatim repeats
     assert r.warts_of("malformed-xml") == [] and r.warts_of("missing-image") == []
     assert r.warts_of("unreadable-image") == []
 

@@ -509,17 +509,20 @@ def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadRepo
         report.arrows += sum(1 for r in svg.regions if r.region_type.lower() == "arrow")
         for r in svg.regions:
             if r.region_type.lower() != "arrow" and len(r.points) < 3 and r.complete:
-                report.add("short-outline", xml_rel, f"a {r.region_type} region with {len(r.points)} point(s)", "region ignored", case=case.case_id, frame=frame.index)
-        outlines = []
+                report.add("short-outline", xml_rel, f"a {r.region_type} region with {len(r.points)} point(s)",
+                           "region ignored", case=case.case_id, frame=frame.index)
+        # DDTI repeats an outline verbatim in a few frames (up to 4 copies in 348_1); identical
+        # samples would only over-weight that nodule, so one copy is kept.
+        outlines, copies = [], {}
         for r in svg.regions:
-            if not r.is_outline:
-                continue
-            # DDTI repeats an outline verbatim in a few frames (350_2, 374_1, 381_2); two
-            # identical samples would only double-weight that nodule.
-            if any(o.points == r.points for o in outlines):
-                report.add("duplicate-outline", xml_rel, f"an outline of {len(r.points)} points appears twice", "one copy kept", case=case.case_id, frame=frame.index)
-                continue
-            outlines.append(r)
+            if r.is_outline:
+                if r.points not in copies:
+                    outlines.append(r)
+                copies[r.points] = copies.get(r.points, 0) + 1
+        for r in outlines:
+            if copies[r.points] > 1:
+                report.add("duplicate-outline", xml_rel, f"an outline of {len(r.points)} points appears "
+                           f"{copies[r.points]} times", "one copy kept", case=case.case_id, frame=frame.index)
         if svg.status == "truncated":
             n_pts = sum(len(r.points) for r in outlines)
             msg = f"<svg> JSON is cut after {svg.chars} characters"
