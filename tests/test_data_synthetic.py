@@ -162,3 +162,20 @@ def test_small_sets_still_have_both_classes(tmp_path):
     out = write_synthetic_ddti(tmp_path / "tiny", n_cases=2, seed=11, unlabelled_fraction=0.0)
     truth = json.loads((out / "synthetic.json").read_text())
     assert sorted(v["true_class"] for v in truth["cases"].values()) == ["benign", "malignant"]
+
+
+def test_ensure_synthetic_reuses_regenerates_and_protects(tmp_path):
+    from hfcn_bench.data import ensure_synthetic
+
+    out = ensure_synthetic(tmp_path / "default", n_cases=3, seed=0)
+    first = tree_digest(out)
+    stamp = (out / "xml" / "1.xml").stat().st_mtime_ns
+    assert ensure_synthetic(out, n_cases=3, seed=0) == out
+    assert (out / "xml" / "1.xml").stat().st_mtime_ns == stamp  # reused, not rewritten
+    ensure_synthetic(out, n_cases=4, seed=0)  # other arguments: regenerated in place
+    assert len(list((out / "xml").glob("*.xml"))) == 4 and tree_digest(out) != first
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "1.xml").write_text("<case/>")
+    with pytest.raises(HfcnError, match="holds no phantoms"):
+        ensure_synthetic(tmp_path / "real", n_cases=3)
+    assert (tmp_path / "real" / "1.xml").read_text() == "<case/>"

@@ -11,9 +11,8 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ..data.synthetic import DEFAULT_SYNTHETIC_CASES, DEFAULT_SYNTHETIC_DIR
 from ..errors import HfcnError
-
-DEFAULT_SYNTH_DIR = Path("data") / "synthetic"
 
 
 def register(sub) -> None:
@@ -22,9 +21,10 @@ def register(sub) -> None:
     p.set_defaults(handler=lambda args, console: _missing_action(p, console))
 
     s = dsub.add_parser("synth", help="write synthetic thyroid ultrasound phantoms in DDTI format (XML + JPEG)")
-    s.add_argument("--out", type=Path, default=DEFAULT_SYNTH_DIR,
-                   help=f"output folder; gets xml/ and raw_jpg/ like DDTI's raw/ (default: {DEFAULT_SYNTH_DIR})")
-    s.add_argument("--cases", type=int, default=40, help="number of cases (patients) (default: 40)")
+    s.add_argument("--out", type=Path, default=DEFAULT_SYNTHETIC_DIR,
+                   help=f"output folder; gets xml/ and raw_jpg/ like DDTI's raw/ (default: {DEFAULT_SYNTHETIC_DIR})")
+    s.add_argument("--cases", type=int, default=DEFAULT_SYNTHETIC_CASES,
+                   help=f"number of cases (patients) (default: {DEFAULT_SYNTHETIC_CASES})")
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
     s.add_argument("--label-noise", type=float, default=0.0, metavar="P",
                    help="probability that a case's recorded TI-RADS class is flipped (default: 0)")

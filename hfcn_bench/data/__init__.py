@@ -4,7 +4,8 @@ Typical use::
 
     from hfcn_bench.data import load_dataset, split_train_test, write_manifest, RoiDataset
 
-    ds = load_dataset("path/to/ddti/raw", label_rule="tirads")   # or a synthetic/folder dir
+    ds = load_dataset("path/to/ddti/raw", label_rule="tirads")   # or a folder-format dir, or
+    # ds = load_dataset(ensure_synthetic())                        # the default phantoms
     split = split_train_test(ds, test_fraction=0.25, seed=0)      # by case, stratified
     write_manifest("runs/split.json", ds, split)
     train_samples, test_samples = split.select(ds)
@@ -27,7 +28,7 @@ from .folder import is_folder_dataset, load_folder
 from .report import WART_KINDS, DataWarning, LoadReport, RuleCounts, Wart
 from .rois import Sample, crop_roi, expand_box, load_roi, polygon_bbox
 from .splits import Manifest, Split, kfold, read_manifest, split_train_test, verify_manifest, write_manifest
-from .synthetic import write_synthetic_ddti
+from .synthetic import DEFAULT_SYNTHETIC_DIR, ensure_synthetic, write_synthetic_ddti
 
 __all__ = [
     "BENIGN",
@@ -47,8 +48,9 @@ __all__ = [
     "Wart",
     "crop_roi",
     "data_fingerprint",
-    "default_synthetic_dir",
+    "DEFAULT_SYNTHETIC_DIR",
     "detect_format",
+    "ensure_synthetic",
     "expand_box",
     "kfold",
     "label_for",
@@ -66,11 +68,6 @@ __all__ = [
     "write_manifest",
     "write_synthetic_ddti",
 ]
-
-
-def default_synthetic_dir() -> Path:
-    """``data/synthetic`` of the checkout (git-ignored), where generated phantoms go by default."""
-    return Path(__file__).resolve().parents[2] / "data" / "synthetic"
 
 
 def detect_format(path: str | Path) -> str:

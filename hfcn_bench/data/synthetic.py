@@ -43,9 +43,21 @@ from PIL import Image, ImageDraw
 
 from ..errors import HfcnError
 
-__all__ = ["write_synthetic_ddti", "FRAME_SIZE", "SYNTHETIC_MANIFEST", "MIN_CASES_WITH_WARTS"]
+__all__ = [
+    "write_synthetic_ddti",
+    "ensure_synthetic",
+    "DEFAULT_SYNTHETIC_DIR",
+    "DEFAULT_SYNTHETIC_CASES",
+    "FRAME_SIZE",
+    "SYNTHETIC_MANIFEST",
+    "MIN_CASES_WITH_WARTS",
+]
 
 FRAME_SIZE = (560, 360)  # width, height: the size of every DDTI frame
+# The embedded default dataset: relative to the working directory, like the CLI's --out, so
+# that from a checkout it lands in the git-ignored data/synthetic/.
+DEFAULT_SYNTHETIC_DIR = Path("data") / "synthetic"
+DEFAULT_SYNTHETIC_CASES = 200
 SYNTHETIC_MANIFEST = "synthetic.json"
 MIN_CASES_WITH_WARTS = 10
 _TRUNCATE_AT = 2500  # DDTI's truncated marks are all cut at exactly this many characters
@@ -338,6 +350,8 @@ def write_synthetic_ddti(
     Deterministic: the same arguments give byte-identical files. ``label_noise`` is the
     probability that a labelled case's recorded TI-RADS comes from the other class;
     ``warts`` injects each DDTI wart once (needs ``MIN_CASES_WITH_WARTS`` cases).
+    (Byte-identical for a given Pillow/libjpeg build; another JPEG encoder may differ in the
+    last bits, and so would the data fingerprint.)
     ``overwrite`` replaces an earlier output in ``out_dir`` (only its xml/, raw_jpg/ and
     ``synthetic.json``); otherwise a non-empty output folder is an error.
     """
@@ -456,3 +470,35 @@ def write_synthetic_ddti(
             progress(i + 1, n_cases)
     (out / SYNTHETIC_MANIFEST).write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
     return out
+
+
+def ensure_synthetic(
+    out_dir: str | Path = DEFAULT_SYNTHETIC_DIR,
+    n_cases: int = DEFAULT_SYNTHETIC_CASES,
+    seed: int = 0,
+    label_noise: float = 0.0,
+    malignant_fraction: float = 0.6,
+    unlabelled_fraction: float = 0.1,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """The default phantom dataset: reuse ``out_dir`` if it holds phantoms made with these
+    arguments, otherwise (re)generate it. Only an earlier phantom output is ever replaced;
+    a folder holding anything else is an error, so real data cannot be overwritten."""
+    out = Path(out_dir).expanduser()
+    wanted = {"generator": "hfcn_bench.data.synthetic", "seed": seed, "n_cases": n_cases, "label_noise": label_noise,
+              "malignant_fraction": malignant_fraction, "unlabelled_fraction": unlabelled_fraction, "warts": []}
+    args = dict(label_noise=label_noise, malignant_fraction=malignant_fraction,
+                unlabelled_fraction=unlabelled_fraction, progress=progress)
+    manifest = out / SYNTHETIC_MANIFEST
+    if manifest.is_file():
+        try:
+            truth = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            truth = {}
+        if {k: truth.get(k) for k in wanted} == wanted and (out / "xml").is_dir():
+            return out
+        return write_synthetic_ddti(out, n_cases, seed, overwrite=True, **args)
+    if out.exists() and any(out.iterdir()):
+        raise HfcnError(f"{out} is not empty and holds no phantoms ({SYNTHETIC_MANIFEST} missing)",
+                        hint="point at an empty or new folder for the synthetic data")
+    return write_synthetic_ddti(out, n_cases, seed, **args)
