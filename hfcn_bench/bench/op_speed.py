@@ -1,0 +1,416 @@
+"""Speed and memory of crop + bilinear resize: the fused extension against naive slicing, the
+torchvision peers, image-level multi-crop and the memory floor.
+
+Every method is parity-checked against the contract (``crop_resize_reference``) before it is
+timed; a method that fails is reported with its error and not timed. ``roi_align`` and
+``grid_sample`` clamp at the *map* border rather than the crop border, so they are checked on
+the output pixels whose source lies inside the crop (where the conventions agree) and their
+full-map difference is reported beside it.
+
+Timing: ``torch.utils.benchmark.Timer.blocked_autorange`` (median and IQR over blocks),
+CUDA synchronised inside the timed statement. Memory: on CUDA the peak allocated bytes above
+the inputs (``torch.cuda.max_memory_allocated``); on the CPU the peak growth of the resident
+set (RSS, sampled from ``/proc/self/statm`` by a thread while the method runs once, after
+``malloc_trim`` returned freed heap pages), labelled as such in every row.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils import benchmark as tbench
+
+from .. import ops
+
+__all__ = ["OpShape", "PAPER_SHAPE", "LARGE_SHAPE", "measure_op_speed", "op_speed_checks", "available_methods"]
+
+
+@dataclass(frozen=True)
+class OpShape:
+    """One benchmark problem: x[B, C, H, W], BFC windows at ``alpha``, crops resized to ``out``."""
+
+    batch: int = 16
+    channels: int = 128
+    height: int = 14
+    width: int = 14
+    alpha: float = 0.6
+    out: int = 14
+
+    @property
+    def label(self) -> str:
+        return f"{self.batch}x{self.channels}x{self.height}x{self.width} a{self.alpha} ->{self.out}"
+
+
+PAPER_SHAPE = OpShape()  # the paper's feature map at 224 input, 5 BFC windows, alpha 0.6
+LARGE_SHAPE = OpShape(batch=16, channels=128, height=28, width=28, alpha=0.6, out=28)
+
+_FLOAT_TOL = 1e-5
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _roi_boxes(boxes: torch.Tensor, batch: int, dtype, device) -> torch.Tensor:
+    """(top, left, h, w) -> roi_align's [K, 5] (batch index, x1, y1, x2, y2) in pixel edges."""
+    t, l, h, w = boxes.to(torch.float64).unbind(1)
+    per = torch.stack([l, t, l + w, t + h], dim=1)
+    idx = torch.arange(batch, dtype=torch.float64).repeat_interleave(len(boxes))[:, None]
+    return torch.cat([idx, per.repeat(batch, 1)], dim=1).to(device=device, dtype=dtype)
+
+
+def _grid(boxes: torch.Tensor, shape: OpShape, dtype, device) -> torch.Tensor:
+    """affine_grid sampling the window's pixel area (align_corners=False) of each crop."""
+    H, W = shape.height, shape.width
+    theta = torch.zeros(len(boxes), 2, 3, dtype=torch.float64)
+    for n, (t, l, h, w) in enumerate(boxes.tolist()):
+        theta[n, 0, 0] = w / W
+        theta[n, 0, 2] = (2 * l + w) / W - 1
+        theta[n, 1, 1] = h / H
+        theta[n, 1, 2] = (2 * t + h) / H - 1
+    grid = F.affine_grid(theta, (len(boxes), 1, shape.out, shape.out), align_corners=False)
+    return grid.to(device=device, dtype=dtype)
+
+
+def available_methods() -> list[str]:
+    methods = ["fused", "naive", "image-multicrop", "floor"]
+    try:
+        import torchvision.ops  # noqa: F401
+
+        methods.insert(2, "roi_align")
+    except Exception:  # torchvision is an optional peer
+        pass
+    methods.insert(-1, "grid_sample")
+    return methods
+
+
+def _make_method(name: str, shape: OpShape, boxes: torch.Tensor, device: torch.device) -> Callable:
+    """A function x -> crops[B, N, C, out, out] (or, for image-multicrop, the crop features)."""
+    B, N, out = shape.batch, len(boxes), shape.out
+    if name == "fused":
+        return lambda x: ops.crop_resize(x, boxes, out)
+    if name == "naive":
+        return lambda x: ops.crop_resize_reference(x, boxes, out)
+    if name == "roi_align":
+        from torchvision.ops import roi_align
+
+        rois = _roi_boxes(boxes.cpu(), B, torch.float32, device)
+
+        def run(x):
+            r = roi_align(x, rois.to(x.dtype), output_size=out, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+            return r.view(B, N, x.shape[1], out, out)
+
+        return run
+    if name == "grid_sample":
+        grid = _grid(boxes.cpu(), shape, torch.float32, device)
+
+        def run(x):
+            xb = x.unsqueeze(1).expand(B, N, *x.shape[1:]).reshape(B * N, *x.shape[1:])
+            g = grid.to(x.dtype).repeat(B, 1, 1, 1)
+            return F.grid_sample(xb, g, mode="bilinear", padding_mode="border", align_corners=False).view(
+                B, N, x.shape[1], out, out
+            )
+
+        return run
+    if name == "floor":
+        # The memory floor: materialising the output's bytes once (read + write of a copy).
+        def run(x, _like=torch.empty(B, N, shape.channels, out, out, device=device)):
+            return _like.clone().requires_grad_(x.requires_grad)
+
+        return run
+    raise ValueError(f"unknown op method {name!r}; known: {', '.join(available_methods())}")
+
+
+def _image_multicrop(shape: OpShape, device: torch.device, image_size: int = 224):
+    """Image-level multi-crop: crop the *images* into the same alpha windows, resize each to the
+    input size and run the paper's conv stack on every crop (what HFCN's feature cropping
+    avoids). Returns (fn(images) -> crop feature maps [B, N, C, h, w], images)."""
+    from ..models.backbones import build_backbone
+
+    net = build_backbone("paper").to(device)
+    net.train()
+    img_boxes = ops.boundary_boxes(image_size, image_size, shape.alpha).to(device)
+
+    def run(images):
+        crops = ops.crop_resize(images, img_boxes, image_size)
+        B, N = crops.shape[:2]
+        feats = net(crops.flatten(0, 1))
+        return feats.view(B, N, *feats.shape[1:])
+
+    images = torch.randn(shape.batch, 3, image_size, image_size, device=device)
+    return run, images
+
+
+def _interior_mask(boxes: torch.Tensor, out: int) -> torch.Tensor:
+    """[N, out, out] True where both source coordinates lie inside the crop (no clamping)."""
+    masks = []
+    for _, _, h, w in boxes.tolist():
+        src = lambda n, d: (torch.arange(d, dtype=torch.float64) + 0.5) * n / d - 0.5  # noqa: E731
+        sy, sx = src(h, out), src(w, out)
+        my = (sy >= 0) & (sy <= h - 1)
+        mx = (sx >= 0) & (sx <= w - 1)
+        masks.append(my[:, None] & mx[None, :])
+    return torch.stack(masks)
+
+
+def _parity(name: str, fn: Callable, x: torch.Tensor, boxes: torch.Tensor, out: int) -> dict:
+    ref = ops.crop_resize_reference(x, boxes, out)
+    if name == "floor":
+        return {"parity": "n/a (copy of the output's bytes)", "parity_ok": True, "max_abs_err": None}
+    got = fn(x)
+    full = (got - ref).abs().amax().item()
+    if name in ("roi_align", "grid_sample"):
+        mask = _interior_mask(boxes.cpu(), out).to(x.device)[None, :, None]
+        inner = ((got - ref).abs() * mask).amax().item()
+        ok = inner <= 1e-4
+        return {
+            "parity": f"interior {inner:.1e} (map-border clamp: {full:.2f} at crop edges)",
+            "parity_ok": ok,
+            "max_abs_err": inner,
+        }
+    ok = full <= _FLOAT_TOL
+    return {"parity": f"{full:.1e}", "parity_ok": ok, "max_abs_err": full}
+
+
+def _time(stmt: Callable[[], object], device: torch.device, min_run_time: float) -> tuple[float, float]:
+    def timed():
+        stmt()
+        _sync(device)
+
+    m = tbench.Timer(stmt="timed()", globals={"timed": timed}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_run_time
+    )
+    return float(m.median), float(m.iqr)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS deltas are then an upper bound of reuse
+        pass
+
+
+def _peak_memory(stmt: Callable[[], object], device: torch.device) -> tuple[float, str]:
+    """Peak extra memory of one call, in MiB, and how it was measured."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        stmt()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, "cuda max_memory_allocated"
+    if not os.path.exists("/proc/self/statm"):
+        return math.nan, "unavailable (no /proc)"
+    _trim_heap()
+    base = _rss_bytes()
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.0002)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        result = stmt()
+        peak[0] = max(peak[0], _rss_bytes())
+        del result
+    finally:
+        stop.set()
+        th.join()
+    return (peak[0] - base) / 2**20, "cpu peak RSS growth (sampled)"
+
+
+def _time_image_multicrop(fn, images, base, check, device, progress) -> list[dict]:
+    """One forward of the image-level multi-crop (seconds per call on the CPU, at the current
+    thread count), timed and memory-sampled in the same single call: it is three orders of
+    magnitude slower than the feature-level op, so repeating it would dominate the report."""
+    if progress:
+        progress(f"{base['shape']} image-multicrop forward")
+    with torch.no_grad():
+        fn(images[:1])  # warm-up: first-call allocations, cuDNN/oneDNN selection
+        start = time.perf_counter()
+        peak, how = _peak_memory(lambda: fn(images), device)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    return [
+        {
+            **base,
+            **check,
+            "direction": "forward",
+            "threads": torch.get_num_threads(),
+            "median_s": elapsed,
+            "iqr_s": None,
+            "gbps": None,
+            "peak_mib": peak,
+            "memory_method": how,
+            "status": "ok",
+            "note": "single call (timed with the memory sampler running)",
+        }
+    ]
+
+
+def measure_op_speed(
+    shapes: tuple[OpShape, ...] = (PAPER_SHAPE, LARGE_SHAPE),
+    methods: list[str] | None = None,
+    threads: tuple[int, ...] = (1, 2),
+    device: str | torch.device = "cpu",
+    directions: tuple[str, ...] = ("forward", "backward", "forward+backward"),
+    min_run_time: float = 0.2,
+    image_multicrop_shapes: tuple[OpShape, ...] = (PAPER_SHAPE,),
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Time every method x direction x thread count x shape; return one row per measurement.
+
+    Row keys: shape, method, direction, threads, device, median_s, iqr_s, gbps (input + output
+    bytes over the median, for the memory-bound op), peak_mib and memory_method, speedup
+    (naive median / this median, same shape, direction and threads), parity, parity_ok,
+    status ("ok", or why it was not timed).
+    """
+    device = torch.device(device)
+    methods = list(methods or available_methods())
+    rows: list[dict] = []
+    old_threads = torch.get_num_threads()
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        for shape in shapes:
+            boxes = ops.boundary_boxes(shape.height, shape.width, shape.alpha).to(device)
+            x = torch.randn(shape.batch, shape.channels, shape.height, shape.width, generator=gen).to(device)
+            out_numel = shape.batch * len(boxes) * shape.channels * shape.out**2
+            grad = torch.randn(out_numel, generator=gen).view(shape.batch, len(boxes), shape.channels, shape.out, shape.out).to(device)
+            for name in methods:
+                if name == "image-multicrop" and shape not in image_multicrop_shapes:
+                    continue
+                base = {"shape": shape.label, "method": name, "device": str(device)}
+                try:
+                    if name == "image-multicrop":
+                        fn, inp = _image_multicrop(shape, device)
+                        check = {"parity": "n/a (different computation: backbone per image crop)", "parity_ok": True, "max_abs_err": None}
+                    else:
+                        fn, inp = _make_method(name, shape, boxes, device), x
+                        check = _parity(name, fn, x, boxes, shape.out)
+                except Exception as exc:  # a peer that cannot run here is reported, not fatal
+                    rows.append({**base, "direction": "-", "threads": None, "status": f"not run: {exc}", "parity_ok": False})
+                    continue
+                if not check["parity_ok"]:
+                    rows.append({**base, **check, "direction": "-", "threads": None, "status": "failed parity: not timed"})
+                    continue
+                if name == "image-multicrop":
+                    rows.extend(_time_image_multicrop(fn, inp, base, check, device, progress))
+                    continue
+                for nthreads in threads:
+                    torch.set_num_threads(nthreads)
+                    for direction in directions:
+                        if name == "floor" and direction != "forward":
+                            continue  # a copy has no backward
+                        if progress:
+                            progress(f"{shape.label} {name} {direction} {nthreads}T")
+                        xin = inp.detach().clone().requires_grad_(direction != "forward")
+                        if direction == "forward":
+                            def stmt(fn=fn, xin=xin):
+                                with torch.no_grad():
+                                    return fn(xin)
+                        elif direction == "backward":
+                            yy = fn(xin)
+                            gg = torch.randn_like(yy)
+
+                            def stmt(yy=yy, gg=gg, xin=xin):
+                                return torch.autograd.grad(yy, xin, gg, retain_graph=True)
+                        else:
+                            gg = torch.randn_like(fn(xin.detach()))
+
+                            def stmt(fn=fn, xin=xin, gg=gg):
+                                return torch.autograd.grad(fn(xin), xin, gg)
+                        median, iqr = _time(stmt, device, min_run_time)
+                        peak, how = _peak_memory(stmt, device)
+                        moved = (x.numel() + grad.numel()) * x.element_size()
+                        rows.append(
+                            {
+                                **base,
+                                **check,
+                                "direction": direction,
+                                "threads": nthreads,
+                                "median_s": median,
+                                "iqr_s": iqr,
+                                "gbps": moved / median / 1e9 if name != "image-multicrop" else None,
+                                "peak_mib": peak,
+                                "memory_method": how,
+                                "status": "ok",
+                            }
+                        )
+    finally:
+        torch.set_num_threads(old_threads)
+    naive = {(r["shape"], r["direction"], r["threads"]): r["median_s"] for r in rows if r["method"] == "naive" and r["status"] == "ok"}
+    for r in rows:
+        ref = naive.get((r["shape"], r["direction"], r["threads"]))
+        r["speedup"] = ref / r["median_s"] if ref and r.get("median_s") else None
+    return rows
+
+
+def _find(rows, **keys):
+    for r in rows:
+        if r.get("status") == "ok" and all(r.get(k) == v for k, v in keys.items()):
+            return r
+    return None
+
+
+def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE) -> list[dict]:
+    """The op issue's speed targets, evaluated on measured rows of one run.
+
+    Each check: name, value (a ratio), minimum (must), target (aim), passed (value meets the
+    minimum), met_target; value None when a needed row is missing.
+    """
+    label = shape.label
+    checks = []
+
+    def ratio(a, b):
+        return a["median_s"] / b["median_s"] if a and b else None
+
+    def add(name, value, minimum, target, higher_is_better=True):
+        if value is None:
+            checks.append({"check": name, "value": None, "minimum": minimum, "target": target, "passed": None, "met_target": None})
+            return
+        ok = value >= minimum if higher_is_better else value <= minimum
+        tgt = value >= target if higher_is_better else value <= target
+        checks.append({"check": name, "value": value, "minimum": minimum, "target": target, "passed": ok, "met_target": tgt})
+
+    for t in sorted({r["threads"] for r in rows if r.get("threads")}):
+        fused_f = _find(rows, shape=label, method="fused", direction="forward", threads=t)
+        naive_f = _find(rows, shape=label, method="naive", direction="forward", threads=t)
+        floor_f = _find(rows, shape=label, method="floor", direction="forward", threads=t)
+        fused_fb = _find(rows, shape=label, method="fused", direction="forward+backward", threads=t)
+        naive_fb = _find(rows, shape=label, method="naive", direction="forward+backward", threads=t)
+        roi_f = _find(rows, shape=label, method="roi_align", direction="forward", threads=t)
+        add(f"forward speed-up vs naive ({t} thread{'s' * (t > 1)})", ratio(naive_f, fused_f), 4.0, 8.0)
+        add(f"forward time / memory floor ({t} thread{'s' * (t > 1)})", ratio(fused_f, floor_f), 4.0, 2.0, higher_is_better=False)
+        add(f"forward+backward speed-up vs naive ({t} thread{'s' * (t > 1)})", ratio(naive_fb, fused_fb), 4.0, 8.0)
+        if roi_f:
+            add(f"forward speed-up vs roi_align ({t} thread{'s' * (t > 1)})", ratio(roi_f, fused_f), 1.0, 1.0)
+    one = _find(rows, shape=label, method="fused", direction="forward", threads=1)
+    two = _find(rows, shape=label, method="fused", direction="forward", threads=2)
+    add("fused forward, 2 threads vs 1", ratio(one, two), 1.6, 1.6)
+    one = _find(rows, shape=label, method="fused", direction="forward+backward", threads=1)
+    two = _find(rows, shape=label, method="fused", direction="forward+backward", threads=2)
+    add("fused forward+backward, 2 threads vs 1", ratio(one, two), 1.6, 1.6)
+    return checks
+
+
+def shape_dict(shape: OpShape) -> dict:
+    return asdict(shape)
