@@ -207,6 +207,8 @@ void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per
   at::parallel_for(0, B * C, plane_grain(N * oh * ow), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> lerped_buf(max_needed * stride + stride);
     acc_t* __restrict__ lerped = lerped_buf.data();
+    std::vector<acc_t> plane_buf(oh * ow + stride);
+    acc_t* __restrict__ plane_out = plane_buf.data();
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / C, c = p % C;
       const scalar_t* __restrict__ plane = xp + p * H * W;
@@ -253,16 +255,21 @@ void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per
         scalar_t* __restrict__ out = yp + ((b * N + n) * C + c) * oh * ow;
 #ifdef HFCN_SIMD
         if constexpr (kSimd) {
+          // Rows are assembled back to back in an L1 buffer (a row's spill past ow is
+          // overwritten by the next row), then the plane leaves in whole-register stores.
           const int64_t blocks = stride / simd::K;
           for (int64_t i = 0; i < oh; ++i) {
             const simd::vf a = simd::splat(wr0[i]), bw = simd::splat(wr1[i]);
-            float* orow = out + i * ow;
-            for (int64_t jb = 0; jb < blocks; ++jb) {
-              const simd::vf v = blend<simd::vf>(simd::load(lerped + up[i] + jb * simd::K),
-                                                 simd::load(lerped + lo[i] + jb * simd::K), a, bw);
-              simd::store_n(orow + jb * simd::K, v, ow - jb * simd::K);
-            }
+            float* orow = plane_out + i * ow;
+            for (int64_t jb = 0; jb < blocks; ++jb)
+              simd::store(orow + jb * simd::K,
+                          blend<simd::vf>(simd::load(lerped + up[i] + jb * simd::K),
+                                          simd::load(lerped + lo[i] + jb * simd::K), a, bw));
           }
+          const int64_t total = oh * ow;
+          int64_t e = 0;
+          for (; e + simd::K <= total; e += simd::K) simd::store(out + e, simd::load(plane_out + e));
+          if (e < total) simd::store_n(out + e, simd::load(plane_out + e), total - e);
           continue;
         }
 #endif
