@@ -174,7 +174,7 @@ def problems(draw):
     return (B, C, H, W), boxes, size
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=problems(), seed=st.integers(0, 2**31 - 1))
 def test_random_windows_forward_and_backward(problem, seed):
     """Random maps, windows (up- and down-sampling, wide rows beyond the SIMD fast path) and
@@ -185,8 +185,13 @@ def test_random_windows_forward_and_backward(problem, seed):
     x64 = torch.randn(*shape, generator=g, dtype=torch.float64)
     ref = expected(x64, boxes, size)
     assert (ops.crop_resize(x64, boxes, size) - ref).abs().max().item() <= 1e-12
-    y32 = ops.crop_resize(x64.float(), boxes, size)
-    assert (y32.double() - ref).abs().max().item() <= 1e-5
+    x32 = x64.float()
+    y32 = ops.crop_resize(x32, boxes, size)
+    # The contract in float32 is F.interpolate in float32 (same rounding of the source
+    # coordinates); against the float64 oracle the float32 coordinates themselves are off by
+    # up to ~1 ulp of the map size, hence the looser bound.
+    assert (y32 - ops.crop_resize_reference(x32, boxes, size)).abs().max().item() <= 1e-5
+    assert (y32.double() - ref).abs().max().item() <= 1e-4
 
     grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):

@@ -72,7 +72,9 @@ def _build(with_cuda: bool) -> None:
     src = csrc_dir()
     sources = [str(src / s) for s in _SOURCES_CPU + (_SOURCES_CUDA if with_cuda else ())]
     # OpenMP: at::parallel_for in an extension runs serially unless compiled and linked with it.
-    cflags = ["-O3", "-fopenmp"]
+    # -ffp-contract=off: no fused multiply-adds, like PyTorch's own CPU build, so the source
+    # coordinates (scale * (dst + 0.5) - 0.5) round exactly as F.interpolate's do.
+    cflags = ["-O3", "-fopenmp", "-ffp-contract=off"]
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
         cflags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
     cflags += os.environ.get("HFCN_EXTRA_CFLAGS", "").split()  # e.g. "-g" for profiling
