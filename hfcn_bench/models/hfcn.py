@@ -201,13 +201,23 @@ class HFCN(nn.Module):
     the crops at test time as well). Two models with the same seed draw the same sequence;
     :meth:`reset_crop_generator` restarts it, e.g. before an evaluation, so that evaluation does
     not depend on how many training steps ran before.
+
+    Args:
+        config: the model definition.
+        backbone: an already built feature extractor to use instead of building
+            ``config.backbone`` (any module mapping ``[B, 3, H, W]`` to ``[B, C, h, w]``; it is
+            used as is, shared if the caller shares it); ``config.weights`` is then ignored.
     """
 
-    def __init__(self, config: HFCNConfig):
+    def __init__(self, config: HFCNConfig, backbone: nn.Module | None = None):
         super().__init__()
         config.validate()
         self.config = config
-        self.backbone = build_backbone(config.backbone, weights=config.weights, **config.backbone_kwargs)
+        if backbone is None:
+            backbone = build_backbone(config.backbone, weights=config.weights, **config.backbone_kwargs)
+        elif not isinstance(backbone, nn.Module):
+            raise ModelConfigError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
+        self.backbone = backbone
         H, W = config.input_hw
         C, h, w = feature_shape(self.backbone, (H, W))
         self.num_features = C
@@ -221,15 +231,15 @@ class HFCN(nn.Module):
             nn.Linear(config.hidden, config.num_classes),
         )
         self.num_crops = config.n_crops
-        # BFC windows are fixed by (h, w, alpha): a non-persistent buffer, so they follow
-        # .to(device) and stay out of checkpoints.
+        # Fixed windows (BFC on the map, or BFC on the image for crop="image") live in a
+        # non-persistent buffer: they follow .to(device) and stay out of checkpoints.
         if config.crop == "bfc":
             boxes = ops.boundary_boxes(h, w, config.alpha)
         elif config.crop == "image":
             boxes = ops.boundary_boxes(H, W, config.alpha)
         else:
             boxes = torch.zeros((0, 4), dtype=torch.int64)
-        self.register_buffer("bfc_boxes", boxes, persistent=False)
+        self.register_buffer("crop_boxes", boxes, persistent=False)
         self._box_rows = [tuple(r) for r in boxes.tolist()]
         self._generator = torch.Generator(device="cpu")
         self._generator.manual_seed(config.seed)
@@ -255,12 +265,13 @@ class HFCN(nn.Module):
         self._generator.manual_seed(self.config.seed if seed is None else seed)
 
     def next_boxes(self) -> torch.Tensor:
-        """The windows of the next forward, ``LongTensor[N, 4]`` on the CPU: the fixed BFC (or
-        image-level) windows, or a fresh RFC draw (advances the generator)."""
+        """The windows of the next forward, ``LongTensor[N, 4]`` on the CPU: a fresh RFC draw
+        (advances the generator), else the fixed windows (``crop_boxes``: BFC on the feature
+        map, BFC on the image for crop="image", none for crop="none")."""
         if self.config.crop == "rfc":
             h, w = self.feature_hw
             return ops.random_boxes(h, w, self.config.alpha, self.num_crops, generator=self._generator)
-        return self.bfc_boxes.cpu()
+        return self.crop_boxes.cpu()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone: ``x (Tensor[B, 3, H, W]) -> Tensor[B, C, h, w]``."""
@@ -286,13 +297,16 @@ class HFCN(nn.Module):
     def crop_features(self, feat: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """Feature-cropping branch: ``feat (Tensor[B, C, h, w]) -> Tensor[B, N, C, h, w]``, each
         window resized back to the map size so the shared classifier applies. ``boxes``
-        (``LongTensor[N, 4]``) defaults to :meth:`next_boxes`."""
+        (``LongTensor[N, 4]``, feature-map pixels) defaults to the model's windows: BFC, or a
+        fresh RFC draw; for crop="none"/"image" models, the BFC windows of the map."""
         rows = None
         if boxes is None:
             if self.config.crop == "bfc":
-                boxes, rows = self.bfc_boxes, self._box_rows
-            else:
+                boxes, rows = self.crop_boxes, self._box_rows
+            elif self.config.crop == "rfc":
                 boxes = self.next_boxes()
+            else:
+                boxes = ops.boundary_boxes(*feat.shape[-2:], self.config.alpha)
         return self.crop_resize(feat, boxes, tuple(feat.shape[-2:]), rows)
 
     def forward_head(self, feat: torch.Tensor) -> torch.Tensor:
@@ -336,7 +350,7 @@ class HFCN(nn.Module):
         if crop == "none":
             return self._fuse(self.forward_head(feat), None, None)
         if crop == "bfc":
-            boxes, rows = self.bfc_boxes, self._box_rows
+            boxes, rows = self.crop_boxes, self._box_rows
         else:
             boxes, rows = self.next_boxes(), None
         crops = self.crop_resize(feat, boxes, self.feature_hw, rows)
@@ -354,14 +368,14 @@ class HFCN(nn.Module):
                 f"images got {H}x{W}",
                 hint="resize the images or build the model with a matching input_size",
             )
-        crops = self.crop_resize(x, self.bfc_boxes, (H, W), self._box_rows)  # [B, N, 3, H, W]
+        crops = self.crop_resize(x, self.crop_boxes, (H, W), self._box_rows)  # [B, N, 3, H, W]
         N = crops.shape[1]
         # One backbone pass over image + crops: BatchNorm sees all of them, as it would if the
         # crops were simply more training images.
         feat = self.forward_features(torch.cat([x, crops.flatten(0, 1)], dim=0))
         self._check_features(feat, x)
         logits = self.forward_head(feat)
-        return self._fuse(logits[:B], logits[B:].unflatten(0, (B, N)), self.bfc_boxes)
+        return self._fuse(logits[:B], logits[B:].unflatten(0, (B, N)), self.crop_boxes)
 
 
 def build_model(config: HFCNConfig | None = None, /, **kwargs) -> HFCN:
