@@ -1,0 +1,190 @@
+"""Training checkpoints: written atomically, read without executing code from the file.
+
+A checkpoint is a ``dict`` of tensors and plain Python containers only (``dict``, ``list``,
+``str``, numbers, ``None``): the model and optimizer state dicts, the epoch, the training
+configuration as a dict, metrics, RNG states (as byte tensors) and free-form ``extra`` data.
+No custom class goes in, so :func:`load_checkpoint` can read it with
+``torch.load(weights_only=True)``, which refuses to unpickle anything else: a checkpoint someone
+sent you cannot run code on your machine.
+
+:func:`save_checkpoint` writes to a temporary file in the target directory, flushes it to disk
+and then ``os.replace``-s it over the target, so a process killed mid-write leaves the previous
+checkpoint intact (and a stray ``.NAME.*.tmp`` file, never a half-written ``NAME``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import HfcnError
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
+
+CHECKPOINT_FORMAT = "hfcn-bench/checkpoint"
+CHECKPOINT_VERSION = 1
+_REQUIRED = ("format", "version", "epoch", "model", "config")
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """A copy of ``obj`` made only of what ``weights_only`` loading accepts; tuples become lists
+    (JSON-like), anything else is an error now rather than an unloadable file later."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint {where}: key {k!r} is a {type(k).__name__}, not str/int")
+            out[k] = _plain(v, f"{where}.{k}")
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    # numpy scalars and the like: keep the number, drop the class.
+    if hasattr(obj, "item") and callable(obj.item):
+        return _plain(obj.item(), where)
+    raise TypeError(f"checkpoint {where}: {type(obj).__name__} is not a tensor or plain container")
+
+
+def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
+    """Call ``write(fh)`` on a temporary file next to ``path``, fsync it, then rename it over
+    ``path``. The rename is atomic on one file system, so readers see the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp makes the file private (0600); an output file should read like any other.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+    *,
+    scheduler: Any = None,
+    rng: Mapping[str, torch.Tensor] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically; return its path.
+
+    Args:
+        path: target file (``last.pt``, ``best.pt``); its folder is created.
+        model: its ``state_dict()`` is stored (tensors moved to the CPU, so a CUDA checkpoint
+            loads anywhere).
+        optimizer: its ``state_dict()``, or ``None``.
+        epoch: number of completed epochs.
+        config: the training configuration as a plain dict (e.g. ``dataclasses.asdict``).
+        metrics: plain numbers/lists (validation scores, threshold, ...).
+        scheduler: optional LR scheduler whose ``state_dict()`` is stored.
+        rng: named RNG states (byte tensors) to restore on resume.
+        extra: any further plain data (history, validation case ids, ...).
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    obj = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "epoch": int(epoch),
+        "model": state,
+        "optimizer": _plain(_to_cpu(optimizer.state_dict()), "optimizer") if optimizer is not None else None,
+        "scheduler": _plain(scheduler.state_dict(), "scheduler") if scheduler is not None else None,
+        "config": _plain(dict(config), "config"),
+        "metrics": _plain(dict(metrics or {}), "metrics"),
+        "rng": _plain(dict(rng or {}), "rng"),
+        "extra": _plain(dict(extra or {}), "extra"),
+    }
+    return atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, on the CPU, with
+    ``torch.load(weights_only=True)``.
+
+    Raises :class:`HfcnError` naming the file and the problem when it is missing, truncated, not
+    a torch file, holds objects other than tensors and plain containers, is some other program's
+    torch file, or is an hfcn-bench checkpoint of an unsupported version or with missing keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HfcnError(f"no checkpoint at {path}", hint="train first (hfcn-bench train --out RUN_DIR) or check the path")
+    damaged_hint = "a run killed mid-write keeps the previous file; restore it or retrain"
+    # torch.save writes a zip archive; anything else (a cut-off file loses the zip's central
+    # directory at its end) is reported as such instead of being fed to the unpickler.
+    if not zipfile.is_zipfile(path):
+        raise HfcnError(f"{path}: not a readable torch checkpoint (truncated or damaged?): not a complete "
+                        "zip archive, which is what torch.save writes", hint=damaged_hint)
+    try:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols of foreign files; the error below says more.
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refused a global it does not allow; the message names it after this tag.
+        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", str(exc), re.S)
+        why = " ".join(m.group(1).split()) if m else "not tensors and plain containers only"
+        raise HfcnError(
+            f"{path}: refused to load: not a plain tensor checkpoint ({why[:200]})",
+            hint="only checkpoints written by hfcn-bench load; a file holding arbitrary Python objects could run "
+            "code when unpickled",
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, KeyError, EOFError... on junk
+        # First sentence only: torch appends paragraphs of advice meant for its own users.
+        msg = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+        raise HfcnError(
+            f"{path}: not a readable torch checkpoint (truncated or damaged?): {type(exc).__name__}"
+            + (f": {msg[:200]}" if msg else ""),
+            hint=damaged_hint,
+        ) from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        what = f"a {type(obj).__name__}" if not isinstance(obj, dict) else (
+            f"format tag {obj.get('format')!r}" if "format" in obj else "no format tag")
+        raise HfcnError(f"{path}: not an hfcn-bench checkpoint ({what})",
+                        hint="give a best.pt/last.pt from an hfcn-bench run folder")
+    if obj.get("version") != CHECKPOINT_VERSION:
+        raise HfcnError(f"{path}: checkpoint version {obj.get('version')!r} is not supported "
+                        f"(this hfcn-bench reads version {CHECKPOINT_VERSION})")
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise HfcnError(f"{path}: damaged checkpoint, missing {', '.join(missing)}")
+    if not isinstance(obj["model"], dict) or not all(isinstance(v, torch.Tensor) for v in obj["model"].values()):
+        raise HfcnError(f"{path}: damaged checkpoint, 'model' is not a state dict of tensors")
+    if not isinstance(obj["config"], dict):
+        raise HfcnError(f"{path}: damaged checkpoint, 'config' is not a dict")
+    for key in ("metrics", "rng", "extra"):
+        obj.setdefault(key, {})
+    return obj
