@@ -1,0 +1,132 @@
+"""``hfcn-bench train | eval | predict`` end to end on tiny phantoms, against a captured console."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from hfcn_bench.cli import main
+from hfcn_bench.data import write_synthetic_ddti
+
+TINY = ["--preset", "quick", "--image-size", "32", "--epochs", "1", "--threads", "1", "--n-boot", "30"]
+
+
+def run(argv, width=160):
+    buf = io.StringIO()
+    rc = main(argv, console=Console(file=buf, width=width, force_terminal=False, color_system=None))
+    return rc, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_synthetic_ddti(tmp_path_factory.mktemp("cli-train") / "ddti", n_cases=24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli-runs") / "r"
+    rc, text = run(["train", "--data", str(data), "--out", str(out), *TINY])
+    assert rc == 0, text
+    return out, text
+
+
+def test_train_prints_metrics_beside_the_baseline(trained):
+    out, text = trained
+    for needle in ("ROC-AUC", "PR-AUC", "F1 (eq. 12)", "specificity", "majority baseline", "95% CI",
+                   "confusion matrix", "decision threshold", "youden on validation", "epoch 1/1",
+                   "tirads rule", "run folder"):
+        assert needle in text, needle
+    for name in ("config.json", "split.json", "best.pt", "last.pt", "history.json", "metrics.json",
+                 "predictions.csv"):
+        assert (out / name).is_file(), name
+
+
+def test_train_refuses_an_existing_run(trained, data):
+    out, _ = trained
+    rc, text = run(["train", "--data", str(data), "--out", str(out), *TINY])
+    assert rc == 1 and "already holds a run" in text and "--resume" in text
+
+
+def test_resume_extends_a_run_and_refuses_other_settings(data, tmp_path):
+    out = tmp_path / "r"
+    assert run(["train", "--data", str(data), "--out", str(out), *TINY])[0] == 0
+    rc, text = run(["train", "--out", str(out), "--resume", "--lr", "0.5"])
+    assert rc == 1 and "lr" in text and "--resume keeps the run's settings" in text
+    rc, text = run(["train", "--out", str(out), "--resume", "--epochs", "2", "--n-boot", "30"])
+    assert rc == 0, text
+    assert "resuming" in text and "epoch 2/2" in text and "epoch 1/2" not in text
+    hist = json.loads((out / "history.json").read_text())["history"]
+    assert [r["epoch"] for r in hist] == [1, 2]
+    rc, text = run(["train", "--out", str(tmp_path / "nothing"), "--resume"])
+    assert rc == 1 and "nothing to resume" in text
+
+
+def test_eval_reproduces_the_training_report(trained):
+    out, _ = trained
+    rc, text = run(["eval", "--run", str(out), "--json"])
+    assert rc == 0, text
+    report = json.loads(text)
+    stored = json.loads((out / "metrics.json").read_text())
+    assert report["auc"] == pytest.approx(stored["auc"])
+    assert report["threshold"] == pytest.approx(stored["threshold"])
+    assert report["metrics"]["confusion_matrix"] == stored["metrics"]["confusion_matrix"]
+    rc, text = run(["eval", "--run", str(out), "--per-case", "mean", "--out", str(out / "eval_case.json")])
+    assert rc == 0, text
+    assert "cases; malignant = positive" in text and "level: case-mean" in text
+    assert json.loads((out / "eval_case.json").read_text())["level"] == "case-mean"
+
+
+def test_eval_names_a_damaged_checkpoint(trained, tmp_path):
+    import shutil
+
+    out, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    data = (copy / "best.pt").read_bytes()
+    (copy / "best.pt").write_bytes(data[:1000])
+    rc, text = run(["eval", "--run", str(copy)])
+    assert rc == 1 and "best.pt" in text and "truncated or damaged" in text
+    rc, text = run(["eval", "--run", str(tmp_path / "none")])
+    assert rc == 1 and "not a run folder" in text
+
+
+def test_predict_xml_and_image_with_pictures(trained, data, tmp_path):
+    out, _ = trained
+    pics = tmp_path / "pics"
+    xml = data / "xml" / "3.xml"
+    img = sorted((data / "raw_jpg").glob("*.jpg"))[0]
+    rc, text = run(["predict", "--run", str(out), str(xml), str(img), "--out", str(pics), "--json"])
+    assert rc == 0, text
+    res = json.loads(text)
+    assert not res["errors"] and len(res["rows"]) >= 2
+    kinds = {r["kind"] for r in res["rows"]}
+    assert "outline" in kinds and "whole image" in kinds
+    for r in res["rows"]:
+        assert 0.0 <= r["prob"] <= 1.0 and len(r["crop_probs"]) == 5
+        # the fused probability is eq. 1 of its parts (ω = 0.5)
+        assert r["prob"] == pytest.approx(0.5 * r["global_prob"] + 0.5 * r["crop_prob"], abs=1e-5)
+        with Image.open(r["png"]) as im:
+            assert im.format == "PNG" and im.width > 300
+    rc, text = run(["predict", "--run", str(out), str(xml), str(tmp_path / "missing.jpg"), str(data / "synthetic.json"),
+                    "--no-png"])
+    assert rc == 1
+    assert "P(malignant) per ROI" in text and "3.xml" in text
+    assert "missing.jpg: no such file" in text and "synthetic.json: not a case XML or an image" in text
+
+
+def test_kfold_training_prints_folds(data, tmp_path):
+    out = tmp_path / "cv"
+    rc, text = run(["train", "--data", str(data), "--out", str(out), "--folds", "3", *TINY])
+    assert rc == 0, text
+    assert "3 folds" in text and "pooled out-of-fold" in text and "mean ± sd" in text
+    rc, text = run(["eval", "--run", str(out), "--json"])
+    assert rc == 0, text
+    assert json.loads(text)["kind"] == "kfold"
+    rc, text = run(["predict", "--run", str(out), str(data / "xml" / "3.xml")])
+    assert rc == 1 and "--fold" in text
+    rc, text = run(["predict", "--run", str(out), "--fold", "1", str(data / "xml" / "3.xml"), "--no-png"])
+    assert rc == 0, text
