@@ -350,11 +350,18 @@ def _threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def _crop_generator(model: HFCN) -> torch.Generator | None:
+    """The generator RFC windows come from (its state goes into checkpoints). Read through the
+    model's public ``crop_generator`` when it has one; older models keep it as ``_generator``."""
+    gen = getattr(model, "crop_generator", None)
+    return gen if isinstance(gen, torch.Generator) else getattr(model, "_generator", None)
+
+
 @contextmanager
 def _eval_mode(model: HFCN):
     """Evaluation mode with a fixed RFC window sequence (so scores do not depend on how many
     training steps ran before), restoring the training generator afterwards."""
-    gen = getattr(model, "_generator", None)
+    gen = _crop_generator(model)
     state = gen.get_state() if gen is not None else None
     was_training = model.training
     model.eval()
@@ -475,7 +482,7 @@ def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 def _rng_state(model: HFCN) -> dict[str, torch.Tensor]:
     st = {"torch": torch.get_rng_state()}
-    gen = getattr(model, "_generator", None)
+    gen = _crop_generator(model)
     if gen is not None:
         st["crop"] = gen.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -486,7 +493,7 @@ def _rng_state(model: HFCN) -> dict[str, torch.Tensor]:
 def _set_rng_state(model: HFCN, st: dict) -> None:
     if "torch" in st:
         torch.set_rng_state(st["torch"])
-    gen = getattr(model, "_generator", None)
+    gen = _crop_generator(model)
     if gen is not None and "crop" in st:
         gen.set_state(st["crop"])
     if "cuda" in st and torch.cuda.is_available():

@@ -279,10 +279,11 @@ class _Killed(Exception):
     pass
 
 
-def test_killed_run_resumes_to_the_same_weights(ds, split, tmp_path):
+@pytest.mark.parametrize("crop", ["bfc", "rfc"])  # rfc: the window generator's state must resume too
+def test_killed_run_resumes_to_the_same_weights(ds, split, tmp_path, crop):
     train, test = split.select(ds)
     val = test[:6]
-    cfg = tiny(epochs=3)
+    cfg = tiny(epochs=3, crop=crop)
     straight = T.fit(train, val, cfg)
 
     def kill_after_two(kind, done, total, info):

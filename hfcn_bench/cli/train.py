@@ -342,8 +342,9 @@ def run_train(args, console) -> int:
         console.print_json(json.dumps(report))
         return 0
     _print_report(console, report, f"{config.backbone}+{config.crop} on held-out cases")
-    console.print(f"run folder: [bold]{out}[/bold] (config.json, split.json, best.pt, last.pt, history.json, "
-                  f"metrics.json, predictions.csv); wall time {wall:.1f} s", highlight=False)
+    ckpts = "fold*/ (best.pt, last.pt, history.json)" if folds else "best.pt, last.pt, history.json"
+    console.print(f"run folder: [bold]{out}[/bold] (config.json, split.json, {ckpts}, metrics.json, "
+                  f"predictions.csv); wall time {wall:.1f} s", highlight=False)
     console.print(f"next: hfcn-bench eval --run {out}", highlight=False, markup=False)
     return 0
 
