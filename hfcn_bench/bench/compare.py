@@ -60,6 +60,19 @@ PRESETS = {
         "model_repeats": 10,
         "train_preset": "paper",
     },
+    # Seconds, not minutes: tiny shapes and one training epoch, to check an install or a change
+    # of the harness itself (the tests use it). Its figures measure nothing of interest.
+    "smoke": {
+        "op_min_run_time": 0.01,
+        "op_shapes": (op_speed.OpShape(batch=2, channels=4, height=8, width=8, alpha=0.6, out=8),),
+        "image_multicrop": False,
+        "model_modes": ("none", "bfc", "bfc-naive", "image"),
+        "model_batch": 2,
+        "model_size": 32,
+        "model_repeats": 1,
+        "train_preset": "quick",
+        "train_overrides": {"epochs": 1, "image_size": 32},
+    },
 }
 
 
@@ -93,16 +106,17 @@ def model_cost_checks(rows: Sequence[dict]) -> list[dict]:
 
 
 def _speed_section(opts: CompareOptions, preset: dict, progress) -> dict:
+    shapes = preset["op_shapes"]
     rows = op_speed.measure_op_speed(
-        shapes=preset["op_shapes"],
+        shapes=shapes,
         threads=opts.threads,
         device=opts.device,
         min_run_time=preset["op_min_run_time"],
-        image_multicrop_shapes=(op_speed.PAPER_SHAPE,) if preset["image_multicrop"] else (),
+        image_multicrop_shapes=(shapes[0],) if preset["image_multicrop"] else (),
         seed=opts.seed,
         progress=progress,
     )
-    return {"rows": rows, "checks": op_speed.op_speed_checks(rows)}
+    return {"rows": rows, "checks": op_speed.op_speed_checks(rows, shapes[0])}
 
 
 def _model_section(opts: CompareOptions, preset: dict, progress) -> dict:
@@ -161,7 +175,7 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
     for backbone, crop, alpha in combos:
         config = training.preset_config(
             preset["train_preset"], backbone=backbone, crop=crop, device=opts.device, seed=opts.seed,
-            **({"alpha": alpha} if alpha is not None else {}),
+            **preset.get("train_overrides", {}), **({"alpha": alpha} if alpha is not None else {}),
         )
         label = f"{backbone} {crop}" + (f" a{alpha}" if alpha is not None else "")
         if progress:

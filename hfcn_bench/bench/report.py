@@ -60,6 +60,8 @@ class Column:
     fmt: str = "{}"
     # For --against: how a bigger value reads ("lower" = times, "higher" = speed-ups, scores).
     better: str | None = None
+    # Shown in the terminal table too (False: only in report.md / CSV, to fit 80-120 columns).
+    terminal: bool = True
 
     def render(self, row: dict) -> str:
         value = row.get(self.key)
@@ -97,11 +99,11 @@ TABLES: dict[tuple[str, str], tuple[str, tuple[str, ...], list[Column]]] = {
             Column("direction", "direction"),
             Column("threads", "threads"),
             Column("median_s", "median ms", MS, "lower"),
-            Column("iqr_s", "IQR ms", MS),
+            Column("iqr_s", "IQR ms", MS, terminal=False),
             Column("speedup", "vs naive", "{:.1f}x", "higher"),
-            Column("gbps", "GB/s", "{:.1f}", "higher"),
+            Column("gbps", "GB/s", "{:.1f}", "higher", terminal=False),
             Column("peak_mib", "peak MiB", "{:.1f}"),
-            Column("parity", "parity (max abs err)"),
+            Column("parity", "parity (max abs err)", terminal=False),
             Column("status", "status"),
         ],
     ),
@@ -122,19 +124,19 @@ TABLES: dict[tuple[str, str], tuple[str, tuple[str, ...], list[Column]]] = {
         ("mode", "batch", "size", "threads"),
         [
             Column("mode", "mode"),
-            Column("batch", "batch"),
-            Column("size", "size"),
+            Column("batch", "batch", terminal=False),
+            Column("size", "size", terminal=False),
             Column("threads", "threads"),
-            Column("backbone_passes", "backbone passes"),
+            Column("backbone_passes", "backbone passes", terminal=False),
             Column("train_median_s", "train step ms", MS, "lower"),
-            Column("train_iqr_s", "IQR ms", MS),
+            Column("train_iqr_s", "IQR ms", MS, terminal=False),
             Column("train_ratio", "step / none", "{:.2f}x"),
             Column("infer_median_s", "inference ms", MS, "lower"),
             Column("infer_ratio", "inference / none", "{:.2f}x"),
-            Column("op_median_s", "crop op fwd+bwd ms", MS),
+            Column("op_median_s", "crop op fwd+bwd ms", MS, terminal=False),
             Column("op_share", "op share of step", "{:.1%}"),
             Column("ratio_vs_bfc", "step / bfc fused", "{:.3f}x"),
-            Column("parity_max_abs_diff", "fused vs naive max diff", "{:.1e}"),
+            Column("parity_max_abs_diff", "fused vs naive max diff", "{:.1e}", terminal=False),
         ],
     ),
     ("model_cost", "checks"): (
@@ -161,8 +163,8 @@ TABLES: dict[tuple[str, str], tuple[str, tuple[str, ...], list[Column]]] = {
             Column("f1_ci", "F1 95% CI"),
             Column("auc", "ROC-AUC", "{:.3f}", "higher"),
             Column("auc_ci", "AUC 95% CI"),
-            Column("specificity", "spec", "{:.3f}", "higher"),
-            Column("train_s", "train s", "{:.0f}"),
+            Column("specificity", "spec", "{:.3f}", "higher", terminal=False),
+            Column("train_s", "train s", "{:.0f}", terminal=False),
             Column("paper", "paper acc/prec/rec/F1 %"),
         ],
     ),
@@ -170,7 +172,7 @@ TABLES: dict[tuple[str, str], tuple[str, tuple[str, ...], list[Column]]] = {
         "Majority-class baseline (always the training majority)",
         ("protocol",),
         [
-            Column("protocol", "protocol"),
+            Column("protocol", "protocol", terminal=False),
             Column("majority_class", "predicts"),
             Column("accuracy", "acc", "{:.3f}"),
             Column("precision", "prec", "{:.3f}"),
@@ -322,6 +324,7 @@ def render_rich(report: dict, console, sections: Sequence[str] | None = None) ->
         if sections and section not in sections:
             continue
         table = Table(title=title, title_justify="left", show_lines=False)
+        columns = [c for c in columns if c.terminal]
         for c in columns:
             table.add_column(c.header, overflow="fold")
         for r in rows:

@@ -37,7 +37,7 @@ def register(sub) -> None:
         "report.json, report.md, CSVs and PNG figures into --out (default reports/<timestamp>/).",
     )
     p.add_argument("--data", help="DDTI folder (raw/ or flat) or folder format; default: embedded synthetic phantoms")
-    p.add_argument("--preset", default="quick", help="quick (default, ~5 min on 2 cores) or paper")
+    p.add_argument("--preset", default="quick", help="quick (default, ~5 min on 2 cores), paper (paper settings; long) or smoke (seconds; checks an install)")
     p.add_argument("--folds", type=int, default=0, help="k-fold case-level cross-validation (default: one 3:1 split)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", default="1,2", help="thread counts to time, comma-separated (default 1,2)")

@@ -1,0 +1,165 @@
+"""``hfcn-bench compare`` end to end on tiny settings (the "smoke" preset), its report files,
+``--against`` and every error path."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+
+from hfcn_bench.bench import compare as compare_mod
+from hfcn_bench.bench.report import compare_reports, load_report
+from hfcn_bench.cli import main
+from hfcn_bench.data import write_synthetic_ddti
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    buf = io.StringIO()
+    code = main(list(argv), console=Console(file=buf, width=160, force_terminal=False))
+    return code, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    return write_synthetic_ddti(tmp_path_factory.mktemp("phantoms"), n_cases=24, seed=1)
+
+
+@pytest.fixture(scope="module")
+def first_report(tmp_path_factory, phantoms) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    code, text = run_cli(
+        "compare", "--preset", "smoke", "--data", str(phantoms), "--threads", "1", "--n-boot", "50", "--out", str(out)
+    )
+    assert code == 0, text
+    return out
+
+
+def test_smoke_report_has_every_section_and_file(first_report):
+    report = json.loads((first_report / "report.json").read_text())
+    assert report["errors"] == []
+    env = report["environment"]
+    assert env["extension_backend"] in ("cpp-cpu", "cuda", "reference") and env["torch"] == torch.__version__
+    assert report["data"]["fingerprint"] and report["data"]["label_rule"] == "tirads"
+
+    speed = report["op_speed"]["rows"]
+    methods = {r["method"] for r in speed}
+    assert {"fused", "naive", "grid_sample", "floor"} <= methods
+    fused = [r for r in speed if r["method"] == "fused"]
+    assert {r["direction"] for r in fused} == {"forward", "backward", "forward+backward"}
+    for r in fused:
+        assert r["status"] == "ok" and r["parity_ok"] and r["median_s"] > 0 and r["speedup"] > 0
+        assert r["max_abs_err"] <= 1e-5 and r["memory_method"]
+    assert report["op_speed"]["checks"]
+
+    model = report["model_cost"]["rows"]
+    assert [r["mode"] for r in model] == ["none", "bfc", "bfc-naive", "image"]
+    assert next(r for r in model if r["mode"] == "none")["train_ratio"] == pytest.approx(1.0)
+    assert next(r for r in model if r["mode"] == "image")["backbone_passes"] == 6
+    assert any(c["check"].startswith("bfc training step / none") for c in report["model_cost"]["checks"])
+
+    rows = report["metrics"]["rows"]
+    assert [r["crop"] for r in rows] == ["none", "rfc", "bfc"]
+    for r in rows:
+        assert 0.0 <= r["auc"] <= 1.0 and 0.0 <= r["f1"] <= 1.0
+        assert r["paper"]  # the paper's Table 4 row quoted beside ours
+    assert report["metrics"]["baseline"][0]["auc"] == 0.5
+
+    for name in ("report.md", "op_speed_rows.csv", "op_speed_checks.csv", "model_cost_rows.csv", "metrics_rows.csv"):
+        assert (first_report / name).stat().st_size > 0
+    with open(first_report / "metrics_rows.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3
+    md = (first_report / "report.md").read_text()
+    assert "## Op speed" in md and "## Paper metrics" in md and "IEEE Access" in md
+    for fig in report["figures"]:
+        with Image.open(fig) as im:
+            assert im.size[0] > 100
+    assert {Path(f).name for f in report["figures"]} >= {"speed_forward.png", "roc.png", "model_train_step.png"}
+
+
+def test_against_prints_ratios(first_report, tmp_path, phantoms):
+    code, text = run_cli(
+        "compare", "--preset", "smoke", "--only", "speed", "--threads", "1", "--out", str(tmp_path),
+        "--against", str(first_report / "report.json"),
+    )
+    assert code == 0, text
+    assert "Against the earlier report" in text
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = report["against"]["rows"]
+    assert rows and all(r["verdict"] in ("regression", "improvement", "same") for r in rows)
+    assert any(r["figure"] == "median ms" for r in rows)
+
+
+def test_compare_reports_flags_regressions():
+    old = {"op_speed": {"rows": [{"shape": "s", "method": "fused", "direction": "forward", "threads": 1, "median_s": 1.0, "speedup": 8.0}]}}
+    new = {"op_speed": {"rows": [{"shape": "s", "method": "fused", "direction": "forward", "threads": 1, "median_s": 2.0, "speedup": 8.1}]}}
+    by_fig = {r["figure"]: r for r in compare_reports(new, old)}
+    assert by_fig["median ms"]["verdict"] == "regression" and by_fig["median ms"]["ratio"] == 2.0
+    assert by_fig["vs naive"]["verdict"] == "same"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--backbones", "alexnet"], "unknown backbone 'alexnet'; known: "),
+        (["--data", "/nonexistent/ddti"], "--data /nonexistent/ddti: no such folder"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--only", "speed,colours"], "unknown section"),
+        (["--threads", "0"], "--threads needs positive integers"),
+        (["--against", "/nonexistent/report.json"], "no such report"),
+    ],
+)
+def test_error_paths_print_one_line_and_exit_nonzero(argv, message, tmp_path):
+    code, text = run_cli("compare", "--preset", "smoke", "--out", str(tmp_path), *argv)
+    assert code == 1
+    assert "error:" in text and message in text.replace("\n", " ")
+    assert "Traceback" not in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_cuda_asked_but_absent(tmp_path):
+    code, text = run_cli("compare", "--preset", "smoke", "--device", "cuda", "--out", str(tmp_path))
+    assert code == 1 and "no CUDA GPU is available" in text and "hint:" in text
+
+
+def test_bad_against_file(tmp_path):
+    bad = tmp_path / "report.json"
+    bad.write_text("{not json")
+    code, text = run_cli("compare", "--preset", "smoke", "--against", str(bad), "--out", str(tmp_path / "o"))
+    assert code == 1 and "not a JSON report" in text
+
+
+def test_failing_section_keeps_earlier_results(tmp_path):
+    """Nothing usable in --data: the metrics section fails with its reason, the speed section
+    measured before it is still in report.json, and the exit code says something failed."""
+    empty = tmp_path / "empty"
+    (empty / "benign").mkdir(parents=True)
+    (empty / "malignant").mkdir()
+    out = tmp_path / "out"
+    code, text = run_cli(
+        "compare", "--preset", "smoke", "--only", "speed,metrics", "--threads", "1", "--data", str(empty), "--out", str(out)
+    )
+    assert code == 1
+    report = load_report(out)
+    assert report["op_speed"]["rows"], "the speed section must survive the metrics failure"
+    assert len(report["errors"]) == 1 and report["errors"][0].startswith("metrics:")
+    assert "error:" in text
+
+
+def test_interrupt_writes_partial_report(tmp_path, monkeypatch):
+    written = []
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_mod, "_model_section", boom)
+    opts = compare_mod.CompareOptions(preset="smoke", threads=(1,), only=("speed", "model"))
+    with pytest.raises(KeyboardInterrupt):
+        compare_mod.run_compare(opts, on_section=lambda r: written.append(json.loads(json.dumps(r, default=str))))
+    assert written[0]["op_speed"]["rows"]
+    assert written[-1]["errors"] == ["model: interrupted"]
