@@ -25,7 +25,7 @@ from hfcn_bench.models import (
     hfcn_loss,
 )
 
-# Smallest inputs that give each backbone a 2x2 map (inception_v3 needs >= 75 px for 1x1).
+# Small inputs that give each backbone a 2x2 feature map (inception_v3 needs >= 75 px for 1x1).
 SMALL_INPUT = {
     "paper": 32,
     "vgg19": 64,
@@ -43,9 +43,9 @@ def _seed():
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    # These tests run tiny tensors, where a second intra-op thread gains nothing, and on a
-    # shared 2-core machine a parallel region waiting for a descheduled thread costs 10-20x
-    # (seen here: 32 ms instead of 1.5 ms for one small interpolate).
+    # These tests run tiny tensors, where a second intra-op thread gains nothing; on a 2-vCPU
+    # VM with libgomp's default wait policy every small parallel region cost 10-80x more
+    # (one small interpolate: 32 ms instead of 1.5 ms), which made this file 5x slower.
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -205,6 +205,11 @@ def test_rfc_is_reproducible_under_a_seed():
         out = a(torch.randn(2, 3, 224, 224))
     assert torch.equal(out.boxes, seq_a[0])
     assert out.crop_probs.shape == (2, 4, 2)
+    # the generator state can be saved and restored
+    state = a.crop_generator.get_state()
+    first = a.next_boxes()
+    a.crop_generator.set_state(state)
+    assert torch.equal(a.next_boxes(), first)
     # a deep copy continues the same sequence independently
     d = copy.deepcopy(a)
     assert torch.equal(a.next_boxes(), d.next_boxes())

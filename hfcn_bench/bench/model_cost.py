@@ -10,11 +10,19 @@ the feature-map shape), fused and naive, to give its share of the step (Amdahl's
 can only save that share).
 
 Pure: returns rows (dicts of plain numbers and strings), prints nothing.
+
+On a shared or virtualised CPU, read the timings with the thread count, the OpenMP wait policy
+and the load average each row carries: with libgomp's default wait policy, a 2-vCPU VM ran
+small parallel regions (a 400k-element add, one ``F.interpolate``) 30-80x slower than with
+``OMP_WAIT_POLICY=PASSIVE``/``ACTIVE`` or one thread, which inflates the naive crop (many small
+kernels) far more than the fused one. ``threads=1`` or ``OMP_WAIT_POLICY=PASSIVE`` in the
+environment give comparable numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Callable, Iterable, Sequence
 
@@ -24,9 +32,11 @@ import torch
 from .. import ops
 from ..errors import HfcnError
 from ..models import HFCN, HFCNConfig, build_model, hfcn_loss
+from ..models.hfcn import naive_crop_resize
 
 __all__ = [
     "MODES",
+    "PAPER_SGD",
     "check_parity",
     "compare_model_costs",
     "measure_train_step",
@@ -46,8 +56,8 @@ MODES = {
     "image-naive": ("image", "naive"),
 }
 
-# The paper's optimiser (Section IV): SGD, lr 1e-5, momentum 0.9, weight decay 5e-4.
-_SGD = dict(lr=1e-5, momentum=0.9, weight_decay=5e-4)
+# The paper's optimiser: SGD, lr 1e-5, momentum 0.9, weight decay 5e-4.
+PAPER_SGD = dict(lr=1e-5, momentum=0.9, weight_decay=5e-4)
 
 
 def mode_config(mode: str, base: HFCNConfig | None = None, **overrides) -> HFCNConfig:
@@ -79,7 +89,7 @@ class _Variant:
         self.name = name
         self.model = model
         self.x, self.y = x, y
-        self.opt = torch.optim.SGD(model.parameters(), **_SGD)
+        self.opt = torch.optim.SGD(model.parameters(), **PAPER_SGD)
         self.train_times: list[float] = []
         self.infer_times: list[float] = []
 
@@ -127,9 +137,12 @@ def check_parity(fused: HFCN, naive: HFCN, x: torch.Tensor) -> float:
             try:
                 torch.testing.assert_close(u, v)
             except AssertionError as exc:
+                detail = "; ".join(
+                    ln.strip() for ln in str(exc).splitlines() if ln.startswith(("Mismatched", "Greatest"))
+                ) or str(exc).strip().splitlines()[0]
                 raise HfcnError(
                     f"parity check failed for {fused.config.crop!r}: fused and naive outputs "
-                    f"differ in {name}: {str(exc).splitlines()[1] if len(str(exc).splitlines()) > 1 else exc}"
+                    f"differ in {name}: {detail}"
                 ) from None
             worst = max(worst, float((u - v).abs().max()))
     finally:
@@ -150,10 +163,8 @@ def _op_runner(x: torch.Tensor, boxes: torch.Tensor, impl: str, grad: torch.Tens
             def fwd():
                 return ops.crop_resize_reference(x, dev_boxes, (h, w))
     elif impl == "naive":
-        from ..models.hfcn import _crop_naive
-
         def fwd():
-            return _crop_naive(x, rows, (h, w))
+            return naive_crop_resize(x, rows, (h, w))
     else:
         raise HfcnError(f"unknown crop op implementation {impl!r}; known: fused, naive")
 
@@ -254,6 +265,11 @@ def _row(v: _Variant, batch: int, size: int, device: torch.device, threads: int,
         "size": size,
         "device": str(device),
         "threads": threads,
+        # libgomp's default wait policy made small parallel regions 30-80x slower on a 2-vCPU
+        # VM (ACTIVE or PASSIVE did not): a number to read next to the timings.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
         "repeats": repeats,
         "params": sum(p.numel() for p in m.parameters()),
         "train_median_s": train_med,

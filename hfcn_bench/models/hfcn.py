@@ -41,7 +41,7 @@ from .backbones import (
     feature_shape,
 )
 
-__all__ = ["CROP_MODES", "CROP_IMPLS", "HFCN", "HFCNConfig", "HFCNOutput", "build_model"]
+__all__ = ["CROP_MODES", "CROP_IMPLS", "HFCN", "HFCNConfig", "HFCNOutput", "build_model", "naive_crop_resize"]
 
 CROP_MODES = ("none", "bfc", "rfc", "image")
 CROP_IMPLS = ("fused", "naive")
@@ -171,7 +171,7 @@ class HFCNOutput(NamedTuple):
     boxes: torch.Tensor | None
 
 
-def _crop_naive(x: torch.Tensor, rows: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
+def naive_crop_resize(x: torch.Tensor, rows: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
     """Slicing + ``F.interpolate`` per window: ``[B, C, H, W] -> [B, N, C, oh, ow]``.
 
     The same arithmetic as :func:`ops.crop_resize_reference` without its validation pass,
@@ -260,6 +260,12 @@ class HFCN(nn.Module):
             return "naive"
         return ops.backend()
 
+    @property
+    def crop_generator(self) -> torch.Generator:
+        """The CPU generator RFC windows are drawn from (``get_state``/``set_state`` to save and
+        restore the window sequence, e.g. in a checkpoint)."""
+        return self._generator
+
     def reset_crop_generator(self, seed: int | None = None) -> None:
         """Restart the RFC window sequence from ``seed`` (default: ``config.seed``)."""
         self._generator.manual_seed(self.config.seed if seed is None else seed)
@@ -292,7 +298,7 @@ class HFCN(nn.Module):
                 RuntimeWarning,
                 stacklevel=3,
             )
-        return _crop_naive(x, rows if rows is not None else [tuple(r) for r in boxes.tolist()], size)
+        return naive_crop_resize(x, rows if rows is not None else [tuple(r) for r in boxes.tolist()], size)
 
     def crop_features(self, feat: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """Feature-cropping branch: ``feat (Tensor[B, C, h, w]) -> Tensor[B, N, C, h, w]``, each
