@@ -46,6 +46,9 @@ setup(
         # Figures (speed bars, ROC curves, alpha sweeps) are written as PNG with matplotlib's
         # headless Agg backend: a maintained plotting library beats hand-drawn PIL charts.
         "matplotlib",
+        # The comparator systems' classical heads (SVM, Random Forest) and the tests' metric
+        # cross-checks: scikit-learn's implementations are the field's reference ones.
+        "scikit-learn",
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
