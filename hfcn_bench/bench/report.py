@@ -13,12 +13,13 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+
+from ..atomic import write_text_atomic
 
 __all__ = [
     "Column",
@@ -222,20 +223,6 @@ def environment(backend: str, device: str, threads: Sequence[int]) -> dict:
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -305,14 +292,14 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     written = []
     path = out / "report.json"
-    _atomic_write(path, json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(path, json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
     written.append(path)
     path = out / "report.md"
-    _atomic_write(path, render_markdown(report))
+    write_text_atomic(path, render_markdown(report))
     written.append(path)
     for section, table, _, _, columns, rows in _tables(report):
         path = out / f"{section}_{table}.csv"
-        _atomic_write(path, _csv(columns, rows))
+        write_text_atomic(path, _csv(columns, rows))
         written.append(path)
     return written
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..atomic import write_json_atomic
 from ..errors import HfcnError
 from .collection import LABEL_NAMES, LoadedDataset
 from .rois import Sample
@@ -162,28 +161,6 @@ class Manifest:
     data: dict
     files: dict
     splits: list[Split]
-
-
-def write_json_atomic(path: str | Path, obj) -> Path:
-    """Write JSON through a temporary file in the same folder + ``os.replace``, so a reader
-    (or a crash) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def write_manifest(path: str | Path, dataset: LoadedDataset, splits: Split | Sequence[Split]) -> Path:
