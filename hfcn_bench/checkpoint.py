@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,9 +24,10 @@ from typing import Any, Mapping
 
 import torch
 
+from .atomic import atomic_write
 from .errors import HfcnError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "hfcn-bench/checkpoint"
 CHECKPOINT_VERSION = 1
@@ -54,29 +54,6 @@ def _plain(obj: Any, where: str) -> Any:
     if hasattr(obj, "item") and callable(obj.item):
         return _plain(obj.item(), where)
     raise TypeError(f"checkpoint {where}: {type(obj).__name__} is not a tensor or plain container")
-
-
-def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
-    """Call ``write(fh)`` on a temporary file next to ``path``, fsync it, then rename it over
-    ``path``. The rename is atomic on one file system, so readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes the file private (0600); an output file should read like any other.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def save_checkpoint(
@@ -118,7 +95,7 @@ def save_checkpoint(
         "rng": _plain(dict(rng or {}), "rng"),
         "extra": _plain(dict(extra or {}), "extra"),
     }
-    return atomic_write_bytes(path, lambda fh: torch.save(obj, fh))
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _to_cpu(obj):

@@ -32,15 +32,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_bytes
+from .atomic import atomic_write
 from .data.report import DataWarning, LoadReport
-from .data.rois import Sample, crop_roi, expand_box, open_rgb, polygon_bbox
+from .data.rois import crop_roi, expand_box, open_rgb, polygon_bbox
 from .data.splits import Manifest, case_labels, read_manifest, verify_manifest
 from .errors import HfcnError
 from .train import (
     RUN_FORMAT,
     FoldResult,
-    Predictions,
     Progress,
     TrainConfig,
     _fold_boot,
@@ -396,7 +395,7 @@ def _draw(roi_img, info: dict, config: TrainConfig, threshold: float, title: str
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     data = buf.getvalue()
-    return atomic_write_bytes(path, lambda fh: fh.write(data))
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 def predict_files(

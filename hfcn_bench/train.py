@@ -43,11 +43,12 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from .atomic import atomic_write, write_json_atomic
+from .checkpoint import load_checkpoint, save_checkpoint
 from .data.collection import LoadedDataset
 from .data.report import DataWarning
 from .data.rois import Sample
-from .data.splits import Split, case_labels, kfold, split_train_test, write_json_atomic, write_manifest
+from .data.splits import Split, case_labels, kfold, split_train_test, write_manifest
 from .errors import HfcnError
 from .models import CROP_IMPLS, CROP_MODES, HFCN, HFCNConfig, available_backbones, build_model, hfcn_loss
 
@@ -814,7 +815,7 @@ def _write_csv(path, rows: list[dict]) -> None:
     w.writeheader()
     w.writerows(rows)
     data = buf.getvalue().encode("utf-8")
-    atomic_write_bytes(path, lambda fh: fh.write(data))
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def _run_header(dataset: LoadedDataset, config: TrainConfig, split_info: dict, aggregate, n_boot) -> dict:

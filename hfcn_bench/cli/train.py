@@ -350,7 +350,7 @@ def run_train(args, console) -> int:
 
 
 def run_eval(args, console) -> int:
-    from ..data.splits import write_json_atomic
+    from ..atomic import write_json_atomic
     from ..evaluate import evaluate_run
 
     aggregate = "run" if args.per_case is None else (None if args.per_case == "none" else args.per_case)
