@@ -1,0 +1,98 @@
+"""Comparator systems from the literature, run on the same case-level splits as HFCN.
+
+Each system trains on a split's training cases and scores its test cases with
+:func:`hfcn_bench.metrics.evaluate`, at a threshold chosen on the training side only, and
+returns a report in the shape of :func:`hfcn_bench.train.train_and_evaluate`'s: ``metrics``
+(flat, with ``auc``, ``pr_auc`` and ``ci`` as ``{name: [low, high]}``), ``ci``, ``roc``,
+``majority_baseline``, ``protocol``, ``timings``; plus ``system`` (name, paper),
+``system_config`` and ``limitations`` (what could not be done as published).
+
+Typical use::
+
+    from hfcn_bench.data import load_dataset, split_train_test
+    from hfcn_bench.systems import SYSTEMS, evaluate_system
+
+    ds = load_dataset("path/to/ddti/raw", label_rule="tirads")
+    split = split_train_test(ds, test_fraction=0.25, seed=0)
+    report = evaluate_system("shape_rf", ds, split, config={"n_estimators": 500})
+    report["auc"], report["metrics"]["f1"], report["majority_baseline"]
+
+``config`` is ``None`` (the system's defaults), ``"quick"`` (a CPU-minutes setting), a dict of
+overrides of the system's config dataclass, or an instance of it. scikit-learn is needed by
+the feature-based systems and imported only when one runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..data.collection import LoadedDataset
+from ..data.splits import Split
+from ..errors import HfcnError
+from . import _common as C
+from . import shape_rf
+
+__all__ = ["SYSTEMS", "SystemSpec", "evaluate_system", "available_systems"]
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One comparator: ``run(train_samples, test_samples, cfg, n_boot=, progress=)`` returns
+    the report; ``config_cls`` its configuration dataclass; ``quick`` the overrides of the
+    ``"quick"`` setting."""
+
+    name: str
+    paper: str
+    description: str
+    config_cls: type
+    run: Callable[..., dict]
+    quick: Callable[[], dict]
+
+
+SYSTEMS: dict[str, SystemSpec] = {
+    "shape_rf": SystemSpec(
+        "shape_rf", "Abdelrazik et al. 2025, arXiv 2511.11937 (baseline; PAPERS.md section 4)",
+        "Random Forest on morphological and echogenicity features of the nodule outline",
+        shape_rf.ShapeRFConfig, shape_rf.run, shape_rf._quick),
+}
+
+
+def available_systems() -> tuple[str, ...]:
+    return tuple(sorted(SYSTEMS))
+
+
+def _spec(name: str) -> SystemSpec:
+    if name not in SYSTEMS:
+        raise HfcnError(f"unknown system {name!r}; known systems: {', '.join(available_systems())}")
+    return SYSTEMS[name]
+
+
+def evaluate_system(name: str, dataset: LoadedDataset, split: Split, config: Any = None, n_boot: int = 1000,
+                    seed: int = 0, progress: Callable[[str, int, int, dict], None] | None = None) -> dict:
+    """Train comparator ``name`` on ``split``'s training cases and score its test cases.
+
+    ``seed`` seeds the system (model initialisation, forests, folds, bootstrap) unless
+    ``config`` sets its own. ``progress(kind, done, total, info)`` as in ``hfcn_bench.train``.
+    Raises :class:`HfcnError` for an unknown name, a bad config, or data the system cannot use.
+    """
+    spec = _spec(name)
+    if isinstance(config, str):
+        if config != "quick":
+            raise HfcnError(f"config must be None, 'quick', a dict or a {spec.config_cls.__name__}, got {config!r}")
+        config = spec.quick()
+    cfg = C.make_config(spec.config_cls, config, seed)
+    if not isinstance(dataset, LoadedDataset):
+        raise HfcnError(f"dataset must be a LoadedDataset (data.load_dataset), got {type(dataset).__name__}")
+    train_samples, test_samples = split.select(dataset)
+    if not test_samples:
+        raise HfcnError("the split has no test samples")
+    C.both_classes(train_samples, "training")
+    t0 = time.perf_counter()
+    report = spec.run(train_samples, test_samples, cfg, n_boot=n_boot, progress=progress)
+    report["timings"]["total_s"] = time.perf_counter() - t0
+    report.update({"kind": split.method, "system": {"name": spec.name, "paper": spec.paper,
+                                                    "description": spec.description},
+                   "data": dataset.describe()})
+    return report
