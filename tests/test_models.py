@@ -508,3 +508,23 @@ def test_measure_train_step_and_harness_errors():
         check_parity(a, b, torch.randn(2, 3, 32, 32))
     b.load_state_dict(a.state_dict())
     assert check_parity(a, b, torch.randn(2, 3, 32, 32)) < 1e-5
+
+
+def test_loss_keeps_a_gradient_when_the_fused_probability_saturates():
+    """log P comes from the logits by log-sum-exp: a confidently wrong model (P[y] far below
+    any clamp) still gets a finite loss and a non-zero gradient, and on ordinary logits it
+    equals the log of the fused probability."""
+    torch.manual_seed(0)
+    m = build_model(backbone="paper", crop="bfc", alpha=0.6, input_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    out = m(x)
+    assert torch.allclose(out.log_prob, out.prob.log(), atol=1e-5)
+
+    g_logits = torch.tensor([[60.0, -60.0]], requires_grad=True)  # P(malignant) ~ e^-120
+    c_logits = torch.tensor([[[60.0, -60.0]] * 5], requires_grad=True)
+    sat = m._fuse(g_logits, c_logits, None)
+    assert float(sat.prob[0, 1]) == 0.0  # the probability itself underflows
+    loss = hfcn_loss(sat, torch.tensor([1]))
+    loss.backward()
+    assert torch.isfinite(loss) and float(loss) > 100
+    assert float(g_logits.grad.abs().sum()) > 0 and float(c_logits.grad.abs().sum()) > 0

@@ -24,6 +24,7 @@ and runs the backbone once per crop (N + 1 backbone passes instead of one).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -160,6 +161,8 @@ class HFCNOutput(NamedTuple):
         crop_logits (Tensor[B, N, K] or None): logits of every crop.
         boxes (LongTensor[N, 4] or None): the windows used, ``(top, left, height, width)`` in
             feature-map pixels (image pixels for crop="image").
+        log_prob (Tensor[B, K]): ``log P``, computed from the logits with log-sum-exp over the
+            mixture components, so it stays finite (and has a gradient) where ``P`` rounds to 0.
     """
 
     prob: torch.Tensor
@@ -169,6 +172,7 @@ class HFCNOutput(NamedTuple):
     global_logits: torch.Tensor
     crop_logits: torch.Tensor | None
     boxes: torch.Tensor | None
+    log_prob: torch.Tensor | None = None
 
 
 def naive_crop_resize(x: torch.Tensor, rows: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
@@ -337,11 +341,22 @@ class HFCN(nn.Module):
     def _fuse(self, g_logits: torch.Tensor, c_logits: torch.Tensor | None, boxes) -> HFCNOutput:
         p_g = g_logits.softmax(dim=-1)
         if c_logits is None:
-            return HFCNOutput(p_g, p_g, None, None, g_logits, None, None)
+            return HFCNOutput(p_g, p_g, None, None, g_logits, None, None, g_logits.log_softmax(dim=-1))
         p_n = c_logits.softmax(dim=-1)
         p_c = p_n.mean(dim=1)
         w = float(self.config.branch_weight)
-        return HFCNOutput(w * p_g + (1.0 - w) * p_c, p_g, p_c, p_n, g_logits, c_logits, boxes)
+        # log P = log(w * P_G + (1 - w)/N * sum_n P_n): a log-sum-exp over the 1 + N components
+        # (a weight of 0 gives a -inf term, which log-sum-exp ignores).
+        n = c_logits.shape[1]
+        parts = torch.cat(
+            [
+                g_logits.log_softmax(dim=-1).unsqueeze(1) + (math.log(w) if w > 0 else -math.inf),
+                c_logits.log_softmax(dim=-1) + (math.log((1.0 - w) / n) if w < 1 else -math.inf),
+            ],
+            dim=1,
+        )
+        log_p = torch.logsumexp(parts, dim=1)
+        return HFCNOutput(w * p_g + (1.0 - w) * p_c, p_g, p_c, p_n, g_logits, c_logits, boxes, log_p)
 
     def forward(self, x: torch.Tensor) -> HFCNOutput:
         """``x (Tensor[B, 3, H, W])`` -> :class:`HFCNOutput` (probabilities ``[B, K]``, per-crop

@@ -43,9 +43,10 @@ def hfcn_loss(
             "none": per-sample weighted losses ``[B]``.
         class_weights: weights for all K classes, overriding ``w_benign``/``w_malignant`` (needed
             when K != 2).
-        eps: ``P`` is clamped to ``[eps, 1]`` before the log: the fused probability is a mixture
-            of softmaxes, not a softmax, so no log-sum-exp form exists and a saturated softmax
-            could otherwise give ``log 0``.
+        eps: with an :class:`HFCNOutput` the loss uses its ``log_prob`` (log-sum-exp over the
+            mixture of softmaxes: finite, with a gradient, however saturated the logits); a bare
+            probability tensor is clamped to ``[eps, 1]`` before the log, which has no gradient
+            below ``eps``.
 
     Returns:
         A scalar (``[B]`` with reduction="none").
@@ -76,5 +77,7 @@ def hfcn_loss(
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= K:
             raise ModelConfigError(f"labels must be in [0, {K - 1}], got values from {lo} to {hi}")
-    log_p = prob.clamp(min=eps, max=1.0).log()
+    log_p = getattr(out, "log_prob", None) if isinstance(out, HFCNOutput) else None
+    if log_p is None:
+        log_p = prob.clamp(min=eps, max=1.0).log()
     return F.nll_loss(log_p, labels.long(), weight=weights, reduction=reduction)
