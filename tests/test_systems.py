@@ -20,7 +20,7 @@ from hfcn_bench.errors import HfcnError
 pytest.importorskip("sklearn")
 
 from hfcn_bench.systems import SYSTEMS, available_systems, evaluate_system  # noqa: E402
-from hfcn_bench.systems import shape_rf  # noqa: E402
+from hfcn_bench.systems import shape_rf, transfer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,13 @@ def split(ds):
 
 
 # The quick settings of each system, shrunk further for the test run.
+# Trunks are randomly initialised (no weights offline); the ones picked here carry enough of
+# the phantoms' cues at 32-48 px for each head, and are the fast ones.
 TINY = {
     "shape_rf": {"n_estimators": 60},
+    "transfer_svm": {"backbone": "vgg16", "image_size": 32, "threads": 1},
+    "transfer_rf": {"backbone": "resnet50", "image_size": 48, "rf_trees": 60, "threads": 1},
+    "transfer_softmax": {"backbone": "efficientnet_b0", "image_size": 32, "threads": 1},
 }
 
 
@@ -100,7 +105,7 @@ def test_threshold_never_sees_the_test_labels(ds, split):
 
 
 def test_unknown_system_lists_the_known_ones(ds, split):
-    with pytest.raises(HfcnError, match="unknown system 'nope'.*shape_rf"):
+    with pytest.raises(HfcnError, match="unknown system 'nope'.*shape_rf.*transfer_softmax"):
         evaluate_system("nope", ds, split)
 
 
@@ -188,3 +193,46 @@ def test_missing_sklearn_gives_an_install_hint(monkeypatch):
     with pytest.raises(HfcnError) as e:
         _common.sklearn()
     assert e.value.hint == "pip install scikit-learn"
+
+
+def test_transfer_finetuning_trains_the_last_blocks_and_thresholds_on_validation(ds, split):
+    cfg = {"backbone": "efficientnet_b0", "image_size": 32, "finetune_layers": 2, "epochs": 1, "threads": 1}
+    r = evaluate_system("transfer_softmax", ds, split, config=cfg, n_boot=10)
+    # The fine-tuned trunk has seen every fit case, so the threshold must come from held-out
+    # validation cases, not out-of-fold scores over the fit cases.
+    assert r["threshold_source"] == "validation"
+    assert r["training"]["finetuned_blocks"] == 2 and len(r["training"]["history"]) == 1
+    assert r["training"]["val_rois"] > 0
+    assert math.isfinite(r["training"]["history"][0]["train_loss"])
+    assert r["auc"] is not None
+
+
+def test_transfer_trunk_loads_local_weights(tmp_path):
+    torchvision = pytest.importorskip("torchvision")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(5)
+    ref = torchvision.models.efficientnet_b0(weights=None)
+    path = tmp_path / "w.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
+    blocks, dim = transfer.build_trunk("efficientnet_b0", weights=str(path), seed=0)
+    assert dim == 1280
+    assert torch.equal(blocks[0][0].weight, ref.features[0][0].weight)
+    assert torch.equal(blocks[-1][0].weight, ref.features[-1][0].weight)
+    # A state dict of another network is refused with a message naming the file.
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "bad.pt")
+    with pytest.raises(HfcnError, match="bad.pt does not fit torchvision efficientnet_b0"):
+        transfer.build_trunk("efficientnet_b0", weights=str(tmp_path / "bad.pt"))
+    with pytest.raises(HfcnError, match="not found"):
+        transfer.build_trunk("efficientnet_b0", weights=str(tmp_path / "missing.pt"))
+
+
+def test_transfer_bad_config_is_named(ds, split):
+    with pytest.raises(HfcnError, match="backbone must be one of vgg16, resnet50, efficientnet_b0"):
+        evaluate_system("transfer_svm", ds, split, config={"backbone": "alexnet"})
+    with pytest.raises(HfcnError, match="image_size must be >= 32"):
+        evaluate_system("transfer_rf", ds, split, config={"image_size": 16})
+
+
+def test_transfer_reports_random_init(reports):
+    lim = " ".join(reports["transfer_svm"]["limitations"])
+    assert "no ImageNet weights offline" in lim and "randomly initialised" in lim

@@ -24,6 +24,7 @@ the feature-based systems and imported only when one runs.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,7 +33,7 @@ from ..data.collection import LoadedDataset
 from ..data.splits import Split
 from ..errors import HfcnError
 from . import _common as C
-from . import shape_rf
+from . import shape_rf, transfer
 
 __all__ = ["SYSTEMS", "SystemSpec", "evaluate_system", "available_systems"]
 
@@ -56,6 +57,14 @@ SYSTEMS: dict[str, SystemSpec] = {
         "shape_rf", "Abdelrazik et al. 2025, arXiv 2511.11937 (baseline; PAPERS.md section 4)",
         "Random Forest on morphological and echogenicity features of the nodule outline",
         shape_rf.ShapeRFConfig, shape_rf.run, shape_rf._quick),
+    **{
+        f"transfer_{head}": SystemSpec(
+            f"transfer_{head}", "transfer-learning master's project (PAPERS.md section 3)",
+            f"{what} on globally pooled CNN features (VGG-16 / ResNet-50 / EfficientNet-B0, frozen or fine-tuned)",
+            transfer.TransferConfig, functools.partial(transfer.run, head=head), transfer._quick)
+        for head, what in (("svm", "SVM (RBF)"), ("rf", "Random Forest"),
+                           ("softmax", "softmax (multinomial logistic) head"))
+    },
 }
 
 
