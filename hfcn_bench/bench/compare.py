@@ -41,7 +41,7 @@ class CompareOptions:
 # (first JIT compile included); "paper" uses the paper's batch/size/training settings.
 PRESETS = {
     "quick": {
-        "op_min_run_time": 0.1,
+        "op_min_run_time": 0.25,
         "op_shapes": (op_speed.PAPER_SHAPE, op_speed.LARGE_SHAPE),
         "image_multicrop": True,
         "model_modes": ("none", "rfc", "bfc", "bfc-naive", "image"),
