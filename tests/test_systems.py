@@ -44,6 +44,7 @@ TINY = {
     "transfer_svm": {"backbone": "vgg16", "image_size": 32, "threads": 1},
     "transfer_rf": {"backbone": "resnet50", "image_size": 48, "rf_trees": 60, "threads": 1},
     "transfer_softmax": {"backbone": "efficientnet_b0", "image_size": 32, "threads": 1},
+    "mccnn_spp": {"trunk": "paper", "image_size": 32, "epochs": 4, "threads": 1},
 }
 
 
@@ -70,7 +71,9 @@ def test_report_has_the_train_and_evaluate_shape(name, reports, split, ds):
     assert low <= r["auc"] <= high
     assert len(r["roc"]["fpr"]) == len(r["roc"]["tpr"]) >= 2
     assert r["majority_baseline"]["majority_class"] in (0, 1)
-    assert "case-level split" in r["protocol"] and "training" in r["threshold_source"]
+    assert "case-level split" in r["protocol"]
+    # Thresholds come from the training side: out-of-fold training scores or validation cases.
+    assert r["threshold_source"].startswith(("training out-of-fold", "validation"))
     assert r["skipped"] == [] and r["n_samples"] == len(split.select(ds)[1])
     assert r["timings"]["total_s"] > 0
     assert r["limitations"] and all(isinstance(x, str) and x for x in r["limitations"])
@@ -105,7 +108,7 @@ def test_threshold_never_sees_the_test_labels(ds, split):
 
 
 def test_unknown_system_lists_the_known_ones(ds, split):
-    with pytest.raises(HfcnError, match="unknown system 'nope'.*shape_rf.*transfer_softmax"):
+    with pytest.raises(HfcnError, match="unknown system 'nope'.*mccnn_spp.*shape_rf.*transfer_softmax"):
         evaluate_system("nope", ds, split)
 
 
@@ -236,3 +239,44 @@ def test_transfer_bad_config_is_named(ds, split):
 def test_transfer_reports_random_init(reports):
     lim = " ".join(reports["transfer_svm"]["limitations"])
     assert "no ImageNet weights offline" in lim and "randomly initialised" in lim
+
+
+def test_spatial_pyramid_module_shapes_and_levels():
+    torch = pytest.importorskip("torch")
+    from hfcn_bench.systems.mccnn import SpatialPyramidModule
+
+    spm = SpatialPyramidModule(96)
+    # Three levels (1x1, 3x3, 5x5), each reduced to 96 // 3 channels, same spatial size.
+    assert [lvl[0].kernel_size for lvl in spm.levels] == [(1, 1), (3, 3), (5, 5)]
+    assert [lvl[2].kernel_size for lvl in spm.levels] == [1, 3, 5]
+    assert [lvl[3].out_channels for lvl in spm.levels] == [32, 32, 32]
+    assert spm(torch.randn(2, 96, 5, 7)).shape == (2, 96, 5, 7)
+    assert SpatialPyramidModule(256).out_channels == 255
+    with pytest.raises(HfcnError, match="at least 3 input channels"):
+        SpatialPyramidModule(2)
+
+
+def test_mccnn_alexnet_trunk_runs_at_the_published_layout():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    from hfcn_bench.systems.mccnn import MCCNNConfig, build_mccnn
+
+    m = build_mccnn(MCCNNConfig(image_size=64))
+    assert m.spm.levels[0][0].in_channels == 256  # AlexNet conv5 width
+    assert m(torch.zeros(2, 3, 64, 64)).shape == (2, 2)
+
+
+def test_mccnn_picks_its_epoch_and_threshold_on_validation(reports):
+    r = reports["mccnn_spp"]
+    assert r["threshold_source"] == "validation"
+    hist = r["training"]["history"]
+    assert len(hist) == r["training"]["epochs_run"]
+    assert r["training"]["best_val_auc"] == max(h["val_auc"] for h in hist)
+    assert any("detector" in x for x in r["limitations"])
+
+
+def test_mccnn_bad_config_is_named(ds, split):
+    with pytest.raises(HfcnError, match="alexnet trunk needs image_size >= 64"):
+        evaluate_system("mccnn_spp", ds, split, config={"image_size": 32})
+    with pytest.raises(HfcnError, match="trunk must be one of alexnet"):
+        evaluate_system("mccnn_spp", ds, split, config={"trunk": "lenet"})

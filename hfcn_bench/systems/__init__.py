@@ -33,7 +33,7 @@ from ..data.collection import LoadedDataset
 from ..data.splits import Split
 from ..errors import HfcnError
 from . import _common as C
-from . import shape_rf, transfer
+from . import mccnn, shape_rf, transfer
 
 __all__ = ["SYSTEMS", "SystemSpec", "evaluate_system", "available_systems"]
 
@@ -65,6 +65,10 @@ SYSTEMS: dict[str, SystemSpec] = {
         for head, what in (("svm", "SVM (RBF)"), ("rf", "Random Forest"),
                            ("softmax", "softmax (multinomial logistic) head"))
     },
+    "mccnn_spp": SystemSpec(
+        "mccnn_spp", "Song et al., IEEE JBHI 2019, MC-CNN stage 2 (PAPERS.md section 2)",
+        "AlexNet-style trunk + spatial pyramid module (1x1/3x3/5x5 levels, 1/3 channels each) on annotated boxes",
+        mccnn.MCCNNConfig, mccnn.run, mccnn._quick),
 }
 
 

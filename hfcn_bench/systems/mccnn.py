@@ -1,0 +1,259 @@
+"""``mccnn_spp``: the fine-recognition stage of MC-CNN with its spatial pyramid module.
+
+Song W. et al., "Multitask cascade convolution neural networks for automatic thyroid nodule
+detection and recognition", IEEE JBHI 2019 (PAPERS.md section 2). Stage 2 classifies nodule
+boxes with an AlexNet whose conv5/pool5 output goes through a *spatial pyramid module*:
+three parallel levels with kernels 1x1, 3x3 and 5x5 (a convolution and a pooling each), each
+level's channels reduced to 1/N (N = 3 levels) by a 1x1 convolution, the levels concatenated.
+
+Here the stage is trained on the *annotated* nodule boxes (``Sample.bbox``), not on the
+boxes of the stage-1 SSD detector, which is not implemented: this measures the recognition
+network alone, with perfect localisation. Trunks: ``alexnet`` (torchvision's AlexNet
+convolutional part, the published trunk, randomly initialised) or any HFCN backbone name
+(``paper`` is the fast one). Training: a small seeded loop (Adam, cross-entropy, the
+``RoiDataset`` augmentation), the best epoch picked on validation ROC-AUC and the threshold
+chosen on those validation cases, as in ``hfcn_bench.train``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import metrics as M
+from ..data.rois import Sample
+from ..data.splits import case_labels, split_train_test
+from ..errors import HfcnError
+from . import _common as C
+
+__all__ = ["MCCNNConfig", "SpatialPyramidModule", "MCCNNClassifier", "build_mccnn", "run"]
+
+
+class SpatialPyramidModule(nn.Module):
+    """MC-CNN's spatial pyramid module (Song et al., JBHI 2019, stage 2).
+
+    Level ``k`` in ``kernels``: ``Conv k x k`` (same padding) -> ReLU -> ``MaxPool k x k``
+    (stride 1, same padding) -> ``Conv 1 x 1`` to ``channels // len(kernels)`` channels -> ReLU.
+    The levels see the same map at three receptive-field sizes; the 1/N reduction keeps the
+    concatenation at about the input width.
+
+    Shapes: ``x (Tensor[B, C, h, w]) -> Tensor[B, len(kernels) * (C // len(kernels)), h, w]``.
+    """
+
+    def __init__(self, channels: int, kernels: Sequence[int] = (1, 3, 5)):
+        super().__init__()
+        n = len(kernels)
+        if channels < n:
+            raise HfcnError(f"the spatial pyramid needs at least {n} input channels, got {channels}")
+        red = channels // n
+        self.levels = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(channels, channels, k, padding=k // 2),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(k, stride=1, padding=k // 2),
+                nn.Conv2d(channels, red, 1),
+                nn.ReLU(inplace=True),
+            )
+            for k in kernels
+        )
+        self.out_channels = red * n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([level(x) for level in self.levels], dim=1)
+
+
+class MCCNNClassifier(nn.Module):
+    """Trunk -> spatial pyramid module -> global average pool -> dropout -> linear (2 classes).
+
+    ``x (Tensor[B, 3, H, W]) -> logits (Tensor[B, 2])``."""
+
+    def __init__(self, trunk: nn.Module, channels: int, dropout: float = 0.5):
+        super().__init__()
+        self.trunk = trunk
+        self.spm = SpatialPyramidModule(channels)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.spm.out_channels, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.spm(self.trunk(x)).mean(dim=(2, 3))))
+
+
+@dataclass
+class MCCNNConfig:
+    """``trunk``: ``alexnet`` or an HFCN backbone name; ``weights``: a local state dict for the
+    trunk (torchvision AlexNet layout for ``alexnet``); ``image_size`` (AlexNet needs >= 64,
+    128 gives pool5 a 3x3 map); training: ``epochs``, ``batch_size``, ``lr``,
+    ``weight_decay``, ``dropout``, ``val_fraction``; ``threads``: torch threads."""
+
+    trunk: str = "alexnet"
+    weights: str | None = None
+    image_size: int = 128
+    epochs: int = 15
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    dropout: float = 0.5
+    val_fraction: float = 0.2
+    threshold_rule: str = "youden"
+    threads: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        from ..models import available_backbones
+
+        known = ("alexnet",) + tuple(available_backbones())
+        if self.trunk not in known:
+            raise HfcnError(f"trunk must be one of {', '.join(known)}, got {self.trunk!r}")
+        if self.trunk == "alexnet" and self.image_size < 64:
+            raise HfcnError(f"the alexnet trunk needs image_size >= 64, got {self.image_size}")
+        if self.image_size < 16:
+            raise HfcnError(f"image_size must be >= 16, got {self.image_size}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise HfcnError("epochs must be >= 1 and batch_size >= 2")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
+            raise HfcnError("lr must be > 0, weight_decay >= 0, dropout in [0, 1)")
+        if not 0 < self.val_fraction < 1:
+            raise HfcnError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.threshold_rule not in ("youden", "f1", "fixed"):
+            raise HfcnError(f"threshold_rule must be youden, f1 or fixed, got {self.threshold_rule!r}")
+
+
+def _quick() -> dict:
+    return {"trunk": "paper", "image_size": 64, "epochs": 8}
+
+
+def build_mccnn(cfg: MCCNNConfig) -> MCCNNClassifier:
+    """The seeded classifier of ``cfg`` (``torch.manual_seed(cfg.seed)`` before building)."""
+    torch.manual_seed(cfg.seed)
+    if cfg.trunk == "alexnet":
+        try:
+            import torchvision
+        except ImportError:
+            raise HfcnError("the alexnet trunk needs torchvision", hint="pip install hfcn-bench[vision]") from None
+        net = torchvision.models.alexnet(weights=None)
+        if cfg.weights is not None:
+            from ..models.backbones import load_backbone_weights
+
+            holder = nn.Module()
+            holder.features = net.features
+            load_backbone_weights(holder, cfg.weights, name="alexnet")
+        trunk, channels = net.features, 256
+    else:
+        from ..models import build_backbone
+
+        trunk = build_backbone(cfg.trunk, weights=cfg.weights)
+        channels = trunk.num_features
+    return MCCNNClassifier(trunk, channels, cfg.dropout)
+
+
+def _tensors(samples: Sequence[Sample], cfg: MCCNNConfig, augment: bool, skipped: list[str]):
+    from ..data.dataset import RoiDataset
+
+    ds = RoiDataset(list(samples), size=cfg.image_size, normalize="imagenet", augment=augment, seed=cfg.seed)
+    keep = []
+    for i, s in enumerate(ds.samples):
+        try:
+            ds.roi_array(i)
+        except Exception as exc:  # noqa: BLE001 - a bad frame skips its ROI, not the run
+            C.warn_skip(s, exc, skipped)
+        else:
+            keep.append(i)
+    return ds, keep
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, ds, idx: list[int], batch: int) -> np.ndarray:
+    model.eval()
+    out = [torch.softmax(model(torch.stack([ds[i][0] for i in idx[s:s + batch]])), 1)[:, 1].double().numpy()
+           for s in range(0, len(idx), batch)]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: MCCNNConfig, *, n_boot: int,
+        progress=None) -> dict:
+    old = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        return _run(train_samples, test_samples, cfg, n_boot, progress)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run(train_samples, test_samples, cfg: MCCNNConfig, n_boot: int, progress) -> dict:
+    skipped: list[str] = []
+    inner = split_train_test(list(train_samples), test_fraction=cfg.val_fraction, seed=cfg.seed)
+    fit_s, val_s = inner.select(list(train_samples))
+    C.both_classes(val_s, "validation")
+    t0 = time.perf_counter()
+    ds_fit, i_fit = _tensors(fit_s, cfg, True, skipped)
+    ds_val, i_val = _tensors(val_s, cfg, False, skipped)
+    ds_te, i_te = _tensors(test_samples, cfg, False, skipped)
+    if not i_te:
+        raise HfcnError("no test ROIs could be loaded")
+    y_fit = torch.tensor([ds_fit.samples[i].label for i in i_fit])
+    y_val = np.asarray([ds_val.samples[i].label for i in i_val])
+    model = build_mccnn(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best, history = None, []
+    for epoch in range(cfg.epochs):
+        ds_fit.set_epoch(epoch)
+        model.train()
+        order = torch.randperm(len(i_fit), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        total, seen = 0.0, 0
+        for s in range(0, len(order), cfg.batch_size):
+            rows = order[s:s + cfg.batch_size]
+            if len(rows) < 2:  # batch norm in the paper trunk cannot train on one sample
+                continue
+            x = torch.stack([ds_fit[i_fit[int(r)]][0] for r in rows])
+            loss = nn.functional.cross_entropy(model(x), y_fit[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(rows)
+            seen += len(rows)
+        p_val = _predict(model, ds_val, i_val, 64)
+        try:
+            auc = float(M.roc_auc(y_val, p_val))
+        except M.UndefinedMetricError:
+            auc = float("nan")
+        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_auc": auc})
+        # Best epoch on validation AUC (first one on ties), as hfcn_bench.train does.
+        if best is None or (auc == auc and (best[1] != best[1] or auc > best[1])):
+            best = (epoch + 1, auc, copy.deepcopy(model.state_dict()), p_val)
+        if progress is not None:
+            progress("epoch", epoch + 1, cfg.epochs, history[-1])
+    model.load_state_dict(best[2])
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    prob = _predict(model, ds_te, i_te, 64)
+    predict_s = time.perf_counter() - t1
+    te_kept = [ds_te.samples[i] for i in i_te]
+    report = C.score(te_kept, prob, [ds_val.samples[i] for i in i_val], best[3], list(train_samples),
+                     seed=cfg.seed, n_boot=n_boot, threshold_rule=cfg.threshold_rule,
+                     threshold_source="validation")
+    report["timings"] = {"train_s": train_s, "predict_s": predict_s, "ms_per_roi": 1e3 * predict_s / len(te_kept),
+                         "threads": torch.get_num_threads(), "device": "cpu"}
+    report["training"] = {"best_epoch": best[0], "best_val_auc": best[1], "epochs_run": len(history),
+                          "train_rois": len(i_fit), "val_rois": len(i_val), "val_cases": len(case_labels(val_s)),
+                          "history": history, "parameters": sum(p.numel() for p in model.parameters())}
+    report["skipped"] = skipped
+    report["limitations"] = [
+        "stage 2 only: trained and tested on the annotated nodule boxes; the stage-1 SSD detector of the "
+        "cascade is not implemented, so localisation is perfect here",
+        (f"no ImageNet weights offline: the {cfg.trunk} trunk is randomly initialised (seed {cfg.seed})"
+         if cfg.weights is None else f"trunk weights from {cfg.weights}"),
+        "the paper's 4309 private images are not available; trained on the split's training cases only",
+        "global average pooling + one linear layer after the pyramid module instead of AlexNet's FC6-FC8",
+    ]
+    if cfg.trunk != "alexnet":
+        lim = f"trunk {cfg.trunk} instead of the published AlexNet"
+        report["limitations"].append(lim)
+    report["system_config"] = asdict(cfg)
+    return report
