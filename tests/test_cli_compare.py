@@ -163,3 +163,20 @@ def test_interrupt_writes_partial_report(tmp_path, monkeypatch):
         compare_mod.run_compare(opts, on_section=lambda r: written.append(json.loads(json.dumps(r, default=str))))
     assert written[0]["op_speed"]["rows"]
     assert written[-1]["errors"] == ["model: interrupted"]
+
+
+def test_comparator_systems_join_the_metrics_table(tmp_path, phantoms):
+    code, text = run_cli(
+        "compare", "--preset", "smoke", "--only", "metrics", "--crops", "none", "--systems", "shape_rf",
+        "--data", str(phantoms), "--n-boot", "50", "--out", str(tmp_path),
+    )
+    assert code == 0, text
+    rows = json.loads((tmp_path / "report.json").read_text())["metrics"]["rows"]
+    assert [r["system"] for r in rows] == ["HFCN", "shape_rf"]
+    shape = rows[1]
+    assert 0.0 <= shape["auc"] <= 1.0 and shape["f1_ci"]
+
+
+def test_unknown_system_lists_the_known_ones(tmp_path):
+    code, text = run_cli("compare", "--preset", "smoke", "--systems", "mc-cnn-v9", "--out", str(tmp_path))
+    assert code == 1 and "unknown system 'mc-cnn-v9'; known systems: " in text and "shape_rf" in text

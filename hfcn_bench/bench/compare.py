@@ -31,6 +31,7 @@ class CompareOptions:
     backbones: tuple[str, ...] = ("paper",)
     crops: tuple[str, ...] = ("none", "rfc", "bfc")
     alphas: tuple[float, ...] = ()
+    systems: tuple[str, ...] = ()  # comparator systems (hfcn_bench.systems), scored on the same split
     label_rule: str = "tirads"
     seed: int = 0
     n_boot: int = 1000
@@ -170,6 +171,7 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
         }
     )
     rows, curves, baselines = [], {}, []
+    split = split_train_test(ds, test_fraction=0.25, seed=opts.seed)
     combos = [(b, c, None) for b in opts.backbones for c in opts.crops]
     combos += [(b, "bfc", a) for b in opts.backbones for a in opts.alphas]
     for backbone, crop, alpha in combos:
@@ -184,27 +186,17 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
         if opts.folds and opts.folds > 1:
             res = training.cross_validate(ds, opts.folds, config, n_boot=opts.n_boot)
         else:
-            split = split_train_test(ds, test_fraction=0.25, seed=opts.seed)
             res = training.train_and_evaluate(ds, split, config, n_boot=opts.n_boot)
         elapsed = time.perf_counter() - start
         m = res["metrics"]
         paper = PAPER_TABLE4.get((crop, backbone)) if alpha is None else None
         rows.append(
             {
+                "system": "HFCN",
                 "backbone": backbone,
                 "crop": crop,
                 "alpha": config.alpha if crop != "none" else None,
-                "accuracy": m.get("accuracy"),
-                "precision": m.get("precision"),
-                "recall": m.get("recall"),
-                "f1": m.get("f1"),
-                "f1_ci": _ci(m.get("ci", {}).get("f1")),
-                "auc": m.get("auc"),
-                "auc_ci": _ci(m.get("ci", {}).get("auc")),
-                "specificity": m.get("specificity"),
-                "threshold": m.get("threshold"),
-                "train_s": elapsed,
-                "protocol": res.get("protocol"),
+                **_metric_cells(res, elapsed),
                 "paper": "/".join(f"{v:.1f}" for v in paper) if paper else None,
             }
         )
@@ -212,7 +204,39 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
             curves[label] = (res["roc"]["fpr"], res["roc"]["tpr"], m.get("auc"))
         if res.get("majority_baseline") and not baselines:
             baselines.append({"protocol": res.get("protocol"), **res["majority_baseline"]})
+    if opts.systems:
+        from ..systems import evaluate_system
+
+        for name in opts.systems:
+            if progress:
+                progress(f"metrics: comparator {name}")
+            start = time.perf_counter()
+            # Comparators are scored on the 3:1 case-level split (with --folds too: their
+            # k-fold pooling is not implemented), with the quick setting of each system.
+            res = evaluate_system(name, ds, split, config="quick", n_boot=opts.n_boot, seed=opts.seed)
+            rows.append({"system": name, "backbone": None, "crop": None, "alpha": None,
+                         **_metric_cells(res, time.perf_counter() - start),
+                         "limitations": "; ".join(res.get("limitations", []))})
+            if res.get("roc"):
+                curves[name] = (res["roc"]["fpr"], res["roc"]["tpr"], res["metrics"].get("auc"))
     return {"rows": rows, "baseline": baselines, "roc": curves}
+
+
+def _metric_cells(res: dict, elapsed: float) -> dict:
+    m = res["metrics"]
+    return {
+        "accuracy": m.get("accuracy"),
+        "precision": m.get("precision"),
+        "recall": m.get("recall"),
+        "f1": m.get("f1"),
+        "f1_ci": _ci(m.get("ci", {}).get("f1")),
+        "auc": m.get("auc"),
+        "auc_ci": _ci(m.get("ci", {}).get("auc")),
+        "specificity": m.get("specificity"),
+        "threshold": m.get("threshold"),
+        "train_s": elapsed,
+        "protocol": res.get("protocol"),
+    }
 
 
 def run_compare(

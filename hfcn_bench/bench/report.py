@@ -152,8 +152,9 @@ TABLES: dict[tuple[str, str], tuple[str, tuple[str, ...], list[Column]]] = {
     ),
     ("metrics", "rows"): (
         "Paper metrics (malignant = positive), case-level protocol",
-        ("backbone", "crop", "alpha"),
+        ("system", "backbone", "crop", "alpha"),
         [
+            Column("system", "system"),
             Column("backbone", "backbone"),
             Column("crop", "crop"),
             Column("alpha", "alpha"),

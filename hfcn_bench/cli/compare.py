@@ -44,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--only", default="speed,model,metrics", help="sections: speed, model, metrics")
     p.add_argument("--backbones", default="paper", help="backbones for the metrics section (e.g. paper,resnet50)")
     p.add_argument("--crops", default="none,rfc,bfc", help="crop modes for the metrics section")
+    p.add_argument("--systems", default="", help="comparator systems scored on the same split, e.g. shape_rf,transfer_svm")
     p.add_argument("--alphas", default="", help="alpha sweep of BFC like the paper's Table 3, e.g. 0.5,0.6,0.7")
     p.add_argument("--label-rule", default="tirads", help="tirads (default) or mccnn")
     p.add_argument("--seed", type=int, default=0)
@@ -112,6 +113,7 @@ def run(args, console) -> int:
         backbones=_names(args.backbones),
         crops=_names(args.crops),
         alphas=_floats(args.alphas),
+        systems=_names(args.systems),
         label_rule=args.label_rule,
         seed=args.seed,
         n_boot=args.n_boot,
@@ -125,6 +127,12 @@ def run(args, console) -> int:
     for b in opts.backbones:
         if b not in available_backbones():
             raise HfcnError(f"unknown backbone {b!r}; known: {', '.join(available_backbones())}")
+    if opts.systems:
+        from ..systems import available_systems
+
+        for name in opts.systems:
+            if name not in available_systems():
+                raise HfcnError(f"unknown system {name!r}; known systems: {', '.join(available_systems())}")
     out = Path(args.out or Path(DEFAULT_OUT) / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
 
