@@ -280,3 +280,14 @@ def test_mccnn_bad_config_is_named(ds, split):
         evaluate_system("mccnn_spp", ds, split, config={"image_size": 32})
     with pytest.raises(HfcnError, match="trunk must be one of alexnet"):
         evaluate_system("mccnn_spp", ds, split, config={"trunk": "lenet"})
+
+
+def test_bad_dataset_and_progress_callback(ds, split):
+    with pytest.raises(HfcnError, match="must be a LoadedDataset"):
+        evaluate_system("shape_rf", ds.samples, split)
+    seen = []
+    evaluate_system("shape_rf", ds, split, config={"n_estimators": 10}, n_boot=10,
+                    progress=lambda kind, done, total, info: seen.append((kind, info.get("what"), done, total)))
+    n_train, n_test = (len(x) for x in split.select(ds))
+    # One "load" call per ROI, on each side, ending at done == total.
+    assert ("load", "train", n_train, n_train) in seen and ("load", "test", n_test, n_test) in seen
