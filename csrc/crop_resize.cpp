@@ -255,21 +255,22 @@ void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per
         scalar_t* __restrict__ out = yp + ((b * N + n) * C + c) * oh * ow;
 #ifdef HFCN_SIMD
         if constexpr (kSimd) {
-          // Rows are assembled back to back in an L1 buffer (a row's spill past ow is
-          // overwritten by the next row), then the plane leaves in whole-register stores.
+          // Whole-register stores straight into the output: a row's spill past ow lands in the
+          // next row of the same plane, which is written right after; only the stores that
+          // would leave the plane are masked.
           const int64_t blocks = stride / simd::K;
+          const int64_t total = oh * ow;
           for (int64_t i = 0; i < oh; ++i) {
             const simd::vf a = simd::splat(wr0[i]), bw = simd::splat(wr1[i]);
-            float* orow = plane_out + i * ow;
-            for (int64_t jb = 0; jb < blocks; ++jb)
-              simd::store(orow + jb * simd::K,
-                          blend<simd::vf>(simd::load(lerped + up[i] + jb * simd::K),
-                                          simd::load(lerped + lo[i] + jb * simd::K), a, bw));
+            for (int64_t jb = 0; jb < blocks; ++jb) {
+              const simd::vf v = blend<simd::vf>(simd::load(lerped + up[i] + jb * simd::K),
+                                                 simd::load(lerped + lo[i] + jb * simd::K), a, bw);
+              const int64_t e = i * ow + jb * simd::K;
+              const int64_t row_left = ow - jb * simd::K;
+              if (e + simd::K <= total) simd::store(out + e, v);
+              else simd::store_n(out + e, v, std::min<int64_t>(row_left, total - e));
+            }
           }
-          const int64_t total = oh * ow;
-          int64_t e = 0;
-          for (; e + simd::K <= total; e += simd::K) simd::store(out + e, simd::load(plane_out + e));
-          if (e < total) simd::store_n(out + e, simd::load(plane_out + e), total - e);
           continue;
         }
 #endif
