@@ -207,8 +207,6 @@ void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per
   at::parallel_for(0, B * C, plane_grain(N * oh * ow), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> lerped_buf(max_needed * stride + stride);
     acc_t* __restrict__ lerped = lerped_buf.data();
-    std::vector<acc_t> plane_buf(oh * ow + stride);
-    acc_t* __restrict__ plane_out = plane_buf.data();
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / C, c = p % C;
       const scalar_t* __restrict__ plane = xp + p * H * W;
