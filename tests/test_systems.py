@@ -291,3 +291,14 @@ def test_bad_dataset_and_progress_callback(ds, split):
     n_train, n_test = (len(x) for x in split.select(ds))
     # One "load" call per ROI, on each side, ending at done == total.
     assert ("load", "train", n_train, n_train) in seen and ("load", "test", n_test, n_test) in seen
+
+
+def test_outline_outside_the_frame_gives_finite_features(tmp_path):
+    # A few DDTI outline points lie outside the 560x360 frame; an outline wholly outside must
+    # still give a finite feature row rather than NaNs from empty pixel sets.
+    s = _sample(tmp_path, [(10, 10), (30, 10), (30, 30)], "o.png")
+    s = dataclasses.replace(s, polygon=((500, 500), (540, 500), (540, 560)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy warns on the mean of an empty set
+        f = shape_rf.outline_features(s)
+    assert np.isfinite(f).all() and f.shape == (len(shape_rf.FEATURE_NAMES),)

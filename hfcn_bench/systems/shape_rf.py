@@ -207,6 +207,8 @@ def outline_features(sample: Sample, gray: np.ndarray | None = None, config: Sha
     m_ring = (np.asarray(grown) > 0) & ~m_in
     m_band = np.asarray(band) > 0
     vin = gray[m_in] if m_in.any() else gray[m_band]
+    if vin.size == 0:  # an outline drawn entirely outside the frame: no pixels to describe
+        vin = np.zeros(1)
     vring = gray[m_ring] if m_ring.any() else vin
     in_mean, in_std = float(vin.mean()), float(vin.std())
     ring_mean, ring_std = float(vring.mean()), float(vring.std())
