@@ -1,0 +1,21 @@
+"""The README's two commands and .ci/run must say the same thing."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_COMMAND = 'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test,vision]" && python -m pytest'
+RUN_COMMAND = 'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test,vision]" && hfcn-bench compare'
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert TEST_COMMAND in readme
+    assert RUN_COMMAND in readme
+    assert TEST_COMMAND in ci.splitlines(), ".ci/run must run the README's test command verbatim"
+
+
+def test_readme_cites_the_papers_and_the_data():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for needle in ("IEEE Access", "64064", "Pedraza", "92870W", "HFCN_DDTI_DIR"):
+        assert needle in readme
