@@ -150,7 +150,7 @@ def _ci(v) -> str | None:
 
 
 def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: dict) -> dict:
-    from ..data import ensure_synthetic, load_dataset, split_train_test, kfold
+    from ..data import ensure_synthetic, load_dataset, split_train_test
     from .. import train as training
 
     path = opts.data or str(ensure_synthetic())

@@ -21,7 +21,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -411,6 +411,3 @@ def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE) -> list[dict
     add("fused forward+backward, 2 threads vs 1", ratio(one, two), 1.6, 1.6)
     return checks
 
-
-def shape_dict(shape: OpShape) -> dict:
-    return asdict(shape)

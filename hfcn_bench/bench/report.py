@@ -15,7 +15,7 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -397,5 +397,3 @@ def render_against(rows: list[dict], console) -> None:
         )
     console.print(table)
 
-
-ProgressFn = Callable[[str], None]
