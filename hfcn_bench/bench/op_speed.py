@@ -7,8 +7,8 @@ timed; a method that fails is reported with its error and not timed. ``roi_align
 the output pixels whose source lies inside the crop (where the conventions agree) and their
 full-map difference is reported beside it.
 
-Timing: ``torch.utils.benchmark.Timer.blocked_autorange`` (median and IQR over blocks),
-CUDA synchronised inside the timed statement. Memory: on CUDA the peak allocated bytes above
+Timing: ``torch.utils.benchmark.Timer.blocked_autorange`` in round-robin rounds over the
+methods (median and IQR over all blocks), CUDA synchronised inside the timed statement. Memory: on CUDA the peak allocated bytes above
 the inputs (``torch.cuda.max_memory_allocated``); on the CPU the peak growth of the resident
 set (RSS, sampled from ``/proc/self/statm`` by a thread while the method runs once, after
 ``malloc_trim`` returned freed heap pages), labelled as such in every row.
@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils import benchmark as tbench
@@ -181,15 +182,47 @@ def _parity(name: str, fn: Callable, x: torch.Tensor, boxes: torch.Tensor, out: 
     return {"parity": f"{full:.1e}", "parity_ok": ok, "max_abs_err": full}
 
 
-def _time(stmt: Callable[[], object], device: torch.device, min_run_time: float) -> tuple[float, float]:
-    def timed():
-        stmt()
-        _sync(device)
+def _statement(fn: Callable, inp: torch.Tensor, direction: str) -> Callable[[], object]:
+    """What one timed call runs: the forward without autograd, the backward of a kept graph,
+    or both."""
+    xin = inp.detach().clone().requires_grad_(direction != "forward")
+    if direction == "forward":
+        def stmt():
+            with torch.no_grad():
+                return fn(xin)
+    elif direction == "backward":
+        yy = fn(xin)
+        gg = torch.randn_like(yy)
 
-    m = tbench.Timer(stmt="timed()", globals={"timed": timed}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time
-    )
-    return float(m.median), float(m.iqr)
+        def stmt():
+            return torch.autograd.grad(yy, xin, gg, retain_graph=True)
+    else:
+        gg = torch.randn_like(fn(xin.detach()))
+
+        def stmt():
+            return torch.autograd.grad(fn(xin), xin, gg)
+    return stmt
+
+
+def _time_interleaved(stmts: dict[str, Callable], device: torch.device, min_run_time: float,
+                      rounds: int = 5) -> dict[str, tuple[float, float]]:
+    """(median, IQR) seconds per statement, measured in ``rounds`` round-robin rounds of
+    ``blocked_autorange``: drift of a shared machine (memory bandwidth, other jobs) then hits
+    every method alike instead of biasing the ratios of whichever ran in a bad moment."""
+    blocks: dict[str, list[float]] = {name: [] for name in stmts}
+    for _ in range(rounds):
+        for name, stmt in stmts.items():
+            def timed(stmt=stmt):
+                stmt()
+                _sync(device)
+
+            m = tbench.Timer(stmt="timed()", globals={"timed": timed}, num_threads=torch.get_num_threads())
+            blocks[name] += list(m.blocked_autorange(min_run_time=min_run_time / rounds).times)
+    out = {}
+    for name, times in blocks.items():
+        q1, med, q3 = np.percentile(np.asarray(times), [25, 50, 75])
+        out[name] = (float(med), float(q3 - q1))
+    return out
 
 
 def _rss_bytes() -> int:
@@ -295,6 +328,7 @@ def measure_op_speed(
             x = torch.randn(shape.batch, shape.channels, shape.height, shape.width, generator=gen).to(device)
             out_numel = shape.batch * len(boxes) * shape.channels * shape.out**2
             grad = torch.randn(out_numel, generator=gen).view(shape.batch, len(boxes), shape.channels, shape.out, shape.out).to(device)
+            ready: dict[str, tuple] = {}
             for name in methods:
                 if name == "image-multicrop" and shape not in image_multicrop_shapes:
                     continue
@@ -315,41 +349,29 @@ def measure_op_speed(
                 if name == "image-multicrop":
                     rows.extend(_time_image_multicrop(fn, inp, base, check, device, progress))
                     continue
-                for nthreads in threads:
-                    torch.set_num_threads(nthreads)
-                    for direction in directions:
-                        if name == "floor" and direction != "forward":
-                            continue  # a copy has no backward
-                        if progress:
-                            progress(f"{shape.label} {name} {direction} {nthreads}T")
-                        xin = inp.detach().clone().requires_grad_(direction != "forward")
-                        if direction == "forward":
-                            def stmt(fn=fn, xin=xin):
-                                with torch.no_grad():
-                                    return fn(xin)
-                        elif direction == "backward":
-                            yy = fn(xin)
-                            gg = torch.randn_like(yy)
-
-                            def stmt(yy=yy, gg=gg, xin=xin):
-                                return torch.autograd.grad(yy, xin, gg, retain_graph=True)
-                        else:
-                            gg = torch.randn_like(fn(xin.detach()))
-
-                            def stmt(fn=fn, xin=xin, gg=gg):
-                                return torch.autograd.grad(fn(xin), xin, gg)
-                        median, iqr = _time(stmt, device, min_run_time)
-                        peak, how = _peak_memory(stmt, device)
-                        moved = (x.numel() + grad.numel()) * x.element_size()
+                ready[name] = (fn, inp, base, check)
+            moved = (x.numel() + grad.numel()) * x.element_size()
+            for nthreads in threads:
+                torch.set_num_threads(nthreads)
+                for direction in directions:
+                    if progress:
+                        progress(f"{shape.label} {direction} {nthreads}T")
+                    stmts = {
+                        name: _statement(fn, inp, direction)
+                        for name, (fn, inp, _, _) in ready.items()
+                        if not (name == "floor" and direction != "forward")  # a copy has no backward
+                    }
+                    for name, (median, iqr) in _time_interleaved(stmts, device, min_run_time).items():
+                        peak, how = _peak_memory(stmts[name], device)
                         rows.append(
                             {
-                                **base,
-                                **check,
+                                **ready[name][2],
+                                **ready[name][3],
                                 "direction": direction,
                                 "threads": nthreads,
                                 "median_s": median,
                                 "iqr_s": iqr,
-                                "gbps": moved / median / 1e9 if name != "image-multicrop" else None,
+                                "gbps": moved / median / 1e9,
                                 "peak_mib": peak,
                                 "memory_method": how,
                                 "status": "ok",
