@@ -50,7 +50,7 @@ PRESETS = {
         # the budget; --preset paper measures at 224.
         "model_batch": 16,
         "model_size": 112,
-        "model_repeats": 2,
+        "model_repeats": 4,
         "train_preset": "quick",
     },
     "paper": {
