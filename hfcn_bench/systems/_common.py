@@ -68,6 +68,23 @@ def warn_skip(sample: Sample, exc: Exception, skipped: list[str]) -> None:
     skipped.append(msg)
 
 
+def loadable_rois(samples: Sequence[Sample], image_size: int, seed: int, skipped: list[str], augment: bool = False):
+    """The samples as a RoiDataset (ImageNet normalisation, as the CNN trunks expect) and the
+    indices of the ROIs that load; an unreadable frame skips its ROI with a warning, not the run."""
+    from ..data.dataset import RoiDataset
+
+    ds = RoiDataset(list(samples), size=image_size, normalize="imagenet", augment=augment, seed=seed)
+    keep = []
+    for i, s in enumerate(ds.samples):
+        try:
+            ds.roi_array(i)
+        except Exception as exc:  # noqa: BLE001 - a bad frame skips its ROI, not the run
+            warn_skip(s, exc, skipped)
+        else:
+            keep.append(i)
+    return ds, keep
+
+
 def group_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Case-grouped stratified folds over the training side (no case on both sides of a fold).
 

@@ -152,21 +152,6 @@ def build_mccnn(cfg: MCCNNConfig) -> MCCNNClassifier:
     return MCCNNClassifier(trunk, channels, cfg.dropout)
 
 
-def _tensors(samples: Sequence[Sample], cfg: MCCNNConfig, augment: bool, skipped: list[str]):
-    from ..data.dataset import RoiDataset
-
-    ds = RoiDataset(list(samples), size=cfg.image_size, normalize="imagenet", augment=augment, seed=cfg.seed)
-    keep = []
-    for i, s in enumerate(ds.samples):
-        try:
-            ds.roi_array(i)
-        except Exception as exc:  # noqa: BLE001 - a bad frame skips its ROI, not the run
-            C.warn_skip(s, exc, skipped)
-        else:
-            keep.append(i)
-    return ds, keep
-
-
 @torch.no_grad()
 def _predict(model: nn.Module, ds, idx: list[int], batch: int) -> np.ndarray:
     model.eval()
@@ -192,9 +177,9 @@ def _run(train_samples, test_samples, cfg: MCCNNConfig, n_boot: int, progress) -
     fit_s, val_s = inner.select(list(train_samples))
     C.both_classes(val_s, "validation")
     t0 = time.perf_counter()
-    ds_fit, i_fit = _tensors(fit_s, cfg, True, skipped)
-    ds_val, i_val = _tensors(val_s, cfg, False, skipped)
-    ds_te, i_te = _tensors(test_samples, cfg, False, skipped)
+    ds_fit, i_fit = C.loadable_rois(fit_s, cfg.image_size, cfg.seed, skipped, augment=True)
+    ds_val, i_val = C.loadable_rois(val_s, cfg.image_size, cfg.seed, skipped)
+    ds_te, i_te = C.loadable_rois(test_samples, cfg.image_size, cfg.seed, skipped)
     if not i_te:
         raise HfcnError("no test ROIs could be loaded")
     y_fit = torch.tensor([ds_fit.samples[i].label for i in i_fit])

@@ -174,23 +174,6 @@ def _forward(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
 # data
 
 
-def _images(samples: Sequence[Sample], cfg: TransferConfig, skipped: list[str], augment: bool = False):
-    """The loadable ROIs as a RoiDataset (ImageNet normalisation, as the trunks expect) and the
-    kept indices; unreadable frames are skipped with a warning."""
-    from ..data.dataset import RoiDataset
-
-    ds = RoiDataset(list(samples), size=cfg.image_size, normalize="imagenet", augment=augment, seed=cfg.seed)
-    keep = []
-    for i, s in enumerate(ds.samples):
-        try:
-            ds.roi_array(i)
-        except Exception as exc:  # noqa: BLE001 - a bad frame skips its ROI, not the run
-            C.warn_skip(s, exc, skipped)
-        else:
-            keep.append(i)
-    return ds, keep
-
-
 @torch.no_grad()
 def _features(blocks: nn.ModuleList, ds, idx: list[int], cfg: TransferConfig, progress, what: str) -> np.ndarray:
     blocks.eval()
@@ -303,13 +286,13 @@ def _run(train_samples, test_samples, cfg: TransferConfig, head: str, n_boot: in
         inner = split_train_test(list(train_samples), test_fraction=cfg.val_fraction, seed=cfg.seed)
         fit_s, val_s = inner.select(list(train_samples))
         C.both_classes(val_s, "validation")
-        ds_aug, fit_idx = _images(fit_s, cfg, skipped, augment=True)
+        ds_aug, fit_idx = C.loadable_rois(fit_s, cfg.image_size, cfg.seed, skipped, augment=True)
         history = _finetune(blocks, dim, ds_aug, fit_idx, cfg, progress)
         fit_s = [ds_aug.samples[i] for i in fit_idx]
     else:
         fit_s, val_s = list(train_samples), []
-    ds_fit, i_fit = _images(fit_s, cfg, skipped)
-    ds_te, i_te = _images(test_samples, cfg, skipped)
+    ds_fit, i_fit = C.loadable_rois(fit_s, cfg.image_size, cfg.seed, skipped)
+    ds_te, i_te = C.loadable_rois(test_samples, cfg.image_size, cfg.seed, skipped)
     fit_kept = [ds_fit.samples[i] for i in i_fit]
     te_kept = [ds_te.samples[i] for i in i_te]
     if not te_kept:
@@ -323,7 +306,7 @@ def _run(train_samples, test_samples, cfg: TransferConfig, head: str, n_boot: in
     t1 = time.perf_counter()
     model = _head(head, cfg).fit(Xfit, yfit)
     if cfg.finetune_layers:
-        ds_va, i_va = _images(val_s, cfg, skipped)
+        ds_va, i_va = C.loadable_rois(val_s, cfg.image_size, cfg.seed, skipped)
         thr_samples = [ds_va.samples[i] for i in i_va]
         thr_prob = model.predict_proba(_features(blocks, ds_va, i_va, cfg, progress, "validation"))[:, 1]
         source = "validation"
