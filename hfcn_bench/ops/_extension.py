@@ -119,8 +119,23 @@ def load_extension(cuda: bool | None = None) -> bool:
             _state["error"] = "disabled by HFCN_NO_EXTENSION=1"
             return False
         with_cuda = build_cuda_requested() if cuda is None else cuda
+        forced = cuda is not None or os.environ.get("HFCN_BUILD_CUDA", "").strip() in ("1", "true", "yes")
         try:
-            _build(with_cuda)
+            try:
+                _build(with_cuda)
+            except Exception as exc:
+                if not with_cuda or forced:
+                    raise
+                # A GPU but no working nvcc: the CPU kernels are still worth having.
+                warnings.warn(
+                    f"hfcn_bench: the CUDA kernels did not build ({_summarise(exc)}); using the CPU "
+                    "kernels only (CUDA tensors take the pure-PyTorch reference). "
+                    "Set CUDA_HOME to a CUDA toolkit to build them.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                with_cuda = False
+                _build(False)
         except Exception as exc:  # a missing compiler, nvcc or header: fall back, say why
             _state["error"] = _summarise(exc)
             warnings.warn(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._extension import load_extension
+from ._extension import backend, load_extension
 from .reference import crop_resize_reference, normalize_size
 
 __all__ = ["CropResizeFunction", "crop_resize"]
@@ -60,6 +60,9 @@ def crop_resize(x: torch.Tensor, boxes, size) -> torch.Tensor:
         raise ValueError(f"x is on {x.device} but boxes are on {boxes.device}; put both on one device")
     oh, ow = normalize_size(size)
     if not load_extension():
+        return crop_resize_reference(x, boxes, (oh, ow))
+    if x.device.type == "cuda" and backend() != "cuda":
+        # Extension built without its CUDA kernels (no nvcc): CUDA tensors take the reference.
         return crop_resize_reference(x, boxes, (oh, ow))
     if not (x.requires_grad and torch.is_grad_enabled()):
         # Nothing to differentiate: skip the autograd.Function's bookkeeping (tens of µs per
