@@ -32,7 +32,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import ops
 from .backbones import (
@@ -175,18 +174,8 @@ class HFCNOutput(NamedTuple):
     log_prob: torch.Tensor | None = None
 
 
-def naive_crop_resize(x: torch.Tensor, rows: list[tuple[int, int, int, int]], size: tuple[int, int]) -> torch.Tensor:
-    """Slicing + ``F.interpolate`` per window: ``[B, C, H, W] -> [B, N, C, oh, ow]``.
-
-    The same arithmetic as :func:`ops.crop_resize_reference` without its validation pass,
-    which reads the boxes back from the device (a host sync on CUDA) on every call; here the
-    windows are host integers already.
-    """
-    crops = [
-        F.interpolate(x[:, :, t : t + h, l : l + w], size=size, mode="bilinear", align_corners=False)
-        for t, l, h, w in rows
-    ]
-    return torch.stack(crops, dim=1)
+# Slicing + F.interpolate per window (the "naive" implementation): ops' unvalidated core.
+naive_crop_resize = ops.slice_resize
 
 
 class HFCN(nn.Module):

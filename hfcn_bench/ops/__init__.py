@@ -9,7 +9,7 @@ as registered with torch (visible to ``torch.compile``) once the extension is lo
 from ._extension import backend, csrc_dir, extension_error, load_extension
 from .boxes import boundary_boxes, check_boxes, random_boxes, window_size
 from .crop_resize import CropResizeFunction, crop_resize
-from .reference import crop_resize_reference, normalize_size
+from .reference import crop_resize_reference, normalize_size, slice_resize
 
 __all__ = [
     "CropResizeFunction",
@@ -23,5 +23,6 @@ __all__ = [
     "load_extension",
     "normalize_size",
     "random_boxes",
+    "slice_resize",
     "window_size",
 ]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .boxes import check_boxes
 
-__all__ = ["crop_resize_reference", "normalize_size"]
+__all__ = ["crop_resize_reference", "normalize_size", "slice_resize"]
 
 
 def normalize_size(size) -> tuple[int, int]:
@@ -51,16 +51,17 @@ def crop_resize_reference(x: torch.Tensor, boxes: torch.Tensor, size) -> torch.T
         return x.new_zeros((B, N, C, oh, ow))
     rows = boxes.tolist()
     if boxes.dim() == 2:
-        crops = [
-            F.interpolate(x[:, :, t : t + h, l : l + w], size=(oh, ow), mode="bilinear", align_corners=False)
-            for t, l, h, w in rows
-        ]
-        return torch.stack(crops, dim=1)
-    per_sample = []
-    for b in range(B):
-        crops = [
-            F.interpolate(x[b : b + 1, :, t : t + h, l : l + w], size=(oh, ow), mode="bilinear", align_corners=False)[0]
-            for t, l, h, w in rows[b]
-        ]
-        per_sample.append(torch.stack(crops, dim=0))
-    return torch.stack(per_sample, dim=0)
+        return slice_resize(x, rows, (oh, ow))
+    return torch.cat([slice_resize(x[b : b + 1], rows[b], (oh, ow)) for b in range(B)], dim=0)
+
+
+def slice_resize(x: torch.Tensor, rows, size: tuple[int, int]) -> torch.Tensor:
+    """The slicing core of :func:`crop_resize_reference`, without its validation: ``x[B, C, H,
+    W]`` and host windows ``[(top, left, height, width), ...]`` shared by the batch ->
+    ``[B, N, C, oh, ow]``. For callers whose windows are already checked host integers (reading
+    boxes back from a CUDA tensor on every call would sync the device)."""
+    crops = [
+        F.interpolate(x[:, :, t : t + h, l : l + w], size=size, mode="bilinear", align_corners=False)
+        for t, l, h, w in rows
+    ]
+    return torch.stack(crops, dim=1)
