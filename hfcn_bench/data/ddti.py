@@ -26,7 +26,6 @@ vocabulary.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -35,12 +34,11 @@ from pathlib import Path
 from typing import Callable
 
 from lxml import etree
-from PIL import Image
 
 from ..errors import HfcnError
 from .collection import LABEL_NAMES, CaseInfo, LoadedDataset
 from .report import LoadReport, RuleCounts
-from .rois import Box, Sample, expand_box, is_dual_view, is_outline, polygon_bbox
+from .rois import Box, Sample, UnreadableImage, expand_box, is_dual_view, is_outline, polygon_bbox, read_image
 
 __all__ = [
     "LABEL_RULES",
@@ -495,16 +493,11 @@ def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadRepo
             continue
         rel = _rel(path, base)
         try:
-            data = path.read_bytes()
-            with Image.open(io.BytesIO(data)) as im:
-                size = im.size
-                if verify:
-                    im.load()
-        except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
-            report.add("unreadable-image", rel, f"cannot decode: {exc}", "frame skipped",
-                       case=case.case_id, frame=frame.index)
+            sha1, size = read_image(path, verify)
+        except UnreadableImage as exc:
+            report.add("unreadable-image", rel, str(exc), "frame skipped", case=case.case_id, frame=frame.index)
             continue
-        entry = _FrameEntry(case, frame.index, path, rel, hashlib.sha1(data).hexdigest(), size, [])
+        entry = _FrameEntry(case, frame.index, path, rel, sha1, size, [])
         svg = frame.svg
         report.arrows += sum(1 for r in svg.regions if r.region_type.lower() == "arrow")
         for r in svg.regions:

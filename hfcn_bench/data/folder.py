@@ -17,7 +17,6 @@ folder, so the label rule is recorded as ``folder``.
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +26,7 @@ from PIL import Image
 from ..errors import HfcnError
 from .collection import LABEL_NAMES, CaseInfo, LoadedDataset
 from .report import LoadReport, RuleCounts
-from .rois import Sample, expand_box
+from .rois import Sample, UnreadableImage, expand_box, read_image
 
 __all__ = ["CLASS_DIRS", "IMAGE_EXTS", "is_folder_dataset", "load_folder", "mask_bbox"]
 
@@ -122,16 +121,11 @@ def load_folder(
             report.frames += 1
             rel = path.relative_to(root).as_posix()
             try:
-                data = path.read_bytes()
-                with Image.open(io.BytesIO(data)) as im:
-                    size = im.size
-                    if verify_images:
-                        im.load()
-            except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
-                report.add("unreadable-image", rel, f"cannot decode: {exc}", "image skipped", case=case_id, frame=frame)
+                sha1, size = read_image(path, verify_images)
+            except UnreadableImage as exc:
+                report.add("unreadable-image", rel, str(exc), "image skipped", case=case_id, frame=frame)
                 continue
             counts.frames[name] += 1
-            sha1 = hashlib.sha1(data).hexdigest()
             if sha1 in seen:
                 report.add("duplicate-image", rel, f"same bytes as {seen[sha1]}", f"dropped; kept {seen[sha1]}",
                            case=case_id, frame=frame)

@@ -12,6 +12,8 @@ convention, so ``x1 - x0`` is the width.
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -131,6 +133,25 @@ def is_dual_view(boxes: Sequence[Box], frame_width: int) -> bool:
     if len(boxes) != 2:
         return False
     return sorted(pane_of(b, frame_width) for b in boxes) == ["left", "right"]
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be read or decoded (the message says why)."""
+
+
+def read_image(path: Path, verify: bool = True) -> tuple[str, tuple[int, int]]:
+    """``(sha1 of the file's bytes, (width, height))``; with ``verify`` the pixels are decoded
+    too, so a truncated JPEG is caught here and not in the middle of training. Raises
+    :class:`UnreadableImage`."""
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            size = im.size
+            if verify:
+                im.load()
+    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"cannot decode: {exc}") from None
+    return hashlib.sha1(data).hexdigest(), size
 
 
 def open_rgb(path: str | Path) -> Image.Image:
