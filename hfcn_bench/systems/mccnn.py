@@ -17,20 +17,16 @@ chosen on those validation cases, as in ``hfcn_bench.train``.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from .. import metrics as M
 from ..data.rois import Sample
-from ..data.splits import case_labels, split_train_test
 from ..errors import HfcnError
-from . import _common as C
+from . import roi_classifier as RC
 
 __all__ = ["MCCNNConfig", "SpatialPyramidModule", "MCCNNClassifier", "build_mccnn", "run"]
 
@@ -152,14 +148,6 @@ def build_mccnn(cfg: MCCNNConfig) -> MCCNNClassifier:
     return MCCNNClassifier(trunk, channels, cfg.dropout)
 
 
-@torch.no_grad()
-def _predict(model: nn.Module, ds, idx: list[int], batch: int) -> np.ndarray:
-    model.eval()
-    out = [torch.softmax(model(torch.stack([ds[i][0] for i in idx[s:s + batch]])), 1)[:, 1].double().numpy()
-           for s in range(0, len(idx), batch)]
-    return np.concatenate(out) if out else np.zeros(0)
-
-
 def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: MCCNNConfig, *, n_boot: int,
         progress=None) -> dict:
     old = torch.get_num_threads()
@@ -173,61 +161,14 @@ def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: MC
 
 def _run(train_samples, test_samples, cfg: MCCNNConfig, n_boot: int, progress) -> dict:
     skipped: list[str] = []
-    inner = split_train_test(list(train_samples), test_fraction=cfg.val_fraction, seed=cfg.seed)
-    fit_s, val_s = inner.select(list(train_samples))
-    C.both_classes(val_s, "validation")
-    t0 = time.perf_counter()
-    ds_fit, i_fit = C.loadable_rois(fit_s, cfg.image_size, cfg.seed, skipped, augment=True)
-    ds_val, i_val = C.loadable_rois(val_s, cfg.image_size, cfg.seed, skipped)
-    ds_te, i_te = C.loadable_rois(test_samples, cfg.image_size, cfg.seed, skipped)
-    if not i_te:
-        raise HfcnError("no test ROIs could be loaded")
-    y_fit = torch.tensor([ds_fit.samples[i].label for i in i_fit])
-    y_val = np.asarray([ds_val.samples[i].label for i in i_val])
-    model = build_mccnn(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best, history = None, []
-    for epoch in range(cfg.epochs):
-        ds_fit.set_epoch(epoch)
-        model.train()
-        order = torch.randperm(len(i_fit), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        total, seen = 0.0, 0
-        for s in range(0, len(order), cfg.batch_size):
-            rows = order[s:s + cfg.batch_size]
-            if len(rows) < 2:  # batch norm in the paper trunk cannot train on one sample
-                continue
-            x = torch.stack([ds_fit[i_fit[int(r)]][0] for r in rows])
-            loss = nn.functional.cross_entropy(model(x), y_fit[rows])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(rows)
-            seen += len(rows)
-        p_val = _predict(model, ds_val, i_val, 64)
-        try:
-            auc = float(M.roc_auc(y_val, p_val))
-        except M.UndefinedMetricError:
-            auc = float("nan")
-        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_auc": auc})
-        # Best epoch on validation AUC (first one on ties), as hfcn_bench.train does.
-        if best is None or (auc == auc and (best[1] != best[1] or auc > best[1])):
-            best = (epoch + 1, auc, copy.deepcopy(model.state_dict()), p_val)
-        if progress is not None:
-            progress("epoch", epoch + 1, cfg.epochs, history[-1])
-    model.load_state_dict(best[2])
-    train_s = time.perf_counter() - t0
+    fit = RC.train_classifier(build_mccnn(cfg), train_samples, cfg, progress, skipped)
     t1 = time.perf_counter()
-    prob = _predict(model, ds_te, i_te, 64)
+    te_kept, prob = RC.predict_rois(fit.model, test_samples, cfg, skipped)
     predict_s = time.perf_counter() - t1
-    te_kept = [ds_te.samples[i] for i in i_te]
-    report = C.score(te_kept, prob, [ds_val.samples[i] for i in i_val], best[3], list(train_samples),
-                     seed=cfg.seed, n_boot=n_boot, threshold_rule=cfg.threshold_rule,
-                     threshold_source="validation")
-    report["timings"] = {"train_s": train_s, "predict_s": predict_s, "ms_per_roi": 1e3 * predict_s / len(te_kept),
+    report = RC.score_fit(fit, te_kept, prob, train_samples, cfg, n_boot)
+    report["timings"] = {"train_s": fit.train_s, "predict_s": predict_s, "ms_per_roi": 1e3 * predict_s / len(te_kept),
                          "threads": torch.get_num_threads(), "device": "cpu"}
-    report["training"] = {"best_epoch": best[0], "best_val_auc": best[1], "epochs_run": len(history),
-                          "train_rois": len(i_fit), "val_rois": len(i_val), "val_cases": len(case_labels(val_s)),
-                          "history": history, "parameters": sum(p.numel() for p in model.parameters())}
+    report["training"] = fit.summary()
     report["skipped"] = skipped
     report["limitations"] = [
         "stage 2 only: trained and tested on the annotated nodule boxes; the stage-1 SSD detector of the "
