@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import functools
 import time
+
+import numpy as np
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -35,7 +37,7 @@ from ..errors import HfcnError
 from . import _common as C
 from . import mccnn, shape_rf, transfer
 
-__all__ = ["SYSTEMS", "SystemSpec", "evaluate_system", "available_systems"]
+__all__ = ["SYSTEMS", "SystemSpec", "evaluate_system", "cross_validate_system", "available_systems"]
 
 
 @dataclass(frozen=True)
@@ -82,20 +84,17 @@ def _spec(name: str) -> SystemSpec:
     return SYSTEMS[name]
 
 
-def evaluate_system(name: str, dataset: LoadedDataset, split: Split, config: Any = None, n_boot: int = 1000,
-                    seed: int = 0, progress: Callable[[str, int, int, dict], None] | None = None) -> dict:
-    """Train comparator ``name`` on ``split``'s training cases and score its test cases.
-
-    ``seed`` seeds the system (model initialisation, forests, folds, bootstrap) unless
-    ``config`` sets its own. ``progress(kind, done, total, info)`` as in ``hfcn_bench.train``.
-    Raises :class:`HfcnError` for an unknown name, a bad config, or data the system cannot use.
-    """
+def _resolve(name: str, config: Any, seed: int):
     spec = _spec(name)
     if isinstance(config, str):
         if config != "quick":
             raise HfcnError(f"config must be None, 'quick', a dict or a {spec.config_cls.__name__}, got {config!r}")
         config = spec.quick()
-    cfg = C.make_config(spec.config_cls, config, seed)
+    return spec, C.make_config(spec.config_cls, config, seed)
+
+
+def _run_split(spec: SystemSpec, cfg, dataset: LoadedDataset, split: Split, n_boot: int, progress) -> dict:
+    """One split, raw: the report still carries its test predictions (``C.PRED``)."""
     if not isinstance(dataset, LoadedDataset):
         raise HfcnError(f"dataset must be a LoadedDataset (data.load_dataset), got {type(dataset).__name__}")
     train_samples, test_samples = split.select(dataset)
@@ -105,7 +104,95 @@ def evaluate_system(name: str, dataset: LoadedDataset, split: Split, config: Any
     t0 = time.perf_counter()
     report = spec.run(train_samples, test_samples, cfg, n_boot=n_boot, progress=progress)
     report["timings"]["total_s"] = time.perf_counter() - t0
-    report.update({"kind": split.method, "system": {"name": spec.name, "paper": spec.paper,
-                                                    "description": spec.description},
+    report["train_samples"] = train_samples
+    return report
+
+
+def _describe(spec: SystemSpec, report: dict, dataset: LoadedDataset, kind: str) -> dict:
+    report.update({"kind": kind, "system": {"name": spec.name, "paper": spec.paper, "description": spec.description},
                    "data": dataset.describe()})
     return report
+
+
+def evaluate_system(name: str, dataset: LoadedDataset, split: Split, config: Any = None, n_boot: int = 1000,
+                    seed: int = 0, progress: Callable[[str, int, int, dict], None] | None = None) -> dict:
+    """Train comparator ``name`` on ``split``'s training cases and score its test cases.
+
+    ``seed`` seeds the system (model initialisation, forests, folds, bootstrap) unless
+    ``config`` sets its own. ``progress(kind, done, total, info)`` as in ``hfcn_bench.train``.
+    A system that scores more than one way (e.g. detected and annotated ROIs) returns the
+    others under ``variants`` (name -> report of the same shape, plus ``description``).
+    Raises :class:`HfcnError` for an unknown name, a bad config, or data the system cannot use.
+    """
+    spec, cfg = _resolve(name, config, seed)
+    report = _run_split(spec, cfg, dataset, split, n_boot, progress)
+    report.pop("train_samples")
+    return C.strip_predictions(_describe(spec, report, dataset, split.method))
+
+
+def cross_validate_system(name: str, dataset: LoadedDataset, k: int, config: Any = None, n_boot: int = 1000,
+                          seed: int = 0, progress: Callable[[str, int, int, dict], None] | None = None) -> dict:
+    """Case-level stratified k-fold CV of comparator ``name`` (the folds of ``data.kfold``, the
+    same as ``train.cross_validate`` uses for HFCN with the same seed), pooled as
+    :func:`hfcn_bench.train.pool_folds` pools HFCN's: out-of-fold scores minus each fold's
+    threshold, one bootstrap over all test ROIs. Variants are pooled the same way; numeric
+    ``detection``/``segmentation`` summaries are averaged over folds weighted by their
+    ``frames``. ``progress`` also gets ``("fold", i, k, {...})`` after each fold."""
+    from ..data.splits import kfold
+    from ..train import FoldResult, TrainConfig, _fold_boot, pool_folds
+
+    spec, cfg = _resolve(name, config, seed)
+    if int(k) < 2:
+        raise HfcnError(f"k must be >= 2, got {k}")
+    splits = kfold(dataset, k=int(k), seed=seed)
+    t0 = time.perf_counter()
+    raws = []
+    for split in splits:
+        raw = _run_split(spec, cfg, dataset, split, _fold_boot(n_boot), progress)
+        raws.append(raw)
+        if progress is not None:
+            progress("fold", split.fold + 1, len(splits), {"fold": split.fold, "auc": raw["auc"],
+                                                          "f1": raw["metrics"]["f1"]})
+    pool_cfg = TrainConfig(seed=int(cfg.seed), threshold_rule=cfg.threshold_rule)
+
+    def pooled(reports: list[dict]) -> dict:
+        folds = [FoldResult(i, r[C.PRED], r["threshold"], raws[i]["train_samples"],
+                            {k: v for k, v in C.strip_predictions(r).items() if k != "train_samples"})
+                 for i, r in enumerate(reports)]
+        rep = pool_folds(folds, pool_cfg, n_boot=n_boot)
+        src = reports[0].get("threshold_source", "training-side")
+        rep["protocol"] = rep["protocol"].replace("on its validation cases", f"on its {src} predictions")
+        return rep
+
+    report = pooled(raws)
+    first = raws[0]
+    names = list((first.get("variants") or {}))
+    if names:
+        report["variants"] = {}
+        for v in names:
+            rep = pooled([r["variants"][v] for r in raws])
+            rep["description"] = first["variants"][v].get("description", v)
+            report["variants"][v] = rep
+    for key in ("detection", "segmentation"):
+        if isinstance(first.get(key), dict):
+            report[key] = _pool_summary([r[key] for r in raws])
+    report["timings"] = {"total_s": time.perf_counter() - t0,
+                         "train_s": sum(r["timings"].get("train_s", 0.0) for r in raws),
+                         "threads": first["timings"].get("threads")}
+    for key in ("limitations", "system_config"):
+        report[key] = first[key]
+    return C.strip_predictions(_describe(spec, report, dataset, "kfold"))
+
+
+def _pool_summary(per_fold: list[dict]) -> dict:
+    """Frame-weighted mean of each numeric entry over folds (``frames`` summed), plus the
+    per-fold values."""
+    w = np.asarray([float(d.get("frames", 1)) for d in per_fold])
+    out: dict = {"per_fold": per_fold}
+    for key, val in per_fold[0].items():
+        vals = [d.get(key) for d in per_fold]
+        if key == "frames":
+            out[key] = int(sum(vals))
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in vals):
+            out[key] = float(np.dot(w, vals) / w.sum())
+    return out

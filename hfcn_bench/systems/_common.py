@@ -127,6 +127,21 @@ def score(test_samples: Sequence[Sample], test_prob: np.ndarray, thr_samples: Se
                            samples=list(samples), global_prob=prob, crop_prob=np.full(prob.shape, np.nan))
 
     cfg = TrainConfig(seed=int(seed), threshold_rule=threshold_rule)
-    return score_predictions(preds(test_samples, test_prob), preds(thr_samples, thr_prob),
-                             [s.label for s in train_samples], cfg, n_boot=n_boot,
-                             threshold_source=threshold_source)
+    test = preds(test_samples, test_prob)
+    report = score_predictions(test, preds(thr_samples, thr_prob), [s.label for s in train_samples], cfg,
+                               n_boot=n_boot, threshold_source=threshold_source)
+    # The raw test predictions travel with the report (under PRED, stripped before a report
+    # is returned to a user) so that k-fold runs can pool them like train.pool_folds does.
+    report[PRED] = test
+    return report
+
+
+PRED = "_predictions"
+
+
+def strip_predictions(report: dict) -> dict:
+    """``report`` (and its ``variants``) without the raw predictions, as users get it."""
+    out = {k: v for k, v in report.items() if k != PRED}
+    if isinstance(out.get("variants"), dict):
+        out["variants"] = {name: strip_predictions(v) for name, v in out["variants"].items()}
+    return out
