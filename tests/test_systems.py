@@ -45,6 +45,8 @@ TINY = {
     "transfer_rf": {"backbone": "resnet50", "image_size": 48, "rf_trees": 60, "threads": 1},
     "transfer_softmax": {"backbone": "efficientnet_b0", "image_size": 32, "threads": 1},
     "mccnn_spp": {"trunk": "paper", "image_size": 32, "epochs": 4, "threads": 1},
+    "mccnn_cascade": {"trunk": "paper", "image_size": 32, "epochs": 4, "threads": 1, "frame_size": (64, 96),
+                      "det_epochs": 10},
 }
 
 

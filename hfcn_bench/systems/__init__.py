@@ -71,6 +71,11 @@ SYSTEMS: dict[str, SystemSpec] = {
         "mccnn_spp", "Song et al., IEEE JBHI 2019, MC-CNN stage 2 (PAPERS.md section 2)",
         "AlexNet-style trunk + spatial pyramid module (1x1/3x3/5x5 levels, 1/3 channels each) on annotated boxes",
         mccnn.MCCNNConfig, mccnn.run, mccnn._quick),
+    "mccnn_cascade": SystemSpec(
+        "mccnn_cascade", "Song et al., IEEE JBHI 2019, MC-CNN stages 1 + 2 (PAPERS.md section 2)",
+        "SSD-style nodule detector on the whole frame -> the pyramid network on the detected box "
+        "(variant annotated_roi: on the annotated box)",
+        mccnn.MCCNNCascadeConfig, mccnn.run_cascade, mccnn._quick_cascade),
 }
 
 
