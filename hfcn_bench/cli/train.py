@@ -82,6 +82,14 @@ def register(sub) -> None:
     e.add_argument("--per-case", choices=("mean", "max"), default=None,
                    help="score per case (mean or max of its ROIs' probabilities) instead of per ROI")
     e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of cases (default 1000)")
+    c = t.add_argument_group("comparator systems (PAPERS.md sections 2-4) instead of HFCN")
+    c.add_argument("--system", default=None, metavar="NAME",
+                   help="train and score a comparator on the same case-level split / folds: mccnn_cascade, "
+                   "mccnn_spp, shape_rf, transfer_svm, transfer_rf, transfer_softmax, two_stage (--preset quick "
+                   "takes its CPU-minutes setting, any other preset its defaults)")
+    c.add_argument("--set", dest="system_set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field of the system's config (VALUE is JSON, else a string), e.g. "
+                   "--set det_epochs=20 --set frame_size=[128,192]; --seed and --threads apply too")
     t.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last.pt (only --epochs, --threads, --device "
                    "may change)")
@@ -294,6 +302,11 @@ def run_train(args, console) -> int:
     out: Path = args.out
     has_run = (out / "config.json").exists()
     quiet = args.json
+    if args.system is not None:
+        return run_system_train(args, console, has_run)
+    if args.system_set:
+        raise HfcnError("--set overrides a comparator's config and needs --system NAME",
+                        hint="HFCN's settings have their own flags (see hfcn-bench train --help)")
     if args.resume:
         if not has_run:
             raise HfcnError(f"nothing to resume in {out} (no config.json)", hint="start it without --resume")
@@ -346,6 +359,112 @@ def run_train(args, console) -> int:
     console.print(f"run folder: [bold]{out}[/bold] (config.json, split.json, {ckpts}, metrics.json, "
                   f"predictions.csv); wall time {wall:.1f} s", highlight=False)
     console.print(f"next: hfcn-bench eval --run {out}", highlight=False, markup=False)
+    return 0
+
+
+def _system_overrides(args) -> dict:
+    out = {}
+    for item in args.system_set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise HfcnError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    if args.threads is not None:
+        out.setdefault("threads", args.threads)
+    if args.seed is not None:
+        out.setdefault("seed", args.seed)
+    return out
+
+
+def _system_progress(update, console):
+    """``_bars``' callback for a comparator, whose epochs carry other fields than HFCN's:
+    ``det_epoch`` (detector AP), ``seg_epoch`` (segmentation Dice), ``epoch`` (classifier AUC):
+    one transient bar per stage and one printed line per epoch."""
+    stages = {"det_epoch": "detector", "seg_epoch": "segmenter", "epoch": "classifier"}
+
+    def progress(kind, done, total, info):
+        if kind not in stages:
+            update(kind, done, total, info)
+            return
+        update("predict", done, total, {})
+        items = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+                          if k != "epoch")
+        console.print(f"{stages[kind]} epoch {done}/{total}  {items}", highlight=False)
+
+    return progress
+
+
+def run_system_train(args, console, has_run: bool) -> int:
+    """``hfcn-bench train --system NAME``: a comparator on the split (or folds) HFCN would get."""
+    from ..atomic import write_json_atomic
+    from ..data import split_train_test, write_manifest
+    from ..data.splits import kfold
+    from ..systems import SYSTEMS, cross_validate_system, evaluate_system
+
+    if args.system not in SYSTEMS:
+        raise HfcnError(f"unknown system {args.system!r}; known systems: {', '.join(sorted(SYSTEMS))}")
+    if args.resume:
+        raise HfcnError("--resume is for HFCN runs; a comparator run is retrained from the start",
+                        hint="drop --resume (add --force to train over the folder)")
+    if has_run and not args.force:
+        raise HfcnError(f"{args.out} already holds a run", hint="--force to train over it, or choose another --out")
+    ignored = sorted(flag for flag in _CHOICE_FIELDS if flag not in ("seed", "threads")
+                     and getattr(args, flag) is not None)
+    if ignored:
+        raise HfcnError(f"--{ignored[0].replace('_', '-')} sets HFCN's training, not {args.system}'s",
+                        hint=f"override the system's config with --set KEY=VALUE (its fields: "
+                        f"{', '.join(f for f in SYSTEMS[args.system].config_cls.__dataclass_fields__)})")
+    quiet = args.json
+    seed = args.seed if args.seed is not None else 0
+    overrides = _system_overrides(args)
+    spec = SYSTEMS[args.system]
+    config = {**spec.quick(), **overrides} if args.preset == "quick" else overrides
+    ds = _load_data(console, args.data, args.label_rule, args.margin, quiet)
+    out: Path = args.out
+    if not quiet:
+        console.print(f"{len(ds)} ROIs from {len(ds.case_labels())} cases ({ds.class_counts()['benign']} benign / "
+                      f"{ds.class_counts()['malignant']} malignant ROIs, {ds.label_rule} rule); system "
+                      f"{args.system} ({'quick' if args.preset == 'quick' else 'default'} settings"
+                      f"{', ' + ', '.join(f'{k}={v}' for k, v in overrides.items()) if overrides else ''})",
+                      highlight=False)
+    start = time.perf_counter()
+    with _bars(console, enabled=not quiet) as update:
+        progress = None if update is None else _system_progress(update, console)
+        if args.folds:
+            write_manifest(out / "split.json", ds, kfold(ds, k=int(args.folds), seed=seed))
+            report = cross_validate_system(args.system, ds, int(args.folds), config=config, n_boot=args.n_boot,
+                                           seed=seed, progress=progress)
+        else:
+            split = split_train_test(ds, test_fraction=args.test_fraction, seed=seed)
+            write_manifest(out / "split.json", ds, split)
+            report = evaluate_system(args.system, ds, split, config=config, n_boot=args.n_boot, seed=seed,
+                                     progress=progress)
+    wall = time.perf_counter() - start
+    write_json_atomic(out / "config.json", {"system": args.system, "system_config": report["system_config"],
+                                            "folds": args.folds, "seed": seed, "n_boot": args.n_boot,
+                                            "data": ds.describe()})
+    write_json_atomic(out / "metrics.json", report)
+    if args.json:
+        console.print_json(json.dumps(report))
+        return 0
+    _print_report(console, report, f"{args.system} on held-out cases")
+    for name, v in (report.get("variants") or {}).items():
+        for table in metrics_tables(v, f"variant {name}: {v.get('description', '')}")[:1]:
+            console.print(table)
+    for key in ("detection", "segmentation", "pairing"):
+        if isinstance(report.get(key), dict):
+            vals = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in report[key].items() if k != "per_fold")
+            console.print(f"{key}: {vals}", highlight=False)
+    for lim in report.get("limitations") or []:
+        console.print(f"[dim]limitation:[/dim] {lim}", highlight=False)
+    console.print(f"run folder: [bold]{out}[/bold] (config.json, split.json, metrics.json); wall time {wall:.1f} s",
+                  highlight=False)
     return 0
 
 
