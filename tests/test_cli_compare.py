@@ -17,6 +17,7 @@ from hfcn_bench.bench import compare as compare_mod
 from hfcn_bench.bench.report import compare_reports, load_report
 from hfcn_bench.cli import main
 from hfcn_bench.data import write_synthetic_ddti
+from hfcn_bench.errors import HfcnError
 
 
 def run_cli(*argv: str) -> tuple[int, str]:
@@ -175,6 +176,38 @@ def test_comparator_systems_join_the_metrics_table(tmp_path, phantoms):
     assert [r["system"] for r in rows] == ["HFCN", "shape_rf"]
     shape = rows[1]
     assert 0.0 <= shape["auc"] <= 1.0 and shape["f1_ci"]
+
+
+def test_cascade_systems_pool_folds_with_variants_and_localisation(tmp_path, phantoms):
+    code, text = run_cli(
+        "compare", "--preset", "smoke", "--only", "metrics", "--crops", "none", "--systems", "mccnn_cascade",
+        "--folds", "2", "--data", str(phantoms), "--n-boot", "20", "--out", str(tmp_path),
+    )
+    assert code == 0, text
+    rows = json.loads((tmp_path / "report.json").read_text())["metrics"]["rows"]
+    assert [r["system"] for r in rows] == ["HFCN", "mccnn_cascade", "mccnn_cascade/annotated_roi"]
+    # HFCN and the comparator are scored on the same 2 folds, pooled the same way
+    assert all("2-fold case-level CV" in r["protocol"] for r in rows)
+    assert rows[1]["localisation"].startswith("AP50 ") and "frames" in rows[1]["localisation"]
+    assert "annotated" in rows[2]["localisation"]
+
+
+def test_a_failing_comparator_keeps_the_other_rows(monkeypatch):
+    import dataclasses
+
+    from hfcn_bench import systems
+    def boom(*a, **k):
+        raise HfcnError("no outline here", hint="use DDTI")
+
+    monkeypatch.setitem(systems.SYSTEMS, "shape_rf", dataclasses.replace(systems.SYSTEMS["shape_rf"], run=boom))
+    opts = compare_mod.CompareOptions(preset="smoke", threads=(1,), only=("metrics",), crops=("none",),
+                                      systems=("shape_rf", "mccnn_spp"), n_boot=20)
+    with pytest.warns(RuntimeWarning, match="comparator shape_rf failed: HfcnError: no outline here"):
+        report = compare_mod.run_compare(opts)
+    rows = report["metrics"]["rows"]
+    assert [r["system"] for r in rows] == ["HFCN", "shape_rf", "mccnn_spp"]
+    assert rows[1]["error"] == "HfcnError: no outline here (hint: use DDTI)" and "auc" not in rows[1]
+    assert rows[2]["auc"] is not None and report["errors"] == []
 
 
 def test_unknown_system_lists_the_known_ones(tmp_path):

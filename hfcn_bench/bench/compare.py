@@ -5,6 +5,7 @@ write it, which keeps partial results when a later section fails."""
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -75,6 +76,9 @@ PRESETS = {
         "model_repeats": 1,
         "train_preset": "quick",
         "train_overrides": {"epochs": 1, "image_size": 32},
+        # applied on top of each comparator's quick setting, where the system has the field
+        "system_overrides": {"epochs": 1, "det_epochs": 2, "seg_epochs": 2, "frame_size": (64, 96),
+                             "image_size": 32, "n_estimators": 30, "rf_trees": 30, "threads": 1},
     },
 }
 
@@ -205,21 +209,58 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
         if res.get("majority_baseline") and not baselines:
             baselines.append({"protocol": res.get("protocol"), **res["majority_baseline"]})
     if opts.systems:
-        from ..systems import evaluate_system
+        from ..systems import cross_validate_system, evaluate_system
 
         for name in opts.systems:
             if progress:
                 progress(f"metrics: comparator {name}")
             start = time.perf_counter()
-            # Comparators are scored on the 3:1 case-level split (with --folds too: their
-            # k-fold pooling is not implemented), with the quick setting of each system.
-            res = evaluate_system(name, ds, split, config="quick", n_boot=opts.n_boot, seed=opts.seed)
+            # The same split (or the same k folds, data.kfold with the same seed) as HFCN's rows,
+            # with the quick setting of each system.
+            try:
+                config = _system_config(name, preset)
+                if opts.folds and opts.folds > 1:
+                    res = cross_validate_system(name, ds, opts.folds, config=config, n_boot=opts.n_boot,
+                                                seed=opts.seed)
+                else:
+                    res = evaluate_system(name, ds, split, config=config, n_boot=opts.n_boot, seed=opts.seed)
+            except Exception as exc:  # noqa: BLE001 - one failing comparator must not lose the other rows
+                hint = getattr(exc, "hint", None)
+                msg = f"{type(exc).__name__}: {exc}" + (f" (hint: {hint})" if hint else "")
+                warnings.warn(f"comparator {name} failed: {msg}", RuntimeWarning, stacklevel=2)
+                rows.append({"system": name, "error": msg})
+                continue
             rows.append({"system": name, "backbone": None, "crop": None, "alpha": None,
-                         **_metric_cells(res, time.perf_counter() - start),
+                         **_metric_cells(res, time.perf_counter() - start), "localisation": _localisation(res),
                          "limitations": "; ".join(res.get("limitations", []))})
             if res.get("roc"):
                 curves[name] = (res["roc"]["fpr"], res["roc"]["tpr"], res["metrics"].get("auc"))
+            for vname, var in (res.get("variants") or {}).items():
+                rows.append({"system": f"{name}/{vname}", "backbone": None, "crop": None, "alpha": None,
+                             **_metric_cells(var, 0.0), "train_s": None, "localisation": var.get("description")})
     return {"rows": rows, "baseline": baselines, "roc": curves}
+
+
+def _system_config(name: str, preset: dict) -> dict:
+    """A comparator's quick setting plus the preset's ``system_overrides`` it has fields for."""
+    import dataclasses
+
+    from ..systems import SYSTEMS
+
+    spec = SYSTEMS[name]
+    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
+    return {**spec.quick(), **{k: v for k, v in preset.get("system_overrides", {}).items() if k in fields}}
+
+
+def _localisation(res: dict) -> str | None:
+    """The localisation quality of a cascade, in one cell: the detector's AP/recall at IoU 0.5
+    or the segmenter's Dice/IoU on the test frames."""
+    det, seg = res.get("detection"), res.get("segmentation")
+    if isinstance(det, dict):
+        return f"AP50 {det['ap50']:.3f}, recall50 {det['recall50']:.3f} ({det['frames']} frames)"
+    if isinstance(seg, dict):
+        return f"Dice {seg['dice']:.3f}, IoU {seg['iou']:.3f} ({seg['frames']} frames)"
+    return None
 
 
 def _metric_cells(res: dict, elapsed: float) -> dict:

@@ -168,6 +168,8 @@ TABLES: dict[tuple[str, str], tuple[str, tuple[str, ...], list[Column]]] = {
             Column("specificity", "spec", "{:.3f}", "higher", terminal=False),
             Column("train_s", "train s", "{:.0f}", terminal=False),
             Column("paper", "paper acc/prec/rec/F1 %"),
+            Column("localisation", "localisation / variant", terminal=False),
+            Column("error", "error", terminal=False),
         ],
     ),
     ("metrics", "baseline"): (
