@@ -130,3 +130,34 @@ def test_kfold_training_prints_folds(data, tmp_path):
     assert rc == 1 and "--fold" in text
     rc, text = run(["predict", "--run", str(out), "--fold", "1", str(data / "xml" / "3.xml"), "--no-png"])
     assert rc == 0, text
+
+
+def test_train_system_scores_a_comparator_on_the_same_split(data, tmp_path):
+    out = tmp_path / "sys"
+    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--set", "n_estimators=20",
+                      "--n-boot", "20", "--out", str(out)])
+    assert code == 0, text
+    assert "shape_rf on held-out cases" in text and "limitation:" in text
+    rep = json.loads((out / "metrics.json").read_text())
+    assert rep["system"]["name"] == "shape_rf" and rep["system_config"]["n_estimators"] == 20
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["system"] == "shape_rf" and cfg["data"]["fingerprint"] == rep["data"]["fingerprint"]
+    # the split is the one `train` gives HFCN with the same seed and test fraction
+    from hfcn_bench.data import load_dataset, read_manifest, split_train_test
+
+    ds = load_dataset(data)
+    split = split_train_test(ds, test_fraction=0.25, seed=0)
+    assert read_manifest(out / "split.json").splits[0].test == split.test
+    assert rep["n_cases"] == len(split.test)
+
+
+def test_train_system_refuses_hfcn_flags_and_bad_overrides(data, tmp_path):
+    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--epochs", "3", "--out", str(tmp_path)])
+    assert code == 1 and "--epochs sets HFCN's training, not shape_rf's" in text and "n_estimators" in text
+    code, text = run(["train", "--data", str(data), "--set", "det_epochs=3", "--out", str(tmp_path / "a")])
+    assert code == 1 and "needs --system NAME" in text
+    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--set", "trees=3",
+                      "--out", str(tmp_path / "b")])
+    assert code == 1 and "unknown ShapeRFConfig option(s) ['trees']" in text
+    code, text = run(["train", "--data", str(data), "--system", "yolo", "--out", str(tmp_path / "c")])
+    assert code == 1 and "unknown system 'yolo'" in text and "mccnn_cascade" in text
