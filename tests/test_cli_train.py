@@ -134,7 +134,7 @@ def test_kfold_training_prints_folds(data, tmp_path):
 
 def test_train_system_scores_a_comparator_on_the_same_split(data, tmp_path):
     out = tmp_path / "sys"
-    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--set", "n_estimators=20",
+    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--set", "n_estimators=20", "--threads", "1",
                       "--n-boot", "20", "--out", str(out)])
     assert code == 0, text
     assert "shape_rf on held-out cases" in text and "limitation:" in text

@@ -362,7 +362,8 @@ def run_train(args, console) -> int:
     return 0
 
 
-def _system_overrides(args) -> dict:
+def _system_overrides(args, fields) -> dict:
+    """``--set`` pairs, plus ``--threads``/``--seed`` for systems that have those fields."""
     out = {}
     for item in args.system_set:
         key, sep, raw = item.partition("=")
@@ -374,7 +375,7 @@ def _system_overrides(args) -> dict:
             out[key] = raw
         if isinstance(out[key], list):
             out[key] = tuple(out[key])
-    if args.threads is not None:
+    if args.threads is not None and "threads" in fields:
         out.setdefault("threads", args.threads)
     if args.seed is not None:
         out.setdefault("seed", args.seed)
@@ -421,8 +422,8 @@ def run_system_train(args, console, has_run: bool) -> int:
                         f"{', '.join(f for f in SYSTEMS[args.system].config_cls.__dataclass_fields__)})")
     quiet = args.json
     seed = args.seed if args.seed is not None else 0
-    overrides = _system_overrides(args)
     spec = SYSTEMS[args.system]
+    overrides = _system_overrides(args, spec.config_cls.__dataclass_fields__)
     config = {**spec.quick(), **overrides} if args.preset == "quick" else overrides
     ds = _load_data(console, args.data, args.label_rule, args.margin, quiet)
     out: Path = args.out
