@@ -17,6 +17,9 @@ Typical use::
     report = evaluate_system("shape_rf", ds, split, config={"n_estimators": 500})
     report["auc"], report["metrics"]["f1"], report["majority_baseline"]
 
+    cv = cross_validate_system("mccnn_cascade", ds, k=5, config="quick")  # HFCN's folds, pooled alike
+    cv["auc"], cv["variants"]["annotated_roi"]["auc"], cv["detection"]["ap50"]
+
 ``config`` is ``None`` (the system's defaults), ``"quick"`` (a CPU-minutes setting), a dict of
 overrides of the system's config dataclass, or an instance of it. scikit-learn is needed by
 the feature-based systems and imported only when one runs.
