@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from ..atomic import atomic_write
 
-__all__ = ["plot_roc_curves", "plot_speed_bars", "plot_alpha_sweep"]
+__all__ = ["plot_roc_curves", "plot_speed_bars", "plot_alpha_sweep", "plot_forest"]
 
 _DPI = 120
 
@@ -191,4 +191,44 @@ def plot_alpha_sweep(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return _save_atomic(fig, path)
+
+
+def plot_forest(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    baseline: Mapping[str, Any] | None = None,
+    title: str = "Models ranked by ROC-AUC (95% case-bootstrap intervals)",
+) -> Path:
+    """A forest plot: one line per model, ROC-AUC and F1 side by side, each point with its
+    interval (``auc_ci`` / ``f1_ci`` = [low, high], optional); rows top to bottom in the given
+    order. ``baseline`` (``auc``, ``f1``) draws the majority-class baseline as dashed lines;
+    AUC 0.5 (chance) is always drawn."""
+    if not rows:
+        raise ValueError("rows is empty: nothing to plot")
+    fig = _new_figure(9.0, 1.3 + 0.42 * len(rows))
+    axes = fig.subplots(1, 2, sharey=True)
+    pos = np.arange(len(rows))
+    for ax, key, label in ((axes[0], "auc", "ROC-AUC"), (axes[1], "f1", "F1 (malignant positive)")):
+        for y, row in zip(pos, rows):
+            v = row.get(key)
+            if v is None:
+                continue
+            ci = row.get(f"{key}_ci")
+            if ci:
+                ax.plot([ci[0], ci[1]], [y, y], color="0.35", linewidth=1.6)
+            ax.plot([v], [y], "o", color="tab:blue" if not str(row.get("name", "")).startswith("HFCN")
+                    else "tab:red", markersize=6)
+        if key == "auc":
+            ax.axvline(0.5, linestyle="--", color="0.6", linewidth=1, label="chance")
+        if baseline and baseline.get(key) is not None and not (key == "auc" and baseline[key] == 0.5):
+            ax.axvline(float(baseline[key]), linestyle=":", color="tab:green", linewidth=1.4,
+                       label="majority baseline")
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize="small")
+    axes[0].set_yticks(pos, [str(r["name"]) for r in rows])
+    axes[0].invert_yaxis()
+    fig.suptitle(title)
     return _save_atomic(fig, path)

@@ -1,0 +1,60 @@
+"""``hfcn-bench rank RUN [RUN ...]``: one ranked table over finished runs (HFCN and comparator
+systems) trained on the same data and held-out cases, with a forest-plot figure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+__all__ = ["register"]
+
+
+def register(sub) -> None:
+    r = sub.add_parser("rank", help="rank finished runs (HFCN and --system runs) on the same split by ROC-AUC",
+                       description="Read the metrics.json + split.json of each run folder, check that all were "
+                       "scored on the same data, labels and held-out cases, and print one table ranked by "
+                       "ROC-AUC with 95%% case-bootstrap intervals for AUC and F1 and the majority baseline.")
+    r.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders of `hfcn-bench train`")
+    r.add_argument("--out", type=Path, default=None, help="also write rank.md, rank.json and rank.png here")
+    r.add_argument("--no-variants", action="store_true", help="leave out the comparators' variant rows")
+    r.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    r.set_defaults(handler=run_rank)
+
+
+def run_rank(args, console) -> int:
+    from ..atomic import write_json_atomic, write_text_atomic
+    from ..bench.figures import plot_forest
+    from ..bench.rank import markdown, rank_runs
+
+    result = rank_runs(args.runs, variants=not args.no_variants)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(args.out / "rank.json", result)
+        write_text_atomic(args.out / "rank.md", markdown(result))
+        plot_forest(result["rows"], args.out / "rank.png", baseline=result["baseline"])
+    if args.json:
+        console.print_json(json.dumps(result))
+        return 0
+    t = Table(title=f"ranked by ROC-AUC: {result['protocol']}", title_justify="left")
+    for c in ("#", "model", "ROC-AUC", "95% CI", "F1", "95% CI ", "note"):
+        t.add_column(c, justify="left" if c in ("model", "note") else "right", overflow="fold")
+
+    def ci(c):
+        return "" if not c else f"[{c[0]:.3f}, {c[1]:.3f}]"
+
+    def f(v):
+        return "—" if v is None else f"{v:.3f}"
+
+    for i, row in enumerate(result["rows"], 1):
+        t.add_row(str(i), row["name"], f(row["auc"]), ci(row["auc_ci"]), f(row["f1"]), ci(row["f1_ci"]),
+                  row["note"] or "")
+    b = result["baseline"]
+    if b:
+        t.add_row("—", f"always {('benign', 'malignant')[b.get('majority_class', 1)]} (majority baseline)",
+                  f(b.get("auc")), "", f(b.get("f1")), "", "")
+    console.print(t)
+    if args.out is not None:
+        console.print(f"wrote {args.out / 'rank.md'}, rank.json, rank.png", highlight=False)
+    return 0

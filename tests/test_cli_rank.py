@@ -1,0 +1,73 @@
+"""``hfcn-bench rank``: one table over HFCN and comparator runs, refused when the runs were not
+scored on the same data and held-out cases."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from hfcn_bench.cli import main
+from hfcn_bench.data import write_synthetic_ddti
+
+pytest.importorskip("sklearn")
+
+
+def run(argv):
+    buf = io.StringIO()
+    rc = main(argv, console=Console(file=buf, width=200, force_terminal=False, color_system=None))
+    return rc, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rank")
+    data = write_synthetic_ddti(base / "ddti", n_cases=24, seed=0)
+    common = ["--data", str(data), "--n-boot", "30", "--folds", "2"]
+    hfcn, rf, other = base / "hfcn", base / "rf", base / "rf-split"
+    for argv in (["--out", str(hfcn), "--preset", "quick", "--image-size", "32", "--epochs", "1", "--threads", "1"],
+                 ["--out", str(rf), "--system", "shape_rf", "--set", "n_estimators=20"],
+                 ["--out", str(other), "--system", "shape_rf", "--set", "n_estimators=20", "--seed", "3"]):
+        rc, text = run(["train", *common, *argv])
+        assert rc == 0, text
+    return base, hfcn, rf, other
+
+
+def test_rank_orders_by_auc_with_intervals_and_the_baseline(runs, tmp_path):
+    base, hfcn, rf, _ = runs
+    rc, text = run(["rank", str(hfcn), str(rf), "--out", str(tmp_path)])
+    assert rc == 0, text
+    result = json.loads((tmp_path / "rank.json").read_text())
+    names = [r["name"] for r in result["rows"]]
+    assert sorted(names) == ["HFCN paper+bfc a0.6", "shape_rf"]
+    aucs = [r["auc"] for r in result["rows"]]
+    assert aucs == sorted(aucs, reverse=True)
+    for r in result["rows"]:
+        assert r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1] and r["f1_ci"][0] <= r["f1"] <= r["f1_ci"][1]
+    assert "2-fold case-level CV" in result["protocol"]
+    md = (tmp_path / "rank.md").read_text()
+    assert "majority baseline" in md and "| 1 | " in md and "| 2 | " in md
+    with Image.open(tmp_path / "rank.png") as im:
+        assert im.width > 400 and im.height > 100
+    assert "majority baseline" in text and "shape_rf" in text
+
+
+def test_rank_refuses_runs_on_other_cases_or_without_metrics(runs, tmp_path):
+    base, hfcn, rf, other = runs
+    rc, text = run(["rank", str(rf), str(other)])
+    assert rc == 1 and "held out other cases than" in text and "--seed" in text
+    rc, text = run(["rank", str(hfcn), str(hfcn)])
+    assert rc == 1 and "two runs of the same model: HFCN paper+bfc a0.6" in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, text = run(["rank", str(hfcn), str(empty)])
+    assert rc == 1 and "holds no finished run (no metrics.json)" in text
+    broken = tmp_path / "broken"
+    shutil.copytree(rf, broken)
+    (broken / "metrics.json").write_text("{not json")
+    rc, text = run(["rank", str(hfcn), str(broken)])
+    assert rc == 1 and "metrics.json is not valid JSON" in text
