@@ -1,0 +1,281 @@
+"""``two_stage``: segment the nodule, cut the ROI from the predicted mask, classify it.
+
+Abdelrazik et al., "A Deep Learning Framework for Thyroid Nodule Segmentation and Malignancy
+Classification from Ultrasound Images", arXiv 2511.11937 (2025) (PAPERS.md section 4): a
+segmentation network (TransUNet) outlines the nodule, the region of interest is cut from the
+predicted mask, and a ResNet-18 classifies it; their baseline is a Random Forest on shape
+features of the mask. Here:
+
+1. **segmenter** — a U-Net (:mod:`.segmentation`; not TransUNet, which does not fit a 2-core
+   CPU budget) trained on whole frames resized to ``frame_size`` against the annotated
+   outlines rasterised as masks (BCE + soft Dice, best epoch by validation Dice). Fit and
+   validation frames come from the same case-level inner split of the training cases as the
+   classifier's (``split_train_test(train, val_fraction, seed)``). Frames holding a salvaged
+   (truncated) outline are left out of the segmenter's training and of the test Dice: their
+   mask closes the cut outline with a chord and would teach and score the wrong region.
+2. **ROI** — each test frame's probability map is turned into connected regions and each
+   annotated nodule paired with one (the rule in :mod:`.segmentation`: best box IoU with the
+   nodule's annotated box, else the largest region, counting *missed* nodules; an empty mask
+   falls back to half the frame's maximum probability). The ROI is the region's box in frame
+   pixels grown by ``roi_margin`` (``data.rois.expand_box``; 0 matches DDTI's default
+   outline-box ROIs, which is what the classifier is trained on).
+3. **classifier** — ResNet-18 trunk (torchvision layout, random init unless ``weights``) +
+   global average pool + dropout + linear, trained with :mod:`.roi_classifier` on the
+   *annotated* training ROIs (best epoch on validation AUC, threshold on the validation cases).
+
+The main report scores the classifier on the ROIs cut from the *predicted* masks. Variants:
+``annotated_roi`` (the same classifier on the annotated test ROIs: what perfect segmentation
+would give) and ``shape_rf_predicted`` (the paper's baseline: :mod:`.shape_rf`'s forest
+trained on the annotated training outlines, applied to the outlines of the predicted regions).
+``segmentation`` holds the test Dice/IoU and ``pairing`` the pairing counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.rois import Sample, expand_box
+from ..data.splits import split_train_test
+from ..errors import HfcnError
+from . import _common as C
+from . import roi_classifier as RC
+from . import segmentation as SEG
+from . import shape_rf
+from .frames import FrameTensors, group_frames, to_frame_box, with_box
+
+__all__ = ["TwoStageConfig", "ResNetClassifier", "build_classifier", "run"]
+
+
+class ResNetClassifier(nn.Module):
+    """Trunk -> global average pool -> dropout -> linear (2 classes).
+
+    ``x (Tensor[B, 3, S, S]) -> logits (Tensor[B, 2])``."""
+
+    def __init__(self, trunk: nn.Module, channels: int, dropout: float = 0.5):
+        super().__init__()
+        self.trunk = trunk
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.trunk(x).mean(dim=(2, 3))))
+
+
+@dataclass
+class TwoStageConfig:
+    """Segmenter: ``frame_size`` (height, width) the frames are resized to; ``unet_base``
+    (first-level width), ``unet_depth`` (down steps); ``seg_epochs``, ``seg_batch``,
+    ``seg_lr``, ``seg_weight_decay``. ROI: ``roi_margin`` (fraction of the predicted box per
+    side). Classifier: ``weights`` (local ResNet-18 state dict, torchvision layout),
+    ``image_size``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``dropout``;
+    ``val_fraction`` (case-level validation part of the training cases, shared by both
+    networks); ``threshold_rule``. Baseline: ``rf_trees``, ``threshold_folds``.
+    ``threads``: torch threads (None leaves the setting alone)."""
+
+    frame_size: tuple[int, int] = (160, 256)
+    unet_base: int = 16
+    unet_depth: int = 4
+    seg_epochs: int = 30
+    seg_batch: int = 8
+    seg_lr: float = 1e-3
+    seg_weight_decay: float = 1e-4
+    roi_margin: float = 0.0
+    weights: str | None = None
+    image_size: int = 128
+    epochs: int = 15
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    dropout: float = 0.5
+    val_fraction: float = 0.2
+    threshold_rule: str = "youden"
+    rf_trees: int = 300
+    threshold_folds: int = 5
+    threads: int | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        fs = self.frame_size
+        if (not isinstance(fs, (tuple, list)) or len(fs) != 2
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in fs)):
+            raise HfcnError(f"frame_size must be two integers (height, width), got {fs!r}")
+        self.frame_size = (int(fs[0]), int(fs[1]))  # a JSON/CLI list becomes the documented tuple
+        if not 1 <= self.unet_depth <= 6:
+            raise HfcnError(f"unet_depth must be in 1..6, got {self.unet_depth}")
+        if self.unet_base < 2:
+            raise HfcnError(f"unet_base must be >= 2, got {self.unet_base}")
+        need = max(16, 2 ** self.unet_depth)
+        if min(self.frame_size) < need:
+            raise HfcnError(f"frame_size sides must be >= {need} for a depth-{self.unet_depth} U-Net, got "
+                            f"{self.frame_size[0]}x{self.frame_size[1]}")
+        if self.seg_epochs < 1 or self.seg_batch < 2:
+            raise HfcnError(f"seg_epochs must be >= 1 and seg_batch >= 2, got {self.seg_epochs} and {self.seg_batch}")
+        if self.seg_lr <= 0 or self.seg_weight_decay < 0:
+            raise HfcnError("seg_lr must be > 0 and seg_weight_decay >= 0")
+        if self.roi_margin < 0:
+            raise HfcnError(f"roi_margin must be >= 0, got {self.roi_margin}")
+        if self.image_size < 32:  # ResNet-18 downsamples 32x; smaller crops leave a 0-size map
+            raise HfcnError(f"image_size must be >= 32 for the ResNet-18 classifier, got {self.image_size}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise HfcnError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
+            raise HfcnError("lr must be > 0, weight_decay >= 0, dropout in [0, 1)")
+        if not 0 < self.val_fraction < 1:
+            raise HfcnError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.threshold_rule not in ("youden", "f1", "fixed"):
+            raise HfcnError(f"threshold_rule must be youden, f1 or fixed, got {self.threshold_rule!r}")
+        if self.rf_trees < 1:
+            raise HfcnError(f"rf_trees must be >= 1, got {self.rf_trees}")
+        if self.threads is not None and self.threads < 1:
+            raise HfcnError(f"threads must be >= 1 or None, got {self.threads}")
+
+
+def _quick() -> dict:
+    # ~5 CPU-minutes on one thread for DDTI's ~250 training frames (a split's 3/4): a width-8
+    # U-Net at 96x144 reaches the test Dice of a width-16 one (~0.64) in half the time; the
+    # fewer, smaller steps want a larger learning rate than the default.
+    return {"frame_size": (96, 144), "unet_base": 8, "seg_epochs": 20, "seg_lr": 2e-3, "image_size": 64,
+            "epochs": 8, "rf_trees": 100}
+
+
+def build_classifier(cfg: TwoStageConfig) -> ResNetClassifier:
+    """The seeded ResNet-18 classifier of ``cfg`` (``torch.manual_seed(cfg.seed)`` first)."""
+    from ..models import build_backbone
+
+    torch.manual_seed(int(cfg.seed))
+    trunk = build_backbone("resnet18", weights=cfg.weights)
+    return ResNetClassifier(trunk, trunk.num_features, cfg.dropout)
+
+
+def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: TwoStageConfig, *, n_boot: int,
+        progress=None) -> dict:
+    C.sklearn()  # the baseline forest and the connected components (scipy) need it: fail before training
+    old = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        return _run(list(train_samples), list(test_samples), cfg, n_boot, progress)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _frames(samples: list[Sample], cfg: TwoStageConfig, skipped: list[str], whole_only: bool = False
+            ) -> FrameTensors:
+    """The frames of ``samples`` decoded at ``cfg.frame_size`` with their masks; ``whole_only``
+    leaves out frames holding a salvaged (truncated) outline, whose mask would be wrong."""
+    frames = group_frames(samples, need_outline=True, what="segmentation")
+    if whole_only:
+        frames = [f for f in frames if not _salvaged(f)]
+    return FrameTensors(frames, cfg.frame_size, skipped, masks=True)
+
+
+def _salvaged(frame) -> bool:
+    return any(s.salvaged for s in frame.samples)
+
+
+def _run(train_samples: list[Sample], test_samples: list[Sample], cfg: TwoStageConfig, n_boot: int, progress
+         ) -> dict:
+    skipped: list[str] = []
+    # Refuse outline-less data before anything is trained (group_frames says why).
+    group_frames(train_samples, need_outline=True, what="segmentation")
+    group_frames(test_samples, need_outline=True, what="segmentation")
+
+    # -- stage 1: the segmenter, on the classifier's inner fit/validation split of the cases
+    t0 = time.perf_counter()
+    inner = split_train_test(train_samples, test_fraction=cfg.val_fraction, seed=cfg.seed)
+    fit_s, val_s = inner.select(train_samples)
+    ft_fit, ft_val = _frames(fit_s, cfg, skipped, whole_only=True), _frames(val_s, cfg, skipped, whole_only=True)
+    seg = SEG.fit_segmenter(ft_fit, ft_val, cfg, progress)
+    seg_train_s = time.perf_counter() - t0
+
+    # -- stage 1 on the test frames: masks, their quality, and one region per nodule
+    t1 = time.perf_counter()
+    ft_te = _frames(test_samples, cfg, skipped)
+    if not len(ft_te):
+        raise HfcnError("no test frames could be loaded")
+    prob = SEG.predict_probs(seg.model, ft_te, cfg.seg_batch)
+    clean = [i for i, f in enumerate(ft_te.frames) if not _salvaged(f)]
+    segmentation = SEG.segmentation_summary(prob[clean], SEG.frame_targets(ft_te, clean))
+    segmentation["salvaged_frames_excluded"] = len(ft_te) - len(clean)
+    pairing = SEG.Pairing()
+    te_kept: list[Sample] = []
+    boxed: list[Sample] = []
+    outlined: list[Sample] = []
+    for i, frame in enumerate(ft_te.frames):
+        regions = SEG.pair_regions(prob[i], ft_te.boxes(i), ft_te.scale(i), pairing)
+        for s, r in zip(frame.samples, regions):
+            box = expand_box(to_frame_box(r.box_net, frame.size, ft_te.scale(i)), cfg.roi_margin, frame.size)
+            te_kept.append(s)
+            boxed.append(with_box(s, box, "predicted-mask"))
+            outlined.append(dataclasses.replace(s, polygon=r.outline, bbox=box, roi_kind="predicted-mask"))
+    seg_predict_s = time.perf_counter() - t1
+
+    # -- stage 2: ResNet-18 on the annotated training ROIs, less those of frames that did not
+    # decode above (already warned about; salvaged frames were not tried and load here)
+    tried = {f.image_path for f in group_frames(train_samples, True) if not _salvaged(f)}
+    failed = tried - {f.image_path for f in ft_fit.frames} - {f.image_path for f in ft_val.frames}
+    tr_kept = [s for s in train_samples if s.image_path not in failed]
+    C.both_classes(tr_kept, "training")
+    fit = RC.train_classifier(build_classifier(cfg), tr_kept, cfg, progress, skipped)
+    t2 = time.perf_counter()
+    te_pred, p_pred = RC.predict_rois(fit.model, boxed, cfg, skipped)
+    predict_s = time.perf_counter() - t2
+    report = RC.score_fit(fit, te_pred, p_pred, train_samples, cfg, n_boot)
+
+    te_ann, p_ann = RC.predict_rois(fit.model, te_kept, cfg, skipped)
+    annotated = RC.score_fit(fit, te_ann, p_ann, train_samples, cfg, n_boot)
+    annotated["description"] = ("the same ResNet-18 on the annotated test ROIs (perfect segmentation): the gap to "
+                                "the main result is the cost of segmenting")
+
+    rf_cfg = shape_rf.ShapeRFConfig(n_estimators=cfg.rf_trees, threshold_rule=cfg.threshold_rule,
+                                    threshold_folds=cfg.threshold_folds, seed=cfg.seed)
+    baseline = shape_rf.run(tr_kept, outlined, rf_cfg, n_boot=n_boot)
+    skipped.extend(m for m in baseline.pop("skipped") if m not in skipped)
+    baseline["description"] = ("the paper's baseline: Random Forest on shape/echogenicity features of the nodule "
+                               "outline, trained on the annotated training outlines, applied to the outlines of "
+                               "the predicted masks")
+    baseline["limitations"] = [
+        "features of the predicted outlines at test time, of the annotated outlines in training (as a deployed "
+        "baseline would be trained); predicted outlines are traced at the segmenter's resolution "
+        f"({cfg.frame_size[0]}x{cfg.frame_size[1]}) and so are smoother than the annotations",
+        "the paper does not list its morphological features: shape_rf's TI-RADS shape, margin and echogenicity "
+        "set is used",
+        f"forest hyper-parameters are scikit-learn defaults with n_estimators={cfg.rf_trees}; the paper's are not "
+        "published",
+    ]
+
+    report["variants"] = {"annotated_roi": annotated, "shape_rf_predicted": baseline}
+    report["segmentation"] = segmentation
+    report["pairing"] = pairing.as_dict()
+    report["timings"] = {"seg_train_s": seg_train_s, "seg_predict_s": seg_predict_s, "train_s": fit.train_s,
+                         "predict_s": predict_s, "ms_per_roi": 1e3 * (seg_predict_s + predict_s) / len(te_pred),
+                         "threads": torch.get_num_threads(), "device": "cpu"}
+    report["training"] = {**fit.summary(), "segmenter": seg.summary()}
+    report["skipped"] = skipped
+    report["limitations"] = [
+        "segmenter: a U-Net of "
+        f"{sum(p.numel() for p in seg.model.parameters()) / 1e6:.2f}M parameters at "
+        f"{cfg.frame_size[0]}x{cfg.frame_size[1]} instead of the paper's TransUNet (its ViT encoder does not "
+        "train in a CPU budget)",
+        (f"no ImageNet weights offline: the U-Net and the ResNet-18 are randomly initialised (seed {cfg.seed})"
+         if cfg.weights is None else f"ResNet-18 trunk weights from {cfg.weights}; the U-Net is randomly initialised"),
+        "segmentation targets are the annotated outline polygons rasterised at the network's resolution, not "
+        "pixel masks drawn by the radiologists; Dice/IoU are measured at that resolution",
+        f"frames with salvaged (truncated) outlines are left out of the segmenter's training and of the test Dice "
+        f"({segmentation['salvaged_frames_excluded']} test frame(s)); their nodules are still classified",
+        "pairing: the annotation only picks which predicted region a nodule is scored against (best box IoU, else "
+        f"the largest region); {pairing.missed} of {pairing.nodules} test nodules had no overlapping region "
+        f"(missed) and {pairing.empty_mask_fallbacks} came from frames with an empty mask at 0.5 (half-maximum "
+        "fallback)",
+        "the classifier is trained on annotated ROIs only and sees predicted ROIs only at test time",
+        "the paper's private images are not available; trained on the split's training cases only",
+    ]
+    report["system_config"] = asdict(cfg)
+    return report

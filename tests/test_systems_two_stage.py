@@ -1,0 +1,312 @@
+"""The two-stage comparator (hfcn_bench.systems.two_stage, .segmentation): U-Net shapes, mask
+metrics and regions on hand-made masks, the outline round trip, the pairing rule, and a tiny
+end-to-end run on phantoms (report shape, the segmenter learns, determinism, bad data). Small
+frames and few epochs keep the file fast on a loaded 2-core machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hfcn_bench.data import load_dataset, split_train_test, write_synthetic_ddti
+from hfcn_bench.data.report import DataWarning
+from hfcn_bench.data.rois import Sample, polygon_bbox
+from hfcn_bench.errors import HfcnError
+
+pytest.importorskip("sklearn")
+pytest.importorskip("torchvision")
+torch = pytest.importorskip("torch")
+
+from hfcn_bench.systems import SYSTEMS, SystemSpec, evaluate_system  # noqa: E402
+from hfcn_bench.systems import _common as C  # noqa: E402
+from hfcn_bench.systems import segmentation as SEG  # noqa: E402
+from hfcn_bench.systems import two_stage  # noqa: E402
+from hfcn_bench.systems.frames import FrameTensors, group_frames  # noqa: E402
+
+# 48x64 frames, a 3-level U-Net of width 8 and 20 epochs: the phantoms' nodules are learnt
+# (test Dice ~0.85) in a few seconds; a 32 px ResNet-18 for 3 epochs separates the classes.
+TINY = {"frame_size": (48, 64), "unet_base": 8, "unet_depth": 3, "seg_epochs": 20, "seg_batch": 4, "seg_lr": 3e-3,
+        "image_size": 32, "epochs": 3, "rf_trees": 30, "threads": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tests that call the segmenter directly run on one thread, as the tiny config does
+    (two threads on a loaded 2-core machine are several times slower, not faster)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory):
+    return write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0)
+
+
+def _load(root):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        return load_dataset(root)
+
+
+@pytest.fixture(scope="module")
+def ds(phantom_root):
+    return _load(phantom_root)
+
+
+@pytest.fixture(scope="module")
+def split(ds):
+    return split_train_test(ds, test_fraction=0.25, seed=0)
+
+
+@pytest.fixture(scope="module")
+def registered():
+    """``two_stage`` in the registry for the run (the lead registers it for good; until then
+    a local spec stands in and is removed afterwards, so other tests see the registry as is)."""
+    added = "two_stage" not in SYSTEMS
+    if added:
+        SYSTEMS["two_stage"] = SystemSpec("two_stage", "Abdelrazik et al. 2025, arXiv 2511.11937",
+                                          "U-Net -> predicted-mask ROI -> ResNet-18", two_stage.TwoStageConfig,
+                                          two_stage.run, two_stage._quick)
+    yield
+    if added:
+        del SYSTEMS["two_stage"]
+
+
+@pytest.fixture(scope="module")
+def report(registered, ds, split):
+    return evaluate_system("two_stage", ds, split, config=TINY, n_boot=50, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end on phantoms
+
+
+def test_report_shape(report, ds, split):
+    _, test = split.select(ds)
+    n_frames = len(group_frames(test))
+    assert "_predictions" not in report
+    for rep in (report, *report["variants"].values()):
+        for key in ("accuracy", "precision", "recall", "f1", "specificity", "auc", "pr_auc", "ci"):
+            assert key in rep["metrics"], key
+        low, high = rep["metrics"]["ci"]["auc"]
+        assert low <= rep["auc"] <= high
+        assert rep["n_samples"] == len(test)
+        assert "_predictions" not in rep
+    assert set(report["variants"]) == {"annotated_roi", "shape_rf_predicted"}
+    assert all(v["description"] for v in report["variants"].values())
+    assert report["threshold_source"] == "validation"
+    assert report["variants"]["annotated_roi"]["threshold_source"] == "validation"
+    assert report["variants"]["shape_rf_predicted"]["threshold_source"].startswith("training out-of-fold")
+    seg = report["segmentation"]
+    assert seg["frames"] == n_frames and seg["salvaged_frames_excluded"] == 0
+    assert 0.0 <= seg["iou"] <= seg["dice"] <= 1.0
+    assert report["pairing"]["nodules"] == len(test) and report["pairing"]["frames"] == n_frames
+    assert 0 <= report["pairing"]["missed"] <= len(test)
+    assert 0 <= report["pairing"]["empty_mask_fallbacks"] <= len(test)
+    t = report["timings"]
+    assert t["seg_train_s"] > 0 and t["train_s"] > 0 and t["threads"] == 1 and t["device"] == "cpu"
+    tr = report["training"]
+    assert tr["best_val_auc"] == max(h["val_auc"] for h in tr["history"])
+    assert tr["segmenter"]["best_val_dice"] == max(h["val_dice"] for h in tr["segmenter"]["history"])
+    assert len(tr["segmenter"]["history"]) == TINY["seg_epochs"]
+    assert report["skipped"] == []
+    lim = " ".join(report["limitations"])
+    assert "TransUNet" in lim and "randomly initialised" in lim and "pairing" in lim
+    assert report["system_config"]["frame_size"] == (48, 64)
+    assert report["system"]["name"] == "two_stage"
+
+
+def test_segmenter_learns_and_the_cascade_classifies(report):
+    # An empty prediction scores Dice 0 (every phantom frame has a nodule); predicting the
+    # whole frame scores ~0.07 (nodules cover ~4 % of it). A learnt U-Net gets ~0.85 here.
+    seg = report["segmentation"]
+    assert seg["dice"] > 0.6 and seg["iou"] > 0.45 and seg["empty_predictions"] == 0
+    assert report["pairing"]["missed"] == 0
+    assert report["auc"] > 0.6
+    assert report["variants"]["annotated_roi"]["auc"] > 0.6
+
+
+def test_outline_less_samples_are_refused(registered, ds, split):
+    boxed = dataclasses.replace(ds, samples=[dataclasses.replace(s, polygon=None, roi_kind="frame")
+                                             for s in ds.samples])
+    with pytest.raises(HfcnError, match="has no nodule outline; the segmentation stage") as e:
+        evaluate_system("two_stage", boxed, split, config=TINY, n_boot=10)
+    assert "DDTI-format" in e.value.hint
+    full = dataclasses.replace(ds, samples=[dataclasses.replace(s, roi_kind="full-frame") for s in ds.samples])
+    with pytest.raises(HfcnError, match="has no nodule outline; the segmentation stage"):
+        evaluate_system("two_stage", full, split, config=TINY, n_boot=10)
+
+
+@pytest.mark.parametrize("over, msg", [
+    ({"frame_size": (8, 64)}, "frame_size sides must be >= 16"),
+    ({"frame_size": (32, 64), "unet_depth": 6}, "frame_size sides must be >= 64 for a depth-6 U-Net"),
+    ({"frame_size": "48x64"}, "frame_size must be two integers"),
+    ({"image_size": 16}, "image_size must be >= 32"),
+    ({"seg_batch": 1}, "seg_batch >= 2"),
+    ({"roi_margin": -0.1}, "roi_margin must be >= 0"),
+    ({"unet_layers": 3}, "unknown TwoStageConfig option"),
+])
+def test_bad_config_is_named(over, msg):
+    with pytest.raises(HfcnError, match=msg):
+        C.make_config(two_stage.TwoStageConfig, over, 0)
+
+
+def test_config_takes_a_json_frame_size():
+    cfg = C.make_config(two_stage.TwoStageConfig, {"frame_size": [48, 64]}, 0)
+    assert cfg.frame_size == (48, 64)
+    assert C.make_config(two_stage.TwoStageConfig, two_stage._quick(), 0).frame_size == (96, 144)
+
+
+def test_unreadable_frames_skip_their_nodules(tmp_path, phantom_root):
+    root = tmp_path / "ddti"
+    shutil.copytree(phantom_root, root)
+    ds = _load(root)  # loaded (and verified) before the damage, as a file may rot mid-study
+    split = split_train_test(ds, test_fraction=0.25, seed=0)
+    train, test = split.select(ds)
+    bad_test, bad_train = test[0].image_path, train[-1].image_path
+    for p in (bad_test, bad_train):
+        p.write_bytes(b"this is not a JPEG" * 8)
+    n_bad_test = sum(s.image_path == bad_test for s in test)
+    n_bad_train = sum(s.image_path == bad_train for s in train)
+    cfg = C.make_config(two_stage.TwoStageConfig, {**TINY, "seg_epochs": 2, "epochs": 1}, 0)
+    with pytest.warns(DataWarning) as rec:
+        r = two_stage.run(train, test, cfg, n_boot=10)
+    texts = [str(w.message) for w in rec if issubclass(w.category, DataWarning)]
+    assert any(str(bad_test) in t for t in texts) and any(str(bad_train) in t for t in texts)
+    assert len(r["skipped"]) == n_bad_test + n_bad_train  # each lost nodule once, not once per stage
+    assert any(test[0].key in m for m in r["skipped"])
+    assert r["n_samples"] == len(test) - n_bad_test == r["pairing"]["nodules"]
+    assert r["variants"]["annotated_roi"]["n_samples"] == r["n_samples"]
+    assert r["variants"]["shape_rf_predicted"]["n_samples"] == r["n_samples"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the segmenter
+
+
+def test_unet_keeps_any_frame_size():
+    torch.manual_seed(0)
+    net = SEG.UNet(1, base=4, depth=3)
+    for h, w in ((48, 64), (37, 53), (16, 16)):
+        x = torch.randn(2, 1, h, w, requires_grad=True)
+        y = net(x)
+        assert y.shape == (2, 1, h, w)
+        y.sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert SEG.UNet(1, base=4, depth=4)(torch.zeros(1, 1, 96, 144)).shape == (1, 1, 96, 144)
+    assert len(net.down) == 4 and net.down[-1][0].out_channels == 32  # widths 4, 8, 16, 32
+    with pytest.raises(HfcnError):
+        SEG.UNet(1, base=4, depth=0)
+
+
+def test_segmenter_is_deterministic_under_a_seed(ds, split):
+    train, _ = split.select(ds)
+    frames = group_frames(train, need_outline=True)
+    fit = FrameTensors(frames[:8], (48, 64), [], masks=True)
+    val = FrameTensors(frames[8:12], (48, 64), [], masks=True)
+    cfg = C.make_config(two_stage.TwoStageConfig, {**TINY, "seg_epochs": 2}, 0)
+    a = SEG.fit_segmenter(fit, val, cfg)
+    b = SEG.fit_segmenter(fit, val, cfg)
+    assert a.history == b.history and a.best_epoch == b.best_epoch
+    assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    model, history, best_epoch, best_dice = SEG.train_segmenter(fit, val, dataclasses.replace(cfg, seed=1))
+    assert history != a.history and best_dice == max(h["val_dice"] for h in history)
+    assert 1 <= best_epoch <= 2 and not model.training
+
+
+def test_dice_iou_on_hand_made_masks():
+    t = torch.zeros(3, 1, 6, 6)
+    p = torch.zeros(3, 1, 6, 6)
+    t[0, 0, 0:2, 0:4] = 1           # 8 px
+    p[0, 0, 0:2, 2:6] = 0.9         # 8 px, 4 shared
+    p[0, 0, 5, 5] = 0.4             # below the threshold: not predicted
+    t[1, 0, 2:4, 2:4] = 1           # a nodule, nothing predicted
+    dice, iou = SEG.dice_iou(p, t)  # frame 2: both empty
+    assert dice.tolist() == [0.5, 0.0, 1.0]
+    assert iou.tolist() == pytest.approx([4 / 12, 0.0, 1.0])
+    d, i = SEG.dice_iou(p[0, 0], t[0, 0], thr=0.3)  # [H, W] works; 0.4 now counts
+    assert d.tolist() == pytest.approx([8 / 17]) and i.tolist() == pytest.approx([4 / 13])
+    s = SEG.segmentation_summary(p, t)
+    assert s["frames"] == 3 and s["empty_predictions"] == 2
+    assert s["dice"] == pytest.approx(0.5) and s["dice_median"] == 0.5
+    assert s["iou"] == pytest.approx((4 / 12 + 1) / 3)
+    with pytest.raises(HfcnError, match="differ in shape"):
+        SEG.dice_iou(p, t[:2])
+
+
+def test_mask_components_boxes_and_areas():
+    m = np.zeros((10, 12), dtype=bool)
+    m[1:4, 2:5] = True      # 3x3 block ...
+    m[4, 5] = True          # ... with a diagonal neighbour: one component (8-connected)
+    m[5:9, 8] = True        # an L: a column ...
+    m[8, 6:10] = True       # ... and a row
+    comps = SEG.mask_components(m)
+    assert [c[0] for c in comps] == [(2, 1, 6, 5), (6, 5, 10, 9)]
+    assert [c[1] for c in comps] == [10, 7]
+    assert [int(c[2].sum()) for c in comps] == [10, 7]
+    assert np.array_equal(comps[0][2] | comps[1][2], m) and not (comps[0][2] & comps[1][2]).any()
+    assert SEG.mask_components(np.zeros((4, 4), dtype=bool)) == []
+
+
+def _frame(tmp_path, polygon, size=(96, 64)) -> Sample:
+    path = tmp_path / "frame.png"
+    Image.new("L", size, 40).save(path)
+    return Sample("c1", 0, path, tuple(polygon), polygon_bbox(polygon), 1, "tirads", size)
+
+
+@pytest.mark.parametrize("net_size", [(64, 96), (24, 40)])
+def test_mask_outline_round_trip(tmp_path, net_size):
+    # A rectangle rasterised as FrameTensors does, then outlined: its box comes back exactly
+    # at scale 1 and within one network pixel (rounded up to frame pixels) when downscaled.
+    rect = [(20, 10), (60, 10), (60, 40), (20, 40)]
+    ft = FrameTensors([group_frames([_frame(tmp_path, rect)])[0]], net_size, [], masks=True)
+    (box, area, comp), = SEG.mask_components(ft.mask(0)[0].numpy() > 0.5)
+    pts = SEG.mask_outline(comp, ft.scale(0))
+    tol = int(np.ceil(1 / min(ft.scale(0))))
+    got, want = polygon_bbox(pts), polygon_bbox(rect)
+    if net_size == (64, 96):
+        assert got == want and set(rect) <= set(pts)
+    else:
+        assert tol > 1 and all(abs(a - b) <= tol for a, b in zip(got, want)), (got, want)
+    with pytest.raises(HfcnError, match="non-empty"):
+        SEG.mask_outline(np.zeros((4, 4), dtype=bool), (1.0, 1.0))
+
+
+def test_mask_outline_takes_the_outer_boundary_and_survives_one_pixel():
+    m = np.zeros((20, 20), dtype=bool)
+    m[3:15, 3:15] = True
+    m[7:10, 7:10] = False   # a hole: its boundary is the shorter line
+    pts = SEG.mask_outline(m, (1.0, 1.0))
+    assert polygon_bbox(pts) == (3, 3, 15, 15)
+    one = np.zeros((8, 8), dtype=bool)
+    one[2, 5] = True
+    # one network pixel at scale 1/4 covers frame pixels 20..23 x 8..11
+    assert polygon_bbox(SEG.mask_outline(one, (0.25, 0.25))) == (20, 8, 24, 12)
+
+
+def test_pairing_rule():
+    prob = torch.full((1, 20, 40), 0.1)
+    prob[0, 2:8, 2:10] = 0.9      # left blob, 48 px
+    prob[0, 10:18, 25:38] = 0.8   # right blob, 104 px (the largest)
+    boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0],      # overlaps the left blob
+                          [24.0, 9.0, 39.0, 19.0],   # overlaps the right blob
+                          [12.0, 0.0, 20.0, 6.0]])   # overlaps neither: missed -> largest
+    counts = SEG.Pairing()
+    regions = SEG.pair_regions(prob, boxes, (1.0, 1.0), counts)
+    assert [r.box_net for r in regions] == [(2, 2, 10, 8), (25, 10, 38, 18), (25, 10, 38, 18)]
+    assert [r.missed for r in regions] == [False, False, True]
+    assert polygon_bbox(regions[0].outline) == (2, 2, 10, 8)
+    assert counts.as_dict()["nodules"] == 3 and counts.missed == 1 and counts.empty_mask_fallbacks == 0
+    # Nothing reaches 0.5: the threshold drops to half the maximum, and the fallback is counted.
+    faint = torch.full((1, 20, 40), 0.02)
+    faint[0, 4:9, 30:36] = 0.3
+    (r,) = SEG.pair_regions(faint, boxes[:1], (1.0, 1.0), counts)
+    assert r.fallback and r.missed and r.box_net == (30, 4, 36, 9)
+    assert counts.empty_mask_fallbacks == 1 and counts.nodules == 4 and counts.frames == 2
