@@ -47,6 +47,8 @@ TINY = {
     "mccnn_spp": {"trunk": "paper", "image_size": 32, "epochs": 4, "threads": 1},
     "mccnn_cascade": {"trunk": "paper", "image_size": 32, "epochs": 4, "threads": 1, "frame_size": (64, 96),
                       "det_epochs": 10},
+    "two_stage": {"frame_size": (48, 64), "unet_base": 8, "unet_depth": 3, "seg_epochs": 20, "seg_batch": 4,
+                  "seg_lr": 3e-3, "image_size": 32, "epochs": 3, "rf_trees": 30, "threads": 1},
 }
 
 

@@ -22,7 +22,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("torchvision")
 torch = pytest.importorskip("torch")
 
-from hfcn_bench.systems import SYSTEMS, SystemSpec, evaluate_system  # noqa: E402
+from hfcn_bench.systems import evaluate_system  # noqa: E402
 from hfcn_bench.systems import _common as C  # noqa: E402
 from hfcn_bench.systems import segmentation as SEG  # noqa: E402
 from hfcn_bench.systems import two_stage  # noqa: E402
@@ -66,21 +66,7 @@ def split(ds):
 
 
 @pytest.fixture(scope="module")
-def registered():
-    """``two_stage`` in the registry for the run (the lead registers it for good; until then
-    a local spec stands in and is removed afterwards, so other tests see the registry as is)."""
-    added = "two_stage" not in SYSTEMS
-    if added:
-        SYSTEMS["two_stage"] = SystemSpec("two_stage", "Abdelrazik et al. 2025, arXiv 2511.11937",
-                                          "U-Net -> predicted-mask ROI -> ResNet-18", two_stage.TwoStageConfig,
-                                          two_stage.run, two_stage._quick)
-    yield
-    if added:
-        del SYSTEMS["two_stage"]
-
-
-@pytest.fixture(scope="module")
-def report(registered, ds, split):
+def report(ds, split):
     return evaluate_system("two_stage", ds, split, config=TINY, n_boot=50, seed=0)
 
 
@@ -133,7 +119,7 @@ def test_segmenter_learns_and_the_cascade_classifies(report):
     assert report["variants"]["annotated_roi"]["auc"] > 0.6
 
 
-def test_outline_less_samples_are_refused(registered, ds, split):
+def test_outline_less_samples_are_refused(ds, split):
     boxed = dataclasses.replace(ds, samples=[dataclasses.replace(s, polygon=None, roi_kind="frame")
                                              for s in ds.samples])
     with pytest.raises(HfcnError, match="has no nodule outline; the segmentation stage") as e:

@@ -38,7 +38,7 @@ from ..data.collection import LoadedDataset
 from ..data.splits import Split
 from ..errors import HfcnError
 from . import _common as C
-from . import mccnn, shape_rf, transfer
+from . import mccnn, shape_rf, transfer, two_stage
 
 __all__ = ["SYSTEMS", "SystemSpec", "evaluate_system", "cross_validate_system", "available_systems"]
 
@@ -79,6 +79,11 @@ SYSTEMS: dict[str, SystemSpec] = {
         "SSD-style nodule detector on the whole frame -> the pyramid network on the detected box "
         "(variant annotated_roi: on the annotated box)",
         mccnn.MCCNNCascadeConfig, mccnn.run_cascade, mccnn._quick_cascade),
+    "two_stage": SystemSpec(
+        "two_stage", "Abdelrazik et al. 2025, arXiv 2511.11937 (PAPERS.md section 4)",
+        "U-Net segmentation of the frame -> ROI from the predicted mask -> ResNet-18 (variants: annotated_roi, "
+        "shape_rf_predicted)",
+        two_stage.TwoStageConfig, two_stage.run, two_stage._quick),
 }
 
 
@@ -144,8 +149,7 @@ def cross_validate_system(name: str, dataset: LoadedDataset, k: int, config: Any
     same as ``train.cross_validate`` uses for HFCN with the same seed), pooled as
     :func:`hfcn_bench.train.pool_folds` pools HFCN's: out-of-fold scores minus each fold's
     threshold, one bootstrap over all test ROIs. Variants are pooled the same way; numeric
-    ``detection``/``segmentation`` summaries are averaged over folds weighted by their
-    ``frames``. ``progress`` also gets ``("fold", i, k, {...})`` after each fold."""
+    ``detection``/``segmentation``/``pairing`` summaries are pooled by :func:`_pool_summary`. ``progress`` also gets ``("fold", i, k, {...})`` after each fold."""
     from ..data.splits import kfold
     from ..train import FoldResult, TrainConfig, _fold_boot, pool_folds
 
@@ -181,7 +185,7 @@ def cross_validate_system(name: str, dataset: LoadedDataset, k: int, config: Any
             rep = pooled([r["variants"][v] for r in raws])
             rep["description"] = first["variants"][v].get("description", v)
             report["variants"][v] = rep
-    for key in ("detection", "segmentation"):
+    for key in ("detection", "segmentation", "pairing"):
         if isinstance(first.get(key), dict):
             report[key] = _pool_summary([r[key] for r in raws])
     report["timings"] = {"total_s": time.perf_counter() - t0,
@@ -193,13 +197,14 @@ def cross_validate_system(name: str, dataset: LoadedDataset, k: int, config: Any
 
 
 def _pool_summary(per_fold: list[dict]) -> dict:
-    """Frame-weighted mean of each numeric entry over folds (``frames`` summed), plus the
-    per-fold values."""
-    w = np.asarray([float(d.get("frames", 1)) for d in per_fold])
+    """Counts (ints) summed over folds, rates and scores (floats) averaged weighted by each
+    fold's ``frames`` (or ``nodules``), plus the per-fold values."""
+    weight_key = "frames" if "frames" in per_fold[0] else "nodules"
+    w = np.asarray([float(d.get(weight_key, 1)) for d in per_fold])
     out: dict = {"per_fold": per_fold}
     for key, val in per_fold[0].items():
         vals = [d.get(key) for d in per_fold]
-        if key == "frames":
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
             out[key] = int(sum(vals))
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in vals):
             out[key] = float(np.dot(w, vals) / w.sum())
