@@ -337,7 +337,7 @@ def _device(name: str) -> torch.device:
 
 
 @contextmanager
-def _threads(n: int | None):
+def torch_threads(n: int | None):
     """Set torch's CPU thread count for the duration of a call, then restore it: a library
     function must not leave global state changed behind."""
     if n is None:
@@ -406,7 +406,7 @@ def predict(model: HFCN, samples: Sequence[Sample], config: TrainConfig, progres
             _data: _RoiTensors | None = None) -> Predictions:
     """Predict every loadable ROI of ``samples`` (eval mode, no augmentation)."""
     device = next(model.parameters()).device
-    with _threads(config.threads):
+    with torch_threads(config.threads):
         data = _data if _data is not None else _RoiTensors(samples, config, augment=False)
         out = _predict_tensors(model, data, config, device, progress)
     return Predictions(
@@ -560,7 +560,7 @@ def fit(
     val_samples = list(val_samples or [])
     if not train_samples:
         raise HfcnError("no training samples")
-    with _threads(config.threads):
+    with torch_threads(config.threads):
         torch.manual_seed(config.seed)
         model = build_model(config.model_config()).to(device)
         train = _RoiTensors(train_samples, config, augment=config.augment, progress=progress, what="training ROIs")

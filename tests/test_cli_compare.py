@@ -188,7 +188,7 @@ def test_cascade_systems_pool_folds_with_variants_and_localisation(tmp_path, pha
     assert [r["system"] for r in rows] == ["HFCN", "mccnn_cascade", "mccnn_cascade/annotated_roi"]
     # HFCN and the comparator are scored on the same 2 folds, pooled the same way
     assert all("2-fold case-level CV" in r["protocol"] for r in rows)
-    assert rows[1]["localisation"].startswith("AP50 ") and "frames" in rows[1]["localisation"]
+    assert rows[1]["localisation"].startswith("detector AP50 ") and "frames" in rows[1]["localisation"]
     assert "annotated" in rows[2]["localisation"]
 
 

@@ -14,6 +14,7 @@ import torch
 from .. import ops
 from ..errors import HfcnError
 from . import op_speed
+from .rank import localisation
 from .report import PAPER_TABLE4, environment
 
 __all__ = ["CompareOptions", "PRESETS", "run_compare", "model_cost_checks", "SECTIONS"]
@@ -231,7 +232,7 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
                 rows.append({"system": name, "error": msg})
                 continue
             rows.append({"system": name, "backbone": None, "crop": None, "alpha": None,
-                         **_metric_cells(res, time.perf_counter() - start), "localisation": _localisation(res),
+                         **_metric_cells(res, time.perf_counter() - start), "localisation": localisation(res),
                          "limitations": "; ".join(res.get("limitations", []))})
             if res.get("roc"):
                 curves[name] = (res["roc"]["fpr"], res["roc"]["tpr"], res["metrics"].get("auc"))
@@ -250,17 +251,6 @@ def _system_config(name: str, preset: dict) -> dict:
     spec = SYSTEMS[name]
     fields = {f.name for f in dataclasses.fields(spec.config_cls)}
     return {**spec.quick(), **{k: v for k, v in preset.get("system_overrides", {}).items() if k in fields}}
-
-
-def _localisation(res: dict) -> str | None:
-    """The localisation quality of a cascade, in one cell: the detector's AP/recall at IoU 0.5
-    or the segmenter's Dice/IoU on the test frames."""
-    det, seg = res.get("detection"), res.get("segmentation")
-    if isinstance(det, dict):
-        return f"AP50 {det['ap50']:.3f}, recall50 {det['recall50']:.3f} ({det['frames']} frames)"
-    if isinstance(seg, dict):
-        return f"Dice {seg['dice']:.3f}, IoU {seg['iou']:.3f} ({seg['frames']} frames)"
-    return None
 
 
 def _metric_cells(res: dict, elapsed: float) -> dict:

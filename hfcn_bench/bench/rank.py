@@ -18,7 +18,7 @@ from typing import Sequence
 
 from ..errors import HfcnError
 
-__all__ = ["load_run", "rank_runs"]
+__all__ = ["load_run", "rank_runs", "localisation", "markdown"]
 
 
 def load_run(run_dir: str | os.PathLike) -> dict:
@@ -57,12 +57,14 @@ def _row(name: str, rep: dict, run: str, note: str | None) -> dict:
             "specificity": m.get("specificity"), "n_samples": rep.get("n_samples"), "note": note, "run": run}
 
 
-def _localisation(rep: dict) -> str | None:
+def localisation(rep: dict) -> str | None:
+    """A cascade's localisation quality in one cell: the detector's AP/recall at IoU 0.5 or the
+    segmenter's Dice/IoU on the test frames (``None`` for a system that does not localise)."""
     det, seg = rep.get("detection"), rep.get("segmentation")
     if isinstance(det, dict):
-        return f"detector AP50 {det['ap50']:.3f}, recall50 {det['recall50']:.3f}"
+        return f"detector AP50 {det['ap50']:.3f}, recall50 {det['recall50']:.3f} ({det['frames']} frames)"
     if isinstance(seg, dict):
-        return f"segmenter Dice {seg['dice']:.3f}, IoU {seg['iou']:.3f}"
+        return f"segmenter Dice {seg['dice']:.3f}, IoU {seg['iou']:.3f} ({seg['frames']} frames)"
     return None
 
 
@@ -93,7 +95,7 @@ def rank_runs(run_dirs: Sequence[str | os.PathLike], variants: bool = True) -> d
     for r in runs:
         rep = r["report"]
         name = _name(rep)
-        rows.append(_row(name, rep, r["dir"], _localisation(rep)))
+        rows.append(_row(name, rep, r["dir"], localisation(rep)))
         if variants:
             for vname, v in (rep.get("variants") or {}).items():
                 rows.append(_row(f"{name}/{vname}", v, r["dir"], v.get("description")))

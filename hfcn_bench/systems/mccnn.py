@@ -29,6 +29,7 @@ from torch import nn
 
 from ..data.rois import Sample
 from ..errors import HfcnError
+from ..train import torch_threads
 from . import roi_classifier as RC
 
 __all__ = ["MCCNNConfig", "MCCNNCascadeConfig", "SpatialPyramidModule", "MCCNNClassifier", "build_mccnn", "run",
@@ -154,13 +155,8 @@ def build_mccnn(cfg: MCCNNConfig) -> MCCNNClassifier:
 
 def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: MCCNNConfig, *, n_boot: int,
         progress=None) -> dict:
-    old = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(int(cfg.threads))
-    try:
+    with torch_threads(cfg.threads):
         return _run(train_samples, test_samples, cfg, n_boot, progress)
-    finally:
-        torch.set_num_threads(old)
 
 
 def _run(train_samples, test_samples, cfg: MCCNNConfig, n_boot: int, progress) -> dict:
@@ -254,13 +250,8 @@ def pair_detections(dets, data, what: str = "detected") -> tuple[list[Sample], d
 
 def run_cascade(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: MCCNNCascadeConfig, *,
                 n_boot: int, progress=None) -> dict:
-    old = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(int(cfg.threads))
-    try:
+    with torch_threads(cfg.threads):
         return _run_cascade(train_samples, test_samples, cfg, n_boot, progress)
-    finally:
-        torch.set_num_threads(old)
 
 
 def _run_cascade(train_samples, test_samples, cfg: MCCNNCascadeConfig, n_boot: int, progress) -> dict:

@@ -35,6 +35,7 @@ from torch import nn
 from ..data.rois import Sample
 from ..data.splits import case_labels, split_train_test
 from ..errors import HfcnError
+from ..train import torch_threads
 from . import _common as C
 
 __all__ = ["TransferConfig", "TRUNKS", "HEADS", "build_trunk", "run"]
@@ -268,13 +269,8 @@ def _head(kind: str, cfg: TransferConfig):
 def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: TransferConfig, *, head: str,
         n_boot: int, progress=None) -> dict:
     _head(head, cfg)  # fail early on a missing scikit-learn or a bad head
-    old_threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(int(cfg.threads))
-    try:
+    with torch_threads(cfg.threads):
         return _run(train_samples, test_samples, cfg, head, n_boot, progress)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _run(train_samples, test_samples, cfg: TransferConfig, head: str, n_boot: int, progress) -> dict:

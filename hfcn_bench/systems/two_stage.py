@@ -44,6 +44,7 @@ from torch import nn
 from ..data.rois import Sample, expand_box
 from ..data.splits import split_train_test
 from ..errors import HfcnError
+from ..train import torch_threads
 from . import _common as C
 from . import roi_classifier as RC
 from . import segmentation as SEG
@@ -157,13 +158,8 @@ def build_classifier(cfg: TwoStageConfig) -> ResNetClassifier:
 def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: TwoStageConfig, *, n_boot: int,
         progress=None) -> dict:
     C.sklearn()  # the baseline forest and the connected components (scipy) need it: fail before training
-    old = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(int(cfg.threads))
-    try:
+    with torch_threads(cfg.threads):
         return _run(list(train_samples), list(test_samples), cfg, n_boot, progress)
-    finally:
-        torch.set_num_threads(old)
 
 
 def _frames(samples: list[Sample], cfg: TwoStageConfig, skipped: list[str], whole_only: bool = False
