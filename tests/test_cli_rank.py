@@ -48,7 +48,10 @@ def test_rank_orders_by_auc_with_intervals_and_the_baseline(runs, tmp_path):
     assert aucs == sorted(aucs, reverse=True)
     for r in result["rows"]:
         assert r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1] and r["f1_ci"][0] <= r["f1"] <= r["f1_ci"][1]
-    assert "2-fold case-level CV" in result["protocol"]
+    assert result["protocol"].startswith("2-fold case-level CV") and "threshold" not in result["protocol"]
+    by_name = {r["name"]: r for r in result["rows"]}
+    assert "on its validation cases" in by_name["HFCN paper+bfc a0.6"]["threshold"]
+    assert "training out-of-fold" in by_name["shape_rf"]["threshold"]
     md = (tmp_path / "rank.md").read_text()
     assert "majority baseline" in md and "| 1 | " in md and "| 2 | " in md
     with Image.open(tmp_path / "rank.png") as im:

@@ -49,10 +49,15 @@ def _name(report: dict) -> str:
     return f"HFCN {cfg.get('backbone', '?')}+{crop}" + (f" a{cfg['alpha']}" if crop in ("bfc", "rfc") else "")
 
 
+def _threshold_part(protocol: str | None) -> str:
+    """The clause of a protocol that says where the decision threshold came from."""
+    return next((p for p in (protocol or "").split(", ") if "threshold" in p), "")
+
+
 def _row(name: str, rep: dict, run: str, note: str | None) -> dict:
     m = rep["metrics"]
     ci = m.get("ci") or {}
-    return {"name": name, "auc": rep.get("auc"), "auc_ci": ci.get("auc"), "f1": m.get("f1"), "f1_ci": ci.get("f1"),
+    return {"name": name, "threshold": _threshold_part(rep.get("protocol")), "auc": rep.get("auc"), "auc_ci": ci.get("auc"), "f1": m.get("f1"), "f1_ci": ci.get("f1"),
             "accuracy": m.get("accuracy"), "precision": m.get("precision"), "recall": m.get("recall"),
             "specificity": m.get("specificity"), "n_samples": rep.get("n_samples"), "note": note, "run": run}
 
@@ -73,7 +78,8 @@ def rank_runs(run_dirs: Sequence[str | os.PathLike], variants: bool = True) -> d
 
     Returns ``{"rows": [...], "baseline": {...}, "protocol", "data", "runs"}``; each row has
     ``name``, ``auc``, ``auc_ci`` ([low, high]), ``f1``, ``f1_ci``, ``accuracy``,
-    ``precision``, ``recall``, ``specificity``, ``n_samples``, ``note`` and ``run``."""
+    ``precision``, ``recall``, ``specificity``, ``n_samples``, ``threshold`` (where its
+    decision threshold came from), ``note`` and ``run``; ``protocol`` is what all runs share."""
     if not run_dirs:
         raise HfcnError("no run folder to rank")
     runs = [load_run(d) for d in run_dirs]
@@ -105,7 +111,11 @@ def rank_runs(run_dirs: Sequence[str | os.PathLike], variants: bool = True) -> d
         raise HfcnError(f"two runs of the same model: {', '.join(dup)}", hint="rank one run per model")
     rows.sort(key=lambda row: (-(row["auc"] if row["auc"] is not None else -1.0), row["name"]))
     base = ref["report"].get("majority_baseline") or {}
-    return {"rows": rows, "baseline": base, "protocol": ref["report"].get("protocol"),
+    # What all runs share (split, pooling, scoring level); the threshold clause differs by
+    # system (validation cases, training out-of-fold scores) and stays with each row.
+    parts = [[p for p in (r["report"].get("protocol") or "").split(", ")] for r in runs]
+    common = [p for p in parts[0] if all(p in q for q in parts[1:]) and "threshold" not in p]
+    return {"rows": rows, "baseline": base, "protocol": ", ".join(common),
             "data": ref["report"]["data"], "label_rule": ref["label_rule"], "runs": [r["dir"] for r in runs]}
 
 
@@ -119,18 +129,19 @@ def _f(v) -> str:
 
 def markdown(result: dict) -> str:
     """The ranking as a Markdown table (with the baseline row and the protocol)."""
-    lines = ["| rank | model | ROC-AUC [95% CI] | F1 [95% CI] | accuracy | precision | recall | specificity | note |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| rank | model | ROC-AUC [95% CI] | F1 [95% CI] | accuracy | precision | recall | specificity | "
+             "threshold | note |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for i, r in enumerate(result["rows"], 1):
         lines.append(f"| {i} | {r['name']} | {_f(r['auc'])} {_ci(r['auc_ci'])} | {_f(r['f1'])} {_ci(r['f1_ci'])} | "
                      f"{_f(r['accuracy'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['specificity'])} | "
-                     f"{r['note'] or ''} |")
+                     f"{r['threshold']} | {r['note'] or ''} |")
     b = result["baseline"]
     if b:
         who = ("benign", "malignant")[b.get("majority_class", 1)]
         lines.append(f"| — | always {who} (majority baseline) | {_f(b.get('auc'))} | {_f(b.get('f1'))} | "
                      f"{_f(b.get('accuracy'))} | {_f(b.get('precision'))} | {_f(b.get('recall'))} | "
-                     f"{_f(b.get('specificity'))} | |")
+                     f"{_f(b.get('specificity'))} | | |")
     d = result["data"]
     lines.append("")
     lines.append(f"Protocol: {result['protocol']}; {d.get('samples')} ROIs of {d.get('cases')} cases, "
