@@ -193,3 +193,23 @@ def test_cross_validation_pools_every_case_once_with_variants(ds):
     import json
 
     json.dumps(r)  # the pooled report is plain data
+
+
+def test_augment_keeps_every_nodule_at_least_half_visible_and_moves_boxes_with_pixels():
+    img = torch.zeros(1, 64, 96)
+    img[:, 20:40, 30:60] = 1.0  # a bright nodule exactly at its box
+    box = t([[30, 20, 60, 40]])
+    zoomed = 0
+    for seed in range(40):
+        out, b = D.augment(img, box, np.random.default_rng(seed))
+        assert out.shape == img.shape and b.shape == (1, 4)
+        x0, y0, x1, y1 = b[0].tolist()
+        assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 64
+        if (x1 - x0) > 30.5:  # a zoom-in happened: the nodule grew with the frame
+            zoomed += 1
+            # the box still covers the bright pixels: its inside is brighter than its outside
+            inside = out[0, int(y0) + 2:int(y1) - 2, int(x0) + 2:int(x1) - 2].mean()
+            mask = torch.ones_like(out[0], dtype=torch.bool)
+            mask[int(y0) - 2:int(y1) + 2, int(x0) - 2:int(x1) + 2] = False
+            assert inside > out[0][mask].mean() + 0.5
+    assert 5 <= zoomed <= 35

@@ -20,6 +20,8 @@ smooth-L1, decoded through non-maximum suppression. This module is that design a
   between; box targets are SSD's centre/log-size offsets with variances (0.1, 0.2); loss =
   smooth-L1 over positives + binary cross-entropy over positives and the hardest negatives
   (3 per positive), both divided by the number of positives;
+- **augmentation** (SSD's random crops, :func:`augment`): horizontal flips, random zoom-in
+  windows that keep every nodule at least half visible, contrast/brightness jitter;
 - **inference**: sigmoid scores, decoded boxes, greedy NMS at ``nms_iou``, at most ``max_det``
   boxes per frame (the best one is always kept, so every frame yields a box);
 - **quality**: average precision at IoU 0.5 (all-point interpolated, VOC 2010+) over the test
@@ -287,10 +289,38 @@ def detection_quality(dets, gts, iou: float = 0.5) -> dict:
             "mean_best_iou": float(best_a.mean()) if best_a.size else float("nan")}
 
 
+def augment(image: torch.Tensor, boxes: torch.Tensor, rng: np.random.Generator, min_zoom: float = 0.6
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSD-style training augmentation of one frame ``image [1, H, W]`` with ``boxes [n, 4]``:
+    with p = 0.5 a random zoom-in (a window of 60-100 % of each side, resized back to H x W;
+    boxes cut by the window keep their visible part, and a window that would keep less than
+    half of any nodule is not used), then a contrast/brightness change of up to +-15 %.
+    Ultrasound depth runs downwards, so no vertical flips or rotations."""
+    _, H, W = image.shape
+    if rng.uniform() < 0.5:
+        s = rng.uniform(min_zoom, 1.0)
+        cw, ch = max(8, int(round(W * s))), max(8, int(round(H * s)))
+        x0, y0 = int(rng.integers(0, W - cw + 1)), int(rng.integers(0, H - ch + 1))
+        shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+        clipped = torch.stack([shifted[:, 0].clamp(0, cw), shifted[:, 1].clamp(0, ch),
+                               shifted[:, 2].clamp(0, cw), shifted[:, 3].clamp(0, ch)], 1)
+
+        def area(b):
+            return (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+
+        if bool((area(clipped) >= 0.5 * area(shifted)).all()):
+            crop = image[:, y0:y0 + ch, x0:x0 + cw]
+            image = F.interpolate(crop[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+            boxes = clipped * torch.tensor([W / cw, H / ch, W / cw, H / ch], dtype=boxes.dtype)
+    c, b = rng.uniform(0.85, 1.15, size=2)
+    return image * float(c) + float(b - 1.0), boxes
+
+
 def train_detector(fit: FrameTensors, val: FrameTensors, cfg, progress=None) -> tuple[NoduleDetector, dict]:
-    """Train on ``fit`` frames (horizontal flips drawn from (seed, epoch, frame)), keep the epoch
-    with the best validation AP@0.5 (first on ties). ``cfg``: ``n_anchors``, ``det_width``,
-    ``det_epochs``, ``det_lr``, ``det_batch``, ``nms_iou``, ``max_det``, ``seed``.
+    """Train on ``fit`` frames (horizontal flips, and with ``det_augment`` :func:`augment`, drawn
+    from (seed, epoch, frame)), keep the epoch with the best validation AP@0.5 (first on ties).
+    ``cfg``: ``n_anchors``, ``det_width``, ``det_epochs``, ``det_lr``, ``det_batch``,
+    ``det_augment``, ``nms_iou``, ``max_det``, ``seed``.
     Returns the model and a training summary (anchors, history, best epoch)."""
     if len(fit) < 2 or len(val) < 1:
         raise HfcnError(f"too few frames to train the detector ({len(fit)} training, {len(val)} validation)")
@@ -311,9 +341,14 @@ def train_detector(fit: FrameTensors, val: FrameTensors, cfg, progress=None) -> 
             rows = [int(r) for r in order[s:s + cfg.det_batch]]
             if len(rows) < 2:
                 continue
-            flips = [bool(np.random.default_rng([cfg.seed, epoch, r]).uniform() < 0.5) for r in rows]
-            logits, offsets = model(fit.images(rows, flips))
-            loss = detection_loss(logits, offsets, anchors, [fit.boxes(r, f) for r, f in zip(rows, flips)])
+            rngs = [np.random.default_rng([cfg.seed, epoch, r]) for r in rows]
+            flips = [bool(g.uniform() < 0.5) for g in rngs]
+            images, targets = fit.images(rows, flips), [fit.boxes(r, f) for r, f in zip(rows, flips)]
+            if cfg.det_augment:
+                pairs = [augment(images[j], targets[j], g) for j, g in enumerate(rngs)]
+                images, targets = torch.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+            logits, offsets = model(images)
+            loss = detection_loss(logits, offsets, anchors, targets)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -194,14 +194,16 @@ class MCCNNCascadeConfig(MCCNNConfig):
     """:class:`MCCNNConfig` (stage 2) plus the stage-1 detector (``detector.py``):
     ``frame_size`` (height, width) the frames are resized to; ``n_anchors`` anchor shapes
     from the training boxes; ``det_width`` the trunk's first width; ``det_epochs``,
-    ``det_lr``, ``det_batch``; ``nms_iou`` and ``max_det`` (boxes kept per frame)."""
+    ``det_lr``, ``det_batch``; ``det_augment`` (random zoom-in + contrast jitter on top of the
+    flips); ``nms_iou`` and ``max_det`` (boxes kept per frame)."""
 
     frame_size: tuple[int, int] = (160, 256)
     n_anchors: int = 6
     det_width: int = 16
-    det_epochs: int = 30
+    det_epochs: int = 40
     det_lr: float = 2e-3
     det_batch: int = 8
+    det_augment: bool = True
     nms_iou: float = 0.45
     max_det: int = 5
 
@@ -218,7 +220,7 @@ class MCCNNCascadeConfig(MCCNNConfig):
 
 
 def _quick_cascade() -> dict:
-    return {**_quick(), "frame_size": (96, 160), "det_epochs": 15}
+    return {**_quick(), "frame_size": (96, 160), "det_epochs": 25}
 
 
 def pair_detections(dets, data, what: str = "detected") -> tuple[list[Sample], dict]:
