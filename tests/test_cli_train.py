@@ -161,3 +161,32 @@ def test_train_system_refuses_hfcn_flags_and_bad_overrides(data, tmp_path):
     assert code == 1 and "unknown ShapeRFConfig option(s) ['trees']" in text
     code, text = run(["train", "--data", str(data), "--system", "yolo", "--out", str(tmp_path / "c")])
     assert code == 1 and "unknown system 'yolo'" in text and "mccnn_cascade" in text
+
+
+def test_train_system_weights_flag_loads_a_local_state_dict(data, tmp_path):
+    import torch
+    import torchvision
+
+    path = tmp_path / "effnet.pt"
+    torch.save(torchvision.models.efficientnet_b0(weights=None).state_dict(), path)
+    out = tmp_path / "svm"
+    code, text = run(["train", "--data", str(data), "--system", "transfer_svm", "--set", "backbone=efficientnet_b0",
+                      "--set", "image_size=32", "--threads", "1", "--n-boot", "20", "--weights", str(path),
+                      "--out", str(out)])
+    assert code == 0, text
+    rep = json.loads((out / "metrics.json").read_text())
+    assert rep["system_config"]["weights"] == str(path)
+    assert any(f"weights loaded from {path}" in lim for lim in rep["limitations"])
+    assert not any("randomly initialised" in lim for lim in rep["limitations"])
+    # a file that is not there is one clear error naming it, before any training
+    code, text = run(["train", "--data", str(data), "--system", "transfer_svm", "--weights", str(tmp_path / "no.pt"),
+                      "--out", str(tmp_path / "a")])
+    assert code == 1 and "no.pt" in text and "not found" in text
+
+
+def test_train_weights_flag_is_refused_where_there_is_no_trunk(data, tmp_path):
+    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--weights", "w.pt",
+                      "--out", str(tmp_path / "a")])
+    assert code == 1 and "shape_rf has no pretrained trunk" in text and "transfer_svm" in text
+    code, text = run(["train", "--data", str(data), "--weights", "w.pt", "--out", str(tmp_path / "b")])
+    assert code == 1 and "--weights sets a comparator's config and needs --system NAME" in text

@@ -90,6 +90,10 @@ def register(sub) -> None:
     c.add_argument("--set", dest="system_set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one field of the system's config (VALUE is JSON, else a string), e.g. "
                    "--set det_epochs=20 --set frame_size=[128,192]; --seed and --threads apply too")
+    c.add_argument("--weights", type=Path, default=None, metavar="PATH",
+                   help="local pretrained state dict (torchvision layout) for the system's trunk, e.g. ImageNet "
+                   "ResNet-50 weights saved with torch.save(model.state_dict(), PATH); without it the trunk is "
+                   "randomly initialised (nothing is downloaded), and the report says so")
     t.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last.pt (only --epochs, --threads, --device "
                    "may change)")
@@ -304,8 +308,9 @@ def run_train(args, console) -> int:
     quiet = args.json
     if args.system is not None:
         return run_system_train(args, console, has_run)
-    if args.system_set:
-        raise HfcnError("--set overrides a comparator's config and needs --system NAME",
+    if args.system_set or args.weights is not None:
+        raise HfcnError(f"{'--set' if args.system_set else '--weights'} sets a comparator's config and needs "
+                        "--system NAME",
                         hint="HFCN's settings have their own flags (see hfcn-bench train --help)")
     if args.resume:
         if not has_run:
@@ -363,7 +368,8 @@ def run_train(args, console) -> int:
 
 
 def _system_overrides(args, fields) -> dict:
-    """``--set`` pairs, plus ``--threads``/``--seed`` for systems that have those fields."""
+    """``--set`` pairs, plus ``--threads``/``--seed`` for systems that have those fields and
+    ``--weights`` for systems with a pretrained trunk (refused for the others)."""
     out = {}
     for item in args.system_set:
         key, sep, raw = item.partition("=")
@@ -379,7 +385,20 @@ def _system_overrides(args, fields) -> dict:
         out.setdefault("threads", args.threads)
     if args.seed is not None:
         out.setdefault("seed", args.seed)
+    if args.weights is not None:
+        if "weights" not in fields:
+            raise HfcnError(f"--weights: {args.system} has no pretrained trunk to load weights into",
+                            hint="systems with a trunk: " + ", ".join(_systems_with("weights")))
+        if "weights" in out:
+            raise HfcnError("--weights and --set weights=... both given; keep one")
+        out["weights"] = str(args.weights)
     return out
+
+
+def _systems_with(field: str) -> list[str]:
+    from ..systems import SYSTEMS
+
+    return sorted(name for name, spec in SYSTEMS.items() if field in spec.config_cls.__dataclass_fields__)
 
 
 def _system_progress(update, console):

@@ -332,7 +332,7 @@ def _run(train_samples, test_samples, cfg: TransferConfig, head: str, n_boot: in
     lim = []
     if cfg.weights is None:
         lim.append(f"no ImageNet weights offline: {cfg.backbone} is randomly initialised (seed {cfg.seed}); "
-                   "pass weights=PATH of a local torchvision state dict for the published transfer setting")
+                   "pass --weights PATH (a local torchvision state dict) for the published transfer setting")
     else:
         lim.append(f"weights loaded from {cfg.weights}; the project's second pretraining stage on a chest-radiograph "
                    "set is not reproduced")
