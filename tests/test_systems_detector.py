@@ -190,6 +190,10 @@ def test_cross_validation_pools_every_case_once_with_variants(ds):
     assert len(r["detection"]["per_fold"]) == 2 and 0 <= r["detection"]["ap50"] <= 1
     assert [f["fold"] for f in r["folds"]] == [0, 1]
     assert all("train_samples" not in f and "_predictions" not in f for f in r["folds"])
+    # every stage's time is summed over the folds, not only the classifier's
+    t = r["timings"]
+    assert t["det_train_s"] > 0 and t["predict_s"] > 0 and t["train_s"] >= t["det_train_s"]
+    assert t["total_s"] >= t["train_s"] + t["predict_s"] - 1e-6 and t["threads"] == 1
     import json
 
     json.dumps(r)  # the pooled report is plain data
