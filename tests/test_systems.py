@@ -245,6 +245,13 @@ def test_transfer_reports_random_init(reports):
     assert "no ImageNet weights offline" in lim and "randomly initialised" in lim
 
 
+@pytest.mark.parametrize("name", ["mccnn_spp", "mccnn_cascade"])
+def test_mccnn_reports_name_the_trunk_they_could_not_use(name, reports):
+    lim = reports[name]["limitations"]
+    assert "no ImageNet weights offline: the paper trunk is randomly initialised (seed 0)" in lim
+    assert "trunk paper instead of the published AlexNet" in lim
+
+
 def test_spatial_pyramid_module_shapes_and_levels():
     torch = pytest.importorskip("torch")
     from hfcn_bench.systems.mccnn import SpatialPyramidModule

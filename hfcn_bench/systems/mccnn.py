@@ -173,16 +173,21 @@ def _run(train_samples, test_samples, cfg: MCCNNConfig, n_boot: int, progress) -
     report["limitations"] = [
         "stage 2 only: trained and tested on the annotated nodule boxes, so localisation is perfect here "
         "(mccnn_cascade runs it behind the stage-1 detector)",
-        (f"no ImageNet weights offline: the {cfg.trunk} trunk is randomly initialised (seed {cfg.seed})"
-         if cfg.weights is None else f"trunk weights from {cfg.weights}"),
         "the paper's 4309 private images are not available; trained on the split's training cases only",
         "global average pooling + one linear layer after the pyramid module instead of AlexNet's FC6-FC8",
+        *_trunk_limitations(cfg),
     ]
-    if cfg.trunk != "alexnet":
-        lim = f"trunk {cfg.trunk} instead of the published AlexNet"
-        report["limitations"].append(lim)
     report["system_config"] = asdict(cfg)
     return report
+
+
+def _trunk_limitations(cfg: MCCNNConfig) -> list[str]:
+    """What the trunk could not be as published: its weights, and AlexNet when another is chosen."""
+    lim = [f"no ImageNet weights offline: the {cfg.trunk} trunk is randomly initialised (seed {cfg.seed})"
+           if cfg.weights is None else f"trunk weights from {cfg.weights}"]
+    if cfg.trunk != "alexnet":
+        lim.append(f"trunk {cfg.trunk} instead of the published AlexNet")
+    return lim
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,14 +303,11 @@ def _run_cascade(train_samples, test_samples, cfg: MCCNNCascadeConfig, n_boot: i
     report["limitations"] = [
         "stage 1 is a small SSD-style detector (two feature maps, anchors by k-means over the training boxes), "
         "not the paper's VGG-16 SSD300, and is trained on the split's training frames only",
-        (f"no ImageNet weights offline: the {cfg.trunk} trunk is randomly initialised (seed {cfg.seed})"
-         if cfg.weights is None else f"trunk weights from {cfg.weights}"),
         "stage 2 is trained on the annotated boxes and applied to the detected ones; each annotated nodule is "
         "scored with the detection of its frame that overlaps it most (a missed nodule with the frame's best box)",
         "the paper's 4309 private images are not available; global average pooling + one linear layer after the "
         "pyramid module instead of AlexNet's FC6-FC8",
+        *_trunk_limitations(cfg),
     ]
-    if cfg.trunk != "alexnet":
-        report["limitations"].append(f"trunk {cfg.trunk} instead of the published AlexNet")
     report["system_config"] = asdict(cfg)
     return report
