@@ -65,6 +65,7 @@ __all__ = [
     "train_and_evaluate",
     "cross_validate",
     "pool_folds",
+    "pool_timings",
     "FoldResult",
     "model_from_checkpoint",
     "write_predictions_csv",
@@ -932,9 +933,8 @@ def cross_validate(
             progress("fold", split.fold + 1, len(splits), {"fold": split.fold, "auc": rep["auc"],
                                                            "f1": rep["metrics"]["f1"]})
     report = pool_folds(folds, config, aggregate=aggregate, n_boot=n_boot)
-    report["timings"] = {"total_s": time.perf_counter() - t0,
-                         "train_s": sum(f.report["timings"]["train_s"] for f in folds),
-                         "threads": torch.get_num_threads()}
+    report["timings"] = pool_timings([f.report["timings"] for f in folds])
+    report["timings"]["total_s"] = time.perf_counter() - t0
     report.update({"config": config.to_dict(), "data": dataset.describe()})
     if out is not None:
         rows: list[dict] = []
@@ -961,6 +961,22 @@ class FoldResult:
     roi_threshold: float
     train_samples: list[Sample]
     report: dict
+
+
+def pool_timings(per_fold: list[dict]) -> dict:
+    """One report's ``timings`` from its folds': every stage's seconds (``*_s``: training,
+    prediction, a comparator's detector and segmenter) summed, ``ms_per_roi`` averaged, the rest
+    (threads, device) as the first fold has them. ``total_s`` is the caller's wall clock."""
+    out = {}
+    for key in dict.fromkeys(k for t in per_fold for k in t):
+        values = [t[key] for t in per_fold if key in t]
+        if key.endswith("_s"):
+            out[key] = float(sum(values))
+        elif key == "ms_per_roi":
+            out[key] = float(sum(values) / len(values))
+        else:
+            out[key] = values[0]
+    return out
 
 
 def pool_folds(folds: Sequence[FoldResult], config: TrainConfig, aggregate: str | None = None,

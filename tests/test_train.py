@@ -359,6 +359,10 @@ def test_cross_validation_pools_every_case_once(ds, tmp_path):
     # Each fold's decisions survive pooling: the pooled confusion counts are the folds' sums.
     for key in ("tp", "fp", "tn", "fn"):
         assert report["metrics"][key] == sum(f["metrics"][key] for f in report["folds"])
+    # training and prediction seconds are both summed over the folds, inside the wall clock
+    t = report["timings"]
+    assert t["train_s"] > 0 and t["predict_s"] > 0 and t["total_s"] >= t["train_s"] + t["predict_s"] - 1e-6
+    assert t["threads"] >= 1 and t["device"] == "cpu"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def cross_validate_system(name: str, dataset: LoadedDataset, k: int, config: Any
     threshold, one bootstrap over all test ROIs. Variants are pooled the same way; numeric
     ``detection``/``segmentation``/``pairing`` summaries are pooled by :func:`_pool_summary`. ``progress`` also gets ``("fold", i, k, {...})`` after each fold."""
     from ..data.splits import kfold
-    from ..train import FoldResult, TrainConfig, _fold_boot, pool_folds
+    from ..train import FoldResult, TrainConfig, _fold_boot, pool_folds, pool_timings
 
     spec, cfg = _resolve(name, config, seed)
     if int(k) < 2:
@@ -188,26 +188,11 @@ def cross_validate_system(name: str, dataset: LoadedDataset, k: int, config: Any
     for key in ("detection", "segmentation", "pairing"):
         if isinstance(first.get(key), dict):
             report[key] = _pool_summary([r[key] for r in raws])
-    report["timings"] = _pool_timings([r["timings"] for r in raws])
+    report["timings"] = pool_timings([r["timings"] for r in raws])
     report["timings"]["total_s"] = time.perf_counter() - t0
     for key in ("limitations", "system_config"):
         report[key] = first[key]
     return C.strip_predictions(_describe(spec, report, dataset, "kfold"))
-
-
-def _pool_timings(per_fold: list[dict]) -> dict:
-    """Every stage's seconds (``*_s``: detector, segmenter, classifier, prediction) summed over
-    the folds, ``ms_per_roi`` averaged, the rest (threads, device) as the first fold has them."""
-    out = {}
-    for key in dict.fromkeys(k for t in per_fold for k in t):
-        values = [t[key] for t in per_fold if key in t]
-        if key.endswith("_s"):
-            out[key] = float(sum(values))
-        elif key == "ms_per_roi":
-            out[key] = float(sum(values) / len(values))
-        else:
-            out[key] = values[0]
-    return out
 
 
 def _pool_summary(per_fold: list[dict]) -> dict:
