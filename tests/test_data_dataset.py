@@ -173,7 +173,7 @@ def test_folder_format(tmp_path):
     _mask(tmp_path / "benign" / "masks" / "a.png", (10, 20, 50, 60))
     _img(tmp_path / "benign" / "b.jpg", 2)
     _img(tmp_path / "benign" / "c.png", 3)
-    _mask(tmp_path / "benign" / "c_mask.png", (30, 30, 40, 35))
+    _mask(tmp_path / "benign" / "c_mask.png", (30, 30, 42, 40))
     _img(tmp_path / "malignant" / "patient7" / "1.png", 4)
     _img(tmp_path / "malignant" / "patient7" / "2.png", 5)
     _img(tmp_path / "malignant" / "d.png", 4)  # same bytes as patient7/1.png; d sorts first, is kept
@@ -189,13 +189,15 @@ def test_folder_format(tmp_path):
     assert got == [
         ("benign/a", 1, 0, "mask", (10, 20, 50, 60)),
         ("benign/b", 1, 0, "full-frame", (0, 0, 120, 90)),
-        ("benign/c", 1, 0, "mask", (30, 30, 40, 35)),
+        ("benign/c", 1, 0, "mask", (30, 30, 42, 40)),
         ("malignant/d", 1, 1, "full-frame", (0, 0, 120, 90)),
         ("malignant/patient7", 2, 1, "full-frame", (0, 0, 120, 90)),
     ]
     kinds = sorted((w.kind, w.file) for w in ds.report.warts)
     assert kinds == [("duplicate-image", "malignant/patient7/1.png"), ("empty-mask", "malignant/f_mask.png"),
-                     ("unreadable-image", "malignant/e.png")]
+                     ("linked-cases", "malignant/d, malignant/patient7"), ("unreadable-image", "malignant/e.png")]
+    # d and patient7 share an image: one unit, so one side of every split
+    assert ds.links() == [("malignant/d", "malignant/patient7")]
     assert ds.report.by_rule["folder"].cases == {"benign": 3, "malignant": 4, "excluded": 0}
     full = load_dataset(tmp_path, empty_outline="full-frame", warn=False)
     assert ("malignant/f", "full-frame") in {(s.case_id, s.roi_kind) for s in full.samples}

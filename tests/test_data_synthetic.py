@@ -141,7 +141,16 @@ def test_warts_are_injected_and_each_one_is_reported(tmp_path):
     dup_groups = [{(c, f), (w["of"].split("_")[0], int(w["of"].split("_")[1]))}
                   for w in truth["warts"] if w["kind"] == "duplicate-image" for c, f in [(w["case"], w["frame"])]]
     dropped = {(w.case, w.frame) for w in ds.report.warts_of("duplicate-image")}
-    assert len(dropped) == len(dup) and all(len(g & dropped) == 1 for g in dup_groups)
+    conflicts = {(w.case, w.frame) for w in ds.report.warts_of("label-conflict")}
+    for g in dup_groups:
+        labels = {ds.cases[c].label for c, _ in g if ds.cases.get(c) is not None} - {None}
+        if len(labels) > 1:  # the copy went to a case of the other class: both dropped, reported
+            assert g <= conflicts and not g & dropped, g
+        else:
+            assert len(g & dropped) == 1, g
+    cross = [g for g in dup_groups if len({c for c, _ in g}) == 2]
+    assert cross and all(len({ds.cases[c].label for c, _ in g} - {None}) > 1 or any(
+        w.kind == "linked-cases" for w in ds.report.warts) for g in cross)
     salvage = [w for w in ds.report.warts_of("truncated-outline") if w.action.startswith("salvaged")]
     assert len(salvage) == 1 and ds.report.usable
 

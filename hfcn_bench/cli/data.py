@@ -98,7 +98,8 @@ def _report_tables(ds) -> list[Table]:
     overview = Table(title=f"{r.format} data at {r.root}", show_header=False, title_justify="left")
     overview.add_column(style="bold")
     overview.add_column()
-    overview.add_row("cases", f"{r.cases} read" + (f", {r.cases_skipped} skipped (malformed)" if r.cases_skipped else ""))
+    overview.add_row("cases", f"{r.case_files} case file(s): {r.cases} read" + (
+        f", {r.cases_skipped} skipped (malformed or duplicate id)" if r.cases_skipped else ""))
     overview.add_row("frames", f"{r.frames} ({r.frames_usable} with a usable ROI after de-duplication)")
     if r.format == "ddti":
         overview.add_row("outlines", f"{r.outlines} (+{r.arrows} arrow regions, not outlines); "

@@ -91,6 +91,7 @@ def load_dataset(
     verify_images: bool = True,
     warn: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    keep_unlabelled: bool = False,
 ) -> LoadedDataset:
     """Load DDTI-format data (real or synthetic) or a benign/malignant folder dataset.
 
@@ -103,7 +104,7 @@ def load_dataset(
         return load_folder(path, margin=margin, empty_outline=empty_outline, verify_images=verify_images,
                            warn=warn, progress=progress)
     return load_ddti(path, label_rule=label_rule, margin=margin, empty_outline=empty_outline, truncated=truncated,
-                     verify_images=verify_images, warn=warn, progress=progress)
+                     verify_images=verify_images, warn=warn, progress=progress, keep_unlabelled=keep_unlabelled)
 
 
 def __getattr__(name: str):

@@ -31,14 +31,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from lxml import etree
 
 from ..errors import HfcnError
-from .collection import LABEL_NAMES, CaseInfo, LoadedDataset
+from .collection import LABEL_NAMES, CaseInfo, LoadedDataset, assign_units, case_sort_key, link_groups
 from .report import LoadReport, RuleCounts
-from .rois import Box, Sample, UnreadableImage, expand_box, is_dual_view, is_outline, polygon_bbox, read_image
+from .rois import (MIN_ROI_SIDE, Box, Sample, UnreadableImage, expand_box, is_dual_view, is_outline,
+                   outline_inside_fraction, polygon_bbox, read_image)
 
 __all__ = [
     "LABEL_RULES",
@@ -55,6 +56,7 @@ __all__ = [
     "Case",
     "parse_case_xml",
     "find_ddti_layout",
+    "layout_of_xml",
     "load_ddti",
 ]
 
@@ -338,16 +340,28 @@ def find_ddti_layout(root: str | Path) -> tuple[Path, Path, Path]:
                         hint="point at DDTI's raw/ folder (xml/ + raw_jpg/) or a flat folder of *.xml + *.jpg")
     for base in (root, root / "raw"):
         if (base / "xml").is_dir():
-            images = next((base / d for d in ("raw_jpg", "jpg", "images") if (base / d).is_dir()), base)
-            return base, base / "xml", images
+            return base, base / "xml", _image_dir(base)
         if base.is_dir() and any(p.suffix.lower() == ".xml" for p in base.iterdir()):
             return base, base, base
     raise HfcnError(f"no DDTI case XMLs in {root}",
                     hint="expected raw/ with xml/ and raw_jpg/, or a flat folder of {case}.xml + {case}_{k}.jpg")
 
 
-def _sort_key(case_id: str):
-    return (0, int(case_id), "") if case_id.isdigit() else (1, 0, case_id)
+def _image_dir(base: Path) -> Path:
+    return next((base / d for d in ("raw_jpg", "jpg", "images") if (base / d).is_dir()), base)
+
+
+def layout_of_xml(xml_path: str | Path) -> tuple[Path, Path]:
+    """(base, image_dir) of one case XML: ``raw/xml/N.xml`` has its frames in ``raw/raw_jpg``
+    (or ``jpg/``, ``images/``); a flat folder has them beside the XML."""
+    xml_path = Path(xml_path)
+    folder = xml_path.parent
+    if folder.name == "xml" and _image_dir(folder.parent) != folder.parent:
+        return folder.parent, _image_dir(folder.parent)
+    return folder, folder
+
+
+_sort_key = case_sort_key
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -373,6 +387,27 @@ def _check_policy(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise HfcnError(f"{name}={value!r} is not one of {allowed}")
 
 
+def _scan_images(img_dir: Path, base: Path, report: LoadReport) -> dict[tuple[str, int], Path]:
+    """Frame images by (case id, index). An entry the file system cannot even stat (a symlink
+    loop, a vanished file) is a wart naming it, not a traceback."""
+    images: dict[tuple[str, int], Path] = {}
+    for entry in sorted(os.scandir(img_dir), key=lambda e: e.name):
+        stem, ext = os.path.splitext(entry.name)
+        m = _IMAGE_NAME.match(stem)
+        if not (m and ext.lower() in _IMAGE_EXTS):
+            continue
+        key = (m.group(1), int(m.group(2)))
+        try:
+            is_file = entry.is_file()
+        except OSError as exc:
+            report.add("unreadable-image", _rel(Path(entry.path), base), f"cannot read: {exc.strerror or exc}",
+                       "frame skipped", case=key[0], frame=key[1])
+            continue
+        if is_file:
+            images.setdefault(key, Path(entry.path))
+    return images
+
+
 def load_ddti(
     root: str | Path,
     label_rule: str = "tirads",
@@ -382,6 +417,8 @@ def load_ddti(
     verify_images: bool = True,
     warn: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    only: Sequence[str | Path] | None = None,
+    keep_unlabelled: bool = False,
 ) -> LoadedDataset:
     """Read a DDTI-format folder into labelled ROI samples plus a load report.
 
@@ -396,6 +433,18 @@ def load_ddti(
         verify_images: decode every image once (finds unreadable files; ~1 s for DDTI).
         warn: emit one ``DataWarning`` summarising the warts.
         progress: called as ``progress(done, total)`` after each case.
+        only: read just these case XMLs (paths inside ``root``'s XML folder, or file names):
+            what ``predict`` uses, so one XML gives the ROIs training gave it. Orphan images
+            are not reported then.
+        keep_unlabelled: also return the ROIs of cases the label rule excludes, with
+            ``label=None`` (for prediction; never for training or scoring).
+
+    Geometry: an outline whose area lies mostly outside its frame, or an ROI box with a side
+    under :data:`~hfcn_bench.data.rois.MIN_ROI_SIDE`, is a wart and its ROI is skipped (an
+    outline partly outside is clipped and reported). Case files with one case id (``13.xml``
+    beside ``13.XML``, or the same ``<number>``) keep the first, by file name. Byte-identical
+    frames keep one copy; copies under both labels are all dropped; cases sharing a frame are
+    *linked* and travel together in every split (``Sample.unit``).
     """
     check_label_rule(label_rule)
     _check_policy("empty_outline", empty_outline, EMPTY_OUTLINE_POLICIES)
@@ -405,37 +454,47 @@ def load_ddti(
     base, xml_dir, img_dir = find_ddti_layout(root)
     options = {"margin": margin, "empty_outline": empty_outline, "truncated": truncated}
     report = LoadReport(str(base), "ddti", label_rule, options=options)
-
-    images: dict[tuple[str, int], Path] = {}
-    for entry in sorted(os.scandir(img_dir), key=lambda e: e.name):
-        stem, ext = os.path.splitext(entry.name)
-        m = _IMAGE_NAME.match(stem)
-        if m and ext.lower() in _IMAGE_EXTS and entry.is_file():
-            images.setdefault((m.group(1), int(m.group(2))), Path(entry.path))
+    images = _scan_images(img_dir, base, report)
 
     xml_paths = sorted((p for p in xml_dir.iterdir() if p.suffix.lower() == ".xml" and p.is_file()),
-                       key=lambda p: _sort_key(p.stem))
+                       key=lambda p: (_sort_key(p.stem), p.name))
+    if only is not None:
+        wanted = {Path(p).name for p in only}
+        xml_paths = [p for p in xml_paths if p.name in wanted]
+    report.case_files = len(xml_paths)
     cases: list[Case] = []
     skipped_ids: set[str] = set()
     frames: list[_FrameEntry] = []
+    by_id: dict[str, Case] = {}
+    by_number: dict[str, Case] = {}
     for n, xml_path in enumerate(xml_paths, start=1):
         case = parse_case_xml(xml_path, report, _rel(xml_path, base))
         if case is None:
             report.cases_skipped += 1
             skipped_ids.add(xml_path.stem)
         else:
-            cases.append(case)
-            frames.extend(_read_frames(case, images, base, img_dir, report, margin, empty_outline, truncated, verify_images))
+            first = by_id.get(case.case_id) or by_number.get(case.number)
+            if first is not None:
+                report.cases_skipped += 1
+                what = "case id" if first.case_id == case.case_id else f"<number>{case.number}</number>"
+                report.add("duplicate-case", _rel(xml_path, base), f"same {what} as {_rel(first.xml_path, base)}",
+                           f"skipped; kept {_rel(first.xml_path, base)}", case=case.case_id)
+            else:
+                by_id[case.case_id] = by_number[case.number] = case
+                cases.append(case)
+                frames.extend(_read_frames(case, images, base, img_dir, report, margin, empty_outline, truncated,
+                                           verify_images))
         if progress:
             progress(n, len(xml_paths))
     report.cases = len(cases)
     report.frames = sum(len(c.frames) for c in cases)
 
-    referenced = {(c.case_id, f.index) for c in cases for f in c.frames}
-    for key, path in sorted(images.items(), key=lambda kv: (_sort_key(kv[0][0]), kv[0][1])):
-        if key not in referenced and key[0] not in skipped_ids:
-            report.add("orphan-image", _rel(path, base), "no case XML refers to this image", "ignored",
-                       case=key[0], frame=key[1])
+    if only is None:
+        referenced = {(c.case_id, f.index) for c in cases for f in c.frames}
+        for key, path in sorted(images.items(), key=lambda kv: (_sort_key(kv[0][0]), kv[0][1])):
+            if key not in referenced and key[0] not in skipped_ids:
+                report.add("orphan-image", _rel(path, base), "no case XML refers to this image", "ignored",
+                           case=key[0], frame=key[1])
 
     for rule in LABEL_RULES:
         counts = RuleCounts(rule)
@@ -447,25 +506,31 @@ def load_ddti(
             counts.rois[name] += len(f.rois)
         report.by_rule[rule] = counts
 
-    kept = _deduplicate(frames, label_rule, report)
+    kept, shared = _deduplicate(frames, label_rule, report)
     samples: list[Sample] = []
     files: dict[str, str] = {}
     for f in kept:
         if f.rois:
             report.frames_usable += 1
         label = f.case.label(label_rule)
-        if label is None or not f.rois:
+        if (label is None and not keep_unlabelled) or not f.rois:
             continue
         for polygon, box, region, kind, salvaged in f.rois:
             samples.append(Sample(f.case.case_id, f.index, f.path, polygon, box, label, label_rule, f.size,
                                   region, kind, f.case.tirads, salvaged))
         files[f.path.name] = f.sha1
         files[f.case.xml_path.name] = f.case.sha1
+    samples, links = assign_units(samples, link_groups(shared))
+    for group in links:
+        report.add("linked-cases", ", ".join(f"{c}.xml" for c in group),
+                   f"cases {', '.join(group)} share image bytes (one patient filed under {len(group)} case ids?)",
+                   "kept on one side of every split", case=group[0])
 
-    report.samples = len(samples)
-    for s in samples:
+    labelled = [s for s in samples if s.label is not None]
+    report.samples = len(labelled)
+    for s in labelled:
         report.samples_by_label[LABEL_NAMES[s.label]] += 1
-    report.sample_cases = len({s.case_id for s in samples})
+    report.sample_cases = len({s.case_id for s in labelled})
     infos = {
         c.case_id: CaseInfo(c.case_id, c.label(label_rule), c.tirads, dict(c.fields), dict(c.raw),
                             _rel(c.xml_path, base), len(c.frames))
@@ -480,6 +545,29 @@ def _label_name(label: int | None) -> str:
     return "excluded" if label is None else LABEL_NAMES[label]
 
 
+def _outline_geometry(r: Region, size: tuple[int, int], margin: float, xml_rel: str, case: Case, frame: int,
+                      region: int, report: LoadReport) -> Box | None:
+    """The ROI box of one outline, or ``None`` (with a wart) when the outline is mostly outside
+    the frame or its box is too small to classify."""
+    raw_box = polygon_bbox(r.points)
+    inside = outline_inside_fraction(r.points, size)
+    where = f"outline {region} ({len(r.points)} points, box x {raw_box[0]}..{raw_box[2]}, y {raw_box[1]}..{raw_box[3]})"
+    if inside < 0.5:
+        report.add("outline-outside-frame", xml_rel, f"{where}: {100 * (1 - inside):.0f}% of its area lies outside "
+                   f"the {size[0]}x{size[1]} frame", "ROI skipped", case=case.case_id, frame=frame)
+        return None
+    if inside < 0.9:
+        report.add("outline-outside-frame", xml_rel, f"{where}: {100 * (1 - inside):.0f}% of its area lies outside "
+                   f"the {size[0]}x{size[1]} frame", "clipped to the frame", case=case.case_id, frame=frame)
+    box = expand_box(raw_box, margin, size)
+    w, h = box[2] - box[0], box[3] - box[1]
+    if min(w, h) < MIN_ROI_SIDE:
+        report.add("tiny-roi", xml_rel, f"{where}: ROI box {w}x{h} px in the frame, under the {MIN_ROI_SIDE}-px "
+                   "minimum side", "ROI skipped", case=case.case_id, frame=frame)
+        return None
+    return box
+
+
 def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadReport, margin: float, empty_outline: str,
                  truncated: str, verify: bool) -> list[_FrameEntry]:
     out = []
@@ -487,7 +575,10 @@ def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadRepo
     for frame in case.frames:
         path = images.get((case.case_id, frame.index))
         if path is None:
-            report.add("missing-image", _rel(img_dir / f"{case.case_id}_{frame.index}.jpg", base),
+            missing = img_dir / f"{case.case_id}_{frame.index}.jpg"
+            if report.warts_of_file(_rel(missing, base)):
+                continue  # already reported as unreadable by the scan (e.g. a symlink loop)
+            report.add("missing-image", _rel(missing, base),
                        f"{xml_rel} refers to frame {frame.index}, no such image file", "frame skipped",
                        case=case.case_id, frame=frame.index)
             continue
@@ -536,9 +627,10 @@ def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadRepo
                 continue
         boxes: list[Box] = []
         for i, r in enumerate(outlines):
-            box = expand_box(polygon_bbox(r.points), margin, size)
             boxes.append(polygon_bbox(r.points))
-            entry.rois.append((r.points, box, i, "outline", svg.status == "truncated"))
+            box = _outline_geometry(r, size, margin, xml_rel, case, frame.index, i, report)
+            if box is not None:
+                entry.rois.append((r.points, box, i, "outline", svg.status == "truncated"))
         report.outlines += len(outlines)
         if is_dual_view(boxes, size[0]):
             report.dual_view_frames += 1
@@ -555,23 +647,43 @@ def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadRepo
     return out
 
 
-def _deduplicate(frames: list[_FrameEntry], label_rule: str, report: LoadReport) -> list[_FrameEntry]:
-    """Keep one frame per distinct image bytes.
+def _deduplicate(frames: list[_FrameEntry], label_rule: str, report: LoadReport
+                 ) -> tuple[list[_FrameEntry], list[list[str]]]:
+    """Keep one frame per distinct image bytes; return the kept frames and, per distinct
+    image held by several cases, the ids of those cases (what links them).
 
     The copy kept is the first *useful* one: labelled under the active rule, with an outline,
     then by case number and frame. Plain "first by case number" would keep 150_1 (unlabelled)
-    and drop 233_2, the only labelled copy of DDTI's largest duplicate group."""
+    and drop 233_2, the only labelled copy of DDTI's largest duplicate group. Copies whose
+    cases carry *different* labels under the rule are a conflict: no label can be trusted for
+    that image, so every copy is dropped."""
     order = sorted(
         frames,
         key=lambda f: (f.case.label(label_rule) is None, not f.rois, _sort_key(f.case.case_id), f.index),
     )
-    first: dict[str, _FrameEntry] = {}
-    dropped: set[int] = set()
+    groups: dict[str, list[_FrameEntry]] = {}
     for f in order:
-        keep = first.setdefault(f.sha1, f)
-        if keep is not f:
+        groups.setdefault(f.sha1, []).append(f)
+    dropped: set[int] = set()
+    shared: list[list[str]] = []
+    for copies in groups.values():
+        if len(copies) == 1:
+            continue
+        cases = list(dict.fromkeys(f.case.case_id for f in copies))
+        if len(cases) > 1:
+            shared.append(cases)
+        labels = {f.case.label(label_rule) for f in copies} - {None}
+        if len(labels) > 1:
+            names = ", ".join(f"{f.rel} ({_label_name(f.case.label(label_rule))})" for f in copies)
+            for f in copies:
+                dropped.add(id(f))
+                report.add("label-conflict", f.rel, f"the same image bytes are labelled benign and malignant: {names}",
+                           "every copy dropped", case=f.case.case_id, frame=f.index)
+            continue
+        keep = copies[0]
+        for f in copies[1:]:
             dropped.add(id(f))
             tag = "labelled" if f.case.label(label_rule) is not None else "unlabelled"
             report.add("duplicate-image", f.rel, f"same bytes as {keep.rel} ({tag} case {f.case.case_id})",
                        f"dropped; kept {keep.rel}", case=f.case.case_id, frame=f.index)
-    return [f for f in frames if id(f) not in dropped]
+    return [f for f in frames if id(f) not in dropped], shared

@@ -35,6 +35,14 @@ WART_KINDS: dict[str, str] = {
     "orphan-image": "an image no case refers to; ignored",
     "empty-mask": "a folder-format mask with no foreground; handled like an empty outline",
     "unreadable-mask": "a folder-format mask that cannot be decoded; the image is used full-frame",
+    "outline-outside-frame": "an outline lies partly outside its frame: clipped when most of it is inside, "
+                             "its ROI skipped when most of it is outside",
+    "tiny-roi": "an ROI box with a side under the stated minimum (data.rois.MIN_ROI_SIDE); the ROI is skipped",
+    "duplicate-case": "two case files with one case id (13.xml beside 13.XML, or the same <number>); the first "
+                      "is kept",
+    "label-conflict": "the same image bytes under both labels; every copy is dropped",
+    "linked-cases": "cases that share an image (one patient under two case ids): kept on one side of every split",
+    "ignored-folder": "a sub-folder that is not a class folder (benign/, malignant/); not read",
 }
 
 
@@ -88,12 +96,15 @@ class RuleCounts:
 @dataclass
 class LoadReport:
     """Counts and warts of one load. ``samples`` is the number of labelled ROIs the loader
-    returned under the active ``label_rule`` (after de-duplication); zero means nothing usable."""
+    returned under the active ``label_rule`` (after de-duplication); zero means nothing usable.
+    ``case_files = cases + cases_skipped``: every case file found is either read or skipped
+    with a wart (malformed, or a duplicate case id)."""
 
     root: str
     format: str
     label_rule: str
     options: dict = field(default_factory=dict)
+    case_files: int = 0
     cases: int = 0
     cases_skipped: int = 0
     frames: int = 0
@@ -126,6 +137,9 @@ class LoadReport:
     def warts_of(self, kind: str) -> list[Wart]:
         return [w for w in self.warts if w.kind == kind]
 
+    def warts_of_file(self, file: str) -> list[Wart]:
+        return [w for w in self.warts if w.file == file]
+
     @property
     def usable(self) -> bool:
         return self.samples > 0
@@ -136,6 +150,7 @@ class LoadReport:
             "format": self.format,
             "label_rule": self.label_rule,
             "options": dict(self.options),
+            "case_files": self.case_files,
             "cases": self.cases,
             "cases_skipped": self.cases_skipped,
             "frames": self.frames,

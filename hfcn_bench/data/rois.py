@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from PIL import Image
 
@@ -31,7 +33,25 @@ __all__ = [
     "crop_roi",
     "load_roi",
     "open_rgb",
+    "open_gray",
+    "open_image",
+    "read_image",
+    "UnreadableImage",
+    "MAX_IMAGE_PIXELS",
+    "MIN_ROI_SIDE",
+    "outline_inside_fraction",
 ]
+
+# Decompression-bomb cap: an image whose header declares more pixels than this is refused
+# before any pixel is decoded. Ultrasound frames are well under one megapixel (DDTI's are
+# 560x360) and clinical exports rarely exceed 4k x 4k = 16.8 MP; a few-KB PNG can declare
+# gigapixels. Pillow's own check only warns below 179 MP, so ours is stricter and an error.
+MAX_IMAGE_PIXELS = 40_000_000
+
+# The smallest ROI side (frame pixels) a nodule box may have: below it the crop is a few
+# pixels of speckle resized to the network's input, which no classifier should be asked to
+# call (DDTI's smallest outline box is 19 px).
+MIN_ROI_SIDE = 8
 
 Box = tuple[int, int, int, int]
 Point = tuple[int, int]
@@ -60,11 +80,18 @@ class Sample:
     roi_kind: str = "outline"
     tirads: str | None = None
     salvaged: bool = False
+    unit: str | None = None
 
     @property
     def key(self) -> str:
         """Stable id of the ROI: ``case/frame/region``."""
         return f"{self.case_id}/{self.frame}/{self.region}"
+
+    @property
+    def split_unit(self) -> str:
+        """What a split keeps whole: the case, or the group of cases linked to it by a shared
+        image (``unit``, set by the loader: one patient filed under two case numbers)."""
+        return self.unit or self.case_id
 
     def to_dict(self) -> dict:
         return {
@@ -139,26 +166,126 @@ class UnreadableImage(Exception):
     """An image file that cannot be read or decoded (the message says why)."""
 
 
+@contextmanager
+def open_image(path: str | Path | io.BytesIO, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+    """``Image.open`` that refuses decompression bombs and never lets a file-system fault
+    escape as anything but :class:`UnreadableImage`.
+
+    The pixel count comes from the header, so an oversized image is refused before its pixels
+    are decoded. Symlink loops, permission errors, directories named like images and files
+    Pillow cannot identify all become one :class:`UnreadableImage` saying what went wrong."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (not raises) between its own 89 MP and 179 MP limits; the cap below
+            # decides instead, with a message that names the limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise UnreadableImage(f"refused: {exc}") from None
+    except OSError as exc:  # includes PermissionError, ELOOP, IsADirectoryError, UnidentifiedImageError
+        raise UnreadableImage(_os_reason(exc)) from None
+    except (SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"cannot decode: {exc}") from None
+    try:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise UnreadableImage(f"refused: {w}x{h} = {w * h / 1e6:.1f} megapixels exceeds the "
+                                  f"{max_pixels / 1e6:.0f}-megapixel cap (decompression-bomb guard)")
+        yield im
+    finally:
+        im.close()
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.strerror:
+        return f"cannot read: {exc.strerror}"
+    return f"cannot decode: {exc}"
+
+
 def read_image(path: Path, verify: bool = True) -> tuple[str, tuple[int, int]]:
     """``(sha1 of the file's bytes, (width, height))``; with ``verify`` the pixels are decoded
     too, so a truncated JPEG is caught here and not in the middle of training. Raises
-    :class:`UnreadableImage`."""
+    :class:`UnreadableImage` (with the reason: undecodable, too large, or a file-system fault
+    such as a symlink loop or a permission error)."""
     try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
-            size = im.size
-            if verify:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UnreadableImage(_os_reason(exc)) from None
+    with open_image(io.BytesIO(data)) as im:
+        size = im.size
+        if verify:
+            try:
                 im.load()
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
-        raise UnreadableImage(f"cannot decode: {exc}") from None
+            except (OSError, SyntaxError, ValueError) as exc:
+                raise UnreadableImage(f"cannot decode: {exc}") from None
     return hashlib.sha1(data).hexdigest(), size
 
 
+def _decoded(path: str | Path, mode: str) -> Image.Image:
+    with open_image(path) as im:
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise UnreadableImage(f"cannot decode: {exc}") from None
+        return im.convert(mode) if im.mode != mode else im.copy()
+
+
 def open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file to RGB (greyscale scans become 3 equal channels, as in the paper)."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB") if im.mode != "RGB" else im.copy()
+    """Decode an image file to RGB (greyscale scans become 3 equal channels, as in the paper).
+    Raises :class:`UnreadableImage`."""
+    return _decoded(path, "RGB")
+
+
+def open_gray(path: str | Path) -> Image.Image:
+    """Decode an image file to 8-bit greyscale ("L"). Raises :class:`UnreadableImage`."""
+    return _decoded(path, "L")
+
+
+def _clip_polygon(points: Sequence[tuple[float, float]], width: float, height: float) -> list[tuple[float, float]]:
+    """Sutherland-Hodgman clipping of a polygon to the frame rectangle [0, width] x [0, height]."""
+    out = [(float(x), float(y)) for x, y in points]
+    for axis, bound, keep_low in ((0, 0.0, False), (0, float(width), True), (1, 0.0, False), (1, float(height), True)):
+        if not out:
+            break
+        inside = (lambda p: p[axis] <= bound) if keep_low else (lambda p: p[axis] >= bound)
+        src, out = out, []
+        for i, cur in enumerate(src):
+            prev = src[i - 1]
+            if inside(cur):
+                if not inside(prev):
+                    out.append(_cross(prev, cur, axis, bound))
+                out.append(cur)
+            elif inside(prev):
+                out.append(_cross(prev, cur, axis, bound))
+    return out
+
+
+def _cross(a, b, axis: int, bound: float) -> tuple[float, float]:
+    t = (bound - a[axis]) / (b[axis] - a[axis])
+    return (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]))
+
+
+def _area(points) -> float:
+    n = len(points)
+    return abs(sum(points[i][0] * points[(i + 1) % n][1] - points[(i + 1) % n][0] * points[i][1]
+                   for i in range(n))) / 2.0
+
+
+def outline_inside_fraction(points: Sequence[Point], frame_size: tuple[int, int]) -> float:
+    """Share of an outline's enclosed area that lies inside the frame (1.0 when wholly inside).
+
+    A few DDTI outlines run past the image edge by some pixels, and one (338_2) has 43 % of
+    its area below the frame; an outline drawn wholly outside would otherwise become a
+    one-pixel ROI at the frame's corner. A polygon enclosing no area (collinear points) is
+    judged by its vertices instead."""
+    w, h = frame_size
+    pts = [(float(x), float(y)) for x, y in points]
+    total = _area(pts) if len(pts) >= 3 else 0.0
+    if total <= 0:
+        inside = sum(1 for x, y in pts if 0 <= x < w and 0 <= y < h)
+        return inside / len(pts) if pts else 0.0
+    clipped = _clip_polygon(pts, w, h)
+    return min(1.0, _area(clipped) / total) if len(clipped) >= 3 else 0.0
 
 
 def crop_roi(image: Image.Image, box: Box, size: int | tuple[int, int] = 224, letterbox: bool = False,

@@ -7,6 +7,11 @@ seed: a case's place in the shuffled order is sha256(seed, case id), which depen
 on the Python/numpy version nor on which other cases are present (adding a case does not
 reshuffle the rest).
 
+Cases linked by a shared image (``Sample.unit``: one patient filed under two case numbers,
+found by the loader from byte-identical frames) form one *unit* and are always sent to the
+same side together; a unit of one case orders exactly as that case alone would, so data
+without links splits as it always did.
+
 The paper (Song et al. 2020) uses a 3:1 train/test split; ``kfold`` gives stratified k-fold
 cross-validation. ``write_manifest`` stores the case ids of each side with the label rule,
 seed and data fingerprint, so another machine can check it has the same data and rerun.
@@ -24,13 +29,14 @@ from typing import Iterable, Sequence
 
 from ..atomic import write_json_atomic
 from ..errors import HfcnError
-from .collection import LABEL_NAMES, LoadedDataset
+from .collection import LABEL_NAMES, LoadedDataset, case_sort_key
 from .rois import Sample
 
 __all__ = [
     "Split",
     "Manifest",
     "case_labels",
+    "split_units",
     "split_train_test",
     "kfold",
     "write_manifest",
@@ -82,35 +88,49 @@ def case_labels(samples: Iterable[Sample] | LoadedDataset) -> dict[str, int]:
     return out
 
 
+def split_units(samples: Iterable[Sample] | LoadedDataset) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """What a split keeps whole: ``{unit id: (label, case ids)}``. A unit is a case, or the
+    cases linked to it (``Sample.unit``); its label is its cases' highest (malignant wins, as
+    in :func:`case_labels`)."""
+    labels = case_labels(samples)
+    members: dict[str, list[str]] = {}
+    for s in _samples(samples):
+        ids = members.setdefault(s.split_unit, [])
+        if s.case_id not in ids:
+            ids.append(s.case_id)
+    return {u: (max(labels[c] for c in ids), tuple(ids)) for u, ids in members.items()}
+
+
 def _order_key(seed: int, case_id: str) -> str:
     return hashlib.sha256(f"{int(seed)}\0{case_id}".encode("utf-8")).hexdigest()
 
 
-def _by_class(labels: dict[str, int], seed: int) -> dict[int, list[str]]:
+def _by_class(units: dict[str, tuple[int, tuple[str, ...]]], seed: int) -> dict[int, list[str]]:
     groups: dict[int, list[str]] = defaultdict(list)
-    for cid, lab in labels.items():
-        groups[lab].append(cid)
-    return {lab: sorted(ids, key=lambda c: _order_key(seed, c)) for lab, ids in sorted(groups.items())}
+    for uid, (lab, _) in units.items():
+        groups[lab].append(uid)
+    return {lab: sorted(ids, key=lambda u: _order_key(seed, u)) for lab, ids in sorted(groups.items())}
 
 
 def split_train_test(samples: Sequence[Sample] | LoadedDataset, test_fraction: float = 0.25,
                      seed: int = 0) -> Split:
     """Stratified train/test split of the cases (default 3:1, as in the paper).
 
-    Each class sends ``round(n * test_fraction)`` of its cases to test, but at least one and
-    never all of them when it has two or more, so both sides see both classes."""
+    Each class sends ``round(n * test_fraction)`` of its units (cases, or linked cases) to
+    test, but at least one and never all of them when it has two or more, so both sides see
+    both classes."""
     if not 0.0 < test_fraction < 1.0:
         raise HfcnError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    labels = case_labels(samples)
-    if len(labels) < 2:
-        raise HfcnError(f"a train/test split needs at least 2 cases, got {len(labels)}")
+    units = split_units(samples)
+    if len(units) < 2:
+        raise HfcnError(f"a train/test split needs at least 2 cases (or groups of linked cases), got {len(units)}")
     train, test = [], []
-    for _, ids in _by_class(labels, seed).items():
+    for _, ids in _by_class(units, seed).items():
         n_test = int(round(len(ids) * test_fraction))
         if len(ids) >= 2:
             n_test = min(max(n_test, 1), len(ids) - 1)
-        test.extend(ids[:n_test])
-        train.extend(ids[n_test:])
+        test.extend(c for u in ids[:n_test] for c in units[u][1])
+        train.extend(c for u in ids[n_test:] for c in units[u][1])
     return Split(tuple(sorted(train, key=_id_key)), tuple(sorted(test, key=_id_key)), "train_test", int(seed),
                  {"test_fraction": float(test_fraction)})
 
@@ -118,21 +138,23 @@ def split_train_test(samples: Sequence[Sample] | LoadedDataset, test_fraction: f
 def kfold(samples: Sequence[Sample] | LoadedDataset, k: int = 5, seed: int = 0) -> list[Split]:
     """Stratified k-fold over cases: every case is in exactly one test fold.
 
-    Cases of each class, in seeded order, are dealt round-robin to the folds, continuing
-    where the previous class stopped, so fold sizes differ by at most one case."""
+    Units (cases, or linked cases) of each class, in seeded order, are dealt round-robin to
+    the folds, continuing where the previous class stopped, so fold sizes differ by at most
+    one unit."""
     labels = case_labels(samples)
-    if k < 2:
-        raise HfcnError(f"k must be >= 2, got {k}")
-    if k > len(labels):
-        raise HfcnError(f"k={k} folds need at least {k} cases, got {len(labels)}")
+    units = split_units(samples)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise HfcnError(f"k must be an integer >= 2, got {k!r}")
+    if k > len(units):
+        raise HfcnError(f"k={k} folds need at least {k} cases (or groups of linked cases), got {len(units)}")
     folds: list[list[str]] = [[] for _ in range(k)]
     pos = 0
-    for lab, ids in _by_class(labels, seed).items():
+    for lab, ids in _by_class(units, seed).items():
         if len(ids) < k:
             warnings.warn(f"only {len(ids)} {LABEL_NAMES[lab]} case(s) for {k} folds: some test folds have none",
                           stacklevel=2)
-        for cid in ids:
-            folds[pos % k].append(cid)
+        for uid in ids:
+            folds[pos % k].extend(units[uid][1])
             pos += 1
     all_ids = sorted(labels, key=_id_key)
     out = []
@@ -143,8 +165,7 @@ def kfold(samples: Sequence[Sample] | LoadedDataset, k: int = 5, seed: int = 0) 
     return out
 
 
-def _id_key(case_id: str):
-    return (0, int(case_id), "") if case_id.isdigit() else (1, 0, case_id)
+_id_key = case_sort_key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +182,14 @@ class Manifest:
     data: dict
     files: dict
     splits: list[Split]
+    links: list = field(default_factory=list)
+    images: dict = field(default_factory=dict)
+
+    def training_images(self) -> dict[str, str]:
+        """sha1 -> case id of every image on the training side of any split (all images of a
+        k-fold run; the training cases' of a train/test run)."""
+        train = {c for s in self.splits for c in s.train}
+        return {sha: cid for cid, shas in self.images.items() if cid in train for sha in shas}
 
 
 def write_manifest(path: str | Path, dataset: LoadedDataset, splits: Split | Sequence[Split]) -> Path:
@@ -210,6 +239,11 @@ def write_manifest(path: str | Path, dataset: LoadedDataset, splits: Split | Seq
             "rois": len(dataset.samples),
         },
         "files": dict(sorted(dataset.files.items())),
+        # One patient under several case ids travels as one unit (see split_units).
+        "links": [list(g) for g in dataset.links()],
+        # sha1 of the images of every case: what an external evaluation checks its images
+        # against, so a run folder can tell its training images without the data at hand.
+        "images": dataset.image_hashes(),
         "splits": folds,
     }
     return write_json_atomic(path, obj)
@@ -232,7 +266,8 @@ def read_manifest(path: str | Path) -> Manifest:
         splits = [Split(tuple(f["train"]), tuple(f["test"]), obj["method"], int(obj["seed"]), dict(obj["params"]),
                         f.get("fold")) for f in obj["splits"]]
         return Manifest(obj["method"], int(obj["seed"]), dict(obj["params"]), obj["label_rule"],
-                        obj["data"]["fingerprint"], dict(obj["data"]), dict(obj.get("files", {})), splits)
+                        obj["data"]["fingerprint"], dict(obj["data"]), dict(obj.get("files", {})), splits,
+                        list(obj.get("links", [])), dict(obj.get("images", {})))
     except (KeyError, TypeError, ValueError) as exc:
         raise HfcnError(f"{path}: damaged manifest ({exc!r})") from None
 
