@@ -27,7 +27,8 @@ import torch
 from .atomic import atomic_write
 from .errors import HfcnError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "peek_epoch",
+           "check_zip_integrity", "torch_load_reason"]
 
 CHECKPOINT_FORMAT = "hfcn-bench/checkpoint"
 CHECKPOINT_VERSION = 1
@@ -108,45 +109,85 @@ def _to_cpu(obj):
     return obj
 
 
+DAMAGED_HINT = "use --checkpoint last if the run kept it, or retrain (a run killed mid-write keeps the previous file)"
+
+
+def check_zip_integrity(path: str | os.PathLike, what: str = "torch checkpoint", hint: str = DAMAGED_HINT) -> None:
+    """Refuse a zip-based model file (torch.save, skops) whose bytes were damaged.
+
+    torch.load reads tensor bytes without checking the archive's CRC-32 checksums, so a file
+    with flipped bytes but an intact index loads as garbage weights (a silently wrong model);
+    a cut-off file loses the index at the end of the archive. Both are caught here, before any
+    byte is unpickled, with the file's name."""
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise HfcnError(f"{path}: not a readable {what} (truncated or damaged?): not a complete zip archive",
+                        hint=hint)
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
+        raise HfcnError(f"{path}: not a readable {what} (damaged zip archive: {exc})", hint=hint) from None
+    if bad is not None:
+        raise HfcnError(f"{path}: damaged {what}: the checksum of its entry {bad!r} does not match its bytes",
+                        hint=hint)
+
+
+def torch_load_reason(exc: Exception) -> str:
+    """What torch.load's error says, without its advice: torch suggests re-running with
+    ``weights_only=False``, the one thing nobody should do with a file they were sent."""
+    if isinstance(exc, pickle.UnpicklingError):
+        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", str(exc), re.S)
+        why = " ".join(m.group(1).split()) if m else "it holds more than tensors and plain containers"
+        return f"refused: not a plain tensor file ({why[:200]}); loading it could run code"
+    text = str(exc).strip()
+    first = text.splitlines()[0].split(". ")[0] if text else ""
+    if "weights_only" in first:
+        first = ""
+    return f"{type(exc).__name__}" + (f": {first[:200]}" if first else "")
+
+
+def _torch_load(path: Path):
+    with warnings.catch_warnings():
+        # torch warns about pickle protocols of foreign files; the error below says more.
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def peek_epoch(path: str | os.PathLike) -> tuple[int, int | None] | None:
+    """``(epochs done, epochs planned)`` of a checkpoint, or ``None`` when it does not load."""
+    try:
+        ck = load_checkpoint(path)
+    except HfcnError:
+        return None
+    planned = (ck.get("extra") or {}).get("planned_epochs", (ck.get("config") or {}).get("epochs"))
+    return int(ck["epoch"]), (int(planned) if isinstance(planned, int) else None)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`, on the CPU, with
     ``torch.load(weights_only=True)``.
 
-    Raises :class:`HfcnError` naming the file and the problem when it is missing, truncated, not
-    a torch file, holds objects other than tensors and plain containers, is some other program's
-    torch file, or is an hfcn-bench checkpoint of an unsupported version or with missing keys.
+    Raises :class:`HfcnError` naming the file and the problem when it is missing, truncated,
+    damaged (checksums), not a torch file, holds objects other than tensors and plain
+    containers, is some other program's torch file, or is an hfcn-bench checkpoint of an
+    unsupported version or with missing keys.
     """
     path = Path(path)
     if not path.is_file():
         raise HfcnError(f"no checkpoint at {path}", hint="train first (hfcn-bench train --out RUN_DIR) or check the path")
-    damaged_hint = "a run killed mid-write keeps the previous file; restore it or retrain"
-    # torch.save writes a zip archive; anything else (a cut-off file loses the zip's central
-    # directory at its end) is reported as such instead of being fed to the unpickler.
-    if not zipfile.is_zipfile(path):
-        raise HfcnError(f"{path}: not a readable torch checkpoint (truncated or damaged?): not a complete "
-                        "zip archive, which is what torch.save writes", hint=damaged_hint)
+    check_zip_integrity(path)
     try:
-        with warnings.catch_warnings():
-            # torch warns about pickle protocols of foreign files; the error below says more.
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except pickle.UnpicklingError as exc:
-        # weights_only refused a global it does not allow; the message names it after this tag.
-        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", str(exc), re.S)
-        why = " ".join(m.group(1).split()) if m else "not tensors and plain containers only"
         raise HfcnError(
-            f"{path}: refused to load: not a plain tensor checkpoint ({why[:200]})",
+            f"{path}: {torch_load_reason(exc)}",
             hint="only checkpoints written by hfcn-bench load; a file holding arbitrary Python objects could run "
             "code when unpickled",
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, KeyError, EOFError... on junk
-        # First sentence only: torch appends paragraphs of advice meant for its own users.
-        msg = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
-        raise HfcnError(
-            f"{path}: not a readable torch checkpoint (truncated or damaged?): {type(exc).__name__}"
-            + (f": {msg[:200]}" if msg else ""),
-            hint=damaged_hint,
-        ) from None
+        raise HfcnError(f"{path}: not a readable torch checkpoint (truncated or damaged?): {torch_load_reason(exc)}",
+                        hint=DAMAGED_HINT) from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         what = f"a {type(obj).__name__}" if not isinstance(obj, dict) else (
             f"format tag {obj.get('format')!r}" if "format" in obj else "no format tag")

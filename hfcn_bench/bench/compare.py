@@ -17,7 +17,8 @@ from . import op_speed
 from .rank import localisation
 from .report import PAPER_TABLE4, environment
 
-__all__ = ["CompareOptions", "PRESETS", "run_compare", "model_cost_checks", "SECTIONS"]
+__all__ = ["CompareOptions", "PRESETS", "run_compare", "check_options", "model_cost_checks", "SECTIONS",
+           "hfcn_config", "system_config"]
 
 SECTIONS = ("speed", "model", "metrics")
 
@@ -75,11 +76,9 @@ PRESETS = {
         "model_batch": 2,
         "model_size": 32,
         "model_repeats": 1,
-        "train_preset": "quick",
-        "train_overrides": {"epochs": 1, "image_size": 32},
-        # applied on top of each comparator's quick setting, where the system has the field
-        "system_overrides": {"epochs": 1, "det_epochs": 2, "seg_epochs": 2, "frame_size": (64, 96),
-                             "image_size": 32, "n_estimators": 30, "rf_trees": 30, "threads": 1},
+        "train_preset": "smoke",
+        # each comparator's own smoke setting
+        "system_preset": "smoke",
     },
 }
 
@@ -154,9 +153,25 @@ def _ci(v) -> str | None:
     return f"{v[0]:.3f}-{v[1]:.3f}"
 
 
+def hfcn_config(preset: dict, backbone: str, crop: str, alpha: float | None, device: str, seed: int):
+    """The HFCN config of one metrics row: the preset's training preset plus its overrides."""
+    from ..systems import get_system
+
+    return get_system("hfcn").configure(preset["train_preset"], {
+        "backbone": backbone, "crop": crop, "device": device, **preset.get("train_overrides", {}),
+        **({"alpha": alpha} if alpha is not None else {})}, seed=seed)
+
+
+def system_config(name: str, preset: dict, seed: int):
+    """A comparator's config under a compare preset: its own quick (or smoke) setting."""
+    from ..systems import get_system
+
+    return get_system(name).configure(preset.get("system_preset", "quick"), seed=seed)
+
+
 def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: dict) -> dict:
-    from ..data import ensure_synthetic, load_dataset, split_train_test
-    from .. import train as training
+    from ..data import ensure_synthetic, kfold, load_dataset, split_train_test
+    from ..runs import train_run
 
     path = opts.data or str(ensure_synthetic())
     ds = load_dataset(path, label_rule=opts.label_rule, warn=False)
@@ -176,22 +191,18 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
         }
     )
     rows, curves, baselines = [], {}, []
-    split = split_train_test(ds, test_fraction=0.25, seed=opts.seed)
+    # The same split (or the same k folds) for every row: HFCN's and the comparators'.
+    splits = kfold(ds, k=opts.folds, seed=opts.seed) if opts.folds and opts.folds > 1 else [
+        split_train_test(ds, test_fraction=0.25, seed=opts.seed)]
     combos = [(b, c, None) for b in opts.backbones for c in opts.crops]
     combos += [(b, "bfc", a) for b in opts.backbones for a in opts.alphas]
     for backbone, crop, alpha in combos:
-        config = training.preset_config(
-            preset["train_preset"], backbone=backbone, crop=crop, device=opts.device, seed=opts.seed,
-            **preset.get("train_overrides", {}), **({"alpha": alpha} if alpha is not None else {}),
-        )
+        config = hfcn_config(preset, backbone, crop, alpha, opts.device, opts.seed)
         label = f"{backbone} {crop}" + (f" a{alpha}" if alpha is not None else "")
         if progress:
             progress(f"metrics: training {label}")
         start = time.perf_counter()
-        if opts.folds and opts.folds > 1:
-            res = training.cross_validate(ds, opts.folds, config, n_boot=opts.n_boot)
-        else:
-            res = training.train_and_evaluate(ds, split, config, n_boot=opts.n_boot)
+        res = train_run("hfcn", config, ds, splits, n_boot=opts.n_boot)
         elapsed = time.perf_counter() - start
         m = res["metrics"]
         paper = PAPER_TABLE4.get((crop, backbone)) if alpha is None else None
@@ -209,48 +220,29 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
             curves[label] = (res["roc"]["fpr"], res["roc"]["tpr"], m.get("auc"))
         if res.get("majority_baseline") and not baselines:
             baselines.append({"protocol": res.get("protocol"), **res["majority_baseline"]})
-    if opts.systems:
-        from ..systems import cross_validate_system, evaluate_system
-
-        for name in opts.systems:
-            if progress:
-                progress(f"metrics: comparator {name}")
-            start = time.perf_counter()
-            # The same split (or the same k folds, data.kfold with the same seed) as HFCN's rows,
-            # with the quick setting of each system.
-            try:
-                config = _system_config(name, preset)
-                if opts.folds and opts.folds > 1:
-                    res = cross_validate_system(name, ds, opts.folds, config=config, n_boot=opts.n_boot,
-                                                seed=opts.seed)
-                else:
-                    res = evaluate_system(name, ds, split, config=config, n_boot=opts.n_boot, seed=opts.seed)
-            except Exception as exc:  # noqa: BLE001 - one failing comparator must not lose the other rows
-                hint = getattr(exc, "hint", None)
-                msg = f"{type(exc).__name__}: {exc}" + (f" (hint: {hint})" if hint else "")
-                warnings.warn(f"comparator {name} failed: {msg}", RuntimeWarning, stacklevel=2)
-                rows.append({"system": name, "error": msg})
-                continue
-            rows.append({"system": name, "backbone": None, "crop": None, "alpha": None,
-                         **_metric_cells(res, time.perf_counter() - start), "localisation": localisation(res),
-                         "limitations": "; ".join(res.get("limitations", []))})
-            if res.get("roc"):
-                curves[name] = (res["roc"]["fpr"], res["roc"]["tpr"], res["metrics"].get("auc"))
-            for vname, var in (res.get("variants") or {}).items():
-                rows.append({"system": f"{name}/{vname}", "backbone": None, "crop": None, "alpha": None,
-                             **_metric_cells(var, 0.0), "train_s": None, "localisation": var.get("description")})
+    for name in opts.systems:
+        if name == "hfcn":
+            continue  # HFCN's rows are the backbones x crops above
+        if progress:
+            progress(f"metrics: comparator {name}")
+        start = time.perf_counter()
+        try:
+            res = train_run(name, system_config(name, preset, opts.seed), ds, splits, n_boot=opts.n_boot)
+        except Exception as exc:  # noqa: BLE001 - one failing comparator must not lose the other rows
+            hint = getattr(exc, "hint", None)
+            msg = f"{type(exc).__name__}: {exc}" + (f" (hint: {hint})" if hint else "")
+            warnings.warn(f"comparator {name} failed: {msg}", RuntimeWarning, stacklevel=2)
+            rows.append({"system": name, "error": msg})
+            continue
+        rows.append({"system": name, "backbone": None, "crop": None, "alpha": None,
+                     **_metric_cells(res, time.perf_counter() - start), "localisation": localisation(res),
+                     "limitations": "; ".join(res.get("limitations", []))})
+        if res.get("roc"):
+            curves[name] = (res["roc"]["fpr"], res["roc"]["tpr"], res["metrics"].get("auc"))
+        for vname, var in (res.get("variants") or {}).items():
+            rows.append({"system": f"{name}/{vname}", "backbone": None, "crop": None, "alpha": None,
+                         **_metric_cells(var, 0.0), "train_s": None, "localisation": var.get("description")})
     return {"rows": rows, "baseline": baselines, "roc": curves}
-
-
-def _system_config(name: str, preset: dict) -> dict:
-    """A comparator's quick setting plus the preset's ``system_overrides`` it has fields for."""
-    import dataclasses
-
-    from ..systems import SYSTEMS
-
-    spec = SYSTEMS[name]
-    fields = {f.name for f in dataclasses.fields(spec.config_cls)}
-    return {**spec.quick(), **{k: v for k, v in preset.get("system_overrides", {}).items() if k in fields}}
 
 
 def _metric_cells(res: dict, elapsed: float) -> dict:
@@ -270,6 +262,37 @@ def _metric_cells(res: dict, elapsed: float) -> dict:
     }
 
 
+def check_options(opts: CompareOptions) -> None:
+    """Every option error, before anything is measured or written."""
+    if opts.preset not in PRESETS:
+        raise HfcnError(f"unknown preset {opts.preset!r}; known: {', '.join(PRESETS)}")
+    unknown = set(opts.only) - set(SECTIONS)
+    if unknown:
+        raise HfcnError(f"unknown section(s) {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    if opts.folds == 1 or opts.folds < 0:
+        raise HfcnError(f"--folds must be at least 2 (or 0 for one 3:1 split), got {opts.folds}")
+    if not opts.threads or min(opts.threads) < 1:
+        raise HfcnError(f"threads must be positive integers, got {opts.threads!r}")
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():
+        raise HfcnError("--device cuda asked for, but no CUDA GPU is available", hint="use --device cpu")
+    from ..models import available_backbones
+
+    for b in opts.backbones:
+        if b not in available_backbones():
+            raise HfcnError(f"unknown backbone {b!r}; known: {', '.join(available_backbones())}")
+    from ..models import CROP_MODES
+
+    for c in opts.crops:
+        if c not in CROP_MODES:
+            raise HfcnError(f"unknown crop mode {c!r}; known: {', '.join(CROP_MODES)}")
+    for a in opts.alphas:
+        if not 0 < a <= 1:
+            raise HfcnError(f"alpha must be in (0, 1], got {a}")
+    from ..systems import resolve_names
+
+    opts.systems = tuple(resolve_names(opts.systems))
+
+
 def run_compare(
     opts: CompareOptions,
     progress: Callable[[str], None] | None = None,
@@ -277,13 +300,7 @@ def run_compare(
 ) -> dict:
     """Run the selected sections; errors of one section are recorded in ``report["errors"]``
     and the next sections still run. Raises only for bad options."""
-    if opts.preset not in PRESETS:
-        raise HfcnError(f"unknown preset {opts.preset!r}; known: {', '.join(PRESETS)}")
-    unknown = set(opts.only) - set(SECTIONS)
-    if unknown:
-        raise HfcnError(f"unknown section(s) {sorted(unknown)}; known: {', '.join(SECTIONS)}")
-    if opts.device.startswith("cuda") and not torch.cuda.is_available():
-        raise HfcnError("--device cuda asked for, but no CUDA GPU is available", hint="use --device cpu")
+    check_options(opts)
     preset = PRESETS[opts.preset]
     backend = ops.backend()
     report = {

@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 
 from ..atomic import atomic_write
 
-__all__ = ["plot_roc_curves", "plot_speed_bars", "plot_alpha_sweep", "plot_forest"]
+__all__ = ["plot_roc_curves", "plot_speed_bars", "plot_alpha_sweep", "plot_forest", "plot_reliability",
+           "plot_prediction", "plot_alpha_curve", "plot_differences"]
 
 _DPI = 120
 
@@ -199,17 +200,18 @@ def plot_forest(
     path: str | os.PathLike,
     baseline: Mapping[str, Any] | None = None,
     title: str = "Models ranked by ROC-AUC (95% case-bootstrap intervals)",
+    panels: Sequence[tuple[str, str]] = (("auc", "ROC-AUC"), ("f1", "F1 (malignant positive)")),
 ) -> Path:
-    """A forest plot: one line per model, ROC-AUC and F1 side by side, each point with its
-    interval (``auc_ci`` / ``f1_ci`` = [low, high], optional); rows top to bottom in the given
-    order. ``baseline`` (``auc``, ``f1``) draws the majority-class baseline as dashed lines;
-    AUC 0.5 (chance) is always drawn."""
+    """A forest plot: one line per model, one panel per ``(key, label)`` of ``panels`` (ROC-AUC
+    and F1 by default), each point with its interval (``{key}_ci`` = [low, high], optional);
+    rows top to bottom in the given order. ``baseline`` (``auc``, ``f1``) draws the
+    majority-class baseline as dotted lines; AUC 0.5 (chance) is drawn on AUC panels."""
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
-    fig = _new_figure(9.0, 1.3 + 0.42 * len(rows))
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = _new_figure(4.5 * len(panels), 1.3 + 0.42 * len(rows))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
     pos = np.arange(len(rows))
-    for ax, key, label in ((axes[0], "auc", "ROC-AUC"), (axes[1], "f1", "F1 (malignant positive)")):
+    for ax, (key, label) in zip(axes, panels):
         for y, row in zip(pos, rows):
             v = row.get(key)
             if v is None:
@@ -219,10 +221,12 @@ def plot_forest(
                 ax.plot([ci[0], ci[1]], [y, y], color="0.35", linewidth=1.6)
             ax.plot([v], [y], "o", color="tab:blue" if not str(row.get("name", "")).startswith("HFCN")
                     else "tab:red", markersize=6)
-        if key == "auc":
+        base_key = key.removeprefix("internal_")
+        if base_key == "auc":
             ax.axvline(0.5, linestyle="--", color="0.6", linewidth=1, label="chance")
-        if baseline and baseline.get(key) is not None and not (key == "auc" and baseline[key] == 0.5):
-            ax.axvline(float(baseline[key]), linestyle=":", color="tab:green", linewidth=1.4,
+        if (baseline and baseline.get(base_key) is not None and not (base_key == "auc" and baseline[base_key] == 0.5)
+                and not key.startswith("internal_")):
+            ax.axvline(float(baseline[base_key]), linestyle=":", color="tab:green", linewidth=1.4,
                        label="majority baseline")
         ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
@@ -231,4 +235,147 @@ def plot_forest(
     axes[0].set_yticks(pos, [str(r["name"]) for r in rows])
     axes[0].invert_yaxis()
     fig.suptitle(title)
+    return _save_atomic(fig, path)
+
+
+def plot_reliability(calibration: Mapping[str, Any], path: str | os.PathLike,
+                     title: str = "Reliability (calibration) diagram") -> Path:
+    """Observed malignant fraction against the mean predicted probability per bin (the
+    diagonal is perfect calibration), with each bin's count as a bar; the Brier score and the
+    expected calibration error in the title. ``calibration`` is ``protocol.calibration``'s."""
+    bins = [b for b in calibration.get("bins", []) if b.get("n")]
+    if not bins:
+        raise ValueError("calibration has no filled bin: nothing to plot")
+    fig = _new_figure(5.6, 5.2)
+    ax, hist = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect calibration")
+    ax.plot([b["mean_prob"] for b in bins], [b["observed"] for b in bins], "o-", color="tab:red", label="model")
+    ax.set_ylabel("observed malignant fraction")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    ax.set_title(f"{title}\nBrier {calibration['brier']:.3f}, ECE {calibration['ece']:.3f}, n = {calibration['n']}",
+                 fontsize=10)
+    all_bins = calibration["bins"]
+    hist.bar([(b["low"] + b["high"]) / 2 for b in all_bins], [b["n"] for b in all_bins],
+             width=[(b["high"] - b["low"]) * 0.9 for b in all_bins], color="0.6")
+    hist.set_xlabel("predicted P(malignant)")
+    hist.set_ylabel("ROIs")
+    return _save_atomic(fig, path)
+
+
+def plot_prediction(pred, title: str, path: str | os.PathLike) -> Path:
+    """One ROI's prediction (a ``runs.Prediction``): for HFCN its crop windows, each with its
+    P(malignant), beside a Grad-CAM overlay of the fused probability; for other systems the ROI
+    with the call."""
+    import torch
+
+    info = pred.explain
+    call = pred.call
+    if not info:
+        from ..data.rois import crop_roi, open_rgb
+
+        img = np.asarray(crop_roi(open_rgb(pred.sample.image_path), pred.sample.bbox, size=256))
+        fig = _new_figure(4.6, 4.8)
+        ax = fig.subplots(1, 1)
+        ax.imshow(img)
+        ax.set_axis_off()
+        fig.suptitle(f"{title}\nP = {pred.prob:.3f} -> {call} at threshold {pred.threshold:.3f}", fontsize=10)
+        return _save_atomic(fig, path)
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    img = np.asarray(info["roi"])
+    display = img.shape[0]
+    fig = _new_figure(8.4, 4.6)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.imshow(img)
+    fh, fw = info["feature_hw"]
+    # Windows are in feature-map pixels (image pixels for crop="image"); each map pixel covers
+    # display/map pixels of the ROI.
+    if info["crop"] == "image":
+        sy = sx = display / info["image_size"]
+    else:
+        sy, sx = display / fh, display / fw
+    cmap = colormaps["RdYlGn_r"]
+    n = len(info["boxes"])
+    for k, ((t, l, h, w), p) in enumerate(zip(info["boxes"], info["crop_probs"])):
+        inset = 1.5 * (k + 1)  # overlapping windows stay distinguishable
+        ax1.add_patch(Rectangle((l * sx + inset, t * sy + inset), w * sx - 2 * inset, h * sy - 2 * inset,
+                                fill=False, edgecolor=cmap(p), linewidth=2))
+        cx, cy = (l + w / 2) * sx, (t + h / 2) * sy
+        # Label each window towards its own corner (the centre window in the middle).
+        if n == 5 and info["crop"] in ("bfc", "image") and k < 4:
+            cx = (l * sx + 12) if k in (0, 2) else ((l + w) * sx - 12)
+            cy = (t * sy + 14) if k in (0, 1) else ((t + h) * sy - 14)
+        ax1.text(cx, cy, f"{p:.2f}", color="white", fontsize=9, ha="center", va="center",
+                 bbox=dict(boxstyle="round,pad=0.2", fc=cmap(p), ec="none", alpha=0.85))
+    ax1.set_title("crop windows: P(malignant) per crop" if n else "global branch only", fontsize=9)
+    ax1.set_axis_off()
+    ax2.imshow(img)
+    if info.get("cam") is not None:
+        cam = torch.from_numpy(np.asarray(info["cam"], dtype=np.float32))[None, None]
+        up = torch.nn.functional.interpolate(cam, size=(img.shape[0], img.shape[1]), mode="bilinear",
+                                             align_corners=False)[0, 0].numpy()
+        ax2.imshow(up, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax2.set_title("Grad-CAM of the fused P(malignant)", fontsize=9)
+    ax2.set_axis_off()
+    parts = [f"P = {pred.prob:.3f}", f"global {info['global_prob']:.3f}"]
+    if info.get("crop_prob") is not None:
+        parts.append(f"crops {info['crop_prob']:.3f} (ω = {info['branch_weight']:g})")
+    fig.suptitle(f"{title}\n{', '.join(parts)} -> {call} at threshold {pred.threshold:.3f}", fontsize=10)
+    return _save_atomic(fig, path)
+
+
+def plot_alpha_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                     title: str = "Choice of alpha (paper Table 3)") -> Path:
+    """ROC-AUC against alpha with its 95 % interval as a band, accuracy and F1 beside it, and
+    the paper's accuracy/F1 (``paper_accuracy``/``paper_f1`` in %) where given. ``rows``: one
+    per alpha with ``alpha``, ``auc``, ``auc_ci``, ``accuracy``, ``f1``."""
+    rows = sorted(rows, key=lambda r: r["alpha"])
+    a = _as_1d([r["alpha"] for r in rows], "alpha")
+    fig = _new_figure(6.4, 4.2)
+    ax = fig.subplots(1, 1)
+    auc = np.asarray([np.nan if r.get("auc") is None else r["auc"] for r in rows])
+    lo = np.asarray([np.nan if not r.get("auc_ci") else r["auc_ci"][0] for r in rows])
+    hi = np.asarray([np.nan if not r.get("auc_ci") else r["auc_ci"][1] for r in rows])
+    ax.fill_between(a, lo, hi, color="tab:red", alpha=0.18, label="ROC-AUC 95% CI")
+    ax.plot(a, auc, "o-", color="tab:red", label="ROC-AUC")
+    ax.plot(a, [r.get("accuracy") for r in rows], "s--", color="tab:blue", label="accuracy")
+    ax.plot(a, [r.get("f1") for r in rows], "^--", color="tab:green", label="F1")
+    if any(r.get("paper_accuracy") for r in rows):
+        ax.plot(a, [None if r.get("paper_accuracy") is None else r["paper_accuracy"] / 100 for r in rows], "s:",
+                color="tab:blue", alpha=0.5, label="paper accuracy")
+        ax.plot(a, [None if r.get("paper_f1") is None else r["paper_f1"] / 100 for r in rows], "^:",
+                color="tab:green", alpha=0.5, label="paper F1")
+    ax.axhline(0.5, linestyle="--", color="0.6", linewidth=1)
+    ax.set_xlabel("alpha (window side / map side; 1.0 = Global)")
+    ax.set_ylabel("value")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower left")
+    return _save_atomic(fig, path)
+
+
+def plot_differences(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                     title: str = "Paired ROC-AUC differences (95% paired case-bootstrap CI)") -> Path:
+    """A forest plot of paired AUC differences: one line per ``backbone: comparison`` with
+    ``diff``, ``low``, ``high`` and the DeLong p-value in the label; 0 (no difference) drawn."""
+    if not rows:
+        raise ValueError("rows is empty: nothing to plot")
+    fig = _new_figure(7.5, 1.2 + 0.45 * len(rows))
+    ax = fig.subplots(1, 1)
+    pos = np.arange(len(rows))
+    for y, r in zip(pos, rows):
+        ax.plot([r["low"], r["high"]], [y, y], color="0.35", linewidth=1.6)
+        ax.plot([r["diff"]], [y], "o", color="tab:red" if r["diff"] > 0 else "tab:blue", markersize=6)
+    ax.axvline(0.0, linestyle="--", color="0.6", linewidth=1)
+    p = [r.get("delong_p") for r in rows]
+    ax.set_yticks(pos, [f"{r['backbone']}: {r['comparison']} (DeLong p {'—' if v is None or v != v else f'{v:.3f}'})"
+                        for r, v in zip(rows, p)])
+    ax.invert_yaxis()
+    ax.set_xlabel("ROC-AUC difference")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=10)
     return _save_atomic(fig, path)

@@ -1,10 +1,12 @@
-"""One ranked table over finished runs: HFCN runs (``hfcn-bench train``) and comparator runs
-(``hfcn-bench train --system``) scored under the same protocol.
+"""One ranked table over finished runs of any system (``hfcn-bench train``), scored under the
+same protocol; with external-evaluation reports (``hfcn-bench eval --data OTHER --out DIR``)
+each system's internal CV estimate stands beside its external result.
 
 A ranking only means something when every run saw the same data, labels and held-out cases,
 so :func:`rank_runs` refuses runs whose data fingerprint, label rule or test cases (per fold)
-differ, and says which. Rows are sorted by ROC-AUC (the threshold-free score; F1 depends on
-each run's chosen threshold), each with its 95 % case-bootstrap interval for AUC and F1;
+differ, and says which; external reports must all score the same external set. Rows are
+sorted by ROC-AUC (the threshold-free score; F1 depends on each run's chosen threshold) -- the
+external AUC when there is one -- each with its 95 % case-bootstrap interval for AUC and F1;
 variants of a comparator (e.g. detected vs annotated ROIs) are rows of their own; the
 majority-class baseline closes the table.
 """
@@ -18,35 +20,63 @@ from typing import Sequence
 
 from ..errors import HfcnError
 
-__all__ = ["load_run", "rank_runs", "localisation", "markdown"]
+__all__ = ["load_run", "load_eval", "rank_runs", "localisation", "markdown", "run_name"]
+
+
+def _json(path: Path, what: str) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HfcnError(f"no {what} at {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HfcnError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict) or "metrics" not in obj or "data" not in obj:
+        raise HfcnError(f"{path} is not an hfcn-bench metrics report")
+    return obj
 
 
 def load_run(run_dir: str | os.PathLike) -> dict:
-    """``{"dir", "report", "splits"}`` of a run folder (its metrics.json and split.json)."""
-    from ..data.splits import read_manifest
+    """``{"dir", "report", "splits", "label_rule"}`` of a finished run folder. A run that
+    stopped before its last epoch is refused, saying where it stopped."""
+    from ..protocol import read_run
 
     d = Path(run_dir)
-    path = d / "metrics.json"
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HfcnError(f"{d} holds no finished run (no metrics.json)",
-                        hint="rank folders written by `hfcn-bench train` (with or without --system)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HfcnError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(report, dict) or "metrics" not in report or "data" not in report:
-        raise HfcnError(f"{path} is not an hfcn-bench metrics report")
-    manifest = read_manifest(d / "split.json")
-    return {"dir": str(d), "report": report, "splits": [sorted(s.test) for s in manifest.splits],
-            "label_rule": manifest.label_rule}
+    run = read_run(d)
+    if not (d / "metrics.json").is_file():
+        raise HfcnError(run.progress_note() or f"{d} holds no finished run (no metrics.json)",
+                        hint=f"resume it (hfcn-bench train --resume --out {d}) before ranking it")
+    report = _json(d / "metrics.json", "metrics report")
+    return {"dir": str(d), "report": report, "splits": [sorted(s.test) for s in run.manifest.splits],
+            "label_rule": run.manifest.label_rule}
 
 
-def _name(report: dict) -> str:
-    if "system" in report and isinstance(report["system"], dict):
-        return report["system"]["name"]
+def load_eval(path: str | os.PathLike) -> dict:
+    """An external-evaluation report (``eval_report.json``, or the folder holding it)."""
+    p = Path(path)
+    p = p / "eval_report.json" if p.is_dir() else p
+    rep = _json(p, "evaluation report")
+    if not rep.get("external"):
+        raise HfcnError(f"{p} is not an external evaluation (it re-scores the run's own cases)",
+                        hint="rank takes run folders and reports of `hfcn-bench eval --data OTHER --out DIR`")
+    return {"path": str(p), "report": rep}
+
+
+def _is_eval(path: Path) -> bool:
+    return path.name.endswith(".json") or (path / "eval_report.json").is_file()
+
+
+def run_name(report: dict) -> str:
+    """``HFCN paper+bfc a0.6`` for HFCN runs, the system's name otherwise."""
+    sysinfo = report.get("system") if isinstance(report.get("system"), dict) else {}
+    name = sysinfo.get("name", "hfcn")
+    if name != "hfcn":
+        return name
     cfg = report.get("config") or {}
     crop = cfg.get("crop", "?")
-    return f"HFCN {cfg.get('backbone', '?')}+{crop}" + (f" a{cfg['alpha']}" if crop in ("bfc", "rfc") else "")
+    out = f"HFCN {cfg.get('backbone', '?')}+{crop}" + (f" a{cfg['alpha']}" if crop in ("bfc", "rfc") else "")
+    if crop in ("bfc", "rfc") and cfg.get("branch_weight") not in (None, 0.5):
+        out += f" w{cfg['branch_weight']}"
+    return out
 
 
 def _threshold_part(protocol: str | None) -> str:
@@ -57,7 +87,8 @@ def _threshold_part(protocol: str | None) -> str:
 def _row(name: str, rep: dict, run: str, note: str | None) -> dict:
     m = rep["metrics"]
     ci = m.get("ci") or {}
-    return {"name": name, "threshold": _threshold_part(rep.get("protocol")), "auc": rep.get("auc"), "auc_ci": ci.get("auc"), "f1": m.get("f1"), "f1_ci": ci.get("f1"),
+    return {"name": name, "threshold": _threshold_part(rep.get("protocol")), "auc": rep.get("auc"),
+            "auc_ci": ci.get("auc"), "f1": m.get("f1"), "f1_ci": ci.get("f1"),
             "accuracy": m.get("accuracy"), "precision": m.get("precision"), "recall": m.get("recall"),
             "specificity": m.get("specificity"), "n_samples": rep.get("n_samples"), "note": note, "run": run}
 
@@ -73,16 +104,7 @@ def localisation(rep: dict) -> str | None:
     return None
 
 
-def rank_runs(run_dirs: Sequence[str | os.PathLike], variants: bool = True) -> dict:
-    """Rank the runs in ``run_dirs``; raises :class:`HfcnError` when they are not comparable.
-
-    Returns ``{"rows": [...], "baseline": {...}, "protocol", "data", "runs"}``; each row has
-    ``name``, ``auc``, ``auc_ci`` ([low, high]), ``f1``, ``f1_ci``, ``accuracy``,
-    ``precision``, ``recall``, ``specificity``, ``n_samples``, ``threshold`` (where its
-    decision threshold came from), ``note`` and ``run``; ``protocol`` is what all runs share."""
-    if not run_dirs:
-        raise HfcnError("no run folder to rank")
-    runs = [load_run(d) for d in run_dirs]
+def _check_comparable(runs: list[dict]) -> None:
     ref = runs[0]
     for r in runs[1:]:
         a, b = ref["report"]["data"], r["report"]["data"]
@@ -97,26 +119,80 @@ def rank_runs(run_dirs: Sequence[str | os.PathLike], variants: bool = True) -> d
         if r["report"].get("level") != ref["report"].get("level"):
             raise HfcnError(f"{r['dir']} is scored per {r['report'].get('level')}, {ref['dir']} per "
                             f"{ref['report'].get('level')}")
+
+
+def _common_protocol(reports: list[dict]) -> str:
+    # What all share (split, pooling, scoring level); the threshold clause differs by system
+    # (validation cases, training out-of-fold scores) and stays with each row.
+    parts = [[p for p in (r.get("protocol") or "").split(", ")] for r in reports]
+    return ", ".join(p for p in parts[0] if all(p in q for q in parts[1:]) and "threshold" not in p)
+
+
+def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True) -> dict:
+    """Rank the runs (run folders) and external evaluations (eval reports) in ``paths``;
+    raises :class:`HfcnError` when they are not comparable.
+
+    Returns ``{"rows": [...], "baseline": {...}, "protocol", "data", "runs", "external"}``; each
+    row has ``name``, ``auc``, ``auc_ci`` ([low, high]), ``f1``, ``f1_ci``, ``accuracy``,
+    ``precision``, ``recall``, ``specificity``, ``n_samples``, ``threshold`` (where its
+    decision threshold came from), ``note`` and ``run``; with external reports also
+    ``internal_auc``, ``internal_auc_ci``, ``internal_f1``, ``internal_f1_ci`` (the run's own
+    CV estimate) and ``external`` describes the external set."""
+    if not paths:
+        raise HfcnError("no run folder to rank")
+    evals = [load_eval(p) for p in paths if _is_eval(Path(p))]
+    run_dirs = [p for p in paths if not _is_eval(Path(p))]
+    if evals:
+        ref = evals[0]["report"]["data"].get("fingerprint")
+        for e in evals[1:]:
+            if e["report"]["data"].get("fingerprint") != ref:
+                raise HfcnError(f"{e['path']} scored another external set than {evals[0]['path']}")
+        run_dirs += [e["report"]["run"] for e in evals if e["report"]["run"] not in run_dirs]
+    runs = [load_run(d) for d in run_dirs]
+    _check_comparable(runs)
+    by_dir = {str(Path(r["dir"])): r for r in runs}
     rows = []
-    for r in runs:
-        rep = r["report"]
-        name = _name(rep)
-        rows.append(_row(name, rep, r["dir"], localisation(rep)))
-        if variants:
-            for vname, v in (rep.get("variants") or {}).items():
-                rows.append(_row(f"{name}/{vname}", v, r["dir"], v.get("description")))
+    if evals:
+        for e in evals:
+            rep = e["report"]
+            internal = by_dir[str(Path(rep["run"]))]["report"]
+            name = run_name(internal)
+            pairs = [(name, rep, internal, localisation(rep))]
+            if variants:
+                for vname, v in (rep.get("variants") or {}).items():
+                    pairs.append((f"{name}/{vname}", v, (internal.get("variants") or {}).get(vname, {}),
+                                  v.get("description")))
+            for n, ext, inn, note in pairs:
+                row = _row(n, ext, rep["run"], note)
+                im = inn.get("metrics") or {}
+                ici = im.get("ci") or {}
+                row.update({"internal_auc": inn.get("auc"), "internal_auc_ci": ici.get("auc"),
+                            "internal_f1": im.get("f1"), "internal_f1_ci": ici.get("f1")})
+                rows.append(row)
+        base = evals[0]["report"].get("majority_baseline") or {}
+        protocol = _common_protocol([e["report"] for e in evals])
+        data = evals[0]["report"]["data"]
+        external = {"data": data, "prevalence": evals[0]["report"].get("prevalence"),
+                    "internal_protocol": _common_protocol([r["report"] for r in runs])}
+    else:
+        for r in runs:
+            rep = r["report"]
+            name = run_name(rep)
+            rows.append(_row(name, rep, r["dir"], localisation(rep)))
+            if variants:
+                for vname, v in (rep.get("variants") or {}).items():
+                    rows.append(_row(f"{name}/{vname}", v, r["dir"], v.get("description")))
+        base = runs[0]["report"].get("majority_baseline") or {}
+        protocol = _common_protocol([r["report"] for r in runs])
+        data = runs[0]["report"]["data"]
+        external = None
     names = [row["name"] for row in rows]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise HfcnError(f"two runs of the same model: {', '.join(dup)}", hint="rank one run per model")
     rows.sort(key=lambda row: (-(row["auc"] if row["auc"] is not None else -1.0), row["name"]))
-    base = ref["report"].get("majority_baseline") or {}
-    # What all runs share (split, pooling, scoring level); the threshold clause differs by
-    # system (validation cases, training out-of-fold scores) and stays with each row.
-    parts = [[p for p in (r["report"].get("protocol") or "").split(", ")] for r in runs]
-    common = [p for p in parts[0] if all(p in q for q in parts[1:]) and "threshold" not in p]
-    return {"rows": rows, "baseline": base, "protocol": ", ".join(common),
-            "data": ref["report"]["data"], "label_rule": ref["label_rule"], "runs": [r["dir"] for r in runs]}
+    return {"rows": rows, "baseline": base, "protocol": protocol, "data": data, "label_rule": runs[0]["label_rule"],
+            "runs": [r["dir"] for r in runs], "external": external}
 
 
 def _ci(c) -> str:
@@ -129,21 +205,43 @@ def _f(v) -> str:
 
 def markdown(result: dict) -> str:
     """The ranking as a Markdown table (with the baseline row and the protocol)."""
-    lines = ["| rank | model | ROC-AUC [95% CI] | F1 [95% CI] | accuracy | precision | recall | specificity | "
-             "threshold | note |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for i, r in enumerate(result["rows"], 1):
-        lines.append(f"| {i} | {r['name']} | {_f(r['auc'])} {_ci(r['auc_ci'])} | {_f(r['f1'])} {_ci(r['f1_ci'])} | "
-                     f"{_f(r['accuracy'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['specificity'])} | "
-                     f"{r['threshold']} | {r['note'] or ''} |")
+    ext = result.get("external")
+    if ext:
+        lines = ["| rank | model | internal CV ROC-AUC [95% CI] | external ROC-AUC [95% CI] | internal F1 | "
+                 "external F1 [95% CI] | threshold | note |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for i, r in enumerate(result["rows"], 1):
+            lines.append(f"| {i} | {r['name']} | {_f(r['internal_auc'])} {_ci(r['internal_auc_ci'])} | "
+                         f"{_f(r['auc'])} {_ci(r['auc_ci'])} | {_f(r['internal_f1'])} | {_f(r['f1'])} {_ci(r['f1_ci'])} "
+                         f"| {r['threshold']} | {r['note'] or ''} |")
+    else:
+        lines = ["| rank | model | ROC-AUC [95% CI] | F1 [95% CI] | accuracy | precision | recall | specificity | "
+                 "threshold | note |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for i, r in enumerate(result["rows"], 1):
+            lines.append(f"| {i} | {r['name']} | {_f(r['auc'])} {_ci(r['auc_ci'])} | {_f(r['f1'])} {_ci(r['f1_ci'])} | "
+                         f"{_f(r['accuracy'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['specificity'])} | "
+                         f"{r['threshold']} | {r['note'] or ''} |")
     b = result["baseline"]
     if b:
         who = ("benign", "malignant")[b.get("majority_class", 1)]
-        lines.append(f"| — | always {who} (majority baseline) | {_f(b.get('auc'))} | {_f(b.get('f1'))} | "
-                     f"{_f(b.get('accuracy'))} | {_f(b.get('precision'))} | {_f(b.get('recall'))} | "
-                     f"{_f(b.get('specificity'))} | | |")
+        if ext:
+            lines.append(f"| — | always {who} (majority baseline, external set) | | {_f(b.get('auc'))} | | "
+                         f"{_f(b.get('f1'))} | | |")
+        else:
+            lines.append(f"| — | always {who} (majority baseline) | {_f(b.get('auc'))} | {_f(b.get('f1'))} | "
+                         f"{_f(b.get('accuracy'))} | {_f(b.get('precision'))} | {_f(b.get('recall'))} | "
+                         f"{_f(b.get('specificity'))} | | |")
     d = result["data"]
     lines.append("")
-    lines.append(f"Protocol: {result['protocol']}; {d.get('samples')} ROIs of {d.get('cases')} cases, "
-                 f"{result['label_rule']} labels, data fingerprint {str(d.get('fingerprint'))[:12]}….")
+    rule = result["label_rule"]
+    proxy = " (a TI-RADS proxy, not pathology)" if rule in ("tirads", "mccnn") else ""
+    if ext:
+        p = ext.get("prevalence") or {}
+        lines.append(f"External set: {d.get('samples')} ROIs of {d.get('cases')} cases, data fingerprint "
+                     f"{str(d.get('fingerprint'))[:12]}…; {result['protocol']}. Internal estimates: "
+                     f"{ext['internal_protocol']}. {rule} labels{proxy}; malignant prevalence training "
+                     f"{_f(p.get('training'))}, external {_f(p.get('external'))}.")
+    else:
+        lines.append(f"Protocol: {result['protocol']}; {d.get('samples')} ROIs of {d.get('cases')} cases, "
+                     f"{rule} labels{proxy}, data fingerprint {str(d.get('fingerprint'))[:12]}….")
     return "\n".join(lines) + "\n"

@@ -399,3 +399,78 @@ def render_against(rows: list[dict], console) -> None:
         )
     console.print(table)
 
+
+
+def _eval_rows(report: dict) -> list[dict]:
+    rows = []
+    for name, rep in [("main", report)] + list((report.get("variants") or {}).items()):
+        m = rep["metrics"]
+        ci = m.get("ci") or {}
+        cal = rep.get("calibration") or {}
+        base = rep.get("majority_baseline") or {}
+        rows.append({"output": name, "n_rois": rep.get("n_samples"), "n_cases": rep.get("n_cases"),
+                     "auc": rep.get("auc"), "auc_low": (ci.get("auc") or [None, None])[0],
+                     "auc_high": (ci.get("auc") or [None, None])[1], "accuracy": m.get("accuracy"),
+                     "precision": m.get("precision"), "recall": m.get("recall"), "f1": m.get("f1"),
+                     "f1_low": (ci.get("f1") or [None, None])[0], "f1_high": (ci.get("f1") or [None, None])[1],
+                     "specificity": m.get("specificity"), "threshold": rep.get("threshold"),
+                     "brier": cal.get("brier"), "ece": cal.get("ece"),
+                     "majority_f1": base.get("f1"), "majority_accuracy": base.get("accuracy")})
+    return rows
+
+
+def render_eval_markdown(report: dict) -> str:
+    """An ``eval`` report as Markdown: what was scored, on what, and the numbers."""
+    def f(v, d=3):
+        return "—" if v is None else f"{v:.{d}f}"
+
+    out = io.StringIO()
+    kind = "external validation" if report.get("external") else "re-evaluation of the held-out cases"
+    sysname = report["system"]["name"]
+    out.write(f"# hfcn-bench eval: {sysname}, {kind}\n\n")
+    d = report.get("data") or {}
+    out.write(f"Run `{report.get('run')}` ({report.get('checkpoint')} weights). Data: {d.get('format')} at "
+              f"`{d.get('root')}`, {d.get('samples')} ROIs of {d.get('cases')} cases, label rule `{d.get('label_rule')}`"
+              + (" (a TI-RADS proxy, not pathology)" if d.get("label_rule") in ("tirads", "mccnn") else "")
+              + f", fingerprint `{str(d.get('fingerprint'))[:16]}`.\n\n")
+    out.write(f"Protocol: {report.get('protocol')}.\n\n")
+    if report.get("external"):
+        p = report["prevalence"]
+        out.write(f"Prevalence (malignant share of ROIs): training {f(p['training'])} ({p['training_rois']} ROIs), "
+                  f"external {f(p['external'])} ({p['external_rois']} ROIs). {report.get('ensemble')}.\n\n")
+    out.write("| output | ROIs | ROC-AUC [95% CI] | F1 [95% CI] | accuracy | precision | recall | specificity | "
+              "threshold | Brier | majority F1 |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    for r in _eval_rows(report):
+        out.write(f"| {r['output']} | {r['n_rois']} | {f(r['auc'])} [{f(r['auc_low'])}, {f(r['auc_high'])}] | "
+                  f"{f(r['f1'])} [{f(r['f1_low'])}, {f(r['f1_high'])}] | {f(r['accuracy'])} | {f(r['precision'])} | "
+                  f"{f(r['recall'])} | {f(r['specificity'])} | {f(r['threshold'], 4)} | {f(r['brier'])} | "
+                  f"{f(r['majority_f1'])} |\n")
+    for lim in report.get("limitations") or []:
+        out.write(f"\n- limitation: {lim}")
+    if report.get("overlap"):
+        out.write(f"\n\n{len(report['overlap'])} image(s) of this set are training images of the run (scored with "
+                  "--allow-overlap).\n")
+    return out.getvalue() + "\n"
+
+
+def write_eval_report(report: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """``eval_report.json``, ``.md``, ``.csv`` and ``reliability.png`` (when calibration has
+    data) under ``out_dir``, atomically."""
+    from . import figures
+
+    out = Path(out_dir)
+    written = [write_text_atomic(out / "eval_report.json", json.dumps(_jsonable(report), indent=1) + "\n"),
+               write_text_atomic(out / "eval_report.md", render_eval_markdown(report))]
+    rows = _eval_rows(report)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    written.append(write_text_atomic(out / "eval_report.csv", buf.getvalue()))
+    if (report.get("calibration") or {}).get("bins"):
+        try:
+            written.append(figures.plot_reliability(report["calibration"], out / "reliability.png",
+                                                    title=f"{report['system']['name']}: reliability"))
+        except ValueError:
+            pass  # no filled bin (never for a scored report); the numbers are written either way
+    return written

@@ -44,7 +44,8 @@ def register(sub) -> None:
     p.add_argument("--only", default="speed,model,metrics", help="sections: speed, model, metrics")
     p.add_argument("--backbones", default="paper", help="backbones for the metrics section (e.g. paper,resnet50)")
     p.add_argument("--crops", default="none,rfc,bfc", help="crop modes for the metrics section")
-    p.add_argument("--systems", default="", help="comparator systems scored on the same split, e.g. shape_rf,transfer_svm")
+    p.add_argument("--systems", default="", help="comparator systems scored on the same split, e.g. "
+                   "shape_rf,transfer_svm, or all (every registered system)")
     p.add_argument("--alphas", default="", help="alpha sweep of BFC like the paper's Table 3, e.g. 0.5,0.6,0.7")
     p.add_argument("--label-rule", default="tirads", help="tirads (default) or mccnn")
     p.add_argument("--seed", type=int, default=0)
@@ -102,6 +103,9 @@ def run(args, console) -> int:
     from ..bench.compare import SECTIONS, CompareOptions, run_compare
     from ..bench.report import compare_reports, load_report, render_against, render_rich, write_report
 
+    from ..bench.compare import check_options
+    from .common import check_out_dir
+
     old = load_report(args.against) if args.against else None  # fail early on a bad --against
     opts = CompareOptions(
         data=args.data,
@@ -118,22 +122,11 @@ def run(args, console) -> int:
         seed=args.seed,
         n_boot=args.n_boot,
     )
-    if not opts.threads or min(opts.threads) < 1:
-        raise HfcnError(f"--threads needs positive integers, got {args.threads!r}")
     if args.data and not Path(args.data).exists():
         raise HfcnError(f"--data {args.data}: no such folder", hint="point it at DDTI raw/ or a benign/ + malignant/ folder")
-    from ..models import available_backbones
-
-    for b in opts.backbones:
-        if b not in available_backbones():
-            raise HfcnError(f"unknown backbone {b!r}; known: {', '.join(available_backbones())}")
-    if opts.systems:
-        from ..systems import available_systems
-
-        for name in opts.systems:
-            if name not in available_systems():
-                raise HfcnError(f"unknown system {name!r}; known systems: {', '.join(available_systems())}")
+    check_options(opts)  # every argument error before any report is written
     out = Path(args.out or Path(DEFAULT_OUT) / time.strftime("%Y%m%d-%H%M%S"))
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
 
     with Progress(

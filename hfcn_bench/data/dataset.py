@@ -22,7 +22,8 @@ class RoiDataset(Dataset):
 
     ``ds[i]`` is ``(image, label, i)``: ``image`` (Tensor[3, size, size], float32) in [0, 1],
     or normalised with ``normalize=(mean, std)`` / ``"imagenet"``; ``label`` 0 benign / 1
-    malignant; ``i`` the sample index (to map predictions back to ``samples[i].case_id``).
+    malignant (-1 for an unlabelled sample being predicted); ``i`` the sample index (to map
+    predictions back to ``samples[i].case_id``).
 
     ROIs are cropped and resized once and cached as uint8 (~150 KB each at 224: DDTI's
     ~470 ROIs take ~70 MB); ``cache=False`` re-reads the frame every time.
@@ -104,4 +105,5 @@ class RoiDataset(Dataset):
         t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
         if self._mean is not None:
             t = (t - self._mean) / self._std
-        return t, int(self.samples[i].label), i
+        label = self.samples[i].label
+        return t, -1 if label is None else int(label), i

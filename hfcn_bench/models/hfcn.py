@@ -41,7 +41,8 @@ from .backbones import (
     feature_shape,
 )
 
-__all__ = ["CROP_MODES", "CROP_IMPLS", "HFCN", "HFCNConfig", "HFCNOutput", "build_model", "naive_crop_resize"]
+__all__ = ["CROP_MODES", "CROP_IMPLS", "HFCN", "HFCNConfig", "HFCNOutput", "ModelSpec", "build_model",
+           "naive_crop_resize"]
 
 CROP_MODES = ("none", "bfc", "rfc", "image")
 CROP_IMPLS = ("fused", "naive")
@@ -51,17 +52,42 @@ BFC_NUM_CROPS = 5
 
 
 @dataclass
-class HFCNConfig:
-    """Everything that defines an HFCN model (paper defaults).
+class ModelSpec:
+    """The fields of an HFCN that a training run chooses: declared once here, inherited by
+    :class:`HFCNConfig` (the model) and by the training configuration (``train.TrainConfig``),
+    whose command-line flags are generated from these fields.
 
     Attributes:
         backbone: feature extractor, one of :func:`available_backbones` ("paper" = Table 1).
         crop: "none" (global branch only), "bfc", "rfc" (feature cropping) or "image"
             (image-level multi-crop baseline).
         alpha: window side as a fraction of the map (paper's best: 0.6, Table 3), in (0, 1].
-        branch_weight: ``w`` of eq. 1, the weight of the global branch, in [0, 1].
+        branch_weight: ``w`` of eq. 1, the weight of the global branch, in [0, 1] (0: the
+            cropping branch alone, as in the paper's Table 3).
         crop_impl: "fused" (the crop_resize op through its autograd.Function) or "naive"
             (slicing + ``F.interpolate`` per window); numerically equivalent.
+        weights: backbone weights: a local state dict's path, ``"imagenet"`` for backbones whose
+            ImageNet weights ship in an installed package, or ``None`` (random init).
+    """
+
+    backbone: str = field(default="paper", metadata={"help": "feature extractor (paper = Table 1)",
+                                                     "choices": "backbones"})
+    crop: str = field(default="bfc", metadata={"help": "none (global only), bfc, rfc, image (image multi-crop)",
+                                               "choices": CROP_MODES})
+    alpha: float = field(default=0.6, metadata={"help": "crop window side as a fraction of the feature map"})
+    branch_weight: float = field(default=0.5, metadata={"help": "w of eq. 1: weight of the global branch"})
+    crop_impl: str = field(default="fused", metadata={"help": "fused (the op) or naive (slicing)",
+                                                      "choices": CROP_IMPLS})
+    weights: str | None = field(default=None, metadata={
+        "help": "backbone weights: a local state dict (.pt), 'imagenet' where a package ships them, or none"})
+
+
+@dataclass
+class HFCNConfig(ModelSpec):
+    """Everything that defines an HFCN model (paper defaults): the :class:`ModelSpec` fields
+    plus
+
+    Attributes:
         num_crops: windows per image for "rfc" (default 5); "bfc" and "image" always use 5.
         seed: seed of the RFC window generator.
         input_size: ``H`` or ``(H, W)`` the model is built for; fixes the feature-map size and so
@@ -69,22 +95,15 @@ class HFCNConfig:
         hidden: width of the classifier's hidden FC layer (512).
         dropout: dropout probability before each FC layer (0.5).
         num_classes: 2 (index 1 = malignant, the positive class).
-        weights: optional path of a local backbone state dict.
         backbone_kwargs: options passed to the backbone builder (e.g. xception ``width``).
     """
 
-    backbone: str = "paper"
-    crop: str = "bfc"
-    alpha: float = 0.6
-    branch_weight: float = 0.5
-    crop_impl: str = "fused"
     num_crops: int | None = None
     seed: int = 0
     input_size: int | tuple[int, int] = 224
     hidden: int = 512
     dropout: float = 0.5
     num_classes: int = 2
-    weights: str | None = None
     backbone_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -127,7 +146,8 @@ class HFCNConfig:
             raise ModelConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.weights is not None:
             if not isinstance(self.weights, (str, os.PathLike)):
-                raise ModelConfigError(f"weights must be a file path or None, got {type(self.weights).__name__}")
+                raise ModelConfigError(f"weights must be a file path, 'imagenet' or None, got "
+                                       f"{type(self.weights).__name__}")
             self.weights = os.fspath(self.weights)
         if not isinstance(self.backbone_kwargs, dict):
             raise ModelConfigError(f"backbone_kwargs must be a dict, got {type(self.backbone_kwargs).__name__}")

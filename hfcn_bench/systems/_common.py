@@ -1,28 +1,32 @@
-"""Shared plumbing of the comparator systems: configuration overrides, sklearn import,
-out-of-fold threshold scores on the training side, and the test report.
+"""Shared plumbing of the comparator systems: the sklearn import, both-classes checks, loading
+ROIs with a warning per unreadable frame, out-of-fold threshold scores on the training side,
+and scikit-learn models stored without pickle (skops).
 
-Every system scores its test cases exactly as :func:`hfcn_bench.train.train_and_evaluate`
-does (``train.score_predictions`` over a :class:`train.Predictions`), so a comparator's
-report and an HFCN report can sit in one table. The decision threshold comes from the
-training side only: out-of-fold predictions of a case-grouped k-fold on the training cases
-for the feature-based heads (a forest or an SVM scores its own training samples near
-perfectly, so in-sample scores would put the threshold in the wrong place), or the
-validation cases carved out of the training side for the trained networks.
+The decision threshold comes from the training side only: out-of-fold predictions of a
+case-grouped k-fold on the training cases for the feature-based heads (a forest or an SVM
+scores its own training samples near perfectly, so in-sample scores would put the threshold
+in the wrong place), or the validation cases carved out of the training side for the trained
+networks.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
+from ..checkpoint import check_zip_integrity
 from ..data.report import DataWarning
 from ..data.rois import Sample
 from ..errors import HfcnError
 
 Progress = Callable[[str, int, int, dict], None]
+
+# The only types a stored scikit-learn model may hold beyond what skops trusts by default: the
+# decision trees of a Random Forest. Anything else in a file (a tampered one) is refused.
+SKOPS_TRUSTED = ("sklearn.tree._tree.Tree",)
 
 
 def sklearn():
@@ -33,25 +37,6 @@ def sklearn():
         raise HfcnError("this comparator system needs scikit-learn, which is not installed",
                         hint="pip install scikit-learn") from None
     return sk
-
-
-def make_config(cls, config: Any, seed: int):
-    """``config`` as an instance of the dataclass ``cls``: ``None`` (defaults), a dict of
-    overrides or an instance; ``seed`` fills the config's seed unless the caller set one."""
-    if config is None:
-        cfg = cls(seed=seed)
-    elif isinstance(config, cls):
-        cfg = config
-    elif isinstance(config, dict):
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(config) - known)
-        if bad:
-            raise HfcnError(f"unknown {cls.__name__} option(s) {bad}; known: {sorted(known)}")
-        cfg = cls(**{"seed": seed, **config})
-    else:
-        raise HfcnError(f"config must be None, a dict or a {cls.__name__}, got {type(config).__name__}")
-    cfg.validate()
-    return cfg
 
 
 def both_classes(samples: Sequence[Sample], what: str) -> None:
@@ -113,35 +98,38 @@ def oof_scores(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], y: n
     return out, mask, f"training out-of-fold ({len(folds)}-fold by case)"
 
 
-def score(test_samples: Sequence[Sample], test_prob: np.ndarray, thr_samples: Sequence[Sample],
-          thr_prob: np.ndarray, train_samples: Sequence[Sample], *, seed: int, n_boot: int,
-          threshold_rule: str, threshold_source: str) -> dict:
-    """The test report in :func:`train.train_and_evaluate`'s shape (via
-    ``train.score_predictions``), threshold from ``thr_prob`` (never the test side)."""
-    from ..train import Predictions, TrainConfig, score_predictions
+def save_sklearn(model, path: Path) -> str:
+    """Store a fitted scikit-learn model with skops (no pickle); return the file name."""
+    import skops.io as sio
 
-    def preds(samples, prob):
-        prob = np.asarray(prob, dtype=np.float64)
-        return Predictions(prob=prob, labels=np.asarray([s.label for s in samples], dtype=np.int64),
-                           case_ids=np.asarray([s.case_id for s in samples]), keys=[s.key for s in samples],
-                           samples=list(samples), global_prob=prob, crop_prob=np.full(prob.shape, np.nan))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from ..atomic import atomic_write
 
-    cfg = TrainConfig(seed=int(seed), threshold_rule=threshold_rule)
-    test = preds(test_samples, test_prob)
-    report = score_predictions(test, preds(thr_samples, thr_prob), [s.label for s in train_samples], cfg,
-                               n_boot=n_boot, threshold_source=threshold_source)
-    # The raw test predictions travel with the report (under PRED, stripped before a report
-    # is returned to a user) so that k-fold runs can pool them like train.pool_folds does.
-    report[PRED] = test
-    return report
+    data = sio.dumps(model)
+    atomic_write(path, lambda fh: fh.write(data))
+    return path.name
 
 
-PRED = "_predictions"
+def load_sklearn(path: Path):
+    """Load a model written by :func:`save_sklearn`, executing no code from the file: skops
+    rebuilds only scikit-learn/numpy types it trusts plus :data:`SKOPS_TRUSTED`; any other type
+    in the file is refused with its name."""
+    import skops.io as sio
 
-
-def strip_predictions(report: dict) -> dict:
-    """``report`` (and its ``variants``) without the raw predictions, as users get it."""
-    out = {k: v for k, v in report.items() if k != PRED}
-    if isinstance(out.get("variants"), dict):
-        out["variants"] = {name: strip_predictions(v) for name, v in out["variants"].items()}
-    return out
+    path = Path(path)
+    check_zip_integrity(path, what="skops model file", hint="retrain the run (hfcn-bench train --force)")
+    try:
+        untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in SKOPS_TRUSTED]
+    except Exception as exc:  # noqa: BLE001 - a damaged schema: refused, never guessed at
+        raise HfcnError(f"{path}: not a readable skops model file ({type(exc).__name__}: {str(exc)[:200]})",
+                        hint="retrain the run (hfcn-bench train --force)") from None
+    if untrusted:
+        raise HfcnError(f"{path}: refused to load: the file holds types hfcn-bench does not trust "
+                        f"({', '.join(untrusted[:5])})",
+                        hint="only models written by hfcn-bench load; a tampered model file could run code")
+    try:
+        return sio.load(path, trusted=list(SKOPS_TRUSTED))
+    except Exception as exc:  # noqa: BLE001
+        raise HfcnError(f"{path}: not a readable skops model file ({type(exc).__name__}: {str(exc)[:200]})",
+                        hint="retrain the run (hfcn-bench train --force)") from None

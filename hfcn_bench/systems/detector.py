@@ -33,9 +33,7 @@ box plus the dataset's margin), so a detected box replaces an annotated one dire
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from typing import Sequence
 
 import numpy as np
@@ -46,7 +44,8 @@ from torch.nn import functional as F
 from ..errors import HfcnError
 from .frames import FrameTensors, box_iou, nms
 
-__all__ = ["anchor_shapes", "NoduleDetector", "train_detector", "detect", "detection_quality", "average_precision"]
+__all__ = ["anchor_shapes", "NoduleDetector", "train_detector", "detector_from_state", "detect", "detection_quality",
+           "average_precision"]
 
 STRIDES = (8, 16)
 VARIANCES = (0.1, 0.2)
@@ -316,53 +315,69 @@ def augment(image: torch.Tensor, boxes: torch.Tensor, rng: np.random.Generator, 
     return image * float(c) + float(b - 1.0), boxes
 
 
-def train_detector(fit: FrameTensors, val: FrameTensors, cfg, progress=None) -> tuple[NoduleDetector, dict]:
+class _DetectorTask:
+    def __init__(self, model: NoduleDetector, fit: FrameTensors, val: FrameTensors, cfg):
+        self.model, self.fit, self.val, self.cfg = model, fit, val, cfg
+        self.n = len(fit)
+        self.anchors = model.anchors(fit.height, fit.width)
+        self.val_gt = [val.boxes(i) for i in range(len(val))]
+
+    def start_epoch(self, epoch):
+        self.model.train()
+
+    def step(self, rows, epoch):
+        cfg = self.cfg
+        rows = [int(r) for r in rows]
+        rngs = [np.random.default_rng([cfg.seed, epoch, r]) for r in rows]
+        flips = [bool(g.uniform() < 0.5) for g in rngs]
+        images, targets = self.fit.images(rows, flips), [self.fit.boxes(r, f) for r, f in zip(rows, flips)]
+        if cfg.det_augment:
+            pairs = [augment(images[j], targets[j], g) for j, g in enumerate(rngs)]
+            images, targets = torch.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+        logits, offsets = self.model(images)
+        return detection_loss(logits, offsets, self.anchors, targets), 1.0, 1.0
+
+    def validate(self, epoch):
+        q = detection_quality(detect(self.model, self.val, self.cfg.nms_iou, self.cfg.max_det), self.val_gt)
+        return [q["ap50"]], {"val_ap50": q["ap50"], "val_recall50": q["recall50"]}
+
+    def generators(self):
+        return {}
+
+
+def train_detector(fit: FrameTensors, val: FrameTensors, cfg, progress=None, ckpt_dir=None, resume: bool = False,
+                   keep_last: bool = True) -> tuple[NoduleDetector, dict]:
     """Train on ``fit`` frames (horizontal flips, and with ``det_augment`` :func:`augment`, drawn
-    from (seed, epoch, frame)), keep the epoch with the best validation AP@0.5 (first on ties).
-    ``cfg``: ``n_anchors``, ``det_width``, ``det_epochs``, ``det_lr``, ``det_batch``,
-    ``det_augment``, ``nms_iou``, ``max_det``, ``seed``.
-    Returns the model and a training summary (anchors, history, best epoch)."""
+    from (seed, epoch, frame)) through the shared epoch loop, keeping the epoch with the best
+    validation AP@0.5 (the first on ties). ``cfg``: ``n_anchors``, ``det_width``,
+    ``det_epochs``, ``det_lr``, ``det_batch``, ``det_augment``, ``nms_iou``, ``max_det``,
+    ``seed``. Returns the model and a training summary (anchors, history, best epoch, files)."""
+    from ..engine import LoopSettings, fit_loop
+
     if len(fit) < 2 or len(val) < 1:
         raise HfcnError(f"too few frames to train the detector ({len(fit)} training, {len(val)} validation)")
-    t0 = time.perf_counter()
     gts = np.concatenate([fit.boxes(i).numpy() for i in range(len(fit))])
     shapes = anchor_shapes(gts, cfg.n_anchors, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = NoduleDetector(shapes, width=cfg.det_width)
-    anchors = model.anchors(fit.height, fit.width)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.det_lr, weight_decay=1e-4)
-    val_gt = [val.boxes(i) for i in range(len(val))]
-    history, best = [], None
-    for epoch in range(cfg.det_epochs):
-        model.train()
-        order = torch.randperm(len(fit), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        total, steps = 0.0, 0
-        for s in range(0, len(order), cfg.det_batch):
-            rows = [int(r) for r in order[s:s + cfg.det_batch]]
-            if len(rows) < 2:
-                continue
-            rngs = [np.random.default_rng([cfg.seed, epoch, r]) for r in rows]
-            flips = [bool(g.uniform() < 0.5) for g in rngs]
-            images, targets = fit.images(rows, flips), [fit.boxes(r, f) for r, f in zip(rows, flips)]
-            if cfg.det_augment:
-                pairs = [augment(images[j], targets[j], g) for j, g in enumerate(rngs)]
-                images, targets = torch.stack([p[0] for p in pairs]), [p[1] for p in pairs]
-            logits, offsets = model(images)
-            loss = detection_loss(logits, offsets, anchors, targets)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            steps += 1
-        q = detection_quality(detect(model, val, cfg.nms_iou, cfg.max_det), val_gt)
-        history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "val_ap50": q["ap50"],
-                        "val_recall50": q["recall50"]})
-        if best is None or q["ap50"] > best[1]:
-            best = (epoch + 1, q["ap50"], copy.deepcopy(model.state_dict()))
-        if progress is not None:
-            progress("det_epoch", epoch + 1, cfg.det_epochs, history[-1])
-    model.load_state_dict(best[2])
-    model.eval()
-    return model, {"anchors_wh": np.round(shapes, 2).tolist(), "best_epoch": best[0], "best_val_ap50": best[1],
-                   "history": history, "train_s": time.perf_counter() - t0, "fit_frames": len(fit),
-                   "val_frames": len(val), "parameters": sum(p.numel() for p in model.parameters())}
+    settings = LoopSettings(epochs=cfg.det_epochs, batch_size=cfg.det_batch, lr=cfg.det_lr, weight_decay=1e-4,
+                            optimizer="adamw", seed=cfg.seed)
+    import dataclasses
+
+    loop = fit_loop(model, _DetectorTask(model, fit, val, cfg), settings,
+                    config={**dataclasses.asdict(cfg), "stage": "detector"}, ckpt_dir=ckpt_dir, resume=resume,
+                    progress=progress, stage="det_epoch", keep_last=keep_last)
+    return model, {"anchors_wh": np.round(shapes, 2).tolist(), "best_epoch": loop.best_epoch,
+                   "best_val_ap50": loop.best_score[0] if loop.best_score else float("nan"),
+                   "history": loop.history, "train_s": loop.seconds, "fit_frames": len(fit),
+                   "val_frames": len(val), "parameters": sum(p.numel() for p in model.parameters()),
+                   "files": loop.checkpoints}
+
+
+def detector_from_state(state: dict, width: int) -> NoduleDetector:
+    """Rebuild a trained detector from its state dict (the anchor shapes are a buffer in it)."""
+    if "shapes" not in state:
+        raise HfcnError("detector weights hold no anchor shapes")
+    model = NoduleDetector(state["shapes"].numpy(), width=width)
+    model.load_state_dict(state)
+    return model.eval()

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..data.rois import Sample
+from ..data.rois import Sample, open_gray
 from ..errors import HfcnError
 from . import _common as C
 
-__all__ = ["Frame", "group_frames", "FrameTensors", "box_iou", "nms", "to_frame_box", "with_box"]
+__all__ = ["Frame", "group_frames", "FrameTensors", "box_iou", "nms", "to_frame_box", "with_box", "localised",
+           "UNLOCALISED"]
 
 
 @dataclass
@@ -47,13 +48,24 @@ class Frame:
         return np.asarray([s.bbox for s in self.samples], dtype=np.float64).reshape(-1, 4)
 
 
-def group_frames(samples: Sequence[Sample], need_outline: bool = False, what: str = "") -> list[Frame]:
+# ROI kinds that carry no localisation: the whole frame is the ROI (folder format, an image
+# given to predict without a box).
+UNLOCALISED = ("full-frame", "whole image")
+
+
+def localised(sample: Sample) -> bool:
+    return sample.roi_kind not in UNLOCALISED
+
+
+def group_frames(samples: Sequence[Sample], need_outline: bool = False, what: str = "",
+                 need_box: bool = True) -> list[Frame]:
     """The frames of ``samples`` in first-seen order. ``need_outline``: every sample must carry
-    its nodule outline (segmentation targets); full-frame ROIs (folder format) carry no
-    localisation at all and are refused either way."""
+    its nodule outline (segmentation targets); ``need_box``: every sample must be localised
+    (training targets; full-frame ROIs carry no localisation). Prediction passes
+    ``need_box=False``: a frame given without any box is still a frame to look at."""
     frames: dict[Path, Frame] = {}
     for s in samples:
-        if s.roi_kind == "full-frame" or (need_outline and (not s.polygon or len(s.polygon) < 3)):
+        if (need_box and not localised(s)) or (need_outline and (not s.polygon or len(s.polygon) < 3)):
             raise HfcnError(
                 f"ROI {s.key} ({s.image_path}) has no nodule {'outline' if need_outline else 'box'}; the {what or 'frame'}"
                 " stage learns where the nodule is from the annotated outlines",
@@ -134,11 +146,9 @@ class FrameTensors:
         images, masks_out = [], []
         for f in frames:
             try:
-                with Image.open(f.image_path) as im:
-                    im.load()
-                    g = im.convert("L")
-                    src = g.size
-                    g = g.resize((self.width, self.height), Image.BILINEAR)
+                g = open_gray(f.image_path)
+                src = g.size
+                g = g.resize((self.width, self.height), Image.BILINEAR)
             except Exception as exc:  # noqa: BLE001 - one bad frame skips its ROIs, not the run
                 for s in f.samples:
                     C.warn_skip(s, exc, skipped)

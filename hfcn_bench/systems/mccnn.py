@@ -9,31 +9,36 @@ level's channels reduced to 1/N (N = 3 levels) by a 1x1 convolution, the levels 
 ``mccnn_spp`` trains and tests the stage on the *annotated* nodule boxes (``Sample.bbox``):
 the recognition network alone, with perfect localisation. ``mccnn_cascade`` puts the stage-1
 detector (:mod:`.detector`) in front: stage 2 is trained on the annotated boxes and scored on
-the boxes the detector finds, with the annotated-box score kept as a variant. Trunks: ``alexnet`` (torchvision's AlexNet
-convolutional part, the published trunk, randomly initialised) or any HFCN backbone name
-(``paper`` is the fast one). Training: a small seeded loop (Adam, cross-entropy, the
-``RoiDataset`` augmentation), the best epoch picked on validation ROC-AUC and the threshold
-chosen on those validation cases, as in ``hfcn_bench.train``.
+the boxes the detector finds, with the annotated-box score kept as a variant. Trunks:
+``alexnet`` (torchvision's AlexNet convolutional part, the published trunk, randomly
+initialised) or any HFCN backbone name (``paper`` is the fast one; ``efficientnet_lite0`` with
+``weights="imagenet"`` is pretrained). Training: the shared epoch loop (AdamW,
+cross-entropy, the ``RoiDataset`` augmentation), the best epoch picked on validation ROC-AUC
+and the threshold chosen on those validation cases (:mod:`.roi_classifier`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
 import torch
 from torch import nn
 
 from ..data.rois import Sample
+from ..data.splits import split_train_test
+from ..engine import torch_threads
 from ..errors import HfcnError
-from ..train import torch_threads
+from ..protocol import Predictions
 from . import roi_classifier as RC
+from .base import Fitted, Output, System
 
-__all__ = ["MCCNNConfig", "MCCNNCascadeConfig", "SpatialPyramidModule", "MCCNNClassifier", "build_mccnn", "run",
-           "run_cascade", "pair_detections"]
+__all__ = ["MCCNNConfig", "MCCNNCascadeConfig", "SpatialPyramidModule", "MCCNNClassifier", "build_mccnn",
+           "MCCNNSPP", "MCCNNCascade", "pair_detections"]
 
 
 class SpatialPyramidModule(nn.Module):
@@ -125,66 +130,46 @@ class MCCNNConfig:
             raise HfcnError(f"threshold_rule must be youden, f1 or fixed, got {self.threshold_rule!r}")
 
 
-def _quick() -> dict:
-    return {"trunk": "paper", "image_size": 64, "epochs": 8}
+QUICK = {"trunk": "paper", "image_size": 64, "epochs": 8}
+SMOKE = {"trunk": "paper", "image_size": 32, "epochs": 1, "threads": 1}
 
 
-def build_mccnn(cfg: MCCNNConfig) -> MCCNNClassifier:
-    """The seeded classifier of ``cfg`` (``torch.manual_seed(cfg.seed)`` before building)."""
+def build_mccnn(cfg: MCCNNConfig, weights: bool = True) -> MCCNNClassifier:
+    """The seeded classifier of ``cfg`` (``torch.manual_seed(cfg.seed)`` before building);
+    ``weights=False`` skips the trunk's initial weights (they are about to be replaced by a
+    checkpoint's)."""
     torch.manual_seed(cfg.seed)
+    init = cfg.weights if weights else None
     if cfg.trunk == "alexnet":
         try:
             import torchvision
         except ImportError:
             raise HfcnError("the alexnet trunk needs torchvision", hint="pip install hfcn-bench[vision]") from None
         net = torchvision.models.alexnet(weights=None)
-        if cfg.weights is not None:
+        if init is not None:
             from ..models.backbones import load_backbone_weights
 
             holder = nn.Module()
             holder.features = net.features
-            load_backbone_weights(holder, cfg.weights, name="alexnet")
+            load_backbone_weights(holder, init, name="alexnet")
         trunk, channels = net.features, 256
     else:
         from ..models import build_backbone
 
-        trunk = build_backbone(cfg.trunk, weights=cfg.weights)
+        trunk = build_backbone(cfg.trunk, weights=init)
         channels = trunk.num_features
     return MCCNNClassifier(trunk, channels, cfg.dropout)
 
 
-def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: MCCNNConfig, *, n_boot: int,
-        progress=None) -> dict:
-    with torch_threads(cfg.threads):
-        return _run(train_samples, test_samples, cfg, n_boot, progress)
-
-
-def _run(train_samples, test_samples, cfg: MCCNNConfig, n_boot: int, progress) -> dict:
-    skipped: list[str] = []
-    fit = RC.train_classifier(build_mccnn(cfg), train_samples, cfg, progress, skipped)
-    t1 = time.perf_counter()
-    te_kept, prob = RC.predict_rois(fit.model, test_samples, cfg, skipped)
-    predict_s = time.perf_counter() - t1
-    report = RC.score_fit(fit, te_kept, prob, train_samples, cfg, n_boot)
-    report["timings"] = {"train_s": fit.train_s, "predict_s": predict_s, "ms_per_roi": 1e3 * predict_s / len(te_kept),
-                         "threads": torch.get_num_threads(), "device": "cpu"}
-    report["training"] = fit.summary()
-    report["skipped"] = skipped
-    report["limitations"] = [
-        "stage 2 only: trained and tested on the annotated nodule boxes, so localisation is perfect here "
-        "(mccnn_cascade runs it behind the stage-1 detector)",
-        "the paper's 4309 private images are not available; trained on the split's training cases only",
-        "global average pooling + one linear layer after the pyramid module instead of AlexNet's FC6-FC8",
-        *_trunk_limitations(cfg),
-    ]
-    report["system_config"] = asdict(cfg)
-    return report
-
-
 def _trunk_limitations(cfg: MCCNNConfig) -> list[str]:
     """What the trunk could not be as published: its weights, and AlexNet when another is chosen."""
-    lim = [f"no ImageNet weights offline: the {cfg.trunk} trunk is randomly initialised (seed {cfg.seed})"
-           if cfg.weights is None else f"trunk weights from {cfg.weights}"]
+    if cfg.weights is None:
+        lim = [f"randomly initialised {cfg.trunk} trunk (seed {cfg.seed}): no ImageNet weights for it ship in a "
+               "package here"]
+    elif cfg.weights == "imagenet":
+        lim = [f"ImageNet {cfg.trunk} trunk (weights shipped in a package)"]
+    else:
+        lim = [f"trunk weights from {cfg.weights}"]
     if cfg.trunk != "alexnet":
         lim.append(f"trunk {cfg.trunk} instead of the published AlexNet")
     return lim
@@ -224,8 +209,8 @@ class MCCNNCascadeConfig(MCCNNConfig):
             raise HfcnError("det_lr must be > 0 and nms_iou in (0, 1)")
 
 
-def _quick_cascade() -> dict:
-    return {**_quick(), "frame_size": (96, 160), "det_epochs": 25}
+QUICK_CASCADE = {**QUICK, "frame_size": (96, 160), "det_epochs": 25}
+SMOKE_CASCADE = {**SMOKE, "frame_size": (64, 96), "det_epochs": 2}
 
 
 def pair_detections(dets, data, what: str = "detected") -> tuple[list[Sample], dict]:
@@ -237,13 +222,18 @@ def pair_detections(dets, data, what: str = "detected") -> tuple[list[Sample], d
     frame's best detection (the cascade classifies whatever it found). Returns the samples
     with their detected box (``roi_kind`` = ``what``) and counts: ``nodules``, ``missed``,
     ``hit50`` (paired IoU >= 0.5) and ``mean_iou`` of the pairs."""
-    from .frames import box_iou, to_frame_box, with_box
+    from .frames import box_iou, localised, to_frame_box, with_box
 
     out, ious, missed = [], [], 0
     for i, (boxes, _) in enumerate(dets):
         gt = data.boxes(i)
         m = box_iou(boxes, gt)  # [detections, nodules]
         for j, s in enumerate(data.frames[i].samples):
+            if not localised(s):
+                # nothing annotated to pair with (a frame given to predict without a box): the
+                # cascade classifies its most confident detection
+                out.append(with_box(s, to_frame_box(boxes[0].tolist(), data.frames[i].size, data.scale(i)), what))
+                continue
             best = int(m[:, j].argmax())
             iou = float(m[best, j])
             if iou <= 0.0:
@@ -255,59 +245,153 @@ def pair_detections(dets, data, what: str = "detected") -> tuple[list[Sample], d
                  "mean_iou": float(a.mean()) if a.size else float("nan")}
 
 
-def run_cascade(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: MCCNNCascadeConfig, *,
-                n_boot: int, progress=None) -> dict:
-    with torch_threads(cfg.threads):
-        return _run_cascade(train_samples, test_samples, cfg, n_boot, progress)
 
 
-def _run_cascade(train_samples, test_samples, cfg: MCCNNCascadeConfig, n_boot: int, progress) -> dict:
-    from ..data.splits import split_train_test
-    from . import detector as D
-    from .frames import FrameTensors, group_frames
+# ---------------------------------------------------------------------------------------------
+# the systems
 
-    skipped: list[str] = []
-    # The detector's validation frames are the cases roi_classifier holds out for stage 2.
-    inner = split_train_test(list(train_samples), test_fraction=cfg.val_fraction, seed=cfg.seed)
-    fit_s, val_s = inner.select(list(train_samples))
-    t0 = time.perf_counter()
-    fit_f = FrameTensors(group_frames(fit_s, what="detection"), cfg.frame_size, skipped)
-    val_f = FrameTensors(group_frames(val_s, what="detection"), cfg.frame_size, skipped)
-    test_f = FrameTensors(group_frames(test_samples, what="detection"), cfg.frame_size, skipped)
-    if not len(test_f):
-        raise HfcnError("no test frame could be loaded")
-    det, det_train = D.train_detector(fit_f, val_f, cfg, progress)
-    t1 = time.perf_counter()
-    dets = D.detect(det, test_f, cfg.nms_iou, cfg.max_det)
-    det_s = time.perf_counter() - t1
-    quality = D.detection_quality(dets, [test_f.boxes(i) for i in range(len(test_f))])
-    detected, pairing = pair_detections(dets, test_f)
-    annotated = [s for f in test_f.frames for s in f.samples]
 
-    fit = RC.train_classifier(build_mccnn(cfg), train_samples, cfg, progress, skipped)
-    t2 = time.perf_counter()
-    det_kept, det_prob = RC.predict_rois(fit.model, detected, cfg, skipped)
-    predict_s = time.perf_counter() - t2 + det_s
-    ann_kept, ann_prob = RC.predict_rois(fit.model, annotated, cfg, skipped)
-    report = RC.score_fit(fit, det_kept, det_prob, train_samples, cfg, n_boot)
-    variant = RC.score_fit(fit, ann_kept, ann_prob, train_samples, cfg, n_boot)
-    variant["description"] = "the same stage-2 network on the annotated nodule boxes (perfect localisation)"
-    report["variants"] = {"annotated_roi": variant}
-    report["detection"] = {**quality, **{f"paired_{k}": v for k, v in pairing.items() if k != "nodules"}}
-    report["timings"] = {"det_train_s": det_train["train_s"], "train_s": time.perf_counter() - t0 - predict_s,
-                         "predict_s": predict_s, "ms_per_roi": 1e3 * predict_s / len(det_kept),
-                         "threads": torch.get_num_threads(), "device": "cpu"}
-    report["training"] = {"detector": {k: v for k, v in det_train.items() if k != "train_s"},
-                          "classifier": fit.summary()}
-    report["skipped"] = skipped
-    report["limitations"] = [
-        "stage 1 is a small SSD-style detector (two feature maps, anchors by k-means over the training boxes), "
-        "not the paper's VGG-16 SSD300, and is trained on the split's training frames only",
-        "stage 2 is trained on the annotated boxes and applied to the detected ones; each annotated nodule is "
-        "scored with the detection of its frame that overlaps it most (a missed nodule with the frame's best box)",
-        "the paper's 4309 private images are not available; global average pooling + one linear layer after the "
-        "pyramid module instead of AlexNet's FC6-FC8",
-        *_trunk_limitations(cfg),
-    ]
-    report["system_config"] = asdict(cfg)
-    return report
+_SPP_LIMITS = [
+    "the paper's 4309 private images are not available; trained on the split's training cases only",
+    "global average pooling + one linear layer after the pyramid module instead of AlexNet's FC6-FC8",
+]
+
+
+class MCCNNSPP(System):
+    """``mccnn_spp``: MC-CNN stage 2 alone, on the annotated nodule boxes."""
+
+    name = "mccnn_spp"
+    paper = "Song et al., IEEE JBHI 2019, MC-CNN stage 2 (PAPERS.md section 2)"
+    description = "AlexNet-style trunk + spatial pyramid module (1x1/3x3/5x5 levels, 1/3 channels each) on annotated boxes"
+    config_cls = MCCNNConfig
+    presets = {"quick": QUICK, "smoke": SMOKE}
+
+    def limitations(self, cfg) -> list[str]:
+        return ["stage 2 only: trained and tested on the annotated nodule boxes, so localisation is perfect here "
+                "(mccnn_cascade runs it behind the stage-1 detector)", *_SPP_LIMITS, *_trunk_limitations(cfg)]
+
+    def fit(self, train_samples, cfg, *, out_dir=None, progress=None, resume=False, keep_last=True) -> Fitted:
+        skipped: list[str] = []
+        with torch_threads(cfg.threads):
+            clf = RC.train_classifier(build_mccnn(cfg), train_samples, cfg, progress, skipped,
+                                      ckpt_dir=_sub(out_dir, "classifier"), resume=resume, keep_last=keep_last)
+        return Fitted(self.name, cfg, {"classifier": clf.model}, {"main": clf.val_predictions},
+                      {"main": "validation"}, {"classifier": clf.summary()}, {"train_s": clf.train_s}, skipped,
+                      sorted(set(clf.val_predictions.case_ids)))
+
+    def predict(self, fitted, samples, *, progress=None) -> Output:
+        t = time.perf_counter()
+        with torch_threads(fitted.config.threads):
+            pred = RC.predict_rois(fitted.models["classifier"], samples, fitted.config, [])
+        return Output({"main": pred}, seconds=time.perf_counter() - t)
+
+    def save(self, fitted, out_dir) -> list[str]:
+        return _stage_files(out_dir, "classifier")
+
+    def load(self, cfg, directory, record, checkpoint="best", device="cpu"):
+        return {"classifier": RC.load_weights(build_mccnn(cfg, weights=False),
+                                              Path(directory) / "classifier" / f"{checkpoint}.pt")}
+
+
+class MCCNNCascade(System):
+    """``mccnn_cascade``: the stage-1 detector, then the pyramid network on the detected box."""
+
+    name = "mccnn_cascade"
+    paper = "Song et al., IEEE JBHI 2019, MC-CNN stages 1 + 2 (PAPERS.md section 2)"
+    description = ("SSD-style nodule detector on the whole frame -> the pyramid network on the detected box "
+                   "(variant annotated_roi: on the annotated box)")
+    config_cls = MCCNNCascadeConfig
+    presets = {"quick": QUICK_CASCADE, "smoke": SMOKE_CASCADE}
+    variants = {"annotated_roi": "the same stage-2 network on the annotated nodule boxes (perfect localisation)"}
+
+    def limitations(self, cfg) -> list[str]:
+        return [
+            "stage 1 is a small SSD-style detector (two feature maps, anchors by k-means over the training boxes), "
+            "not the paper's VGG-16 SSD300, and is trained on the split's training frames only",
+            "stage 2 is trained on the annotated boxes and applied to the detected ones; each annotated nodule is "
+            "scored with the detection of its frame that overlaps it most (a missed nodule with the frame's best box)",
+            *_SPP_LIMITS, *_trunk_limitations(cfg)]
+
+    def fit(self, train_samples, cfg, *, out_dir=None, progress=None, resume=False, keep_last=True) -> Fitted:
+        from . import detector as D
+        from .frames import FrameTensors, group_frames
+
+        skipped: list[str] = []
+        with torch_threads(cfg.threads):
+            # The detector's validation frames are the cases roi_classifier holds out for stage 2.
+            inner = split_train_test(list(train_samples), test_fraction=cfg.val_fraction, seed=cfg.seed)
+            fit_s, val_s = inner.select(list(train_samples))
+            fit_f = FrameTensors(group_frames(fit_s, what="detection"), cfg.frame_size, skipped)
+            val_f = FrameTensors(group_frames(val_s, what="detection"), cfg.frame_size, skipped)
+            det, det_train = D.train_detector(fit_f, val_f, cfg, progress, ckpt_dir=_sub(out_dir, "detector"),
+                                              resume=resume, keep_last=keep_last)
+            clf = RC.train_classifier(build_mccnn(cfg), train_samples, cfg, progress, skipped,
+                                      ckpt_dir=_sub(out_dir, "classifier"), resume=resume, keep_last=keep_last)
+        val = clf.val_predictions
+        return Fitted(self.name, cfg, {"detector": det, "classifier": clf.model},
+                      {"main": val, "annotated_roi": val}, {"main": "validation", "annotated_roi": "validation"},
+                      {"detector": {k: v for k, v in det_train.items() if k not in ("train_s", "files")},
+                       "classifier": clf.summary()},
+                      {"det_train_s": det_train["train_s"], "train_s": clf.train_s}, skipped,
+                      sorted(set(val.case_ids)))
+
+    def predict(self, fitted, samples, *, progress=None) -> Output:
+        from . import detector as D
+        from .frames import FrameTensors, group_frames, localised
+
+        cfg = fitted.config
+        skipped: list[str] = []
+        t = time.perf_counter()
+        with torch_threads(cfg.threads):
+            frames = FrameTensors(group_frames(samples, what="detection", need_box=False), cfg.frame_size, skipped)
+            if not len(frames):
+                raise HfcnError("no frame could be loaded")
+            dets = D.detect(fitted.models["detector"], frames, cfg.nms_iou, cfg.max_det)
+            scored = [i for i in range(len(frames)) if all(localised(s) for s in frames.frames[i].samples)]
+            summaries = {}
+            if scored:
+                quality = D.detection_quality([dets[i] for i in scored], [frames.boxes(i) for i in scored])
+                _, pairing = pair_detections([dets[i] for i in scored], _Subset(frames, scored))
+                summaries["detection"] = {**quality, **{f"paired_{k}": v for k, v in pairing.items() if k != "nodules"}}
+            detected, _ = pair_detections(dets, frames)
+            annotated = [s for f in frames.frames for s in f.samples]
+            clf = fitted.models["classifier"]
+            main = RC.predict_rois(clf, detected, cfg, skipped)
+            ann = RC.predict_rois(clf, annotated, cfg, list(skipped))
+        return Output({"main": main, "annotated_roi": ann}, summaries, time.perf_counter() - t)
+
+    def save(self, fitted, out_dir) -> list[str]:
+        return _stage_files(out_dir, "detector") + _stage_files(out_dir, "classifier")
+
+    def load(self, cfg, directory, record, checkpoint="best", device="cpu"):
+        from ..checkpoint import load_checkpoint
+        from .detector import detector_from_state
+
+        d = Path(directory)
+        det = detector_from_state(load_checkpoint(d / "detector" / f"{checkpoint}.pt")["model"], cfg.det_width)
+        return {"detector": det,
+                "classifier": RC.load_weights(build_mccnn(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt")}
+
+
+class _Subset:
+    """Some frames of a FrameTensors, with the accessors pair_detections reads."""
+
+    def __init__(self, frames, idx):
+        self._f, self._idx = frames, list(idx)
+        self.frames = [frames.frames[i] for i in self._idx]
+
+    def boxes(self, i):
+        return self._f.boxes(self._idx[i])
+
+    def scale(self, i):
+        return self._f.scale(self._idx[i])
+
+
+def _sub(out_dir, name: str):
+    return None if out_dir is None else Path(out_dir) / name
+
+
+def _stage_files(out_dir, stage: str) -> list[str]:
+    """The checkpoint files one trained stage left in ``out_dir/stage``."""
+    d = Path(out_dir) / stage
+    return [f"{stage}/{n}" for n in ("best.pt", "last.pt") if (d / n).is_file()]

@@ -28,8 +28,6 @@ prediction alone.
 
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -171,11 +169,40 @@ class TrainedSegmenter:
     train_s: float
     fit_frames: int
     val_frames: int
+    files: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {"best_epoch": self.best_epoch, "best_val_dice": self.best_val_dice, "epochs_run": len(self.history),
                 "fit_frames": self.fit_frames, "val_frames": self.val_frames, "train_s": self.train_s,
                 "history": self.history, "parameters": sum(p.numel() for p in self.model.parameters())}
+
+
+class _SegmenterTask:
+    def __init__(self, model: UNet, fit: FrameTensors, val: FrameTensors, cfg):
+        self.model, self.fit, self.val, self.cfg = model, fit, val, cfg
+        self.n = len(fit)
+        self.y_val = frame_targets(val)
+
+    def start_epoch(self, epoch):
+        self.model.train()
+
+    def step(self, rows, epoch):
+        rows = [int(r) for r in rows]
+        # each frame's horizontal flip (p = 0.5) from (seed, epoch, index), as RoiDataset draws
+        fl = [bool(np.random.default_rng([int(self.cfg.seed), epoch, r]).random() < 0.5) for r in rows]
+        x = self.fit.images(rows, fl)
+        y = torch.stack([self.fit.mask(r, f) for r, f in zip(rows, fl)])
+        logits = self.model(x)
+        loss = F.binary_cross_entropy_with_logits(logits, y) + _soft_dice_loss(logits, y)
+        return loss, float(len(rows)), float(len(rows))
+
+    def validate(self, epoch):
+        dice, iou = dice_iou(predict_probs(self.model, self.val, self.cfg.seg_batch), self.y_val)
+        vd = float(dice.mean())
+        return [vd], {"val_dice": vd, "val_iou": float(iou.mean())}
+
+    def generators(self):
+        return {}
 
 
 def train_segmenter(fit: FrameTensors, val: FrameTensors, cfg, progress=None, stage: str = "seg_epoch"
@@ -187,56 +214,34 @@ def train_segmenter(fit: FrameTensors, val: FrameTensors, cfg, progress=None, st
     return t.model, t.history, t.best_epoch, t.best_val_dice
 
 
-def fit_segmenter(fit: FrameTensors, val: FrameTensors, cfg, progress=None, stage: str = "seg_epoch"
-                  ) -> TrainedSegmenter:
-    """:func:`train_segmenter` returning a :class:`TrainedSegmenter` (with timings).
+def fit_segmenter(fit: FrameTensors, val: FrameTensors, cfg, progress=None, stage: str = "seg_epoch",
+                  ckpt_dir=None, resume: bool = False, keep_last: bool = True) -> TrainedSegmenter:
+    """:func:`train_segmenter` returning a :class:`TrainedSegmenter` (with timings), through the
+    shared epoch loop (``ckpt_dir``: its resumable checkpoints).
 
     ``cfg`` needs ``unet_base``, ``unet_depth``, ``seg_epochs``, ``seg_batch``, ``seg_lr``,
     ``seg_weight_decay`` and ``seed``. Seeded and deterministic at a fixed thread count:
-    ``torch.manual_seed(cfg.seed)`` before building, the batch order from
-    ``(seed, epoch)`` and each frame's horizontal flip (p = 0.5) from ``(seed, epoch, index)``
-    (as ``RoiDataset`` draws its augmentation). Loss: BCE-with-logits + soft Dice; AdamW.
-    ``progress(stage, epoch, epochs, info)`` after each epoch. Needs masks on both sets
-    (``FrameTensors(..., masks=True)``)."""
+    ``torch.manual_seed(cfg.seed)`` before building, the batch order from ``(seed, epoch)``
+    and each frame's horizontal flip (p = 0.5) from ``(seed, epoch, index)``. Loss:
+    BCE-with-logits + soft Dice; AdamW. ``progress(stage, epoch, epochs, info)`` after each
+    epoch. Needs masks on both sets (``FrameTensors(..., masks=True)``)."""
+    import dataclasses
+
+    from ..engine import LoopSettings, fit_loop
+
     if len(fit) < 2 or len(val) < 1:
         raise HfcnError(f"too few loadable frames to train the segmenter ({len(fit)} training, {len(val)} validation)",
                         hint="the segmenter needs at least 2 training frames and 1 validation frame with outlines")
-    t0 = time.perf_counter()
     torch.manual_seed(int(cfg.seed))
     model = UNet(1, cfg.unet_base, cfg.unet_depth)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.seg_lr, weight_decay=cfg.seg_weight_decay)
-    y_val = frame_targets(val)
-    best, history = None, []
-    for epoch in range(cfg.seg_epochs):
-        model.train()
-        order = torch.randperm(len(fit), generator=torch.Generator().manual_seed(int(cfg.seed) * 1000 + epoch))
-        flips = [bool(np.random.default_rng([int(cfg.seed), epoch, i]).random() < 0.5) for i in range(len(fit))]
-        total, seen = 0.0, 0
-        for s in range(0, len(order), cfg.seg_batch):
-            rows = [int(r) for r in order[s:s + cfg.seg_batch]]
-            if len(rows) < 2:  # a lone last frame: batch norm statistics of one image
-                continue
-            fl = [flips[r] for r in rows]
-            x = fit.images(rows, fl)
-            y = torch.stack([fit.mask(r, f) for r, f in zip(rows, fl)])
-            logits = model(x)
-            loss = F.binary_cross_entropy_with_logits(logits, y) + _soft_dice_loss(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(rows)
-            seen += len(rows)
-        dice, iou = dice_iou(predict_probs(model, val, cfg.seg_batch), y_val)
-        vd = float(dice.mean())
-        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_dice": vd,
-                        "val_iou": float(iou.mean())})
-        if best is None or vd > best[1]:
-            best = (epoch + 1, vd, copy.deepcopy(model.state_dict()))
-        if progress is not None:
-            progress(stage, epoch + 1, cfg.seg_epochs, history[-1])
-    model.load_state_dict(best[2])
-    model.eval()
-    return TrainedSegmenter(model, history, best[0], best[1], time.perf_counter() - t0, len(fit), len(val))
+    settings = LoopSettings(epochs=cfg.seg_epochs, batch_size=cfg.seg_batch, lr=cfg.seg_lr,
+                            weight_decay=cfg.seg_weight_decay, optimizer="adamw", seed=int(cfg.seed))
+    loop = fit_loop(model, _SegmenterTask(model, fit, val, cfg), settings,
+                    config={**dataclasses.asdict(cfg), "stage": "segmenter"}, ckpt_dir=ckpt_dir, resume=resume,
+                    progress=progress, stage=stage, keep_last=keep_last)
+    best = loop.best_score[0] if loop.best_score else float("nan")
+    return TrainedSegmenter(model, loop.history, loop.best_epoch, best, loop.seconds, len(fit), len(val),
+                            loop.checkpoints)
 
 
 # ---------------------------------------------------------------------------------------------

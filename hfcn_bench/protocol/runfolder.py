@@ -1,0 +1,239 @@
+"""The run folder: one versioned layout for every system, written and read here only.
+
+::
+
+    RUN/
+      config.json      header: format "hfcn-bench/run", version, system, its config, preset,
+                       data provenance, split method, protocol (seed, n_boot, aggregate),
+                       status ("running" until metrics.json is written, then "finished")
+      split.json       the case-level split manifest (data.splits.write_manifest)
+      metrics.json     the test report (pooled over folds for k-fold runs)
+      predictions.csv  per-ROI test predictions (every variant, every fold)
+      fitted.json      (one split) what the fitted system is: thresholds and the predictions
+                       they were chosen on, training summary, model files with their sha256
+      <model files>    the system's own (best.pt/last.pt, <stage>/best.pt, *.skops)
+      fold{i}/         (k-fold) one fitted.json + model files per fold
+
+A run is a run only once it finished: ``status`` says so, and :func:`check_reusable` lets a
+plain rerun train over a folder whose earlier start failed before anything was trained.
+Model files are recorded with their sha256 in ``fitted.json`` when written and checked before
+they are loaded, so a damaged file is refused with its name instead of giving a silently
+wrong result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..atomic import write_json_atomic
+from ..data.splits import Manifest, read_manifest
+from ..errors import HfcnError
+
+__all__ = [
+    "RUN_FORMAT", "RUN_VERSION", "FITTED_FORMAT", "FITTED_VERSION", "RunFolder", "read_run", "write_header",
+    "mark_finished", "fit_dir", "write_fitted", "read_fitted", "sha256_file", "verify_files", "remove_stray_temps",
+    "check_reusable", "has_state",
+]
+
+RUN_FORMAT = "hfcn-bench/run"
+RUN_VERSION = 2
+FITTED_FORMAT = "hfcn-bench/fitted"
+FITTED_VERSION = 1
+HEADER = "config.json"
+FITTED = "fitted.json"
+
+
+def fit_dir(run_dir: str | os.PathLike, fold: int | None) -> Path:
+    """Where one split's fitted system lives: the run folder, or ``fold{i}/`` for k-fold runs."""
+    return Path(run_dir) if fold is None else Path(run_dir) / f"fold{fold}"
+
+
+def write_header(run_dir: str | os.PathLike, header: dict) -> Path:
+    from .. import __version__
+
+    obj = {"format": RUN_FORMAT, "version": RUN_VERSION, "created_by": f"hfcn-bench {__version__}",
+           "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **header}
+    return write_json_atomic(Path(run_dir) / HEADER, obj)
+
+
+def mark_finished(run_dir: str | os.PathLike) -> None:
+    path = Path(run_dir) / HEADER
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    obj["status"] = "finished"
+    obj["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json_atomic(path, obj)
+
+
+@dataclass
+class RunFolder:
+    """A run folder's header and split manifest (see the module docstring)."""
+
+    path: Path
+    header: dict
+    manifest: Manifest
+
+    @property
+    def system(self) -> str:
+        return self.header["system"]
+
+    @property
+    def config(self) -> dict:
+        return dict(self.header["config"])
+
+    @property
+    def is_kfold(self) -> bool:
+        return self.manifest.method == "kfold"
+
+    @property
+    def finished(self) -> bool:
+        return self.header.get("status") == "finished"
+
+    @property
+    def folds(self) -> list[int | None]:
+        return [s.fold for s in self.manifest.splits] if self.is_kfold else [None]
+
+    def fit_dir(self, fold: int | None) -> Path:
+        return fit_dir(self.path, fold)
+
+    def metrics(self) -> dict:
+        path = self.path / "metrics.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise HfcnError(f"{self.path} holds no finished run (no metrics.json)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HfcnError(f"{path} is not valid JSON: {exc}") from None
+
+    def progress_note(self) -> str | None:
+        """When the run stopped before its last epoch: where it stopped, from its checkpoints
+        (``None`` for a finished run)."""
+        if self.finished:
+            return None
+        from ..checkpoint import peek_epoch
+
+        notes = []
+        for fold in self.folds:
+            d = self.fit_dir(fold)
+            for last in sorted(d.glob("**/last.pt")):
+                done = peek_epoch(last)
+                if done is not None:
+                    where = last.parent.relative_to(self.path).as_posix()
+                    notes.append(f"{where if where != '.' else 'training'} at epoch {done[0]} of {done[1]}")
+        what = "; ".join(notes) if notes else "before its first epoch"
+        return f"{self.path} did not finish training (stopped {what})"
+
+
+def read_run(run_dir: str | os.PathLike) -> RunFolder:
+    """Read a run folder's header and manifest; a missing, foreign or older file is a clear error."""
+    path = Path(run_dir)
+    cfg_path = path / HEADER
+    if not path.is_dir():
+        raise HfcnError(f"{path} is not a run folder (not a directory)",
+                        hint="give the --out folder of an `hfcn-bench train` run")
+    if not cfg_path.is_file():
+        raise HfcnError(f"{path} is not a run folder (no {HEADER})",
+                        hint="give the --out folder of an `hfcn-bench train` run")
+    try:
+        header = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HfcnError(f"{cfg_path} is not valid JSON: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") != RUN_FORMAT:
+        raise HfcnError(f"{cfg_path} is not an hfcn-bench run header")
+    if header.get("version") != RUN_VERSION:
+        raise HfcnError(f"{cfg_path}: run format version {header.get('version')!r}; this hfcn-bench reads version "
+                        f"{RUN_VERSION}", hint="retrain the run with this version of hfcn-bench")
+    for key in ("system", "config", "split", "protocol"):
+        if key not in header:
+            raise HfcnError(f"{cfg_path}: damaged run header (no {key!r})")
+    return RunFolder(path, header, read_manifest(path / "split.json"))
+
+
+def has_state(run_dir: str | os.PathLike) -> bool:
+    """Whether a folder holds anything a plain rerun would destroy: a finished run, or the
+    checkpoints of one that was interrupted."""
+    path = Path(run_dir)
+    if (path / "metrics.json").is_file():
+        return True
+    return any(path.glob("**/last.pt")) or any(path.glob("**/" + FITTED))
+
+
+def check_reusable(run_dir: str | os.PathLike, force: bool, resume: bool) -> None:
+    """Refuse to train over a run unless asked to: a finished or interrupted run needs
+    ``--force`` (or ``--resume`` to continue it); a folder whose earlier start failed before
+    anything was trained (only a header and a manifest) is reused silently."""
+    path = Path(run_dir)
+    if path.exists() and not path.is_dir():
+        raise HfcnError(f"--out {path} is a file, not a folder", hint="choose a folder for the run")
+    if force or resume or not path.exists():
+        return
+    if (path / "metrics.json").is_file():
+        raise HfcnError(f"{path} already holds a finished run", hint="--force to train over it, or choose another --out")
+    if has_state(path):
+        raise HfcnError(f"{path} holds an interrupted run", hint="--resume to continue it, --force to start over")
+
+
+def write_fitted(directory: str | os.PathLike, obj: dict, files: list[str]) -> Path:
+    """Write ``fitted.json`` with the sha256 of every model file in ``files`` (paths relative
+    to ``directory``), so loading can tell a damaged file."""
+    d = Path(directory)
+    record = {rel: sha256_file(d / rel) for rel in files}
+    return write_json_atomic(d / FITTED, {"format": FITTED_FORMAT, "version": FITTED_VERSION, **obj, "files": record})
+
+
+def read_fitted(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / FITTED
+    if not path.is_file():
+        raise HfcnError(f"{Path(directory)} holds no fitted model ({FITTED} missing: training did not finish?)",
+                        hint="resume the run (hfcn-bench train --resume --out RUN) or retrain it")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HfcnError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FITTED_FORMAT or obj.get("version") != FITTED_VERSION:
+        raise HfcnError(f"{path} is not an hfcn-bench fitted-model record (version {FITTED_VERSION})")
+    return obj
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_files(directory: str | os.PathLike, recorded: dict[str, str], only: list[str] | None = None) -> None:
+    """Check model files against the sha256 recorded when they were written; a missing or
+    changed file is refused with its name."""
+    d = Path(directory)
+    for rel, digest in recorded.items():
+        if only is not None and rel not in only:
+            continue
+        path = d / rel
+        if not path.is_file():
+            raise HfcnError(f"{path}: model file missing", hint="retrain the run (hfcn-bench train --force)")
+        if sha256_file(path) != digest:
+            raise HfcnError(f"{path}: model file is damaged (its sha256 differs from the one recorded when it was "
+                            "written)", hint="use --checkpoint last if the run kept it, or retrain the run")
+
+
+def remove_stray_temps(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.*.tmp`` files an atomic write killed mid-way leaves behind (the
+    finished files are intact: the rename never happened). Returns what was removed."""
+    removed = []
+    root = Path(run_dir)
+    if not root.is_dir():
+        return removed
+    for p in root.rglob(".*.tmp"):
+        if p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed

@@ -1,0 +1,9 @@
+"""``hfcn-bench reproduce``: the paper's Tables 3 and 4 under case-level cross-validation, as a
+grid of cached cells (each an ordinary run folder) run in-process or on Ray, and the report
+that sets the paper's figures beside ours."""
+
+from .grid import Cell, Config, build_cells, build_configs
+from .runner import PRESETS, ReproduceOptions, estimate_costs, plan, reproduce
+
+__all__ = ["Cell", "Config", "PRESETS", "ReproduceOptions", "build_cells", "build_configs", "estimate_costs", "plan",
+           "reproduce"]

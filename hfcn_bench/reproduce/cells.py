@@ -1,0 +1,105 @@
+"""Running one cell: a pure function of (configuration, fold, data path) -> a run folder.
+
+:func:`run_cell` takes and returns plain dicts, so the local engine calls it in-process and
+the Ray engine ships it to a worker unchanged: both give identical cells. A finished cell
+(its ``metrics.json`` written and its header marked finished) is returned as ``cached``
+without loading anything; an interrupted one resumes from its checkpoints; a failing one
+writes ``error.json`` and its traceback to ``cell.log`` and returns an error row, so the grid
+goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+from ..atomic import write_json_atomic
+
+__all__ = ["cell_done", "run_cell", "cell_spec"]
+
+
+def cell_done(cell_dir: str | Path) -> bool:
+    d = Path(cell_dir)
+    try:
+        header = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return header.get("status") == "finished" and (d / "metrics.json").is_file()
+
+
+def cell_spec(cell, out_dir: Path, *, data: str, label_rule: str, preset: str, seed: int, threads: int,
+              device: str, n_boot: int, overrides: dict | None = None) -> dict:
+    """Everything a worker needs to run ``cell`` (plain JSON values)."""
+    from .grid import config_overrides
+
+    return {"key": cell.key, "config_key": cell.config.key, "fold": cell.fold, "k": cell.k, "data": str(data),
+            "label_rule": label_rule, "preset": preset, "seed": int(seed), "threads": int(threads),
+            "device": device, "n_boot": int(n_boot),
+            "overrides": {**config_overrides(cell.config), **(overrides or {})},
+            "out": str(Path(out_dir) / "cells" / cell.key)}
+
+
+def _log(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text.rstrip("\n") + "\n")
+
+
+def run_cell(spec: dict) -> dict:
+    """Run (or skip, or resume) one cell; returns ``{"key", "status", "wall_s", "auc", ...}``
+    with status ``done``, ``cached`` or ``error`` (``error`` then names the log)."""
+    out = Path(spec["out"])
+    if cell_done(out):
+        m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        return {"key": spec["key"], "status": "cached", "wall_s": 0.0, "auc": m.get("auc"),
+                "cell_s": (m.get("timings") or {}).get("total_s")}
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "cell.log"
+    t0 = time.perf_counter()
+    try:
+        import torch
+
+        from ..data import kfold, load_dataset
+        from ..data.report import DataWarning
+        from ..runs import train_run
+        from ..systems import get_system
+
+        torch.set_num_threads(int(spec["threads"]))
+        resume = any(out.glob("**/last.pt"))
+        _log(log, f"{time.strftime('%Y-%m-%d %H:%M:%S')} cell {spec['key']} ({'resume' if resume else 'start'}), "
+                  f"{spec['threads']} thread(s), device {spec['device']}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            ds = load_dataset(spec["data"], label_rule=spec["label_rule"])
+        splits = kfold(ds, k=int(spec["k"]), seed=int(spec["seed"]))
+        system = get_system("hfcn")
+        cfg = system.configure(spec["preset"], {**spec["overrides"], "threads": int(spec["threads"]),
+                                                "device": spec["device"]}, seed=int(spec["seed"]))
+
+        def progress(kind, done, total, info):
+            if kind == "epoch":
+                _log(log, f"epoch {done}/{total} loss {info.get('train_loss', 0):.4f} val_auc {info.get('val_auc')} "
+                          f"{info.get('seconds', 0):.1f} s")
+
+        # keep_last=False: last.pt only serves a resume; a finished cell keeps best.pt alone.
+        report = train_run(system, cfg, ds, [splits[int(spec["fold"])]], out_dir=out, n_boot=int(spec["n_boot"]),
+                           progress=progress, resume=resume, keep_last=False,
+                           header={"preset": spec["preset"], "cell": {k: spec[k] for k in ("key", "config_key", "fold",
+                                                                                            "k")}})
+        wall = time.perf_counter() - t0
+        _log(log, f"finished in {wall:.1f} s: test ROC-AUC {report.get('auc')}")
+        (out / "error.json").unlink(missing_ok=True)
+        return {"key": spec["key"], "status": "done", "wall_s": wall, "auc": report.get("auc"),
+                "cell_s": report["timings"].get("total_s")}
+    except KeyboardInterrupt:
+        _log(log, "interrupted; the next run resumes this cell from its checkpoints")
+        raise
+    except Exception as exc:  # noqa: BLE001 - one failing cell becomes an error row, the grid goes on
+        wall = time.perf_counter() - t0
+        tb = traceback.format_exc()
+        _log(log, tb)
+        msg = f"{type(exc).__name__}: {exc}"
+        write_json_atomic(out / "error.json", {"key": spec["key"], "error": msg, "log": str(log)})
+        return {"key": spec["key"], "status": "error", "wall_s": wall, "error": msg, "log": str(log)}

@@ -1,0 +1,206 @@
+"""The driver of ``hfcn-bench reproduce``: build the grid, skip what is done, estimate the cost,
+run the rest on an engine, then write the report.
+
+``OUT/grid.json`` records what the grid is (data fingerprint, label rule, preset, folds,
+seed); a later run into the same folder must match it, so cached cells are never mixed
+with another protocol's. ``OUT/cells/<key>/`` are the run folders; ``OUT/report.md``,
+``report.json`` and the figures are rewritten at the end of every run from whatever cells are
+finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..atomic import write_json_atomic
+from ..errors import HfcnError
+from .cells import cell_done, cell_spec
+from .engines import ENGINES, run_local, run_ray
+from .grid import build_cells, build_configs
+
+__all__ = ["ReproduceOptions", "plan", "estimate_costs", "reproduce", "PRESETS"]
+
+PRESETS = ("paper", "cpu", "smoke")
+
+
+@dataclass
+class ReproduceOptions:
+    table: str = "all"
+    data: str | None = None
+    folds: int = 5
+    backbones: tuple[str, ...] | None = None
+    alphas: tuple[float, ...] | None = None
+    preset: str = "cpu"
+    workers: int | None = None
+    threads: int = 1
+    engine: str = "ray"
+    address: str | None = None
+    device: str = "cpu"
+    out: str = "reports/reproduce"
+    seed: int = 0
+    n_boot: int = 1000
+    label_rule: str = "tirads"
+    dry_run: bool = False
+    gpus_per_cell: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.preset not in PRESETS:
+            raise HfcnError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if self.engine not in ENGINES:
+            raise HfcnError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.folds < 2:
+            raise HfcnError(f"--folds must be at least 2, got {self.folds}")
+        if self.threads < 1 or (self.workers is not None and self.workers < 1):
+            raise HfcnError("--threads and --workers must be at least 1")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise HfcnError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise HfcnError("--device cuda asked for, but no CUDA GPU is available", hint="use --device cpu")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise HfcnError(f"--out {out} is a file, not a folder")
+
+
+def _dataset(opts: ReproduceOptions):
+    from ..data import ensure_synthetic, load_dataset
+    from ..data.report import DataWarning
+
+    path = Path(opts.data).expanduser().resolve() if opts.data else ensure_synthetic().resolve()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        ds = load_dataset(path, label_rule=opts.label_rule)
+    from ..runs import check_trainable
+
+    check_trainable(ds)
+    return path, ds
+
+
+def _grid_record(opts: ReproduceOptions, ds, path: Path) -> dict:
+    return {"format": "hfcn-bench/reproduce-grid", "version": 1, "data_fingerprint": ds.fingerprint,
+            "data": str(path), "label_rule": ds.label_rule, "preset": opts.preset, "folds": int(opts.folds),
+            "seed": int(opts.seed), "n_boot": int(opts.n_boot)}
+
+
+def _check_grid(out: Path, record: dict) -> None:
+    path = out / "grid.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise HfcnError(f"{path} is damaged", hint="remove it (the cells stay) or choose another --out") from None
+    for key in ("data_fingerprint", "label_rule", "preset", "folds", "seed"):
+        if old.get(key) != record[key]:
+            raise HfcnError(f"{out} holds a grid with {key} = {old.get(key)!r}, not {record[key]!r}",
+                            hint="choose another --out for another protocol")
+
+
+def plan(opts: ReproduceOptions) -> tuple[list, Path, object]:
+    """``(cells, data path, dataset)`` of the options (nothing run)."""
+    configs = build_configs(opts.table, opts.backbones, opts.alphas)
+    path, ds = _dataset(opts)
+    return build_cells(configs, opts.folds), path, ds
+
+
+def estimate_costs(cells, ds, opts: ReproduceOptions, steps: int = 2) -> dict[str, dict]:
+    """Seconds per cell from a short measured training step of each distinct model (one
+    warm-up step, then the median of ``steps``), scaled by the cell's epochs and batches;
+    prediction (validation every epoch, the test fold once) is counted as a third of a
+    training step per batch."""
+    from ..bench.model_cost import measure_train_step
+    from ..systems import get_system
+    from .grid import config_overrides
+
+    system = get_system("hfcn")
+    n = len(ds)
+    cache: dict[tuple, float] = {}
+    out = {}
+    for cell in cells:
+        cfg = system.configure(opts.preset, config_overrides(cell.config), seed=opts.seed)
+        key = (cfg.backbone, cfg.crop, cfg.alpha, cfg.image_size, cfg.batch_size)
+        if key not in cache:
+            row = measure_train_step(cfg.model_config(), batch=cfg.batch_size, size=cfg.image_size,
+                                     threads=opts.threads, repeats=steps, warmup=1, inference=False,
+                                     device=opts.device, seed=opts.seed)
+            cache[key] = row["train_median_s"]
+        step = cache[key]
+        train_rois = n * (cell.k - 1) / cell.k
+        batches = max(1, round(train_rois * (1 - cfg.val_fraction) / cfg.batch_size))
+        val_batches = train_rois * cfg.val_fraction / cfg.batch_size
+        test_batches = n / cell.k / cfg.batch_size
+        est = cfg.epochs * (batches + val_batches / 3) * step + test_batches * step / 3
+        out[cell.key] = {"step_s": step, "batches_per_epoch": batches, "epochs": cfg.epochs, "estimate_s": est}
+    return out
+
+
+def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = None) -> dict:
+    """Run (or, with ``dry_run``, only plan and cost) the grid; returns the report dict."""
+    from . import report as R
+
+    opts.check()
+    cells, path, ds = plan(opts)
+    out = Path(opts.out)
+    record = _grid_record(opts, ds, path)
+    _check_grid(out, record)
+    workers = opts.workers or max(1, (os.cpu_count() or 1) // opts.threads)
+    specs = [cell_spec(c, out, data=str(path), label_rule=opts.label_rule, preset=opts.preset, seed=opts.seed,
+                       threads=opts.threads, device=opts.device, n_boot=opts.n_boot) for c in cells]
+    todo = [s for s in specs if not cell_done(s["out"])]
+    if opts.dry_run:
+        costs = estimate_costs(cells, ds, opts)
+        total = sum(c["estimate_s"] for c in costs.values())
+        left = sum(costs[s["key"]]["estimate_s"] for s in todo)
+        return {"dry_run": True, "cells": [{"key": s["key"], "done": s not in todo, **costs[s["key"]]} for s in specs],
+                "total_s": total, "remaining_s": left, "workers": workers, "threads": opts.threads,
+                "remaining_wall_s": left / workers, "preset": opts.preset, "data": str(path)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "grid.json", record)
+    # Build the extension once here: workers then load it from the cache instead of racing to
+    # compile it.
+    from .. import ops
+
+    ops.load_extension()
+    results: dict[str, dict] = {}
+    t0 = time.perf_counter()
+
+    def on_event(event, spec, res):
+        if res is not None:
+            results[spec["key"]] = res
+        if progress is not None:
+            progress(event, spec, res)
+
+    for s in specs:
+        if s not in todo:
+            results[s["key"]] = {"key": s["key"], "status": "cached", "wall_s": 0.0}
+            if progress is not None:
+                progress("cached", s, results[s["key"]])
+    gpus = opts.gpus_per_cell if opts.gpus_per_cell is not None else (
+        1.0 / workers if opts.device.startswith("cuda") else 0.0)
+    interrupted = False
+    info = {"engine": opts.engine, "workers": workers}
+    try:
+        if todo:
+            if opts.engine == "local":
+                info = run_local(todo, on_event)
+            else:
+                info = run_ray(todo, on_event, workers=workers, threads=opts.threads, address=opts.address,
+                               gpus_per_cell=gpus)
+    except KeyboardInterrupt:
+        interrupted = True
+    wall = time.perf_counter() - t0
+    report = R.build_report(out, cells, results, opts, {**info, "wall_s": wall, "interrupted": interrupted,
+                                                        "threads": opts.threads, "gpus_per_cell": gpus})
+    R.write_report(report, out)
+    if interrupted:
+        raise KeyboardInterrupt
+    return report
