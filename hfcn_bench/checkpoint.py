@@ -139,7 +139,7 @@ def torch_load_reason(exc: Exception) -> str:
     if isinstance(exc, pickle.UnpicklingError):
         m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", str(exc), re.S)
         why = " ".join(m.group(1).split()) if m else "it holds more than tensors and plain containers"
-        return f"refused: not a plain tensor file ({why[:200]}); loading it could run code"
+        return f"refused to load: not a plain tensor file ({why[:200]}); loading it could run code"
     text = str(exc).strip()
     first = text.splitlines()[0].split(". ")[0] if text else ""
     if "weights_only" in first:

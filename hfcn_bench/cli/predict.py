@@ -34,7 +34,8 @@ def register(sub) -> None:
 def _row(path: Path, r, png: Path | None) -> dict:
     s = r.sample
     return {"input": str(path), "image": str(s.image_path), "case_id": s.case_id, "frame": s.frame,
-            "region": s.region, "kind": s.roi_kind, "bbox": list(s.bbox), "tirads": s.tirads,
+            "region": s.region, "kind": s.roi_kind, "bbox": list(s.bbox),
+            "roi_box": list(r.roi_box) if r.roi_box else list(s.bbox), "tirads": s.tirads,
             "label": s.label, "prob": r.prob, "threshold": r.threshold, "pred": r.call, "outputs": r.outputs,
             **{k: v for k, v in r.extra.items()}, "png": None if png is None else str(png)}
 

@@ -159,7 +159,10 @@ def _describe(tp) -> str:
         inner = " or ".join(_describe(a) for a in args)
         return f"{inner} or none" if type(None) in typing.get_args(tp) else inner
     if origin is tuple:
-        return f"a list of {len(typing.get_args(tp))} " + _describe(typing.get_args(tp)[0]) + "s"
+        args = typing.get_args(tp)
+        words = {2: "two", 3: "three", 4: "four"}.get(len(args), str(len(args)))
+        kind = {int: "integers", float: "numbers", str: "strings"}.get(args[0], "values")
+        return f"{words} {kind} (e.g. 96,144)"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a JSON object"
             }.get(tp, getattr(tp, "__name__", str(tp)))
 

@@ -292,8 +292,9 @@ def fit_forest(train_samples: Sequence[Sample], cfg: ShapeRFConfig, progress=Non
     return rf, thr, source, summary
 
 
-def forest_predict(rf, samples: Sequence[Sample], cfg: ShapeRFConfig, skipped: list[str]) -> Predictions:
-    X, kept = _features(samples, cfg, None, "test", skipped)
+def forest_predict(rf, samples: Sequence[Sample], cfg: ShapeRFConfig, skipped: list[str], progress=None
+                   ) -> Predictions:
+    X, kept = _features(samples, cfg, progress, "test", skipped)
     if not kept:
         raise HfcnError("no ROI could be described")
     return Predictions.of(kept, rf.predict_proba(X)[:, 1], skipped)
@@ -335,7 +336,7 @@ class ShapeRF(System):
 
     def predict(self, fitted, samples, *, progress=None) -> Output:
         t = time.perf_counter()
-        pred = forest_predict(fitted.models["forest"], samples, fitted.config, [])
+        pred = forest_predict(fitted.models["forest"], samples, fitted.config, [], progress)
         return Output({"main": pred}, seconds=time.perf_counter() - t)
 
     def save(self, fitted, out_dir) -> list[str]:
