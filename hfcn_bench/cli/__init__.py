@@ -1,6 +1,6 @@
 """``hfcn-bench`` command line. Each sub-command lives in a module of this package that exposes
 ``register(subparsers)``; handlers return an exit code. Known errors (``HfcnError`` and bad
-input: ``ValueError``, ``FileNotFoundError``, ``TypeError``, ``KeyError``) become one red line
+input: ``ValueError``, ``OSError`` (a file-system fault names its file), ``TypeError``, ``KeyError``) become one red line
 with a hint; the traceback is shown only with ``--debug``."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
-    except (HfcnError, ValueError, FileNotFoundError, TypeError, KeyError) as exc:
+    except (HfcnError, ValueError, OSError, TypeError, KeyError) as exc:
         if args.debug:
             raise
         hint = getattr(exc, "hint", None)

@@ -191,9 +191,11 @@ def print_report(console, report: dict, title: str) -> None:
             console.print(f"{key}: {vals}", highlight=False)
     data = report.get("data") or {}
     console.print(f"labels: {data.get('label_rule')} rule ({data.get('format')} data at {data.get('root')}, "
-                  f"fingerprint {str(data.get('fingerprint', ''))[:12]}…); level: {report.get('level')}"
-                  + ("; DDTI labels are a TI-RADS proxy, not pathology" if data.get("label_rule") in ("tirads", "mccnn")
-                     else ""), highlight=False, markup=False)
+                  f"fingerprint {str(data.get('fingerprint', ''))[:12]}…); level: {report.get('level')}",
+                  highlight=False, markup=False)
+    if data.get("label_rule") in ("tirads", "mccnn"):
+        console.print("DDTI labels are a TI-RADS proxy, not pathology: every number above is agreement with the "
+                      "radiologists' TI-RADS category", highlight=False, markup=False)
     for lim in report.get("limitations") or []:
         console.print(f"[dim]limitation:[/dim] {lim}", highlight=False)
     for msg in report.get("skipped") or []:
