@@ -75,7 +75,9 @@ def _progress(console, what: str, enabled: bool = True):
 
 def run_synth(args, console) -> int:
     from ..data.synthetic import write_synthetic_ddti
+    from .common import check_out_dir
 
+    check_out_dir(args.out)
     start = time.perf_counter()
     with _progress(console, "writing phantoms") as update:
         out = write_synthetic_ddti(args.out, n_cases=args.cases, seed=args.seed, label_noise=args.label_noise,

@@ -484,13 +484,14 @@ def load_backbone_weights(net: nn.Module, path: str | os.PathLike, name: str = "
             f"weights file for {name} not found: {path}",
             hint="pass the path of a local state dict (.pt/.pth); nothing is downloaded",
         )
+    from ..checkpoint import torch_load_reason
+
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # pickle, zip or unsupported-type errors all mean "not loadable"
-        raise HfcnError(
-            f"cannot read weights file {path} for {name}: {type(exc).__name__}: {str(exc)[:200]}",
-            hint="save it with torch.save(model.state_dict(), path)",
-        ) from None
+        # torch's own message advises weights_only=False, which would run the file's code
+        raise HfcnError(f"cannot read weights file {path} for {name}: {torch_load_reason(exc)}",
+                        hint="save it with torch.save(model.state_dict(), path)") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
