@@ -99,3 +99,23 @@ def test_check_real_ddti():
     assert r["by_rule"]["mccnn"]["cases"] == {"benign": 52, "malignant": 86, "excluded": 252}
     assert r["wart_counts"]["truncated-outline"] == 8 and r["wart_counts"]["empty-outline"] == 6
     assert r["wart_counts"]["duplicate-image"] == 9
+
+
+def test_holdout_writes_two_case_disjoint_datasets(warty, tmp_path):
+    import warnings
+
+    from hfcn_bench.data import load_dataset
+
+    src, _ = warty
+    rc, text = run(["data", "holdout", str(src), "--out", str(tmp_path / "h"), "--fraction", "0.3"])
+    assert rc == 0, text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = load_dataset(src)
+        dev, hold = load_dataset(tmp_path / "h" / "development"), load_dataset(tmp_path / "h" / "holdout")
+    a, b = set(dev.case_labels()), set(hold.case_labels())
+    assert a and b and not a & b and a | b == set(whole.case_labels())
+    assert set(hold.case_labels().values()) == {0, 1}  # stratified: both classes held out
+    assert {s.key for s in dev.samples} | {s.key for s in hold.samples} == {s.key for s in whole.samples}
+    rc, text = run(["data", "holdout", str(src), "--out", str(tmp_path / "h")])
+    assert rc == 1 and "exists" in text and "--force" in text

@@ -51,6 +51,16 @@ def register(sub) -> None:
     c.add_argument("--json", action="store_true", help="print the load report as JSON instead of tables")
     c.set_defaults(handler=run_check)
 
+    h = dsub.add_parser("holdout", help="copy a dataset into a development part and a held-out part (case-disjoint, "
+                        "stratified) for external validation when there is no second dataset")
+    h.add_argument("dir", type=Path, help="the dataset folder (DDTI or benign/ + malignant/)")
+    h.add_argument("--out", type=Path, required=True, help="writes OUT/development and OUT/holdout")
+    h.add_argument("--fraction", type=float, default=0.2, help="share of the labelled cases held out (default 0.2)")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads")
+    h.add_argument("--force", action="store_true", help="replace an earlier output in --out")
+    h.set_defaults(handler=run_holdout)
+
 
 def _missing_action(parser, console) -> int:
     console.print(parser.format_help(), highlight=False, markup=False)
@@ -166,4 +176,24 @@ def run_check(args, console) -> int:
         counts = ", ".join(f"{n} {k}" for k, n in r.wart_counts().items()) or "none"
         console.print(f"[green]usable:[/green] {r.samples} ROIs from {r.sample_cases} cases; warts: {counts}",
                       highlight=False)
+    return 0
+
+
+def run_holdout(args, console) -> int:
+    import warnings
+
+    from ..data import load_dataset
+    from ..data.holdout import write_holdout
+    from .common import check_out_dir
+
+    check_out_dir(args.out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = load_dataset(args.dir, label_rule=args.label_rule)
+    res = write_holdout(ds, args.out, fraction=args.fraction, seed=args.seed, overwrite=args.force)
+    console.print(f"{len(res['development'])} labelled cases in {args.out / 'development'}, {len(res['holdout'])} held "
+                  f"out in {args.out / 'holdout'} (stratified by the {ds.label_rule} rule, seed {args.seed})",
+                  highlight=False)
+    console.print(f"next: train on the development part, then hfcn-bench eval --run RUN --data {args.out / 'holdout'}",
+                  highlight=False, markup=False)
     return 0
