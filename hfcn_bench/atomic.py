@@ -1,5 +1,6 @@
 """Atomic file writes: every result, report, manifest, figure and checkpoint of hfcn-bench goes
-through here, so a crash or a kill mid-write leaves the previous file, never half of one."""
+through here, so a crash or a kill mid-write leaves the previous file, never half of one; and
+the one JSON reader whose errors name the file."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-__all__ = ["atomic_write", "write_text_atomic", "write_json_atomic"]
+__all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "read_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
@@ -47,3 +48,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 1, allow_
     """Write ``obj`` as JSON atomically. Serialised before the file is opened, so an object that
     is not JSON raises without touching the target."""
     return write_text_atomic(path, json.dumps(obj, indent=indent, allow_nan=allow_nan) + "\n")
+
+
+def read_json(path: str | os.PathLike, missing: str | None = None, hint: str | None = None) -> Any:
+    """The JSON value in ``path``; a missing file (``missing``: the message, default one naming
+    the path) or invalid JSON is an :class:`~hfcn_bench.errors.HfcnError` naming the file."""
+    from .errors import HfcnError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HfcnError(missing or f"no file at {path}", hint=hint) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HfcnError(f"{path} is not valid JSON: {exc}") from None

@@ -4,26 +4,22 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from rich.console import Console
 
 from hfcn_bench.bench import compare as compare_mod
 from hfcn_bench.bench.report import compare_reports, load_report
-from hfcn_bench.cli import main
 from hfcn_bench.data import write_synthetic_ddti
 from hfcn_bench.errors import HfcnError
+from clitools import run
 
 
 def run_cli(*argv: str) -> tuple[int, str]:
-    buf = io.StringIO()
-    code = main(list(argv), console=Console(file=buf, width=160, force_terminal=False))
-    return code, buf.getvalue()
+    return run(argv, width=160)
 
 
 @pytest.fixture(scope="module")

@@ -3,24 +3,18 @@ scored on the same data and held-out cases."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 
 import pytest
 from PIL import Image
-from rich.console import Console
 
-from hfcn_bench.cli import main
 from hfcn_bench.data import write_synthetic_ddti
+from clitools import run
 
 pytest.importorskip("sklearn")
 
 
-def run(argv):
-    buf = io.StringIO()
-    rc = main(argv, console=Console(file=buf, width=200, force_terminal=False, color_system=None))
-    return rc, buf.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,19 @@ one code path for HFCN and the comparators, external validation, prediction from
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 
 import pytest
 from PIL import Image
-from rich.console import Console
 
 from hfcn_bench import ops
-from hfcn_bench.cli import main
 from hfcn_bench.data import write_synthetic_ddti
+from clitools import run
 
 TINY = ["--preset", "quick", "--image-size", "32", "--epochs", "1", "--threads", "1", "--n-boot", "30"]
 
 
-def run(argv, width=160):
-    buf = io.StringIO()
-    rc = main(argv, console=Console(file=buf, width=width, force_terminal=False, color_system=None))
-    return rc, buf.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 
 import pytest
-from rich.console import Console
 
-from hfcn_bench.cli import main
+from clitools import run
 
 
-def run(argv, width=160):
-    buf = io.StringIO()
-    rc = main(argv, console=Console(file=buf, width=width, force_terminal=False, color_system=None))
-    return rc, buf.getvalue()
 
 
 @pytest.fixture(scope="module")

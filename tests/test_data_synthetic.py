@@ -135,7 +135,6 @@ def test_warts_are_injected_and_each_one_is_reported(tmp_path):
                                            "duplicate-image", "missing-image", "unreadable-image", "malformed-xml"}
     reported = {(w.kind, w.case, w.frame) for w in ds.report.warts}
     # A duplicate pair may be resolved either way (the labelled copy is kept): match by group.
-    dup = {(c, f) for k, c, f in injected if k == "duplicate-image"}
     for k, c, f in injected - {x for x in injected if x[0] == "duplicate-image"}:
         assert (k, c, f) in reported, (k, c, f)
     dup_groups = [{(c, f), (w["of"].split("_")[0], int(w["of"].split("_")[1]))}

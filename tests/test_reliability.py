@@ -5,7 +5,6 @@ values, stray temporary files, interrupted runs; and a fuzz test of the DDTI rea
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -17,18 +16,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from rich.console import Console
 
-from hfcn_bench.cli import main
 from hfcn_bench.data import load_dataset, write_synthetic_ddti
+from clitools import run
 
 SMOKE = ["--preset", "smoke", "--threads", "1", "--n-boot", "20"]
 
 
-def run(argv):
-    buf = io.StringIO()
-    rc = main(argv, console=Console(file=buf, width=200, force_terminal=False, color_system=None))
-    return rc, buf.getvalue()
 
 
 @pytest.fixture(scope="module")

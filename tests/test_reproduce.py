@@ -4,26 +4,20 @@ failing cell, Ctrl-C, and the two engines giving the same numbers per cell."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import time
 
 import pytest
-from rich.console import Console
 
-from hfcn_bench.cli import main
 from hfcn_bench.data import write_synthetic_ddti
 from hfcn_bench.reproduce import ReproduceOptions, build_cells, build_configs, reproduce
 from hfcn_bench.reproduce import cells as C
+from clitools import run
 
 ray = pytest.importorskip("ray")
 
 
-def run(argv):
-    buf = io.StringIO()
-    rc = main(argv, console=Console(file=buf, width=200, force_terminal=False, color_system=None))
-    return rc, buf.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -229,7 +229,7 @@ def test_test_labels_never_reach_the_training_side(name, runs, ds, split, tmp_pa
             for k in ta:
                 assert torch.equal(ta[k], tb[k]), (rel, k)
         else:  # skops (its entry names are object ids): the loaded models, attribute by attribute
-            from hfcn_bench.systems._common import load_sklearn
+            from hfcn_bench.systems.common import load_sklearn
 
             _same_model(load_sklearn(runs[name] / rel), load_sklearn(tmp_path / "flipped" / rel), rel)
     first = json.loads((runs[name] / "metrics.json").read_text())
@@ -254,7 +254,7 @@ def test_a_tampered_skops_file_is_refused_with_its_name(runs, tmp_path):
         for n, data in entries.items():
             z.writestr(n, data)
     path.write_bytes(buf.getvalue())
-    from hfcn_bench.systems._common import load_sklearn
+    from hfcn_bench.systems.common import load_sklearn
 
     with pytest.raises(HfcnError, match=r"forest\.skops: refused to load: the file holds types .*os\.system"):
         load_sklearn(path)
@@ -316,7 +316,7 @@ def test_outline_features_follow_the_tirads_cues(tmp_path):
 def test_missing_sklearn_gives_an_install_hint(monkeypatch):
     import builtins
 
-    from hfcn_bench.systems import _common
+    from hfcn_bench.systems import common
 
     real = builtins.__import__
 
@@ -327,7 +327,7 @@ def test_missing_sklearn_gives_an_install_hint(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_sklearn)
     with pytest.raises(HfcnError) as e:
-        _common.sklearn()
+        common.sklearn()
     assert e.value.hint == "pip install scikit-learn"
 
 

@@ -25,7 +25,6 @@ torch = pytest.importorskip("torch")
 from hfcn_bench.runs import train_run  # noqa: E402
 from hfcn_bench.systems import get_system  # noqa: E402
 from hfcn_bench.systems import segmentation as SEG  # noqa: E402
-from hfcn_bench.systems import two_stage  # noqa: E402
 from hfcn_bench.systems.frames import FrameTensors, group_frames  # noqa: E402
 
 # 48x64 frames, a 3-level U-Net of width 8 and 20 epochs: the phantoms' nodules are learnt

@@ -13,23 +13,18 @@ majority-class baseline closes the table.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
 
+from ..atomic import read_json
 from ..errors import HfcnError
 
 __all__ = ["load_run", "load_eval", "rank_runs", "localisation", "markdown", "run_name"]
 
 
 def _json(path: Path, what: str) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HfcnError(f"no {what} at {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HfcnError(f"{path} is not valid JSON: {exc}") from None
+    obj = read_json(path, f"no {what} at {path}")
     if not isinstance(obj, dict) or "metrics" not in obj or "data" not in obj:
         raise HfcnError(f"{path} is not an hfcn-bench metrics report")
     return obj

@@ -20,14 +20,13 @@ seed and data fingerprint, so another machine can check it has the same data and
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..atomic import write_json_atomic
+from ..atomic import read_json, write_json_atomic
 from ..errors import HfcnError
 from .collection import LABEL_NAMES, LoadedDataset, case_sort_key
 from .rois import Sample
@@ -281,12 +280,7 @@ def write_manifest(path: str | Path, dataset: LoadedDataset, splits: Split | Seq
 def read_manifest(path: str | Path) -> Manifest:
     """Read a manifest written by ``write_manifest``; a wrong or damaged file is a clear error."""
     path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HfcnError(f"no split manifest at {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HfcnError(f"{path} is not valid JSON: {exc}") from None
+    obj = read_json(path, f"no split manifest at {path}")
     if not isinstance(obj, dict) or obj.get("format") != MANIFEST_FORMAT:
         raise HfcnError(f"{path} is not an hfcn-bench split manifest")
     if obj.get("version") != MANIFEST_VERSION:

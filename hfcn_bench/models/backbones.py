@@ -487,7 +487,9 @@ def load_backbone_weights(net: nn.Module, path: str | os.PathLike, name: str = "
     from ..checkpoint import torch_load_reason
 
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes; the error below says more
+            state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # pickle, zip or unsupported-type errors all mean "not loadable"
         # torch's own message advises weights_only=False, which would run the file's code
         raise HfcnError(f"cannot read weights file {path} for {name}: {torch_load_reason(exc)}",

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import write_json_atomic
+from ..atomic import read_json, write_json_atomic
 from ..data.splits import Manifest, read_manifest
 from ..errors import HfcnError
 
@@ -101,13 +101,7 @@ class RunFolder:
         return fit_dir(self.path, fold)
 
     def metrics(self) -> dict:
-        path = self.path / "metrics.json"
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise HfcnError(f"{self.path} holds no finished run (no metrics.json)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HfcnError(f"{path} is not valid JSON: {exc}") from None
+        return read_json(self.path / "metrics.json", f"{self.path} holds no finished run (no metrics.json)")
 
     def progress_note(self) -> str | None:
         """When the run stopped before its last epoch: where it stopped, from its checkpoints
@@ -138,10 +132,7 @@ def read_run(run_dir: str | os.PathLike) -> RunFolder:
     if not cfg_path.is_file():
         raise HfcnError(f"{path} is not a run folder (no {HEADER})",
                         hint="give the --out folder of an `hfcn-bench train` run")
-    try:
-        header = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HfcnError(f"{cfg_path} is not valid JSON: {exc}") from None
+    header = read_json(cfg_path)
     if not isinstance(header, dict) or header.get("format") != RUN_FORMAT:
         raise HfcnError(f"{cfg_path} is not an hfcn-bench run header")
     if header.get("version") != RUN_VERSION:
@@ -187,13 +178,8 @@ def write_fitted(directory: str | os.PathLike, obj: dict, files: list[str]) -> P
 
 def read_fitted(directory: str | os.PathLike) -> dict:
     path = Path(directory) / FITTED
-    if not path.is_file():
-        raise HfcnError(f"{Path(directory)} holds no fitted model ({FITTED} missing: training did not finish?)",
-                        hint="resume the run (hfcn-bench train --resume --out RUN) or retrain it")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HfcnError(f"{path} is not valid JSON: {exc}") from None
+    obj = read_json(path, f"{Path(directory)} holds no fitted model ({FITTED} missing: training did not finish?)",
+                    hint="resume the run (hfcn-bench train --resume --out RUN) or retrain it")
     if not isinstance(obj, dict) or obj.get("format") != FITTED_FORMAT or obj.get("version") != FITTED_VERSION:
         raise HfcnError(f"{path} is not an hfcn-bench fitted-model record (version {FITTED_VERSION})")
     return obj

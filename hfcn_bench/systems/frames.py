@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from ..data.rois import Sample, open_gray
 from ..errors import HfcnError
-from . import _common as C
+from . import common as C
 
 __all__ = ["Frame", "group_frames", "FrameTensors", "box_iou", "nms", "to_frame_box", "with_box", "localised",
            "UNLOCALISED"]

@@ -19,7 +19,6 @@ and the threshold chosen on those validation cases (:mod:`.roi_classifier`).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ from ..data.rois import Sample
 from ..data.splits import split_train_test
 from ..engine import torch_threads
 from ..errors import HfcnError
-from ..protocol import Predictions
 from . import roi_classifier as RC
 from .base import Fitted, Output, System
 

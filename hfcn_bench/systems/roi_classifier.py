@@ -27,7 +27,7 @@ from ..data.splits import case_labels, split_train_test
 from ..engine import LoopSettings, fit_loop
 from ..errors import HfcnError
 from ..protocol import Predictions
-from . import _common as C
+from . import common as C
 
 __all__ = ["TrainedClassifier", "train_classifier", "predict_rois", "load_weights"]
 

@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import HfcnError
-from . import _common as C
+from . import common as C
 from .frames import FrameTensors, box_iou
 
 __all__ = ["UNet", "train_segmenter", "fit_segmenter", "TrainedSegmenter", "predict_probs", "frame_targets",

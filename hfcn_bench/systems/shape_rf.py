@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 from ..data.rois import Sample, open_gray
 from ..errors import HfcnError
 from ..protocol import Predictions
-from . import _common as C
+from . import common as C
 from .base import Fitted, Output, System
 
 __all__ = ["ShapeRFConfig", "FEATURE_NAMES", "outline_features", "ShapeRF", "fit_forest", "forest_predict"]

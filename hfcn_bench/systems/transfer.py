@@ -32,7 +32,8 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+
+import warnings
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from ..data.splits import case_labels, split_train_test
 from ..engine import LoopSettings, fit_loop, torch_threads
 from ..errors import HfcnError
 from ..protocol import Predictions
-from . import _common as C
+from . import common as C
 from .base import Fitted, Output, System
 
 __all__ = ["TransferConfig", "TRUNKS", "HEADS", "build_trunk", "TransferSystem", "trunk_digest"]
@@ -114,7 +115,9 @@ def _load_weights(model: nn.Module, path: str, name: str) -> None:
         raise HfcnError(f"weights file for {name} not found: {path}",
                         hint="pass the path of a local torchvision state dict; nothing is downloaded")
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes; the error below says more
+            state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any pickle/zip failure means "not loadable"
         raise HfcnError(f"cannot read weights file {path}: {torch_load_reason(exc)}") from None
     for wrap in ("state_dict", "model"):

@@ -45,7 +45,7 @@ from ..data.rois import Sample, expand_box
 from ..data.splits import split_train_test
 from ..engine import torch_threads
 from ..errors import HfcnError
-from . import _common as C
+from . import common as C
 from . import roi_classifier as RC
 from . import segmentation as SEG
 from . import shape_rf

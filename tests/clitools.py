@@ -1,0 +1,17 @@
+"""Running ``hfcn-bench`` sub-commands in-process against a captured console (the tests of the
+command line share this)."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from hfcn_bench.cli import main
+
+
+def run(argv, width: int = 200) -> tuple[int, str]:
+    """``(exit code, everything printed)`` of ``hfcn-bench ARGV``."""
+    buf = io.StringIO()
+    rc = main(list(argv), console=Console(file=buf, width=width, force_terminal=False, color_system=None))
+    return rc, buf.getvalue()
