@@ -67,7 +67,10 @@ def run_cell(spec: dict) -> dict:
         from ..systems import get_system
 
         torch.set_num_threads(int(spec["threads"]))
-        resume = any(out.glob("**/last.pt"))
+        # Always resume: a cell killed mid-training continues from last.pt, one killed after its
+        # training finished (best.pt final, last.pt already dropped) only predicts and scores,
+        # and one with no checkpoint starts afresh.
+        resume = any(out.glob("**/*.pt"))
         _log(log, f"{time.strftime('%Y-%m-%d %H:%M:%S')} cell {spec['key']} ({'resume' if resume else 'start'}), "
                   f"{spec['threads']} thread(s), device {spec['device']}")
         with warnings.catch_warnings():
@@ -85,7 +88,7 @@ def run_cell(spec: dict) -> dict:
 
         # keep_last=False: last.pt only serves a resume; a finished cell keeps best.pt alone.
         report = train_run(system, cfg, ds, [splits[int(spec["fold"])]], out_dir=out, n_boot=int(spec["n_boot"]),
-                           progress=progress, resume=resume, keep_last=False,
+                           progress=progress, resume=True, keep_last=False,
                            header={"preset": spec["preset"], "cell": {k: spec[k] for k in ("key", "config_key", "fold",
                                                                                             "k")}})
         wall = time.perf_counter() - t0
