@@ -93,9 +93,9 @@ def localisation(rep: dict) -> str | None:
     segmenter's Dice/IoU on the test frames (``None`` for a system that does not localise)."""
     det, seg = rep.get("detection"), rep.get("segmentation")
     if isinstance(det, dict):
-        return f"detector AP50 {det['ap50']:.3f}, recall50 {det['recall50']:.3f} ({det['frames']} frames)"
+        return f"detector AP50 {det['ap50']:.3f}, recall50 {det['recall50']:.3f} ({det['frames']:g} frames)"
     if isinstance(seg, dict):
-        return f"segmenter Dice {seg['dice']:.3f}, IoU {seg['iou']:.3f} ({seg['frames']} frames)"
+        return f"segmenter Dice {seg['dice']:.3f}, IoU {seg['iou']:.3f} ({seg['frames']:g} frames)"
     return None
 
 
