@@ -289,3 +289,26 @@ def test_ensure_synthetic_reuses_regenerates_and_protects(tmp_path):
         ensure_synthetic(tmp_path / "real", n_cases=3)
     assert (tmp_path / "real" / "1.xml").read_text() == "<case/>"
 
+
+def test_cli_synth_difficulty_and_default_label_noise(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from hfcn_bench.cli import main
+    from hfcn_bench.data.synthetic import DEFAULT_LABEL_NOISE
+
+    def run(argv):
+        buf = io.StringIO()
+        return main(argv, console=Console(file=buf, width=160, force_terminal=False, color_system=None)), buf.getvalue()
+
+    rc, text = run(["data", "synth", "--out", str(tmp_path / "e"), "--cases", "3", "--difficulty", "easy"])
+    assert rc == 0 and "easy" in text, text
+    truth = json.loads((tmp_path / "e" / "synthetic.json").read_text())
+    assert truth["difficulty"] == "easy" and truth["label_noise"] == DEFAULT_LABEL_NOISE
+    rc, text = run(["data", "synth", "--out", str(tmp_path / "r"), "--cases", "3", "--label-noise", "0"])
+    truth = json.loads((tmp_path / "r" / "synthetic.json").read_text())
+    assert rc == 0 and truth["difficulty"] == "realistic" and truth["label_noise"] == 0.0
+    with pytest.raises(SystemExit) as exc:  # argparse rejects an unknown difficulty
+        run(["data", "synth", "--out", str(tmp_path / "x"), "--cases", "3", "--difficulty", "hard"])
+    assert exc.value.code == 2 and not (tmp_path / "x").exists()
