@@ -25,7 +25,7 @@ from hfcn_bench.systems import shape_rf, transfer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    root = write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0)
+    root = write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0, difficulty="easy")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         return load_dataset(root)
