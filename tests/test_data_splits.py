@@ -111,7 +111,7 @@ def test_case_label_and_selection():
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    root = write_synthetic_ddti(tmp_path_factory.mktemp("split") / "ds", n_cases=16, seed=2)
+    root = write_synthetic_ddti(tmp_path_factory.mktemp("split") / "ds", n_cases=16, seed=2, difficulty="easy")
     return root, load_dataset(root, warn=False)
 
 

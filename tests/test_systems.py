@@ -32,7 +32,7 @@ from hfcn_bench.systems import shape_rf, transfer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0)
+    return write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0, difficulty="easy")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def reports(runs):
 @pytest.fixture(scope="module")
 def external(tmp_path_factory):
     """A second phantom set, another seed: external data for every run."""
-    return write_synthetic_ddti(tmp_path_factory.mktemp("external") / "ddti", n_cases=16, seed=11)
+    return write_synthetic_ddti(tmp_path_factory.mktemp("external") / "ddti", n_cases=16, seed=11, difficulty="easy")
 
 
 def test_registry_covers_the_tested_systems():

@@ -33,7 +33,7 @@ TINY = {"trunk": "paper", "image_size": 32, "epochs": 3, "threads": 1, "frame_si
 
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
-    root = write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0)
+    root = write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0, difficulty="easy")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         return load_dataset(root)

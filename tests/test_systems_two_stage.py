@@ -50,7 +50,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def phantom_root(tmp_path_factory):
-    return write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0)
+    return write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0, difficulty="easy")
 
 
 def _load(root):

@@ -425,7 +425,7 @@ def test_hfcn_learns_on_phantoms(tmp_path):
     """The reduced learning check of every CI run: on clean phantoms the paper CNN with BFC,
     a few epochs at 32 px, lowers its training loss and ranks validation and test cases well
     above chance. A change that silently breaks learning fails here."""
-    root = write_synthetic_ddti(tmp_path / "easy", n_cases=48, seed=1)
+    root = write_synthetic_ddti(tmp_path / "easy", n_cases=48, seed=1, difficulty="easy")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         data = load_dataset(root)

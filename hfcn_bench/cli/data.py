@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..data.synthetic import DEFAULT_SYNTHETIC_CASES, DEFAULT_SYNTHETIC_DIR
+from ..data.synthetic import DEFAULT_LABEL_NOISE, DEFAULT_SYNTHETIC_CASES, DEFAULT_SYNTHETIC_DIR, DIFFICULTIES
 from ..errors import HfcnError
 
 
@@ -26,8 +26,13 @@ def register(sub) -> None:
     s.add_argument("--cases", type=int, default=DEFAULT_SYNTHETIC_CASES,
                    help=f"number of cases (patients) (default: {DEFAULT_SYNTHETIC_CASES})")
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
-    s.add_argument("--label-noise", type=float, default=0.0, metavar="P",
-                   help="probability that a case's recorded TI-RADS class is flipped (default: 0)")
+    s.add_argument("--label-noise", type=float, default=DEFAULT_LABEL_NOISE, metavar="P",
+                   help="probability that a case's recorded TI-RADS class is flipped (default: "
+                   f"{DEFAULT_LABEL_NOISE:g}, as in the embedded default set)")
+    s.add_argument("--difficulty", choices=DIFFICULTIES, default="realistic",
+                   help="realistic: TI-RADS cues drawn with class-dependent probabilities that overlap "
+                   "between the classes, B-mode speckle (the embedded default); easy: strong cues any "
+                   "model learns, for checks that need a clear signal (default: realistic)")
     s.add_argument("--malignant-fraction", type=float, default=0.6, metavar="F",
                    help="fraction of malignant cases (default: 0.6)")
     s.add_argument("--unlabelled-fraction", type=float, default=0.1, metavar="F",
@@ -93,13 +98,13 @@ def run_synth(args, console) -> int:
         out = write_synthetic_ddti(args.out, n_cases=args.cases, seed=args.seed, label_noise=args.label_noise,
                                    warts=args.warts, malignant_fraction=args.malignant_fraction,
                                    unlabelled_fraction=args.unlabelled_fraction, overwrite=args.force,
-                                   progress=update)
+                                   progress=update, difficulty=args.difficulty)
     elapsed = time.perf_counter() - start
     truth = json.loads((out / "synthetic.json").read_text(encoding="utf-8"))
     n_frames = sum(len(c["frames"]) for c in truth["cases"].values())
     flips = sum(c["flipped"] for c in truth["cases"].values())
     console.print(f"wrote {args.cases} cases, {n_frames} frames to [bold]{out}[/bold] in {elapsed:.1f} s "
-                  f"(seed {args.seed}, label noise {args.label_noise:g}: {flips} flipped"
+                  f"({args.difficulty}, seed {args.seed}, label noise {args.label_noise:g}: {flips} flipped"
                   f"{', warts injected: ' + str(len(truth['warts'])) if args.warts else ''})", highlight=False)
     console.print(f"next: hfcn-bench data check {out}", highlight=False, markup=False)
     return 0
