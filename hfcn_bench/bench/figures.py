@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from ..atomic import atomic_write
 
 __all__ = ["plot_roc_curves", "plot_speed_bars", "plot_alpha_sweep", "plot_forest", "plot_reliability",
-           "plot_prediction", "plot_alpha_curve", "plot_differences"]
+           "plot_prediction", "prediction_figure", "figure_rgb", "plot_alpha_curve", "plot_differences"]
 
 _DPI = 120
 
@@ -266,31 +266,72 @@ def plot_reliability(calibration: Mapping[str, Any], path: str | os.PathLike,
 
 
 def plot_prediction(pred, title: str, path: str | os.PathLike) -> Path:
-    """One ROI's prediction (a ``runs.Prediction``): for HFCN its crop windows, each with its
-    P(malignant), beside a Grad-CAM overlay of the fused probability; for other systems the ROI
-    with the call."""
-    import torch
+    """One ROI's prediction (a ``runs.Prediction``) as a PNG: see :func:`prediction_figure`."""
+    return _save_atomic(prediction_figure(pred, title), path)
 
+
+def prediction_figure(pred, title: str, roi: np.ndarray | None = None) -> Figure:
+    """One ROI's prediction (a ``runs.Prediction``) as a figure: for HFCN its crop windows,
+    each with its P(malignant), beside a Grad-CAM overlay of the fused probability; for a
+    system with a Grad-CAM (the CNN comparators) the ROI beside its overlay; for the others
+    the ROI with the call. ``roi`` (RGB array) is the ROI to show when the prediction has no
+    explanation (default: cut from the sample's image file)."""
     info = pred.explain
     call = pred.call
     if not info:
-        from ..data.rois import crop_roi, open_rgb
+        if roi is None:
+            from ..data.rois import crop_roi, open_rgb
 
-        img = np.asarray(crop_roi(open_rgb(pred.sample.image_path), pred.sample.bbox, size=256))
+            roi = np.asarray(crop_roi(open_rgb(pred.sample.image_path), pred.roi_box or pred.sample.bbox, size=256))
         fig = _new_figure(4.6, 4.8)
         ax = fig.subplots(1, 1)
-        ax.imshow(img)
+        ax.imshow(np.asarray(roi))
         ax.set_axis_off()
         fig.suptitle(f"{title}\nP = {pred.prob:.3f} -> {call} at threshold {pred.threshold:.3f}", fontsize=10)
-        return _save_atomic(fig, path)
-    from matplotlib import colormaps
-    from matplotlib.patches import Rectangle
-
+        return fig
     img = np.asarray(info["roi"])
-    display = img.shape[0]
     fig = _new_figure(8.4, 4.6)
     ax1, ax2 = fig.subplots(1, 2)
     ax1.imshow(img)
+    if "boxes" in info:
+        _draw_crop_windows(ax1, info, img.shape[0])
+    else:
+        ax1.set_title("ROI as classified", fontsize=9)
+    ax1.set_axis_off()
+    ax2.imshow(img)
+    if info.get("cam") is not None:
+        ax2.imshow(_upsampled(info["cam"], img.shape[:2]), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax2.set_title(info.get("cam_of") or "Grad-CAM of the fused P(malignant)", fontsize=9)
+    ax2.set_axis_off()
+    parts = [f"P = {pred.prob:.3f}"]
+    if info.get("global_prob") is not None:
+        parts.append(f"global {info['global_prob']:.3f}")
+    if info.get("crop_prob") is not None:
+        parts.append(f"crops {info['crop_prob']:.3f} (ω = {info['branch_weight']:g})")
+    fig.suptitle(f"{title}\n{', '.join(parts)} -> {call} at threshold {pred.threshold:.3f}", fontsize=10)
+    return fig
+
+
+def figure_rgb(fig: Figure) -> np.ndarray:
+    """A figure rendered to an RGB ``uint8`` array [H, W, 3] (for the app's image outputs)."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _upsampled(cam, size: tuple[int, int]) -> np.ndarray:
+    """A Grad-CAM map bilinearly resized to the displayed ROI (the map is a few cells wide)."""
+    import torch
+
+    t = torch.from_numpy(np.asarray(cam, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def _draw_crop_windows(ax, info: dict, display: int) -> None:
+    """HFCN's crop windows on the displayed ROI, each outlined and labelled in the colour of
+    its own P(malignant)."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
     fh, fw = info["feature_hw"]
     # Windows are in feature-map pixels (image pixels for crop="image"); each map pixel covers
     # display/map pixels of the ROI.
@@ -302,30 +343,16 @@ def plot_prediction(pred, title: str, path: str | os.PathLike) -> Path:
     n = len(info["boxes"])
     for k, ((t, l, h, w), p) in enumerate(zip(info["boxes"], info["crop_probs"])):
         inset = 1.5 * (k + 1)  # overlapping windows stay distinguishable
-        ax1.add_patch(Rectangle((l * sx + inset, t * sy + inset), w * sx - 2 * inset, h * sy - 2 * inset,
-                                fill=False, edgecolor=cmap(p), linewidth=2))
+        ax.add_patch(Rectangle((l * sx + inset, t * sy + inset), w * sx - 2 * inset, h * sy - 2 * inset,
+                               fill=False, edgecolor=cmap(p), linewidth=2))
         cx, cy = (l + w / 2) * sx, (t + h / 2) * sy
         # Label each window towards its own corner (the centre window in the middle).
         if n == 5 and info["crop"] in ("bfc", "image") and k < 4:
             cx = (l * sx + 12) if k in (0, 2) else ((l + w) * sx - 12)
             cy = (t * sy + 14) if k in (0, 1) else ((t + h) * sy - 14)
-        ax1.text(cx, cy, f"{p:.2f}", color="white", fontsize=9, ha="center", va="center",
-                 bbox=dict(boxstyle="round,pad=0.2", fc=cmap(p), ec="none", alpha=0.85))
-    ax1.set_title("crop windows: P(malignant) per crop" if n else "global branch only", fontsize=9)
-    ax1.set_axis_off()
-    ax2.imshow(img)
-    if info.get("cam") is not None:
-        cam = torch.from_numpy(np.asarray(info["cam"], dtype=np.float32))[None, None]
-        up = torch.nn.functional.interpolate(cam, size=(img.shape[0], img.shape[1]), mode="bilinear",
-                                             align_corners=False)[0, 0].numpy()
-        ax2.imshow(up, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    ax2.set_title("Grad-CAM of the fused P(malignant)", fontsize=9)
-    ax2.set_axis_off()
-    parts = [f"P = {pred.prob:.3f}", f"global {info['global_prob']:.3f}"]
-    if info.get("crop_prob") is not None:
-        parts.append(f"crops {info['crop_prob']:.3f} (ω = {info['branch_weight']:g})")
-    fig.suptitle(f"{title}\n{', '.join(parts)} -> {call} at threshold {pred.threshold:.3f}", fontsize=10)
-    return _save_atomic(fig, path)
+        ax.text(cx, cy, f"{p:.2f}", color="white", fontsize=9, ha="center", va="center",
+                bbox=dict(boxstyle="round,pad=0.2", fc=cmap(p), ec="none", alpha=0.85))
+    ax.set_title("crop windows: P(malignant) per crop" if n else "global branch only", fontsize=9)
 
 
 def plot_alpha_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,

@@ -15,6 +15,7 @@ from .. import train as T
 from ..data.splits import inner_split
 from ..engine import torch_threads
 from .base import Fitted, Output, System
+from .gradcam import gradcam
 
 __all__ = ["HFCNSystem"]
 
@@ -92,48 +93,12 @@ class HFCNSystem(System):
         return info
 
 
-class _FeatureHook:
-    """Keeps the backbone's output (and, after backward, its gradient) for Grad-CAM."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.feat: torch.Tensor | None = None
-        self.handle = module.register_forward_hook(self._hook)
-
-    def _hook(self, module, inputs, output):
-        output.retain_grad()
-        self.feat = output
-
-    def close(self):
-        self.handle.remove()
-
-
-def _gradcam(feat: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
-    """Grad-CAM: ReLU of the feature channels weighted by their mean gradient, in [0, 1]."""
-    feat, grad = feat.detach(), grad.detach()
-    w = grad.mean(dim=(1, 2), keepdim=True)
-    cam = torch.relu((w * feat).sum(0))
-    cam = cam / cam.max() if float(cam.max()) > 0 else cam
-    return cam.detach().cpu().numpy()
-
-
 def _explain(model, x: torch.Tensor) -> dict:
-    """Forward one ROI ``x [1, 3, S, S]`` with gradients to the feature map; returns the
-    probabilities, the crop windows and the Grad-CAM map of the fused malignant probability."""
-    model.eval()
+    """Forward one ROI ``x [1, 3, S, S]`` with gradients to the backbone's feature map; returns
+    the probabilities, the crop windows and the Grad-CAM map of the fused malignant
+    probability (:mod:`.gradcam`)."""
     model.reset_crop_generator()
-    hook = _FeatureHook(model.backbone)
-    try:
-        with torch.enable_grad():
-            out = model(x)
-            out.prob[0, 1].backward()
-        feat = hook.feat
-        # crop="image" runs the backbone on the image and its crops in one batch; the first
-        # map is the whole ROI's.
-        cam = _gradcam(feat[0], feat.grad[0]) if feat is not None and feat.grad is not None else None
-    finally:
-        hook.close()
-        model.zero_grad(set_to_none=True)
-    out = type(out)(*(v.detach() if isinstance(v, torch.Tensor) else v for v in out))
+    out, cam, _ = gradcam(model, model.backbone, x, lambda o: o.prob[0, 1])
     return {
         "prob": float(out.prob[0, 1]),
         "global_prob": float(out.global_prob[0, 1]),
@@ -141,5 +106,6 @@ def _explain(model, x: torch.Tensor) -> dict:
         "crop_probs": [] if out.crop_probs is None else [float(v) for v in out.crop_probs[0, :, 1]],
         "boxes": [] if out.boxes is None else [list(map(int, b)) for b in out.boxes.tolist()],
         "cam": cam,
+        "cam_of": "Grad-CAM of the fused P(malignant) on the backbone map",
         "feature_hw": tuple(int(v) for v in model.feature_hw),
     }

@@ -290,6 +290,9 @@ class MCCNNSPP(System):
         return {"classifier": RC.load_weights(build_mccnn(cfg, weights=False),
                                               Path(directory) / "classifier" / f"{checkpoint}.pt")}
 
+    def explain(self, fitted, sample, display: int = 256) -> dict | None:
+        return _explain_classifier(fitted, sample, display)
+
 
 class MCCNNCascade(System):
     """``mccnn_cascade``: the stage-1 detector, then the pyramid network on the detected box."""
@@ -370,6 +373,10 @@ class MCCNNCascade(System):
         return {"detector": det,
                 "classifier": RC.load_weights(build_mccnn(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt")}
 
+    def explain(self, fitted, sample, display: int = 256) -> dict | None:
+        # ``sample`` carries the box the detector found (what stage 2 classified)
+        return _explain_classifier(fitted, sample, display)
+
 
 class _Subset:
     """Some frames of a FrameTensors, with the accessors pair_detections reads."""
@@ -383,6 +390,17 @@ class _Subset:
 
     def scale(self, i):
         return self._f.scale(self._idx[i])
+
+
+def _explain_classifier(fitted, sample, display: int) -> dict | None:
+    """Grad-CAM of the pyramid network's malignant logit on its trunk's map (the last map with
+    spatial layout before the pyramid module mixes scales; :mod:`.gradcam`)."""
+    from .gradcam import roi_classifier_explain
+
+    clf = fitted.models["classifier"]
+    with torch_threads(fitted.config.threads):
+        return roi_classifier_explain(clf, clf.trunk, sample, fitted.config, display,
+                                      what=f"{fitted.config.trunk} trunk")
 
 
 def _sub(out_dir, name: str):

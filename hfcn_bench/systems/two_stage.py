@@ -312,3 +312,13 @@ class TwoStage(System):
         return {"segmenter": unet.eval(),
                 "classifier": RC.load_weights(build_classifier(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt"),
                 "forest": C.load_sklearn(d / "forest.skops")}
+
+    def explain(self, fitted, sample, display: int = 256) -> dict | None:
+        """Grad-CAM of the ResNet-18's malignant logit on its trunk's last map, for the ROI the
+        classifier was given (``sample`` carries the box cut from the predicted mask;
+        :mod:`.gradcam`). The segmenter and the baseline forest are not explained."""
+        from .gradcam import roi_classifier_explain
+
+        clf = fitted.models["classifier"]
+        with torch_threads(fitted.config.threads):
+            return roi_classifier_explain(clf, clf.trunk, sample, fitted.config, display, what="ResNet-18 trunk")
