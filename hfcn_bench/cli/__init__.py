@@ -15,7 +15,7 @@ from ..errors import HfcnError
 __all__ = ["main", "build_parser"]
 
 # Sub-command modules, in the order --help lists them.
-_COMMAND_MODULES = ("build", "data", "train", "evaluate", "predict", "compare", "rank", "reproduce")
+_COMMAND_MODULES = ("build", "data", "train", "evaluate", "predict", "compare", "rank", "reproduce", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,95 @@
+"""What the app's tests share: phantom data, small runs trained on it (once per test session:
+this module is imported once, so its cache is shared by test_app.py and test_app_browser.py),
+a server on a free loopback port, and the browser to drive it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import warnings
+from pathlib import Path
+
+_CACHE: dict[str, Path] = {}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def phantoms(tmp_path_factory) -> Path:
+    from hfcn_bench.data.synthetic import write_synthetic_ddti
+
+    if "phantoms" not in _CACHE:
+        _CACHE["phantoms"] = write_synthetic_ddti(tmp_path_factory.mktemp("app-phantoms") / "ddti", n_cases=24, seed=0)
+    return _CACHE["phantoms"]
+
+
+def trained_run(tmp_path_factory, system: str = "hfcn", overrides: dict | None = None) -> Path:
+    """A run of ``system`` at its smoke setting on the phantoms (seconds), trained once."""
+    from hfcn_bench.data import load_dataset
+    from hfcn_bench.data.report import DataWarning
+    from hfcn_bench.data.splits import split_train_test
+    from hfcn_bench.runs import train_run
+    from hfcn_bench.systems import get_system
+
+    key = f"run:{system}:{json.dumps(overrides or {}, sort_keys=True)}"
+    if key not in _CACHE:
+        root = phantoms(tmp_path_factory)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            ds = load_dataset(root)
+        split = split_train_test(ds, test_fraction=0.25, seed=0)
+        out = tmp_path_factory.mktemp(f"app-run-{system}") / system
+        cfg = get_system(system).configure("smoke", {"threads": 1, **(overrides or {})})
+        train_run(system, cfg, ds, [split], out_dir=out, n_boot=50, header={"preset": "smoke"})
+        _CACHE[key] = out
+    return _CACHE[key]
+
+
+def runs_folder(tmp_path_factory) -> Path:
+    """A folder of runs as ``--run`` may name it: a good HFCN run, an MC-CNN run (Grad-CAM on
+    its trunk), a run whose model file is gone and one that never finished."""
+    if "folder" in _CACHE:
+        return _CACHE["folder"]
+    hfcn = trained_run(tmp_path_factory)
+    spp = trained_run(tmp_path_factory, "mccnn_spp", {"image_size": 32})
+    base = tmp_path_factory.mktemp("app-runs")
+    shutil.copytree(hfcn, base / "hfcn")
+    shutil.copytree(spp, base / "mccnn_spp")
+    shutil.copytree(hfcn, base / "a-missing-model")
+    (base / "a-missing-model" / "best.pt").unlink()
+    shutil.copytree(hfcn, base / "grid" / "unfinished")
+    header = base / "grid" / "unfinished" / "config.json"
+    obj = json.loads(header.read_text())
+    obj["status"] = "running"
+    header.write_text(json.dumps(obj))
+    _CACHE["folder"] = base
+    return base
+
+
+def start_app(root: Path, **kw):
+    """``(demo, url)``: the app over ``root`` served on a free loopback port (``demo.close()``)."""
+    from hfcn_bench.app import Catalog, Classifier, build_app, serve
+
+    demo = build_app(Classifier(Catalog(root)), **kw)
+    url = serve(demo, host="127.0.0.1", port=free_port())
+    return demo, url
+
+
+def chromium() -> str | None:
+    """Debian's chromium (``.ci/run`` installs it), or ``$HFCN_CHROMIUM``."""
+    for cand in (os.environ.get("HFCN_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                 shutil.which("chromium-browser")):
+        if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+# Known to work here as root, in a network that refuses outbound connections: without the
+# background-networking flags Chromium keeps trying (and failing) to reach Google's services.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
