@@ -1,16 +1,23 @@
-// hfcn_bench::crop_resize: schema, CPU kernels and the CPU registration.
+// hfcn_bench::crop_resize: schema, CPU kernels, autograd and the CPU registration.
 //
-// The CPU kernels walk the per-crop separable tables built from crop_resize.h (the same
-// functions the CUDA kernels call element by element) and parallelise over the B*C input
-// planes: each thread owns whole planes, reads its plane once for all N crops and, in the
-// backward, sums every crop's contribution into the plane in crop order. No two threads touch
-// the same output, so results are bitwise identical whatever the thread count.
+// The CPU kernels walk per-crop separable tables built from crop_resize.h (the same functions
+// the CUDA kernels use) and parallelise over the B*C input planes: each thread owns whole
+// planes. The forward reads a run of planes of one sample once per crop while they sit in L1
+// and writes each crop's output for that run as one contiguous stream; the backward sums, for
+// its planes, every crop's contribution in crop order. No two threads touch the same output,
+// so results are bitwise identical whatever the thread count.
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -25,8 +32,104 @@
 namespace hfcn {
 namespace {
 
-// SIMD fast path (float32 on x86 with AVX2/AVX-512, GCC): one crop row (or output-gradient
-// row) is at most two registers wide on the paper's shapes, so the horizontal taps become
+// ------------------------------------------------------------------------------------------
+// Output memory. A fresh multi-MiB tensor from malloc is, as often as not, fresh pages from the
+// kernel: glibc returns freed large blocks to the OS (mmap'd chunks, heap trimming), so the
+// next call page-faults every 4 KiB of its output and the kernel zero-fills each page first.
+// Measured here on the paper shape: ~700 faults and ~1.2 ms of system time per forward +
+// backward, more than the two kernels take. The op's outputs therefore come from a small cache
+// of recently freed blocks (exact sizes, at most kMaxBlocks blocks / kMaxBytes in all), which
+// hands a training step the warm pages of the previous step. Small outputs go to the default
+// allocator, which serves them from its arenas without faults.
+class OutputCache final : public c10::Allocator {
+ public:
+  static OutputCache& get() {
+    // Never destroyed: tensors holding cached blocks may be freed after static destruction.
+    static OutputCache* cache = new OutputCache();
+    return *cache;
+  }
+
+  c10::DataPtr allocate(size_t n) override {
+    if (n < kMinBytes) return c10::GetDefaultCPUAllocator()->allocate(n);
+    const size_t size = (n + kPage - 1) / kPage * kPage;
+    char* base = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto it = free_.rbegin(); it != free_.rend(); ++it) {
+        if (it->size == size) {
+          base = it->base;
+          cached_ -= size;
+          free_.erase(std::next(it).base());
+          break;
+        }
+      }
+    }
+    if (base == nullptr) {
+      void* p = nullptr;
+      // One header line in front of the data keeps the block's size; the data stays 64-byte
+      // aligned, as the default CPU allocator's is.
+      if (posix_memalign(&p, kAlign, size + kAlign) != 0 || p == nullptr)
+        TORCH_CHECK_WITH(OutOfMemoryError, false, "crop_resize: out of memory allocating ", size, " bytes");
+      base = static_cast<char*>(p);
+      *reinterpret_cast<size_t*>(base) = size;
+    }
+    void* data = base + kAlign;
+    return {data, data, &OutputCache::release, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &OutputCache::release; }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  static constexpr size_t kAlign = 64, kPage = 4096;
+  static constexpr size_t kMinBytes = size_t(256) << 10;
+  static constexpr size_t kMaxBytes = size_t(128) << 20;
+  static constexpr size_t kMaxBlocks = 8;
+  struct Block {
+    char* base;
+    size_t size;
+  };
+
+  static void release(void* data) {
+    char* base = static_cast<char*>(data) - kAlign;
+    get().put(base, *reinterpret_cast<size_t*>(base));
+  }
+
+  void put(char* base, size_t size) {
+    std::vector<char*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (size > kMaxBytes) {
+        drop.push_back(base);
+      } else {
+        free_.push_back({base, size});
+        cached_ += size;
+        while (cached_ > kMaxBytes || free_.size() > kMaxBlocks) {  // drop the oldest first
+          drop.push_back(free_.front().base);
+          cached_ -= free_.front().size;
+          free_.pop_front();
+        }
+      }
+    }
+    for (char* p : drop) std::free(p);
+  }
+
+  std::mutex mutex_;
+  std::deque<Block> free_;
+  size_t cached_ = 0;
+};
+
+at::Tensor empty_output(at::IntArrayRef sizes, at::ScalarType dtype) {
+  return at::detail::empty_generic(sizes, &OutputCache::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   dtype, std::nullopt);
+}
+
+// ------------------------------------------------------------------------------------------
+// SIMD fast path (float32 on x86 with AVX2/AVX-512, GCC): a crop row (or output-gradient row)
+// is at most two registers wide on the paper's shapes, so the horizontal taps become
 // in-register table lookups (vpermps / vpermt2ps) instead of per-element gathers. The lanes
 // apply two_tap/accumulate from crop_resize.h, the expressions of the scalar and CUDA paths.
 #ifdef HFCN_SIMD
@@ -41,8 +144,8 @@ typedef int32_t vi __attribute__((vector_size(K * 4)));
 typedef float vf_u __attribute__((vector_size(K * 4), aligned(4)));
 inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vf_u*>(p) = v; }
-inline vf splat(float a) { return vf{} + a; }
-// Lanes idx (each in [0, 2K)) of the 2K floats lo:hi.
+// Lanes idx (each in [0, K)) of v, and lanes idx (each in [0, 2K)) of the 2K floats lo:hi.
+inline vf lookup(vf v, vi idx) { return __builtin_shuffle(v, idx); }
 inline vf lookup(vf lo, vf hi, vi idx) { return __builtin_shuffle(lo, hi, idx); }
 
 // Masked loads and stores touch only the first n lanes (n <= K): no read past a row, no write
@@ -60,6 +163,28 @@ inline vf load_n(const float* p, int64_t n) { return (vf)_mm256_maskload_ps(p, l
 inline void store_n(float* p, vf v, int64_t n) { _mm256_maskstore_ps(p, lane_mask(n), (__m256)v); }
 #endif
 
+// A real broadcast (vf{} + a would have to add 0 + a lane by lane: IEEE keeps 0 + -0 = +0, so
+// the compiler cannot drop that add), which folds into the multiply as an embedded broadcast.
+#if defined(__AVX512F__)
+inline vf splat(float a) { return (vf)_mm512_set1_ps(a); }
+#else
+inline vf splat(float a) { return (vf)_mm256_set1_ps(a); }
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+// Half registers (8 floats) for crop rows of at most K / 2 columns, the BFC windows on the
+// paper's map: a full-width load there would straddle two earlier stores, which the core
+// cannot forward, and stall until they reach L1.
+#define HFCN_HALF 1
+constexpr int64_t KH = K / 2;
+typedef float vh __attribute__((vector_size(KH * 4)));
+typedef float vh_u __attribute__((vector_size(KH * 4), aligned(4)));
+inline vh load_h(const float* p) { return *reinterpret_cast<const vh_u*>(p); }
+inline vh splat_h(float a) { return (vh)_mm256_set1_ps(a); }
+inline vh load_hn(const float* p, int64_t n) { return (vh)_mm256_maskz_loadu_ps((__mmask8)lane_mask(n), p); }
+inline void store_hn(float* p, vh v, int64_t n) { _mm256_mask_storeu_ps(p, (__mmask8)lane_mask(n), (__m256)v); }
+#endif
+
 // The `len` (<= 2K) floats at p as the table lo:hi (lanes past len are zero).
 inline void load_row(const float* p, int64_t len, vf& lo, vf& hi) {
   lo = load_n(p, len);
@@ -69,7 +194,6 @@ inline void load_row(const float* p, int64_t len, vf& lo, vf& hi) {
 }  // namespace simd
 #endif
 
-
 // Forward taps of one axis of one crop: output coordinate -> two source coordinates
 // (crop-relative) and their weights.
 template <typename acc_t>
@@ -77,7 +201,7 @@ struct AxisTaps {
   std::vector<int32_t> i0, i1;
   std::vector<acc_t> w0, w1;
 
-  void build(int64_t in_size, int64_t out_size, int64_t offset) {
+  void build(int64_t in_size, int64_t out_size) {
     i0.resize(out_size);
     i1.resize(out_size);
     w0.resize(out_size);
@@ -85,8 +209,8 @@ struct AxisTaps {
     for (int64_t d = 0; d < out_size; ++d) {
       int64_t a, b;
       source_taps<acc_t>(d, in_size, out_size, a, b, w0[d], w1[d]);
-      i0[d] = static_cast<int32_t>(a + offset);
-      i1[d] = static_cast<int32_t>(b + offset);
+      i0[d] = static_cast<int32_t>(a);
+      i1[d] = static_cast<int32_t>(b);
     }
   }
 };
@@ -118,6 +242,11 @@ struct AxisReaders {
   }
 };
 
+template <typename T>
+T* align64(T* p) {
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+}
+
 struct Box {
   int64_t t, l, h, w;
 };
@@ -130,35 +259,208 @@ std::vector<Box> read_boxes(const at::Tensor& boxes) {
   return out;
 }
 
-// Planes per task so that a task moves at least ~32 KiB of output: small enough to balance
-// two threads on the paper's shape, large enough to amortise the task overhead.
-int64_t plane_grain(int64_t per_plane_elems) {
-  return std::max<int64_t>(1, 8192 / std::max<int64_t>(1, per_plane_elems));
+// Index of the first earlier box with the same (height, width): crops of one size share their
+// tables (BFC's five windows are all alpha*h x alpha*w, so one table serves them all).
+std::vector<int64_t> table_of(const std::vector<Box>& boxes) {
+  std::vector<int64_t> id(boxes.size());
+  for (size_t k = 0; k < boxes.size(); ++k) {
+    id[k] = static_cast<int64_t>(k);
+    for (size_t q = 0; q < k; ++q) {
+      if (boxes[q].h == boxes[k].h && boxes[q].w == boxes[k].w) {
+        id[k] = id[q];
+        break;
+      }
+    }
+  }
+  return id;
 }
 
+// Planes per parallel task: at least ~32 KiB of output each, so that the task overhead is
+// amortised, and at most range / threads, so that every thread gets work.
+int64_t plane_grain(int64_t planes, int64_t per_plane_elems) {
+  const int64_t by_size = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, per_plane_elems));
+  const int64_t by_threads = std::max<int64_t>(1, planes / std::max<int64_t>(1, at::get_num_threads()));
+  return std::min(by_size, by_threads);
+}
+
+// ------------------------------------------------------------------------------------------
+// Forward.
+
+// One crop size's forward tables (crop-relative): column taps, the crop rows the vertical pass
+// reads (each lerped once) and the output rows' taps remapped into that compact list.
+template <typename acc_t>
+struct ForwardTable {
+  struct Row {
+    int32_t up, down;    // offsets of the output row's two lerped rows (slot * stride)
+    int32_t up2, down2;  // the same when two planes' lerped rows are interleaved (slot * 2K)
+    acc_t w0, w1;        // and their weights
+  };
+  AxisTaps<acc_t> rows, cols;
+  std::vector<int32_t> row_off;  // plane offsets (crop-relative row * W) of the rows lerped
+  std::vector<Row> vrows;        // per output row
+
+  void build(int64_t h, int64_t w, int64_t oh, int64_t ow, int64_t stride, int64_t W) {
+    rows.build(h, oh);
+    cols.build(w, ow);
+    std::vector<int32_t> slot(h, -1);
+    for (int64_t i = 0; i < oh; ++i) slot[rows.i0[i]] = slot[rows.i1[i]] = 0;
+    row_off.clear();
+    for (int64_t r = 0; r < h; ++r) {
+      if (slot[r] < 0) continue;
+      slot[r] = static_cast<int32_t>(row_off.size());
+      row_off.push_back(static_cast<int32_t>(r * W));
+    }
+    vrows.resize(oh);
+    for (int64_t i = 0; i < oh; ++i)
+      vrows[i] = {slot[rows.i0[i]] * static_cast<int32_t>(stride), slot[rows.i1[i]] * static_cast<int32_t>(stride),
+                  slot[rows.i0[i]] * static_cast<int32_t>(2 * stride), slot[rows.i1[i]] * static_cast<int32_t>(2 * stride),
+                  rows.w0[i], rows.w1[i]};
+  }
+};
+
 #ifdef HFCN_SIMD
-// Forward lookup tables of one crop: per block of K output columns, the crop-relative source
-// columns and weights of both taps (lanes past ow: index 0, weight 0, never stored).
+// Forward lookup tables of one crop size: per block of K output columns, the crop-relative
+// source columns and weights of both taps (lanes past ow: index 0, weight 0, never stored).
 struct VecColumnTaps {
   std::vector<simd::vi> i0, i1;
   std::vector<simd::vf> w0, w1;
 
   template <typename acc_t>
-  void build(const AxisTaps<acc_t>& taps, int64_t left, int64_t ow) {
+  void build(const AxisTaps<acc_t>& taps, int64_t ow) {
     const int64_t blocks = (ow + simd::K - 1) / simd::K;
     i0.assign(blocks, simd::vi{});
     i1.assign(blocks, simd::vi{});
     w0.assign(blocks, simd::vf{});
     w1.assign(blocks, simd::vf{});
     for (int64_t j = 0; j < ow; ++j) {
-      i0[j / simd::K][j % simd::K] = static_cast<int32_t>(taps.i0[j] - left);
-      i1[j / simd::K][j % simd::K] = static_cast<int32_t>(taps.i1[j] - left);
+      i0[j / simd::K][j % simd::K] = taps.i0[j];
+      i1[j / simd::K][j % simd::K] = taps.i1[j];
       w0[j / simd::K][j % simd::K] = static_cast<float>(taps.w0[j]);
       w1[j / simd::K][j % simd::K] = static_cast<float>(taps.w1[j]);
     }
   }
 };
+
+// One crop of one plane, float32 SIMD: horizontal lerp of the needed crop rows into `lerped`
+// (`crop` points at the crop's top-left pixel), then the vertical blend straight into `out`.
+// Output rows are stored as whole registers: a row's spill past ow lands in later rows, or in
+// the next planes of the same crop, which are written right after. Only in the last planes of
+// a run (LAST) can a store pass `limit`, the end of what this task writes; those are masked.
+// BLOCKS = column blocks per row (0: read it from the table); NARROW: a crop row fits one
+// register. The paper's shape (8 -> 14 on AVX-512) is BLOCKS = 1, NARROW: its tables then
+// live in registers across the plane loop.
+template <int64_t BLOCKS, bool NARROW, bool LAST>
+inline void forward_crop_simd(const float* __restrict__ crop, int64_t w, const ForwardTable<float>& tb,
+                              const VecColumnTaps& vt, float* __restrict__ lerped,
+                              float* __restrict__ out, int64_t oh, int64_t ow, const float* limit) {
+  using namespace simd;
+  const int64_t blocks = BLOCKS ? BLOCKS : static_cast<int64_t>(vt.i0.size());
+  const int64_t stride = blocks * K;
+  const int64_t n_rows = static_cast<int64_t>(tb.row_off.size());
+  const int32_t* __restrict__ row_off = tb.row_off.data();
+  if constexpr (BLOCKS == 1 && NARROW) {
+    const vi i0 = vt.i0[0], i1 = vt.i1[0];
+    const vf w0 = vt.w0[0], w1 = vt.w1[0];
+#pragma GCC unroll 2
+    for (int64_t q = 0; q < n_rows; ++q) {
+      const vf v = load_n(crop + row_off[q], w);
+      store(lerped + q * K, two_tap<vf>(lookup(v, i0), lookup(v, i1), w0, w1));
+    }
+  } else {
+    for (int64_t q = 0; q < n_rows; ++q) {
+      const float* row = crop + row_off[q];
+      float* dst = lerped + q * stride;
+      vf lo, hi = vf{};
+      if constexpr (NARROW) lo = load_n(row, w);
+      else load_row(row, w, lo, hi);
+      for (int64_t jb = 0; jb < blocks; ++jb) {
+        const vf a = NARROW ? lookup(lo, vt.i0[jb]) : lookup(lo, hi, vt.i0[jb]);
+        const vf b = NARROW ? lookup(lo, vt.i1[jb]) : lookup(lo, hi, vt.i1[jb]);
+        store(dst + jb * K, two_tap<vf>(a, b, vt.w0[jb], vt.w1[jb]));
+      }
+    }
+  }
+  const typename ForwardTable<float>::Row* __restrict__ rows = tb.vrows.data();
+#pragma GCC unroll 2
+  for (int64_t i = 0; i < oh; ++i) {
+    const vf a = splat(rows[i].w0), b = splat(rows[i].w1);
+    const float* upper = lerped + rows[i].up;
+    const float* lower = lerped + rows[i].down;
+    float* orow = out + i * ow;
+    for (int64_t jb = 0; jb < blocks; ++jb) {
+      const vf v = blend<vf>(load(upper + jb * K), load(lower + jb * K), a, b);
+      float* dst = orow + jb * K;
+      if (!LAST || dst + K <= limit) store(dst, v);
+      else store_n(dst, v, std::min<int64_t>(ow - jb * K, limit - dst));
+    }
+  }
+}
+
+// Two consecutive planes through one crop, for the common case of one register per row
+// (BLOCKS = 1, NARROW): each row's indices and weights are loaded once for both planes, which
+// takes about a third of the instructions off a kernel that is instruction-bound (tables in
+// L1). The planes' outputs are adjacent, so the first plane's stores must not spill into the
+// second's, already written, rows: from row first_masked on (the rows within K floats of the
+// plane's end) the first plane stores only its own ow lanes. Needs oh * ow >= K.
+template <bool LAST>
+inline void forward_pair_simd(const float* __restrict__ crop, int64_t plane_in, int64_t w,
+                              const ForwardTable<float>& tb, const VecColumnTaps& vt,
+                              float* __restrict__ lerped, float* __restrict__ out, int64_t oh, int64_t ow,
+                              int64_t first_masked, const float* limit) {
+  using namespace simd;
+  const int64_t n_rows = static_cast<int64_t>(tb.row_off.size());
+  const int32_t* __restrict__ row_off = tb.row_off.data();
+  const vi i0 = vt.i0[0], i1 = vt.i1[0];
+  const vf w0 = vt.w0[0], w1 = vt.w1[0];
+  const float* crop1 = crop + plane_in;
+  for (int64_t q = 0; q < n_rows; ++q) {
+    const vf v = load_n(crop + row_off[q], w), u = load_n(crop1 + row_off[q], w);
+    store(lerped + 2 * q * K, two_tap<vf>(lookup(v, i0), lookup(v, i1), w0, w1));
+    store(lerped + (2 * q + 1) * K, two_tap<vf>(lookup(u, i0), lookup(u, i1), w0, w1));
+  }
+  const typename ForwardTable<float>::Row* __restrict__ rows = tb.vrows.data();
+  float* out1 = out + oh * ow;
+#pragma GCC unroll 2
+  for (int64_t i = 0; i < oh; ++i) {
+    const vf a = splat(rows[i].w0), b = splat(rows[i].w1);
+    const float* upper = lerped + rows[i].up2;
+    const float* lower = lerped + rows[i].down2;
+    const vf v0 = blend<vf>(load(upper), load(lower), a, b);
+    const vf v1 = blend<vf>(load(upper + K), load(lower + K), a, b);
+    if (i < first_masked) store(out + i * ow, v0);
+    else store_n(out + i * ow, v0, ow);
+    float* dst = out1 + i * ow;
+    if (!LAST || dst + K <= limit) store(dst, v1);
+    else store_n(dst, v1, std::min<int64_t>(ow, limit - dst));
+  }
+}
 #endif
+
+// One crop of one plane, any dtype: the scalar form of the same two passes.
+template <typename scalar_t, typename acc_t>
+inline void forward_crop_scalar(const scalar_t* __restrict__ crop, const ForwardTable<acc_t>& tb,
+                                acc_t* __restrict__ lerped, int64_t stride, scalar_t* __restrict__ out,
+                                int64_t oh, int64_t ow) {
+  const int32_t* __restrict__ c0 = tb.cols.i0.data();
+  const int32_t* __restrict__ c1 = tb.cols.i1.data();
+  const acc_t* __restrict__ wc0 = tb.cols.w0.data();
+  const acc_t* __restrict__ wc1 = tb.cols.w1.data();
+  const int64_t n_rows = static_cast<int64_t>(tb.row_off.size());
+  for (int64_t q = 0; q < n_rows; ++q) {
+    const scalar_t* __restrict__ row = crop + tb.row_off[q];
+    acc_t* __restrict__ dst = lerped + q * stride;
+    for (int64_t j = 0; j < ow; ++j) dst[j] = lerp_row<scalar_t, acc_t>(row, c0[j], c1[j], wc0[j], wc1[j]);
+  }
+  for (int64_t i = 0; i < oh; ++i) {
+    const auto& rw = tb.vrows[i];
+    const acc_t* __restrict__ upper = lerped + rw.up;
+    const acc_t* __restrict__ lower = lerped + rw.down;
+    const acc_t a = rw.w0, b = rw.w1;
+    scalar_t* __restrict__ orow = out + i * ow;
+#pragma omp simd
+    for (int64_t j = 0; j < ow; ++j) orow[j] = static_cast<scalar_t>(blend<acc_t>(upper[j], lower[j], a, b));
+  }
+}
 
 template <typename scalar_t>
 void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per_sample,
@@ -166,155 +468,243 @@ void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t N = y.size(1), oh = y.size(3), ow = y.size(4);
-  const int64_t n_tables = static_cast<int64_t>(boxes.size());
 #ifdef HFCN_SIMD
   constexpr bool kSimd = std::is_same<scalar_t, float>::value;
   const int64_t stride = kSimd ? (ow + simd::K - 1) / simd::K * simd::K : ow;
 #else
+  constexpr bool kSimd = false;
   const int64_t stride = ow;
 #endif
-
-  // Per crop: column taps (absolute columns), and the crop rows the vertical pass reads
-  // ("needed", each lerped once) with the output rows' taps remapped into that compact list.
-  std::vector<AxisTaps<acc_t>> rows(n_tables), cols(n_tables);
-  std::vector<std::vector<int32_t>> needed(n_tables), q0(n_tables), q1(n_tables);
+  const std::vector<int64_t> tid = table_of(boxes);
+  std::vector<ForwardTable<acc_t>> tables(boxes.size());
   int64_t max_needed = 1;
-  for (int64_t k = 0; k < n_tables; ++k) {
-    const Box& bx = boxes[k];
-    rows[k].build(bx.h, oh, 0);
-    cols[k].build(bx.w, ow, bx.l);
-    std::vector<int32_t> slot(bx.h, -1);
-    for (int64_t i = 0; i < oh; ++i) slot[rows[k].i0[i]] = slot[rows[k].i1[i]] = 0;
-    for (int64_t r = 0; r < bx.h; ++r) {
-      if (slot[r] < 0) continue;
-      slot[r] = static_cast<int32_t>(needed[k].size());
-      needed[k].push_back(static_cast<int32_t>((bx.t + r) * W));
-    }
-    for (int64_t i = 0; i < oh; ++i) {
-      q0[k].push_back(slot[rows[k].i0[i]] * static_cast<int32_t>(stride));
-      q1[k].push_back(slot[rows[k].i1[i]] * static_cast<int32_t>(stride));
-    }
-    max_needed = std::max<int64_t>(max_needed, static_cast<int64_t>(needed[k].size()));
+  for (size_t k = 0; k < boxes.size(); ++k) {
+    if (tid[k] != static_cast<int64_t>(k)) continue;
+    tables[k].build(boxes[k].h, boxes[k].w, oh, ow, stride, W);
+    max_needed = std::max<int64_t>(max_needed, static_cast<int64_t>(tables[k].row_off.size()));
   }
 #ifdef HFCN_SIMD
-  std::vector<VecColumnTaps> vcols(kSimd ? n_tables : 0);
-  for (int64_t k = 0; k < static_cast<int64_t>(vcols.size()); ++k)
-    if (boxes[k].w <= 2 * simd::K) vcols[k].build(cols[k], boxes[k].l, ow);
+  std::vector<VecColumnTaps> vcols(kSimd ? boxes.size() : 0);
+  if constexpr (kSimd) {
+    for (size_t k = 0; k < boxes.size(); ++k)
+      if (tid[k] == static_cast<int64_t>(k) && boxes[k].w <= 2 * simd::K) vcols[k].build(tables[k].cols, ow);
+  }
 #endif
 
   const scalar_t* xp = x.data_ptr<scalar_t>();
   scalar_t* yp = y.data_ptr<scalar_t>();
-  at::parallel_for(0, B * C, plane_grain(N * oh * ow), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> lerped_buf(max_needed * stride + stride);
-    acc_t* __restrict__ lerped = lerped_buf.data();
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t b = p / C, c = p % C;
-      const scalar_t* __restrict__ plane = xp + p * H * W;
-      for (int64_t n = 0; n < N; ++n) {
-        const int64_t k = per_sample ? b * N + n : n;
-        const int64_t n_rows = static_cast<int64_t>(needed[k].size());
-        const int32_t* __restrict__ row_off = needed[k].data();
-        const int64_t left = boxes[k].l;
-        bool done = false;
+  const int64_t plane_in = H * W, plane_out = oh * ow;
+  // Runs of planes of one sample, at most one task's: within a run each crop's output is one
+  // contiguous stretch, which lets the SIMD path store whole registers (see forward_crop_simd).
+  // Plane by plane inside a run, all crops of a plane while its pixels sit in L1.
+  const int64_t run = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, plane_in));
+  at::parallel_for(0, B * C, plane_grain(B * C, N * plane_out), [&](int64_t begin, int64_t end) {
+    // 64-byte aligned: the SIMD passes store a register to it and load it right back, and a
+    // register that straddles two cache lines is not forwarded from the store to the load.
+    std::vector<acc_t> lerped_buf(2 * max_needed * stride + stride + 64 / sizeof(acc_t));
+    acc_t* lerped = align64(lerped_buf.data());
+    for (int64_t p0 = begin; p0 < end;) {
+      const int64_t b = p0 / C;
+      const int64_t p1 = std::min({end, (b + 1) * C, p0 + run});
 #ifdef HFCN_SIMD
-        if constexpr (kSimd) {
-          if (boxes[k].w <= 2 * simd::K) {
-            const VecColumnTaps& vt = vcols[k];
-            const int64_t blocks = static_cast<int64_t>(vt.i0.size());
-            for (int64_t q = 0; q < n_rows; ++q) {
-              simd::vf lo, hi;
-              simd::load_row(plane + row_off[q] + left, boxes[k].w, lo, hi);
-              float* dst = lerped + q * stride;
-              for (int64_t jb = 0; jb < blocks; ++jb)
-                simd::store(dst + jb * simd::K,
-                            two_tap<simd::vf>(simd::lookup(lo, hi, vt.i0[jb]),
-                                              simd::lookup(lo, hi, vt.i1[jb]), vt.w0[jb], vt.w1[jb]));
-            }
-            done = true;
-          }
-        }
+      // A store reaches at most K - 1 floats past its row, so only the planes that end within
+      // K floats of the run's end can pass it: the others store unchecked.
+      const int64_t first_checked = p1 - std::min<int64_t>(p1 - p0, 1 + (simd::K + plane_out - 1) / plane_out);
 #endif
-        if (!done) {
-          const int32_t* __restrict__ c0 = cols[k].i0.data();
-          const int32_t* __restrict__ c1 = cols[k].i1.data();
-          const acc_t* __restrict__ wc0 = cols[k].w0.data();
-          const acc_t* __restrict__ wc1 = cols[k].w1.data();
-          for (int64_t q = 0; q < n_rows; ++q) {
-            const scalar_t* __restrict__ row = plane + row_off[q];
-            acc_t* __restrict__ dst = lerped + q * stride;
-            for (int64_t j = 0; j < ow; ++j)
-              dst[j] = lerp_row<scalar_t, acc_t>(row, c0[j], c1[j], wc0[j], wc1[j]);
-          }
-        }
-        const int32_t* __restrict__ up = q0[k].data();
-        const int32_t* __restrict__ lo = q1[k].data();
-        const acc_t* __restrict__ wr0 = rows[k].w0.data();
-        const acc_t* __restrict__ wr1 = rows[k].w1.data();
-        scalar_t* __restrict__ out = yp + ((b * N + n) * C + c) * oh * ow;
+      for (int64_t p = p0; p < p1;) {
+        const int64_t c = p - b * C;
+        const scalar_t* plane = xp + p * plane_in;
 #ifdef HFCN_SIMD
+        // Two planes at a time through the one-register-per-row crops (all of BFC's on the
+        // paper's shape); any other crop of the pair goes plane by plane.
+        const bool pair = kSimd && p + 1 < p1 && plane_out >= simd::K;
         if constexpr (kSimd) {
-          // Whole-register stores straight into the output: a row's spill past ow lands in the
-          // next row of the same plane, which is written right after; only the stores that
-          // would leave the plane are masked.
-          const int64_t blocks = stride / simd::K;
-          const int64_t total = oh * ow;
-          for (int64_t i = 0; i < oh; ++i) {
-            const simd::vf a = simd::splat(wr0[i]), bw = simd::splat(wr1[i]);
-            for (int64_t jb = 0; jb < blocks; ++jb) {
-              const simd::vf v = blend<simd::vf>(simd::load(lerped + up[i] + jb * simd::K),
-                                                 simd::load(lerped + lo[i] + jb * simd::K), a, bw);
-              const int64_t e = i * ow + jb * simd::K;
-              const int64_t row_left = ow - jb * simd::K;
-              if (e + simd::K <= total) simd::store(out + e, v);
-              else simd::store_n(out + e, v, std::min<int64_t>(row_left, total - e));
-            }
-          }
-          continue;
+          // The next planes' pixels, fetched while these are computed: the first crop of a
+          // plane otherwise waits on each of its rows (the output stream evicts them from L2).
+          const char* next = reinterpret_cast<const char*>(plane + (pair ? 2 : 1) * plane_in);
+          const char* stop = reinterpret_cast<const char*>(xp + end * plane_in);
+          const int64_t bytes = (pair ? 2 : 1) * plane_in * static_cast<int64_t>(sizeof(scalar_t));
+          for (int64_t o = 0; o < bytes && next + o < stop; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
         }
+#else
+        const bool pair = false;
 #endif
-        for (int64_t i = 0; i < oh; ++i) {
-          const acc_t* __restrict__ upper = lerped + up[i];
-          const acc_t* __restrict__ lower = lerped + lo[i];
-          const acc_t a = wr0[i], bw = wr1[i];
-          scalar_t* __restrict__ orow = out + i * ow;
-#pragma omp simd
-          for (int64_t j = 0; j < ow; ++j)
-            orow[j] = static_cast<scalar_t>(blend<acc_t>(upper[j], lower[j], a, bw));
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t k = per_sample ? b * N + n : n;
+          const Box& bx = boxes[k];
+          const ForwardTable<acc_t>& tb = tables[tid[k]];
+          for (int64_t d = 0; d < (pair ? 2 : 1); ++d) {
+            const scalar_t* crop = plane + d * plane_in + bx.t * W + bx.l;
+            scalar_t* out = yp + ((b * N + n) * C + c + d) * plane_out;
+#ifdef HFCN_SIMD
+            if constexpr (kSimd) {
+              if (bx.w <= 2 * simd::K) {
+                const VecColumnTaps& vt = vcols[tid[k]];
+                const float* limit = yp + ((b * N + n) * C + (p1 - b * C)) * plane_out;
+                const bool one = vt.i0.size() == 1 && bx.w <= simd::K, narrow = bx.w <= simd::K;
+                const bool checked = p + d >= first_checked || (pair && p + 1 >= first_checked);
+                if (pair && one) {
+                  const int64_t first_masked = (plane_out - simd::K) / ow + 1;
+                  if (checked) forward_pair_simd<true>(crop, plane_in, bx.w, tb, vt, lerped, out, oh, ow, first_masked, limit);
+                  else forward_pair_simd<false>(crop, plane_in, bx.w, tb, vt, lerped, out, oh, ow, first_masked, limit);
+                  break;  // both planes done
+                }
+                if (!checked) {
+                  if (one) forward_crop_simd<1, true, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
+                  else if (narrow) forward_crop_simd<0, true, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
+                  else forward_crop_simd<0, false, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
+                } else {
+                  if (one) forward_crop_simd<1, true, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
+                  else if (narrow) forward_crop_simd<0, true, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
+                  else forward_crop_simd<0, false, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
+                }
+                continue;
+              }
+            }
+#endif
+            forward_crop_scalar<scalar_t, acc_t>(crop, tb, lerped, stride, out, oh, ow);
+          }
         }
+        p += pair ? 2 : 1;
       }
+      p0 = p1;
     }
   });
 }
 
+// ------------------------------------------------------------------------------------------
+// Backward.
+
+template <typename acc_t>
+struct BackwardTable {
+  AxisReaders<acc_t> rows, cols;
+};
+
 #ifdef HFCN_SIMD
-// Backward lookup tables of one crop: per block of K crop columns kk, up to R reader columns j
-// (indices into the output-gradient row, increasing) with their weights; lanes with fewer
-// readers are masked out by count, so each lane adds exactly the terms of column_adjoint.
+// Backward lookup tables of one crop size for the horizontal adjoint. A register holds P
+// output-gradient rows' worth of crop columns: lane q*w + kk is crop column kk of row i + q
+// (P = K / w when P rows of the gradient fit the lo:hi table, else 1 with ceil(w / K) blocks
+// of K columns). Per lane, up to R reader columns (indices into the lo:hi table, increasing)
+// and their weights; lanes with fewer readers keep their sum by a select, so every lane adds
+// exactly the terms of column_adjoint, in its order.
 struct VecColumnReaders {
-  int64_t R = 0;
-  std::vector<simd::vi> index, count;
+  int64_t P = 1, blocks = 1, R = 0, row_stride = 0;
+  std::vector<simd::vi> index, active;
   std::vector<simd::vf> weight;
 
   template <typename acc_t>
-  void build(const AxisReaders<acc_t>& readers, int64_t w) {
-    const int64_t blocks = (w + simd::K - 1) / simd::K;
+  bool build(const AxisReaders<acc_t>& readers, int64_t w, int64_t ow) {
+    if (w > 2 * simd::K || ow > 2 * simd::K) return false;
+    P = std::max<int64_t>(1, simd::K / w);
+    while (P > 1 && P * ow > 2 * simd::K) --P;
+    blocks = P > 1 ? 1 : (w + simd::K - 1) / simd::K;
+    // Rows of the adjoint buffer: packed back to back when P > 1 (each register store covers P
+    // rows), one register block apart otherwise.
+    row_stride = P > 1 ? w : blocks * simd::K;
     R = 0;
     for (int64_t kk = 0; kk < w; ++kk) R = std::max<int64_t>(R, readers.start[kk + 1] - readers.start[kk]);
     index.assign(blocks * R, simd::vi{});
+    active.assign(blocks * R, simd::vi{});
     weight.assign(blocks * R, simd::vf{});
-    count.assign(blocks, simd::vi{});
-    for (int64_t kk = 0; kk < w; ++kk) {
-      const int64_t kb = kk / simd::K, lane = kk % simd::K;
+    for (int64_t lane_all = 0; lane_all < (P > 1 ? P * w : w); ++lane_all) {
+      const int64_t q = P > 1 ? lane_all / w : 0, kk = P > 1 ? lane_all % w : lane_all;
+      const int64_t kb = P > 1 ? 0 : kk / simd::K, lane = P > 1 ? lane_all : kk % simd::K;
       const int32_t first = readers.start[kk], n = readers.start[kk + 1] - first;
-      count[kb][lane] = n;
       for (int32_t r = 0; r < n; ++r) {
-        index[kb * R + r][lane] = readers.index[first + r];
+        index[kb * R + r][lane] = static_cast<int32_t>(q * ow) + readers.index[first + r];
         weight[kb * R + r][lane] = static_cast<float>(readers.weight[first + r]);
+        active[kb * R + r][lane] = -1;
       }
     }
+    return true;
   }
 };
+
+// One crop's contribution to one gradient plane, float32 SIMD: horizontal adjoint of the
+// output-gradient rows into col_adj, then the vertical adjoint added into the crop's window
+// of `total` (row stride W).
+inline void backward_crop_simd(const float* __restrict__ gplane, int64_t oh, int64_t ow, int64_t h,
+                               int64_t w, const BackwardTable<float>& tb, const VecColumnReaders& vr,
+                               float* __restrict__ col_adj, float* __restrict__ total, int64_t W) {
+  using namespace simd;
+  const int64_t R = vr.R, P = vr.P, rs_stride = vr.row_stride;
+  for (int64_t i = 0; i < oh; i += P) {
+    vf lo, hi;
+    load_row(gplane + i * ow, std::min(P, oh - i) * ow, lo, hi);
+    for (int64_t kb = 0; kb < vr.blocks; ++kb) {
+      vf sum = vf{};
+      const vi* idx = vr.index.data() + kb * R;
+      const vi* act = vr.active.data() + kb * R;
+      const vf* wt = vr.weight.data() + kb * R;
+      for (int64_t r = 0; r < R; ++r) {
+        const vf term = accumulate<vf>(sum, wt[r], lookup(lo, hi, idx[r]));
+        sum = act[r] ? term : sum;
+      }
+      store(col_adj + i * rs_stride + kb * K, sum);
+    }
+  }
+  const int32_t* __restrict__ rs = tb.rows.start.data();
+  const int32_t* __restrict__ ri = tb.rows.index.data();
+  const float* __restrict__ rw = tb.rows.weight.data();
+#ifdef HFCN_HALF
+  if (w <= KH) {
+    for (int64_t r = 0; r < h; ++r) {
+      vh acc = vh{};
+      for (int32_t e = rs[r]; e < rs[r + 1]; ++e)
+        acc = accumulate<vh>(acc, splat_h(rw[e]), load_h(col_adj + ri[e] * rs_stride));
+      float* dst = total + r * W;
+      store_hn(dst, load_hn(dst, w) + acc, w);
+    }
+    return;
+  }
 #endif
+  const int64_t vblocks = (w + K - 1) / K;
+  for (int64_t r = 0; r < h; ++r) {
+    float* dst = total + r * W;
+    for (int64_t kb = 0; kb < vblocks; ++kb) {
+      vf acc = vf{};
+      for (int32_t e = rs[r]; e < rs[r + 1]; ++e)
+        acc = accumulate<vf>(acc, splat(rw[e]), load(col_adj + ri[e] * rs_stride + kb * K));
+      const int64_t n_lanes = std::min<int64_t>(K, w - kb * K);
+      store_n(dst + kb * K, load_n(dst + kb * K, n_lanes) + acc, n_lanes);
+    }
+  }
+}
+#endif
+
+template <typename scalar_t, typename acc_t>
+inline void backward_crop_scalar(const scalar_t* __restrict__ gplane, int64_t oh, int64_t ow,
+                                 int64_t h, int64_t w, const BackwardTable<acc_t>& tb,
+                                 acc_t* __restrict__ col_adj, int64_t stride,
+                                 acc_t* __restrict__ contrib, acc_t* __restrict__ total, int64_t W) {
+  const int32_t* __restrict__ cs = tb.cols.start.data();
+  const int32_t* __restrict__ ci = tb.cols.index.data();
+  const acc_t* __restrict__ cw = tb.cols.weight.data();
+  for (int64_t i = 0; i < oh; ++i) {
+    const scalar_t* __restrict__ grow = gplane + i * ow;
+    acc_t* __restrict__ dst = col_adj + i * stride;
+    for (int64_t kk = 0; kk < w; ++kk) {
+      acc_t sum = acc_t(0);
+      for (int32_t e = cs[kk]; e < cs[kk + 1]; ++e) sum = accumulate<acc_t>(sum, cw[e], static_cast<acc_t>(grow[ci[e]]));
+      dst[kk] = sum;
+    }
+  }
+  const int32_t* __restrict__ rs = tb.rows.start.data();
+  const int32_t* __restrict__ ri = tb.rows.index.data();
+  const acc_t* __restrict__ rw = tb.rows.weight.data();
+  for (int64_t r = 0; r < h; ++r) {
+    for (int64_t kk = 0; kk < w; ++kk) contrib[kk] = acc_t(0);
+    for (int32_t e = rs[r]; e < rs[r + 1]; ++e) {
+      const acc_t wt = rw[e];
+      const acc_t* __restrict__ src = col_adj + ri[e] * stride;
+#pragma omp simd
+      for (int64_t kk = 0; kk < w; ++kk) contrib[kk] = accumulate<acc_t>(contrib[kk], wt, src[kk]);
+    }
+    acc_t* __restrict__ dst = total + r * W;
+#pragma omp simd
+    for (int64_t kk = 0; kk < w; ++kk) dst[kk] += contrib[kk];
+  }
+}
 
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& g, const std::vector<Box>& boxes, bool per_sample,
@@ -322,120 +712,98 @@ void backward_kernel(const at::Tensor& g, const std::vector<Box>& boxes, bool pe
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = g.size(0), N = g.size(1), C = g.size(2), oh = g.size(3), ow = g.size(4);
   const int64_t H = gx.size(2), W = gx.size(3);
-  const int64_t n_tables = static_cast<int64_t>(boxes.size());
   // float32/float64 accumulate straight into the output plane; half types in an acc buffer.
   constexpr bool kInPlace = std::is_same<acc_t, scalar_t>::value;
 #ifdef HFCN_SIMD
   constexpr bool kSimd = std::is_same<scalar_t, float>::value;
+  constexpr int64_t kPad = simd::K;
+#else
+  constexpr bool kSimd = false;
+  constexpr int64_t kPad = 0;
 #endif
-
-  std::vector<AxisReaders<acc_t>> rows(n_tables), cols(n_tables);
+  const std::vector<int64_t> tid = table_of(boxes);
+  std::vector<BackwardTable<acc_t>> tables(boxes.size());
   int64_t max_w = 1;
-  for (int64_t k = 0; k < n_tables; ++k) {
-    rows[k].build(boxes[k].h, oh);
-    cols[k].build(boxes[k].w, ow);
+  for (size_t k = 0; k < boxes.size(); ++k) {
     max_w = std::max(max_w, boxes[k].w);
+    if (tid[k] != static_cast<int64_t>(k)) continue;
+    tables[k].rows.build(boxes[k].h, oh);
+    tables[k].cols.build(boxes[k].w, ow);
   }
   int64_t stride = max_w;
 #ifdef HFCN_SIMD
-  std::vector<VecColumnReaders> vcols(kSimd && ow <= 2 * simd::K ? n_tables : 0);
-  for (int64_t k = 0; k < static_cast<int64_t>(vcols.size()); ++k)
-    if (boxes[k].w <= 2 * simd::K) vcols[k].build(cols[k], boxes[k].w);
-  if (kSimd) stride = (max_w + simd::K - 1) / simd::K * simd::K;
+  std::vector<VecColumnReaders> vcols(kSimd ? boxes.size() : 0);
+  std::vector<char> vec_ok(boxes.size(), 0);
+  if constexpr (kSimd) {
+    for (size_t k = 0; k < boxes.size(); ++k)
+      if (tid[k] == static_cast<int64_t>(k)) vec_ok[k] = vcols[k].build(tables[k].cols, boxes[k].w, ow);
+    stride = (max_w + simd::K - 1) / simd::K * simd::K;
+  }
 #endif
 
   const scalar_t* gp = g.data_ptr<scalar_t>();
   scalar_t* gxp = gx.data_ptr<scalar_t>();
-  at::parallel_for(0, B * C, plane_grain(H * W + N * oh * ow), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> total_buf(kInPlace ? 0 : H * W), col_adj_buf(oh * stride), contrib_buf(stride);
-    acc_t* __restrict__ col_adj = col_adj_buf.data();  // [i][kk]: horizontal adjoint of row i
-    acc_t* __restrict__ contrib = contrib_buf.data();
+  const int64_t plane_in = H * W, plane_out = oh * ow;
+  at::parallel_for(0, B * C, plane_grain(B * C, plane_in + N * plane_out), [&](int64_t begin, int64_t end) {
+    // col_adj[i][kk]: horizontal adjoint of output row i; 64-byte aligned, since the SIMD
+    // pass stores registers to it and loads them right back (see forward_kernel).
+    std::vector<acc_t> total_buf(kInPlace ? 0 : plane_in), col_adj_buf(oh * stride + 2 * kPad + 64 / sizeof(acc_t)),
+        contrib_buf(stride);
+    acc_t* col_adj = align64(col_adj_buf.data());
     for (int64_t p = begin; p < end; ++p) {
       const int64_t b = p / C, c = p % C;
-      scalar_t* __restrict__ out = gxp + p * H * W;
-      acc_t* __restrict__ total;
+#ifdef HFCN_SIMD
+      if constexpr (kSimd) {
+        // The next plane's N gradient planes (N streams, each read once), fetched while this
+        // one is summed.
+        if (p + 1 < end) {
+          const int64_t b1 = (p + 1) / C, c1 = (p + 1) % C;
+          for (int64_t n = 0; n < N; ++n) {
+            const char* next = reinterpret_cast<const char*>(gp + ((b1 * N + n) * C + c1) * plane_out);
+            for (int64_t o = 0; o < plane_out * static_cast<int64_t>(sizeof(float)); o += 64)
+              _mm_prefetch(next + o, _MM_HINT_T0);
+          }
+        }
+      }
+#endif
+      scalar_t* out = gxp + p * plane_in;
+      acc_t* total;
       if constexpr (kInPlace) total = reinterpret_cast<acc_t*>(out);
       else total = total_buf.data();
-      for (int64_t e = 0; e < H * W; ++e) total[e] = acc_t(0);
+      std::fill(total, total + plane_in, acc_t(0));
       for (int64_t n = 0; n < N; ++n) {
         const int64_t k = per_sample ? b * N + n : n;
-        const Box bx = boxes[k];
-        const scalar_t* __restrict__ gplane = gp + ((b * N + n) * C + c) * oh * ow;
-        const int32_t* __restrict__ rs = rows[k].start.data();
-        const int32_t* __restrict__ ri = rows[k].index.data();
-        const acc_t* __restrict__ rw = rows[k].weight.data();
+        const Box& bx = boxes[k];
+        const scalar_t* gplane = gp + ((b * N + n) * C + c) * plane_out;
+        acc_t* window = total + bx.t * W + bx.l;
 #ifdef HFCN_SIMD
         if constexpr (kSimd) {
-          if (!vcols.empty() && bx.w <= 2 * simd::K) {
-            const VecColumnReaders& vr = vcols[k];
-            const int64_t blocks = static_cast<int64_t>(vr.count.size());
-            for (int64_t i = 0; i < oh; ++i) {
-              simd::vf lo, hi;
-              simd::load_row(gplane + i * ow, ow, lo, hi);
-              for (int64_t kb = 0; kb < blocks; ++kb) {
-                simd::vf sum = simd::vf{};
-                for (int64_t r = 0; r < vr.R; ++r) {
-                  const simd::vf term = accumulate<simd::vf>(sum, vr.weight[kb * vr.R + r],
-                                                            simd::lookup(lo, hi, vr.index[kb * vr.R + r]));
-                  sum = (simd::vi{} + static_cast<int32_t>(r)) < vr.count[kb] ? term : sum;
-                }
-                simd::store(col_adj + i * stride + kb * simd::K, sum);
-              }
-            }
-            for (int64_t r = 0; r < bx.h; ++r) {
-              float* dst = total + (bx.t + r) * W + bx.l;
-              for (int64_t kb = 0; kb < blocks; ++kb) {
-                simd::vf acc = simd::vf{};
-                for (int32_t e = rs[r]; e < rs[r + 1]; ++e)
-                  acc = accumulate<simd::vf>(acc, simd::splat(rw[e]),
-                                             simd::load(col_adj + ri[e] * stride + kb * simd::K));
-                const int64_t n_lanes = bx.w - kb * simd::K;
-                simd::store_n(dst + kb * simd::K, simd::load_n(dst + kb * simd::K, n_lanes) + acc, n_lanes);
-              }
-            }
+          if (vec_ok[tid[k]]) {
+            backward_crop_simd(gplane, oh, ow, bx.h, bx.w, tables[tid[k]], vcols[tid[k]], col_adj, window, W);
             continue;
           }
         }
 #endif
-        const int32_t* __restrict__ cs = cols[k].start.data();
-        const int32_t* __restrict__ ci = cols[k].index.data();
-        const acc_t* __restrict__ cw = cols[k].weight.data();
-        for (int64_t i = 0; i < oh; ++i) {
-          const scalar_t* __restrict__ grow = gplane + i * ow;
-          acc_t* __restrict__ dst = col_adj + i * stride;
-          for (int64_t kk = 0; kk < bx.w; ++kk) {
-            acc_t sum = acc_t(0);
-            for (int32_t e = cs[kk]; e < cs[kk + 1]; ++e)
-              sum = accumulate<acc_t>(sum, cw[e], static_cast<acc_t>(grow[ci[e]]));
-            dst[kk] = sum;
-          }
-        }
-        for (int64_t r = 0; r < bx.h; ++r) {
-          for (int64_t kk = 0; kk < bx.w; ++kk) contrib[kk] = acc_t(0);
-          for (int32_t e = rs[r]; e < rs[r + 1]; ++e) {
-            const acc_t wt = rw[e];
-            const acc_t* __restrict__ src = col_adj + ri[e] * stride;
-#pragma omp simd
-            for (int64_t kk = 0; kk < bx.w; ++kk) contrib[kk] = accumulate<acc_t>(contrib[kk], wt, src[kk]);
-          }
-          acc_t* __restrict__ dst = total + (bx.t + r) * W + bx.l;
-#pragma omp simd
-          for (int64_t kk = 0; kk < bx.w; ++kk) dst[kk] += contrib[kk];
-        }
+        backward_crop_scalar<scalar_t, acc_t>(gplane, oh, ow, bx.h, bx.w, tables[tid[k]], col_adj, stride,
+                                              contrib_buf.data(), window, W);
       }
       if constexpr (!kInPlace) {
-        for (int64_t e = 0; e < H * W; ++e) out[e] = static_cast<scalar_t>(total[e]);
+        for (int64_t e = 0; e < plane_in; ++e) out[e] = static_cast<scalar_t>(total[e]);
       }
     }
   });
 }
 
+// ------------------------------------------------------------------------------------------
+// Entries.
+
 at::Tensor crop_resize_cpu(const at::Tensor& x_in, const at::Tensor& boxes, int64_t out_h,
                            int64_t out_w) {
-  check_forward_args(x_in, boxes, out_h, out_w);
+  check_forward_meta(x_in, boxes, out_h, out_w, /*allow_cpu_boxes=*/false);
+  check_box_values("crop_resize", boxes, x_in.size(2), x_in.size(3));
   const at::Tensor x = x_in.contiguous();
   const int64_t N = boxes.size(-2);
-  at::Tensor y = at::empty({x.size(0), N, x.size(1), out_h, out_w}, x.options());
+  at::Tensor y = empty_output({x.size(0), N, x.size(1), out_h, out_w}, x.scalar_type());
   if (y.numel() == 0) return y;
   const std::vector<Box> bx = read_boxes(boxes);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "crop_resize_cpu", [&] {
@@ -446,9 +814,10 @@ at::Tensor crop_resize_cpu(const at::Tensor& x_in, const at::Tensor& boxes, int6
 
 at::Tensor crop_resize_backward_cpu(const at::Tensor& grad_in, const at::Tensor& boxes,
                                     int64_t in_h, int64_t in_w) {
-  check_backward_args(grad_in, boxes, in_h, in_w);
+  check_backward_meta(grad_in, boxes, in_h, in_w, /*allow_cpu_boxes=*/false);
+  check_box_values("crop_resize_backward", boxes, in_h, in_w);
   const at::Tensor g = grad_in.contiguous();
-  at::Tensor gx = at::empty({g.size(0), g.size(2), in_h, in_w}, g.options());
+  at::Tensor gx = empty_output({g.size(0), g.size(2), in_h, in_w}, g.scalar_type());
   if (gx.numel() == 0) return gx;
   if (g.numel() == 0) return gx.zero_();
   const std::vector<Box> bx = read_boxes(boxes);
@@ -458,13 +827,84 @@ at::Tensor crop_resize_backward_cpu(const at::Tensor& grad_in, const at::Tensor&
   return gx;
 }
 
+// ------------------------------------------------------------------------------------------
+// Autograd, in C++ so that a differentiable call costs a few microseconds instead of the tens
+// a Python autograd kernel takes (a serial share that shows on a ~1 ms op run on two threads).
+// The op is linear, so crop_resize_backward is its derivative and crop_resize in turn the
+// derivative of crop_resize_backward: gradients of any order, through the dispatcher (CPU or
+// CUDA kernels alike).
+
+at::Tensor call_forward(const at::Tensor& x, const at::Tensor& boxes, int64_t oh, int64_t ow) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hfcn_bench::crop_resize", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>();
+  return op.call(x, boxes, oh, ow);
+}
+
+at::Tensor call_backward(const at::Tensor& g, const at::Tensor& boxes, int64_t h, int64_t w) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hfcn_bench::crop_resize_backward", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>();
+  return op.call(g, boxes, h, w);
+}
+
+class CropResizeFn : public torch::autograd::Function<CropResizeFn> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& boxes, int64_t oh, int64_t ow) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = call_forward(x, boxes, oh, ow);  // first: it checks x is 4-D
+    ctx->save_for_backward({boxes});
+    ctx->saved_data["h"] = x.size(2);
+    ctx->saved_data["w"] = x.size(3);
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor boxes = ctx->get_saved_variables()[0];
+    const at::Tensor gx = call_backward(grads[0].contiguous(), boxes, ctx->saved_data["h"].toInt(),
+                                        ctx->saved_data["w"].toInt());
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class CropResizeBackwardFn : public torch::autograd::Function<CropResizeBackwardFn> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& g,
+                            const at::Tensor& boxes, int64_t h, int64_t w) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor gx = call_backward(g, boxes, h, w);  // first: it checks g is 5-D
+    ctx->save_for_backward({boxes});
+    ctx->saved_data["oh"] = g.size(3);
+    ctx->saved_data["ow"] = g.size(4);
+    return gx;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor boxes = ctx->get_saved_variables()[0];
+    const at::Tensor gg = call_forward(grads[0], boxes, ctx->saved_data["oh"].toInt(),
+                                       ctx->saved_data["ow"].toInt());
+    return {gg, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor crop_resize_autograd(const at::Tensor& x, const at::Tensor& boxes, int64_t oh, int64_t ow) {
+  return CropResizeFn::apply(x, boxes, oh, ow);
+}
+
+at::Tensor crop_resize_backward_autograd(const at::Tensor& g, const at::Tensor& boxes, int64_t h,
+                                         int64_t w) {
+  return CropResizeBackwardFn::apply(g, boxes, h, w);
+}
+
 }  // namespace
 }  // namespace hfcn
 
 // crop_resize: windows (top, left, height, width) of x[B, C, H, W], each resized bilinearly
 // (align_corners=False, clamped at the crop border) -> [B, N, C, out_h, out_w].
-// crop_resize_backward: its adjoint, grad[B, N, C, oh, ow] -> [B, C, in_h, in_w]. The op is
-// linear, so each is the other's derivative (autograd is registered from Python).
+// crop_resize_backward: its adjoint, grad[B, N, C, oh, ow] -> [B, C, in_h, in_w].
 TORCH_LIBRARY(hfcn_bench, m) {
   m.def("crop_resize(Tensor x, Tensor boxes, int out_h, int out_w) -> Tensor");
   m.def("crop_resize_backward(Tensor grad, Tensor boxes, int in_h, int in_w) -> Tensor");
@@ -473,4 +913,9 @@ TORCH_LIBRARY(hfcn_bench, m) {
 TORCH_LIBRARY_IMPL(hfcn_bench, CPU, m) {
   m.impl("crop_resize", &hfcn::crop_resize_cpu);
   m.impl("crop_resize_backward", &hfcn::crop_resize_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(hfcn_bench, Autograd, m) {
+  m.impl("crop_resize", &hfcn::crop_resize_autograd);
+  m.impl("crop_resize_backward", &hfcn::crop_resize_backward_autograd);
 }

@@ -24,6 +24,22 @@
 
 namespace hfcn {
 
+// Whether window (t, l, h, w) lies inside an in_h x in_w map with a positive size: the rule of
+// the host check (crop_resize_host.h) and of the CUDA kernels' device-side check.
+HFCN_HD bool box_fits(int64_t t, int64_t l, int64_t h, int64_t w, int64_t in_h, int64_t in_w) {
+  return h >= 1 && w >= 1 && t >= 0 && l >= 0 && t <= in_h - h && l <= in_w - w;
+}
+
+// The nearest window that fits (in_h, in_w >= 1): what the CUDA kernels compute with when a
+// device-side box does not fit, so that they never read or write outside the map whatever the
+// boxes hold (the bad box is reported by the next call; see crop_resize_cuda.cu).
+HFCN_HD void clamp_box(int64_t& t, int64_t& l, int64_t& h, int64_t& w, int64_t in_h, int64_t in_w) {
+  t = t < 0 ? 0 : (t > in_h - 1 ? in_h - 1 : t);
+  l = l < 0 ? 0 : (l > in_w - 1 ? in_w - 1 : l);
+  h = h < 1 ? 1 : (h > in_h - t ? in_h - t : h);
+  w = w < 1 ? 1 : (w > in_w - l ? in_w - l : w);
+}
+
 // Source taps (i0, i1) and weights (w0, w1) of output coordinate `dst` when `in_size` pixels
 // are resized to `out_size`: PyTorch's area_pixel_compute_source_index with
 // align_corners=False (scale = in/out, src = scale * (dst + 0.5) - 0.5, clamped below at 0), and
@@ -106,8 +122,19 @@ HFCN_HD acc_t blend(acc_t upper, acc_t lower, acc_t w0, acc_t w1) {
   return two_tap<acc_t>(upper, lower, w0, w1);
 }
 
-// One output element, computed directly (the CUDA forward). `plane` is the channel's
-// [H, W] map, row stride `W`; the crop is (t, l, h, w) and the output is oh x ow.
+// One output element from its taps: the two source rows (already offset to the crop's left
+// column), the crop-relative source columns and all four weights. The CUDA forward reads the
+// taps from per-block tables; output_element computes them on the spot.
+template <typename scalar_t, typename acc_t>
+HFCN_HD acc_t output_from_taps(const scalar_t* upper_row, const scalar_t* lower_row, int64_t c0,
+                               int64_t c1, acc_t wc0, acc_t wc1, acc_t wr0, acc_t wr1) {
+  const acc_t upper = lerp_row<scalar_t, acc_t>(upper_row, c0, c1, wc0, wc1);
+  const acc_t lower = lerp_row<scalar_t, acc_t>(lower_row, c0, c1, wc0, wc1);
+  return blend<acc_t>(upper, lower, wr0, wr1);
+}
+
+// One output element, computed directly. `plane` is the channel's [H, W] map, row stride `W`;
+// the crop is (t, l, h, w) and the output is oh x ow.
 template <typename scalar_t, typename acc_t>
 HFCN_HD acc_t output_element(const scalar_t* plane, int64_t W, int64_t t, int64_t l, int64_t h,
                              int64_t w, int64_t oh, int64_t ow, int64_t i, int64_t j) {
@@ -116,9 +143,7 @@ HFCN_HD acc_t output_element(const scalar_t* plane, int64_t W, int64_t t, int64_
   source_taps<acc_t>(i, h, oh, r0, r1, wr0, wr1);
   source_taps<acc_t>(j, w, ow, c0, c1, wc0, wc1);
   const scalar_t* base = plane + t * W + l;
-  const acc_t upper = lerp_row<scalar_t, acc_t>(base + r0 * W, c0, c1, wc0, wc1);
-  const acc_t lower = lerp_row<scalar_t, acc_t>(base + r1 * W, c0, c1, wc0, wc1);
-  return blend<acc_t>(upper, lower, wr0, wr1);
+  return output_from_taps<scalar_t, acc_t>(base + r0 * W, base + r1 * W, c0, c1, wc0, wc1, wr0, wr1);
 }
 
 // Horizontal adjoint: how much output row `grow` (ow values) sends to crop column `kk`.
@@ -134,8 +159,54 @@ HFCN_HD acc_t column_adjoint(const scalar_t* grow, int64_t kk, int64_t w, int64_
   return sum;
 }
 
-// One crop's contribution to the input gradient at crop-relative (rr, kk), computed directly
-// (the CUDA backward). `gplane` is the crop's [oh, ow] output gradient.
+// Most readers reader_range can return for one source coordinate when in_size pixels are
+// resized to out_size: its range spans at most 2 * out / in + 4 outputs (the inverted tap bound,
+// widened by one on each side), and in * reader_capacity <= 2 * out + 5 * in, which sizes a
+// table of all in_size coordinates' readers (both bounds checked exhaustively for sizes up to
+// 256 when this was written).
+HFCN_HD int64_t reader_capacity(int64_t in_size, int64_t out_size) {
+  return in_size == out_size ? 1 : (2 * out_size + in_size - 1) / in_size + 4;
+}
+
+// Readers of source coordinate `src` as a table row: the output coordinates (increasing) and
+// weights that column_adjoint/input_grad_element would visit, at most reader_capacity of them.
+template <typename acc_t>
+HFCN_HD int32_t reader_list(int64_t src, int64_t in_size, int64_t out_size, int32_t* index,
+                            acc_t* weight) {
+  int64_t lo, hi;
+  reader_range(src, in_size, out_size, lo, hi);
+  int32_t n = 0;
+  for (int64_t d = lo; d <= hi; ++d) {
+    acc_t wt;
+    if (tap_weight<acc_t>(d, src, in_size, out_size, wt)) {
+      index[n] = static_cast<int32_t>(d);
+      weight[n] = wt;
+      ++n;
+    }
+  }
+  return n;
+}
+
+// input_grad_element from reader tables (the CUDA backward, which builds them once per crop
+// instead of once per input element): the same terms in the same order.
+template <typename scalar_t, typename acc_t>
+HFCN_HD acc_t input_grad_from_tables(const scalar_t* gplane, int64_t ow, const int32_t* row_index,
+                                     const acc_t* row_weight, int32_t n_rows,
+                                     const int32_t* col_index, const acc_t* col_weight,
+                                     int32_t n_cols) {
+  acc_t sum = acc_t(0);
+  for (int32_t a = 0; a < n_rows; ++a) {
+    const scalar_t* grow = gplane + row_index[a] * ow;
+    acc_t inner = acc_t(0);
+    for (int32_t q = 0; q < n_cols; ++q)
+      inner = accumulate<acc_t>(inner, col_weight[q], static_cast<acc_t>(grow[col_index[q]]));
+    sum = accumulate<acc_t>(sum, row_weight[a], inner);
+  }
+  return sum;
+}
+
+// One crop's contribution to the input gradient at crop-relative (rr, kk), computed directly.
+// `gplane` is the crop's [oh, ow] output gradient.
 template <typename scalar_t, typename acc_t>
 HFCN_HD acc_t input_grad_element(const scalar_t* gplane, int64_t rr, int64_t kk, int64_t h,
                                  int64_t w, int64_t oh, int64_t ow) {

@@ -281,12 +281,13 @@ def test_backward_bitwise_deterministic_across_runs_and_threads(device):
     try:
         torch.set_num_threads(1)
         first = _grad_once(x, boxes, grad)
-        again = _grad_once(x, boxes, grad)
-        torch.set_num_threads(2)
-        two = [_grad_once(x, boxes, grad) for _ in range(3)]
+        others = [_grad_once(x, boxes, grad)]
+        for n in (2, 3, 4):  # more threads than cores too: the split of the planes changes
+            torch.set_num_threads(n)
+            others += [_grad_once(x, boxes, grad) for _ in range(2)]
     finally:
         torch.set_num_threads(threads)
-    for other in [again, *two]:
+    for other in others:
         assert torch.equal(first, other)
         # torch.equal treats -0.0 == 0.0: compare the bits too.
         assert torch.equal(first.view(torch.int32), other.view(torch.int32))
@@ -442,3 +443,52 @@ def test_sources_ship_with_a_non_editable_install(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert Path(out.stdout.strip()) == tmp_path / "hfcn_bench" / "_csrc"
+
+
+# --------------------------------------------------------------------------- CUDA: no host sync
+
+
+def test_cuda_host_code_never_reads_boxes_back():
+    """Issue 14's acceptance, checked on any machine: the CUDA entry makes no .to(kCPU),
+    .item() or .cpu() call (each one a device-to-host copy and a stream synchronisation)."""
+    src = (ROOT / "csrc" / "crop_resize_cuda.cu").read_text() + (ROOT / "csrc" / "crop_resize_host.h").read_text()
+    code = "\n".join(line.split("//")[0] for line in src.splitlines())
+    for call in (".to(at::kCPU", ".item(", ".cpu(", "item<", "cudaDeviceSynchronize", "cudaStreamSynchronize"):
+        assert call not in code, call
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("crop", ["bfc", "rfc"])
+def test_cuda_training_step_makes_no_host_sync(crop):
+    need("cuda")
+    from hfcn_bench.models import HFCN, HFCNConfig, hfcn_loss
+
+    model = HFCN(HFCNConfig(backbone="paper", crop=crop, input_size=64)).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(4, 3, 64, 64, device="cuda")
+    y = torch.tensor([0, 1, 0, 1], device="cuda")
+    for _ in range(2):  # the first step may allocate; the second must be as clean
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.zero_grad(set_to_none=True)
+            hfcn_loss(model(x), y).backward()  # the project's loss (eqs. 7-8), as train does
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    ops.raise_device_box_error()
+
+
+@pytest.mark.cuda
+def test_cuda_bad_device_box_is_clamped_then_reported():
+    need("cuda")
+    ops.raise_device_box_error()  # nothing pending
+    x = torch.randn(2, 3, 8, 8, device="cuda")
+    bad = torch.tensor([[0, 0, 4, 4], [6, 6, 4, 4]], device="cuda")  # the second overruns the map
+    y = ops.crop_resize(x, bad, 4)  # no sync, so no error yet; the kernel clamps, never reads out
+    assert torch.isfinite(y).all()
+    with pytest.raises(ValueError, match=r"box 1 \(top=6, left=6, height=4, width=4\) does not fit a 8x8"):
+        ops.raise_device_box_error()
+    ops.raise_device_box_error()  # cleared
+    with pytest.raises(ValueError, match=r"box 1 \(top=6"):  # CPU boxes: checked before the call
+        ops.crop_resize(x, bad.cpu(), 4)

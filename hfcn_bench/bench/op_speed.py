@@ -31,7 +31,8 @@ from torch.utils import benchmark as tbench
 
 from .. import ops
 
-__all__ = ["OpShape", "PAPER_SHAPE", "LARGE_SHAPE", "measure_op_speed", "op_speed_checks", "available_methods"]
+__all__ = ["OpShape", "PAPER_SHAPE", "LARGE_SHAPE", "GPU_SHAPE", "measure_op_speed", "op_speed_checks",
+           "available_methods", "peak_bandwidth"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,37 @@ class OpShape:
 
 PAPER_SHAPE = OpShape()  # the paper's feature map at 224 input, 5 BFC windows, alpha 0.6
 LARGE_SHAPE = OpShape(batch=16, channels=128, height=28, width=28, alpha=0.6, out=28)
+# A batch that fills a GPU (the paper shape's 16 samples are a few microseconds of HBM traffic):
+# the shape the bandwidth target is read on.
+GPU_SHAPE = OpShape(batch=256, channels=128, height=14, width=14, alpha=0.6, out=14)
+
+# The CUDA bandwidth target: the fused forward moves its bytes at >= this share of the peak.
+GPU_BANDWIDTH_SHARE = 0.70
+
+
+def peak_bandwidth(device: str | torch.device) -> tuple[float | None, str]:
+    """``(peak GB/s, how it was obtained)`` of ``device``'s memory.
+
+    ``HFCN_PEAK_GBPS`` overrides (a datasheet figure, say). On CUDA it is computed from the
+    device properties: 2 transfers per clock (DDR) x memory clock x bus width, e.g. H100 SXM
+    2619 MHz x 5120 bit = 3.35 TB/s, its datasheet value. On the CPU no peak is assumed: the
+    memory floor (a plain copy of the same bytes) is the CPU's yardstick instead.
+    """
+    env = os.environ.get("HFCN_PEAK_GBPS", "").strip()
+    if env:
+        try:
+            return float(env), "HFCN_PEAK_GBPS"
+        except ValueError:
+            pass
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None, "no peak assumed on the CPU (see the memory floor)"
+    p = torch.cuda.get_device_properties(device)
+    clock_khz, bus_bits = getattr(p, "memory_clock_rate", 0), getattr(p, "memory_bus_width", 0)
+    if not clock_khz or not bus_bits:
+        return None, "the device properties give no memory clock or bus width"
+    gbps = 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9
+    return gbps, f"2 x {clock_khz / 1e3:.0f} MHz x {bus_bits} bit (device properties)"
 
 _FLOAT_TOL = 1e-5
 
@@ -312,8 +344,10 @@ def measure_op_speed(
 ) -> list[dict]:
     """Time every method x direction x thread count x shape; return one row per measurement.
 
-    Row keys: shape, method, direction, threads, device, median_s, iqr_s, gbps (input + output
-    bytes over the median, for the memory-bound op), peak_mib and memory_method, speedup
+    Row keys: shape, method, direction, threads, device, median_s, iqr_s, gbps (the bytes the
+    direction must move, input + output, over the median: the op is memory-bound), peak_gbps
+    and peak_how (:func:`peak_bandwidth`; None on the CPU), pct_of_peak, peak_mib and
+    memory_method, speedup
     (naive median / this median, same shape, direction and threads), parity, parity_ok,
     status ("ok", or why it was not timed).
     """
@@ -350,7 +384,10 @@ def measure_op_speed(
                     rows.extend(_time_image_multicrop(fn, inp, base, check, device, progress))
                     continue
                 ready[name] = (fn, inp, base, check)
+            # Bytes a direction must move at least: read x and write y (forward), read the
+            # gradient and write dx (backward), both (forward+backward).
             moved = (x.numel() + grad.numel()) * x.element_size()
+            peak, peak_how = peak_bandwidth(device)
             for nthreads in threads:
                 torch.set_num_threads(nthreads)
                 for direction in directions:
@@ -371,7 +408,9 @@ def measure_op_speed(
                                 "threads": nthreads,
                                 "median_s": median,
                                 "iqr_s": iqr,
-                                "gbps": moved / median / 1e9,
+                                "gbps": (2 if direction == "forward+backward" else 1) * moved / median / 1e9,
+                                "peak_gbps": peak,
+                                "peak_how": peak_how,
                                 "peak_mib": peak,
                                 "memory_method": how,
                                 "status": "ok",
@@ -379,6 +418,9 @@ def measure_op_speed(
                         )
     finally:
         torch.set_num_threads(old_threads)
+    for r in rows:
+        if r.get("gbps") and r.get("peak_gbps"):
+            r["pct_of_peak"] = 100.0 * r["gbps"] / r["peak_gbps"]
     naive = {(r["shape"], r["direction"], r["threads"]): r["median_s"] for r in rows if r["method"] == "naive" and r["status"] == "ok"}
     for r in rows:
         ref = naive.get((r["shape"], r["direction"], r["threads"]))
@@ -393,11 +435,15 @@ def _find(rows, **keys):
     return None
 
 
-def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE) -> list[dict]:
+def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE, gpu_shape: OpShape = GPU_SHAPE) -> list[dict]:
     """The op issue's speed targets, evaluated on measured rows of one run.
 
-    Each check: name, value (a ratio), minimum (must), target (aim), passed (value meets the
-    minimum), met_target; value None when a needed row is missing.
+    On the CPU (issue 14, the paper shape): at 1 thread the fused forward >= 8x naive and <= 2x
+    the memory floor, forward+backward >= 8x naive; forward+backward on 2 threads >= 1.8x its
+    1-thread time. On CUDA: the fused forward on ``gpu_shape`` moves its bytes at >= 70% of
+    the device's peak bandwidth. Each check: name, value (a ratio), minimum (must), target
+    (aim), passed (value meets the minimum), met_target; value None when a needed row is
+    missing (e.g. the 2-thread rows on a 1-thread run).
     """
     label = shape.label
     checks = []
@@ -413,23 +459,39 @@ def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE) -> list[dict
         tgt = value >= target if higher_is_better else value <= target
         checks.append({"check": name, "value": value, "minimum": minimum, "target": target, "passed": ok, "met_target": tgt})
 
+    devices = {r.get("device", "cpu").split(":")[0] for r in rows if r.get("status") == "ok"}
+    if "cuda" in devices:
+        fused = _find(rows, shape=gpu_shape.label, method="fused", direction="forward")
+        value = fused.get("pct_of_peak") / 100.0 if fused and fused.get("pct_of_peak") else None
+        add(f"fused forward bandwidth / device peak ({gpu_shape.label})", value, GPU_BANDWIDTH_SHARE,
+            GPU_BANDWIDTH_SHARE)
+        fused = _find(rows, shape=label, method="fused", direction="forward")
+        naive = _find(rows, shape=label, method="naive", direction="forward")
+        add("forward speed-up vs naive (CUDA, reported)", ratio(naive, fused), 1.0, 1.0)
+        return checks
     for t in sorted({r["threads"] for r in rows if r.get("threads")}):
+        plural = "s" * (t > 1)
         fused_f = _find(rows, shape=label, method="fused", direction="forward", threads=t)
         naive_f = _find(rows, shape=label, method="naive", direction="forward", threads=t)
         floor_f = _find(rows, shape=label, method="floor", direction="forward", threads=t)
         fused_fb = _find(rows, shape=label, method="fused", direction="forward+backward", threads=t)
         naive_fb = _find(rows, shape=label, method="naive", direction="forward+backward", threads=t)
         roi_f = _find(rows, shape=label, method="roi_align", direction="forward", threads=t)
-        add(f"forward speed-up vs naive ({t} thread{'s' * (t > 1)})", ratio(naive_f, fused_f), 4.0, 8.0)
-        add(f"forward time / memory floor ({t} thread{'s' * (t > 1)})", ratio(fused_f, floor_f), 4.0, 2.0, higher_is_better=False)
-        add(f"forward+backward speed-up vs naive ({t} thread{'s' * (t > 1)})", ratio(naive_fb, fused_fb), 4.0, 8.0)
+        # The issue's minimums hold at 1 thread; at more threads the ratios are reported against
+        # the same aims (naive slicing scales as well as the op does, so they move little).
+        must = 1 if t == 1 else None
+        add(f"forward speed-up vs naive ({t} thread{plural})", ratio(naive_f, fused_f), 8.0 if must else 4.0, 8.0)
+        add(f"forward time / memory floor ({t} thread{plural})", ratio(fused_f, floor_f), 2.0 if must else 4.0, 2.0,
+            higher_is_better=False)
+        add(f"forward+backward speed-up vs naive ({t} thread{plural})", ratio(naive_fb, fused_fb),
+            8.0 if must else 4.0, 8.0)
         if roi_f:
-            add(f"forward speed-up vs roi_align ({t} thread{'s' * (t > 1)})", ratio(roi_f, fused_f), 1.0, 1.0)
+            add(f"forward speed-up vs roi_align ({t} thread{plural})", ratio(roi_f, fused_f), 1.0, 1.0)
     one = _find(rows, shape=label, method="fused", direction="forward", threads=1)
     two = _find(rows, shape=label, method="fused", direction="forward", threads=2)
-    add("fused forward, 2 threads vs 1", ratio(one, two), 1.6, 1.6)
+    add("fused forward, 2 threads vs 1", ratio(one, two), 1.6, 1.8)
     one = _find(rows, shape=label, method="fused", direction="forward+backward", threads=1)
     two = _find(rows, shape=label, method="fused", direction="forward+backward", threads=2)
-    add("fused forward+backward, 2 threads vs 1", ratio(one, two), 1.6, 1.6)
+    add("fused forward+backward, 2 threads vs 1", ratio(one, two), 1.8, 1.8)
     return checks
 

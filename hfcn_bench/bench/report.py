@@ -103,6 +103,7 @@ TABLES: dict[tuple[str, str], tuple[str, tuple[str, ...], list[Column]]] = {
             Column("iqr_s", "IQR ms", MS, terminal=False),
             Column("speedup", "vs naive", "{:.1f}x", "higher"),
             Column("gbps", "GB/s", "{:.1f}", "higher", terminal=False),
+            Column("pct_of_peak", "% of peak GB/s", "{:.0f}%", "higher", terminal=False),
             Column("peak_mib", "peak MiB", "{:.1f}"),
             Column("parity", "parity (max abs err)", terminal=False),
             Column("status", "status"),

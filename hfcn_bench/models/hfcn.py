@@ -301,7 +301,11 @@ class HFCN(nn.Module):
         """Crop every window and resize it to ``size``: ``[B, C, H, W] -> [B, N, C, oh, ow]``,
         with the configured implementation. ``rows`` are ``boxes`` as host ints (optional)."""
         if self._fused and (x.device.type == "cpu" or (x.is_cuda and self._fused_cuda)):
-            return ops.CropResizeFunction.apply(x, boxes.to(x.device), size[0], size[1])
+            # CPU boxes (RFC draws) go to the op as they are: it checks them on the host and
+            # copies them without blocking; a .to(cuda) here would synchronise every step.
+            if boxes.device.type != "cpu":
+                boxes = boxes.to(x.device)
+            return ops.CropResizeFunction.apply(x, boxes, size[0], size[1])
         if self._fused and not self._warned_cuda:
             self._warned_cuda = True
             warnings.warn(

@@ -68,12 +68,17 @@ def hfcn_loss(
         if K != 2:
             raise ModelConfigError(f"{K} classes: pass class_weights (one per class)")
         class_weights = (w_benign, w_malignant)
-    weights = torch.as_tensor(class_weights, dtype=prob.dtype, device=prob.device)
-    if weights.shape != (K,) or bool((weights < 0).any()) or not bool(weights.sum() > 0):
+    # Checked on the host (the weights are host numbers; reading a CUDA tensor back would be
+    # a synchronisation in every training step).
+    host_w = torch.as_tensor(class_weights, dtype=torch.float64, device="cpu")
+    if host_w.shape != (K,) or bool((host_w < 0).any()) or not bool(host_w.sum() > 0):
         raise ModelConfigError(
             f"class weights must be {K} non-negative numbers, not all zero, got {list(class_weights)}"
         )
-    if not torch.compiler.is_compiling() and labels.numel() > 0:
+    weights = host_w.to(dtype=prob.dtype).to(prob.device, non_blocking=True)
+    # Label range: checked when the labels are on the host; on CUDA, nll_loss's own device-side
+    # assertion rejects an out-of-range class without a synchronisation here.
+    if not torch.compiler.is_compiling() and labels.numel() > 0 and labels.device.type == "cpu":
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= K:
             raise ModelConfigError(f"labels must be in [0, {K - 1}], got values from {lo} to {hi}")

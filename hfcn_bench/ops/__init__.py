@@ -8,7 +8,7 @@ as registered with torch (visible to ``torch.compile``) once the extension is lo
 
 from ._extension import backend, csrc_dir, extension_error, load_extension
 from .boxes import boundary_boxes, check_boxes, random_boxes, window_size
-from .crop_resize import CropResizeFunction, crop_resize
+from .crop_resize import CropResizeFunction, crop_resize, raise_device_box_error
 from .reference import crop_resize_reference, normalize_size, slice_resize
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "boundary_boxes",
     "check_boxes",
     "crop_resize",
+    "raise_device_box_error",
     "crop_resize_reference",
     "csrc_dir",
     "extension_error",

@@ -1,4 +1,4 @@
-"""The public crop + resize op and the ``torch.autograd.Function`` the HFCN model calls."""
+"""The public crop + resize op and a ``torch.autograd.Function`` over it."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import torch
 from ._extension import backend, load_extension
 from .reference import crop_resize_reference, normalize_size
 
-__all__ = ["CropResizeFunction", "crop_resize"]
+__all__ = ["CropResizeFunction", "crop_resize", "raise_device_box_error"]
 
 
 class CropResizeFunction(torch.autograd.Function):
-    """Autograd wrapper over ``torch.ops.hfcn_bench.crop_resize``.
+    """Autograd wrapper over ``torch.ops.hfcn_bench.crop_resize``, kept for callers that want a
+    Python ``Function`` (the op itself is differentiable: its autograd is registered in C++).
 
     ``forward(x[B, C, H, W], boxes, out_h, out_w) -> y[B, N, C, out_h, out_w]``; the backward is
     ``crop_resize_backward`` (a gather, deterministic), itself differentiable, so double
@@ -42,7 +43,11 @@ def crop_resize(x: torch.Tensor, boxes, size) -> torch.Tensor:
         x (Tensor[B, C, H, W]): feature maps (float32/64, float16, bfloat16; any layout).
         boxes (LongTensor[N, 4] or LongTensor[B, N, 4]): integer windows
             ``(top, left, height, width)`` in feature-map pixels, shared by the batch or one set
-            per sample, on the device of ``x``. A list of rows is accepted too.
+            per sample, on the device of ``x`` or on the CPU. A list of rows is accepted too.
+            For CUDA maps, CPU boxes are validated on the host and copied to the GPU
+            asynchronously; CUDA boxes are validated on the GPU (no synchronisation): a window
+            that does not fit is clamped into the map there and reported by the next call on
+            that device, or at once by :func:`hfcn_bench.ops.raise_device_box_error`.
         size (int or (oh, ow)): output size of every crop.
 
     Returns:
@@ -54,18 +59,35 @@ def crop_resize(x: torch.Tensor, boxes, size) -> torch.Tensor:
     ``"reference"``). Raises ``ValueError``/``TypeError`` naming the bad box or argument.
     """
     if not isinstance(boxes, torch.Tensor):
-        boxes = torch.as_tensor(boxes, dtype=torch.int64, device=x.device)
-    if boxes.device != x.device:
+        # Host rows stay on the host: they are checked there, never read back from a device.
+        boxes = torch.as_tensor(boxes, dtype=torch.int64)
+    if boxes.device != x.device and boxes.device.type != "cpu":
         # Checked here too: the dispatcher would otherwise pick a kernel by the other device.
-        raise ValueError(f"x is on {x.device} but boxes are on {boxes.device}; put both on one device")
+        raise ValueError(
+            f"x is on {x.device} but boxes are on {boxes.device}; put both on one device (or boxes on the CPU)"
+        )
     oh, ow = normalize_size(size)
     if not load_extension():
         return crop_resize_reference(x, boxes, (oh, ow))
-    if x.device.type == "cuda" and backend() != "cuda":
-        # Extension built without its CUDA kernels (no nvcc): CUDA tensors take the reference.
+    if x.device.type != "cpu" and (x.device.type != "cuda" or backend() != "cuda"):
+        # Extension built without its CUDA kernels (no nvcc), or another device: the reference.
         return crop_resize_reference(x, boxes, (oh, ow))
-    if not (x.requires_grad and torch.is_grad_enabled()):
-        # Nothing to differentiate: skip the autograd.Function's bookkeeping (tens of µs per
-        # call, a visible serial share of a ~1 ms op run on several threads).
-        return torch.ops.hfcn_bench.crop_resize(x, boxes, oh, ow)
-    return CropResizeFunction.apply(x, boxes, oh, ow)
+    # Differentiable as is (autograd in C++, a few microseconds per call).
+    return torch.ops.hfcn_bench.crop_resize(x, boxes, oh, ow)
+
+
+def raise_device_box_error(device=None) -> None:
+    """Raise the ``ValueError`` of a bad box that a CUDA kernel found, if any (then clear it).
+
+    CUDA boxes are checked on the device, without a synchronisation: a window that does not fit
+    is clamped into the map for that call and recorded, and the next call of the op on any
+    device raises it. This synchronises ``device`` (default: the current CUDA device) and raises
+    at once instead: call it where an error must surface now (end of an epoch, a test). A no-op
+    without the CUDA kernels.
+    """
+    if not load_extension() or backend() != "cuda" or not torch.cuda.is_available():
+        return
+    torch.cuda.synchronize(device)
+    message = torch.ops.hfcn_bench.take_box_error()
+    if message:
+        raise ValueError(message)

@@ -30,7 +30,8 @@ def crop_resize_reference(x: torch.Tensor, boxes: torch.Tensor, size) -> torch.T
     Args:
         x (Tensor[B, C, H, W]): feature maps.
         boxes (LongTensor[N, 4] or LongTensor[B, N, 4]): ``(top, left, height, width)`` windows,
-            shared by the batch or one set per sample.
+            shared by the batch or one set per sample, on the device of ``x`` or on the CPU
+            (host boxes are read without touching the device).
         size (int or (oh, ow)): output size of every crop.
 
     Returns:
@@ -41,8 +42,10 @@ def crop_resize_reference(x: torch.Tensor, boxes: torch.Tensor, size) -> torch.T
     """
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D [B, C, H, W], got shape {list(x.shape)}")
-    if boxes.device != x.device:
-        raise ValueError(f"x is on {x.device} but boxes are on {boxes.device}; put both on one device")
+    if boxes.device != x.device and boxes.device.type != "cpu":
+        raise ValueError(
+            f"x is on {x.device} but boxes are on {boxes.device}; put both on one device (or boxes on the CPU)"
+        )
     oh, ow = normalize_size(size)
     B, C, H, W = x.shape
     check_boxes(boxes, B, H, W)
