@@ -17,7 +17,7 @@ from clitools import run
 def warty(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "warty"
     rc, text = run(["data", "synth", "--out", str(out), "--cases", "12", "--seed", "4", "--warts",
-                    "--label-noise", "0.1"])
+                    "--label-noise", "0.1", "--difficulty", "easy"])
     assert rc == 0, text
     return out, text
 

@@ -67,6 +67,7 @@ def test_grid_on_ray_caches_its_cells(data, tmp_path, ray_instance):
     assert "Engine: `ray`" in md
     rep = json.loads((out / "report.json").read_text())
     assert rep["summary"]["done"] == rep["summary"]["cells"] == 6 and rep["summary"]["failed"] == 0
+    assert all(isinstance(c["best_epoch"], int) and c["cell_s"] > 0 for c in rep["cells"])
     for r in rep["table3"]:
         assert r["done"] and 0 <= r["auc"] <= 1 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
     assert (out / "alpha_curve.png").is_file() and (out / "paired_differences.png").is_file()

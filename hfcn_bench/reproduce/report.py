@@ -98,6 +98,16 @@ def _metric_row(rep: dict | None) -> dict:
             "brier": (rep.get("calibration") or {}).get("brier")}
 
 
+def _best_epoch(metrics: dict):
+    """A cell's best epoch: its one split's training summary (``folds[0]``), or the top-level
+    one of an older run."""
+    for source in (*(metrics.get("folds") or [])[:1], metrics):
+        epoch = (source.get("training") or {}).get("best_epoch")
+        if epoch is not None:
+            return epoch
+    return None
+
+
 def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
     """The report dict of a grid (whatever cells are finished)."""
     from .. import ops
@@ -145,7 +155,7 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
             m = json.loads(mpath.read_text(encoding="utf-8"))
             row.update({"auc": m.get("auc"), "cell_s": (m.get("timings") or {}).get("total_s"),
                         "train_s": (m.get("timings") or {}).get("train_s"),
-                        "best_epoch": (m.get("training") or {}).get("best_epoch")})
+                        "best_epoch": _best_epoch(m)})
         if res.get("status") == "done":
             row["driver_s"] = res.get("driver_s")
             row["run_s"] = res.get("wall_s")
