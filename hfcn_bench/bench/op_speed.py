@@ -387,7 +387,7 @@ def measure_op_speed(
             # Bytes a direction must move at least: read x and write y (forward), read the
             # gradient and write dx (backward), both (forward+backward).
             moved = (x.numel() + grad.numel()) * x.element_size()
-            peak, peak_how = peak_bandwidth(device)
+            peak_bw, peak_how = peak_bandwidth(device)
             for nthreads in threads:
                 torch.set_num_threads(nthreads)
                 for direction in directions:
@@ -409,7 +409,7 @@ def measure_op_speed(
                                 "median_s": median,
                                 "iqr_s": iqr,
                                 "gbps": (2 if direction == "forward+backward" else 1) * moved / median / 1e9,
-                                "peak_gbps": peak,
+                                "peak_gbps": peak_bw,
                                 "peak_how": peak_how,
                                 "peak_mib": peak,
                                 "memory_method": how,
