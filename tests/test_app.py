@@ -598,3 +598,17 @@ def test_nothing_was_sent_outside_this_machine(client, frame):
     assert 0 <= classify(client, img, box)["prob"] <= 1
     client.predict("hfcn", api_name="/model_card")
     assert _WATCH["on"] and not _OUTBOUND, _OUTBOUND[0]
+
+
+def test_a_kfold_runs_card_states_the_fold_models_thresholds():
+    """A k-fold run's pooled threshold is 0 on margins; the card states the fold models' own
+    thresholds and their mean, the threshold a new image is held against."""
+    from hfcn_bench.app.card import card_markdown
+
+    card = {"run": "cv", "notice": "Research use only. This is not a medical device.", "status": "ready", "system": "hfcn",
+            "training_data": {}, "split": {"method": "kfold", "params": {"k": 2}}, "label_rule": "tirads",
+            "threshold": 0.0, "threshold_rule": "youden", "threshold_source": "validation",
+            "fold_thresholds": [0.6, 0.8]}
+    md = card_markdown(card)
+    assert "**Decision threshold** 0.7000, the mean of the 2 fold models' own (0.600, 0.800" in md
+    assert "0.0000" not in md

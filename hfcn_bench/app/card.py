@@ -99,6 +99,10 @@ def model_card(run_path: str | Path, name: str | None = None, status: str | None
         card.update({"paper": sysinfo.get("paper"), "description": sysinfo.get("description"),
                      "limitations": list(rep.get("limitations") or []),
                      "threshold": rep.get("threshold"), "threshold_rule": rep.get("threshold_rule"),
+                     # k folds: the pooled threshold is 0 on margins (prob - fold threshold); the
+                     # fold models' own thresholds are what a prediction is held against.
+                     "fold_thresholds": [f.get("threshold") for f in rep.get("folds") or []
+                                         if f.get("threshold") is not None] if rep.get("kind") == "kfold" else None,
                      "threshold_source": rep.get("threshold_source"),
                      "validation": {"kind": rep.get("kind"), "k": rep.get("k"), **_scores(rep)}})
     card["external"] = _external(run_path)
@@ -151,7 +155,13 @@ def card_markdown(card: dict) -> str:
               "", f"**Labels** rule `{card.get('label_rule')}`: {card.get('label_rule_text')}.", ""]
     if card.get("label_caveat"):
         lines += [f"*{card['label_caveat']}*", ""]
-    if card.get("threshold") is not None:
+    if card.get("fold_thresholds"):
+        ts = card["fold_thresholds"]
+        lines += [f"**Decision threshold** {sum(ts) / len(ts):.4f}, the mean of the {len(ts)} fold models' own "
+                  f"({', '.join(f'{t:.3f}' for t in ts)}; each by {card.get('threshold_rule')} on its "
+                  f"{card.get('threshold_source')} cases of the training side, never tuned on test data): a new "
+                  "image gets the mean of the fold models' P(malignant)", ""]
+    elif card.get("threshold") is not None:
         lines += [f"**Decision threshold** {card['threshold']:.4f} ({card.get('threshold_rule')} on the "
                   f"{card.get('threshold_source')} cases of the training side; never tuned on test data)", ""]
     v = card.get("validation")
