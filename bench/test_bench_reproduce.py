@@ -21,13 +21,14 @@ from hfcn_bench.reproduce import ReproduceOptions, build_cells, build_configs, r
 
 ray = pytest.importorskip("ray")
 
-# 2 configurations x 2 folds of the quick preset: four equal cells of ~10 s each on one core.
-GRID = dict(table="3", alphas=(0.6,), folds=2, preset="quick", threads=1, n_boot=200)
+# 3 configurations (alpha 0.6, 0.8 and Global) x 2 folds of the quick preset: six equal cells of
+# ~15 s each on one core, three rounds on 2 workers (cells of a few seconds would time Ray's start).
+GRID = dict(table="3", alphas=(0.6, 0.8), folds=2, preset="quick", threads=1, n_boot=200)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_synthetic_ddti(tmp_path_factory.mktemp("grid") / "ddti", n_cases=80, seed=0)
+    return write_synthetic_ddti(tmp_path_factory.mktemp("grid") / "ddti", n_cases=320, seed=0)
 
 
 def _numbers(out):

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..errors import HfcnError
 from .common import fmt
+from ..reproduce.runner import PRESETS
 
 __all__ = ["register"]
 
@@ -36,9 +37,9 @@ def register(sub) -> None:
     r.add_argument("--backbones", default=None, help="comma-separated (default: paper for Table 3; paper and "
                    "efficientnet_lite0 (ImageNet) for Table 4)")
     r.add_argument("--alphas", default=None, help="Table 3's alphas (default 0.5,0.6,0.7,0.8,0.9; 1.0 = Global)")
-    r.add_argument("--preset", choices=("paper", "cpu", "smoke"), default="cpu",
+    r.add_argument("--preset", choices=PRESETS, default="cpu",
                    help="HFCN training preset of every cell: paper (SGD lr 1e-5, 100 epochs at 224 px: GPU), cpu "
-                   "(224 px, 12 epochs, AdamW), smoke (seconds) (default cpu)")
+                   "(224 px, 12 epochs, AdamW), quick (48 px, 8 epochs: engine benchmarks), smoke (seconds) (default cpu)")
     r.add_argument("--engine", choices=("ray", "local"), default="ray",
                    help="ray (default: a local Ray instance, or --address) or local (in this process, no Ray)")
     r.add_argument("--workers", type=int, default=None, help="cells at a time (default: CPUs / threads)")

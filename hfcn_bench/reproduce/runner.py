@@ -26,7 +26,7 @@ from .grid import build_cells, build_configs
 
 __all__ = ["ReproduceOptions", "plan", "estimate_costs", "reproduce", "PRESETS"]
 
-PRESETS = ("paper", "cpu", "smoke")
+PRESETS = ("paper", "cpu", "quick", "smoke")
 
 
 @dataclass
