@@ -177,6 +177,13 @@ def test_ctrl_c_stops_and_the_next_run_goes_on(data, tmp_path):
         reproduce(_opts(data, out, engine="local"), progress=interrupt_after_two)
     rep = json.loads((out / "report.json").read_text())
     assert rep["run"]["interrupted"] and rep["summary"]["done"] == 2
+    # --report-only: the report of what is finished, nothing trained
+    import dataclasses
+
+    rep = reproduce(dataclasses.replace(_opts(data, out, engine="local"), report_only=True))
+    assert rep["summary"]["done"] == 2 and rep["summary"]["pending"] == 4
+    assert sum(C.cell_done(out / "cells" / c["key"]) for c in rep["cells"]) == 2
+    assert "--report-only" in (out / "report.md").read_text()
     rep = reproduce(_opts(data, out, engine="local"))
     assert rep["summary"]["done"] == 6
     assert sum(c["status"] == "cached" for c in rep["cells"]) == 2

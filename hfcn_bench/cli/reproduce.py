@@ -50,6 +50,9 @@ def register(sub) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--n-boot", type=int, default=1000)
     r.add_argument("--out", type=Path, required=True, help="grid folder (cells/, report.md, report.json)")
+    r.add_argument("--report-only", action="store_true",
+                   help="write OUT/report.md, report.json and the figures from the finished cells; run nothing (e.g. "
+                   "while other machines run the rest)")
     r.add_argument("--dry-run", action="store_true", help="print the grid with a cost estimate per cell from a short "
                    "measured step time; run nothing")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -107,6 +110,7 @@ def run_reproduce(args, console) -> int:
         alphas=_floats(args.alphas) if args.alphas else None, preset=args.preset, workers=args.workers,
         threads=args.threads, engine=args.engine, address=args.address, device=args.device, out=str(args.out),
         seed=args.seed, n_boot=args.n_boot, label_rule=args.label_rule, dry_run=args.dry_run,
+        report_only=args.report_only,
         gpus_per_cell=args.gpus_per_cell)
     if args.dry_run:
         with console.status("measuring a training step of each model..."):

@@ -47,6 +47,7 @@ class ReproduceOptions:
     n_boot: int = 1000
     label_rule: str = "tirads"
     dry_run: bool = False
+    report_only: bool = False
     gpus_per_cell: float | None = None
     extra: dict = field(default_factory=dict)
 
@@ -188,6 +189,9 @@ def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = 
         1.0 / workers if opts.device.startswith("cuda") else 0.0)
     interrupted = False
     info = {"engine": opts.engine, "workers": workers}
+    if opts.report_only:  # the report of the finished cells (another process may run the rest)
+        info = {"engine": "none (--report-only)", "workers": 0}
+        todo = []
     try:
         if todo:
             if opts.engine == "local":
