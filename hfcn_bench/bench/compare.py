@@ -326,7 +326,7 @@ def run_compare(
     if opts.device.startswith("cuda") and "speed" in opts.only:
         peak, how = op_speed.peak_bandwidth(opts.device)
         report["notes"].append(
-            f"GB/s: the bytes each direction must move (input + output) over its median; device peak "
+            "GB/s: the bytes each direction must move (input + output) over its median; device peak "
             + (f"{peak:.0f} GB/s ({how})." if peak else f"unknown ({how}); set HFCN_PEAK_GBPS."))
     if backend == "reference":
         report["notes"].append(f"The C++ extension is not in use ({ops.extension_error()}): 'fused' rows run the reference.")

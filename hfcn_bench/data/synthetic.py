@@ -768,6 +768,7 @@ def write_synthetic_ddti(
         if wart in ("duplicate-within", "empty-outline", "missing-image", "unreadable-image"):
             n_frames = max(n_frames, 2)  # keep one good frame, so only the wart's frame is lost
         marks, frame_info = [], []
+        marks_jpeg_1 = None  # frame 1's bytes, for the within-case duplicate of frame 2
         for k in range(1, n_frames + 1):
             dual = crng.uniform() < 0.35
             n_outline = int(crng.integers(28, 70))
