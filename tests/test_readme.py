@@ -19,3 +19,13 @@ def test_readme_cites_the_papers_and_the_data():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for needle in ("IEEE Access", "64064", "Pedraza", "92870W", "HFCN_DDTI_DIR"):
         assert needle in readme
+
+
+def test_every_figure_and_result_file_the_readme_links_exists():
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(((?:docs|data)/[^)#\s]+)\)", readme)
+    assert links, "the README links its figures and result files"
+    missing = [p for p in links if not (ROOT / p).exists()]
+    assert not missing, missing
