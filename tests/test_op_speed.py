@@ -52,6 +52,8 @@ def test_cpu_checks_use_the_issue_minimums():
     assert by["forward+backward speed-up vs naive (1 thread)"]["passed"] is False
     assert by["fused forward+backward, 2 threads vs 1"]["value"] == pytest.approx(2.0)
     assert by["fused forward+backward, 2 threads vs 1"]["passed"] and by["fused forward+backward, 2 threads vs 1"]["minimum"] == 1.8
+    reported = by["fused forward, 2 threads vs 1 (reported: memory-bound)"]
+    assert reported["value"] == pytest.approx(1 / 0.55) and reported["minimum"] is None and reported["passed"] is None
     assert not any("bandwidth" in name for name in by)
 
 
