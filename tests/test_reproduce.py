@@ -4,6 +4,7 @@ failing cell, Ctrl-C, and the two engines giving the same numbers per cell."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import time
@@ -70,6 +71,11 @@ def test_grid_on_ray_caches_its_cells(data, tmp_path, ray_instance):
     assert all(isinstance(c["best_epoch"], int) and c["cell_s"] > 0 for c in rep["cells"])
     for r in rep["table3"]:
         assert r["done"] and 0 <= r["auc"] <= 1 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
+        # the pooled decisions are each cell's own (prob >= its fold threshold), not prob >= 0
+        rows = [row for d in sorted((out / "cells").glob(f"{r['config']}-f*"))
+                for row in csv.DictReader((d / "predictions.csv").open()) if row["output"] == "main"]
+        hits = [int(float(row["prob"]) >= float(row["threshold"])) == int(row["label"]) for row in rows]
+        assert r["accuracy"] == pytest.approx(sum(hits) / len(hits))
     assert (out / "alpha_curve.png").is_file() and (out / "paired_differences.png").is_file()
     for cell in build_cells(build_configs("3", alphas=(0.6, 0.8)), 2):
         assert C.cell_done(out / "cells" / cell.key)

@@ -54,7 +54,9 @@ def pooled_config(cell_dirs: list[Path], seed: int, n_boot: int) -> dict | None:
     folds, keys = [], []
     for i, d in enumerate(cell_dirs):
         pred, k, thr, rep, train = _cell_predictions(d)
-        folds.append(FoldResult(i, pred, thr, train, rep))
+        # A cell is a one-split run whose own report is already "pooled" (threshold 0 on its
+        # margins): the fold's decision threshold is the one its predictions were held against.
+        folds.append(FoldResult(i, pred, thr, train, {**rep, "threshold": thr}))
         keys.extend(k)
     rule = folds[0].report.get("threshold_rule", "youden")
     report = pool_folds(folds, seed=seed, threshold_rule=rule, n_boot=n_boot)
