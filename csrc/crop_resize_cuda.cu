@@ -12,8 +12,8 @@
 // No host-device synchronisation: CPU boxes are checked on the host and copied asynchronously
 // from pinned memory; CUDA boxes are checked by the kernels. A window that does not fit is
 // clamped into the map there (clamp_box: the kernels never read or write outside the map,
-// whatever the boxes hold) and recorded in a small block of mapped host memory; the next call
-// on any device, or hfcn_bench::take_box_error, turns it into the same error the host check
+// whatever the boxes hold) and recorded in a small block of mapped host memory; the next
+// CUDA call of the op, or hfcn_bench::take_box_error, turns it into the same error the host check
 // raises. Reading that record is a plain host memory read, not a copy or a sync.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -95,7 +95,7 @@ __device__ void load_box(const int64_t* boxes, int64_t k, int64_t n, bool shared
                          int64_t in_w, bool backward, int device, BoxFault* fault, int64_t out[4]) {
   int64_t t = boxes[4 * k], l = boxes[4 * k + 1], h = boxes[4 * k + 2], w = boxes[4 * k + 3];
   if (!box_fits(t, l, h, w, in_h, in_w)) {
-    if (atomicCAS(&fault->state, 0, 1) == 0) {
+    if (atomicCAS_system(&fault->state, 0, 1) == 0) {  // system scope: the record is shared by all GPUs
       fault->backward = backward;
       fault->shared = shared;
       fault->device = device;
@@ -108,7 +108,7 @@ __device__ void load_box(const int64_t* boxes, int64_t k, int64_t n, bool shared
       fault->in_h = in_h;
       fault->in_w = in_w;
       __threadfence_system();
-      atomicExch(&fault->state, 2);
+      atomicExch_system(&fault->state, 2);
     }
     clamp_box(t, l, h, w, in_h, in_w);
   }

@@ -67,6 +67,11 @@ inline void check_forward_meta(const at::Tensor& x, const at::Tensor& boxes, int
   TORCH_CHECK_VALUE(out_h >= 1 && out_w >= 1, "crop_resize: output size must be positive, got (",
                     out_h, ", ", out_w, ")");
   check_box_meta("crop_resize", x, x.size(0), boxes, allow_cpu_boxes);
+  // No window fits an empty map; said here, before any kernel (a device-side clamp into a 0-wide
+  // map would have nowhere to point).
+  TORCH_CHECK_VALUE(boxes.size(-2) == 0 || (x.size(2) >= 1 && x.size(3) >= 1),
+                    "crop_resize: x has an empty feature map (", x.size(2), "x", x.size(3),
+                    "): no window fits it");
 }
 
 inline void check_backward_meta(const at::Tensor& grad, const at::Tensor& boxes, int64_t in_h,

@@ -375,12 +375,14 @@ class _HFCNTask:
 
     def step(self, rows: torch.Tensor, epoch: int):
         cfg = self.config
+        y_host = self.train.labels[rows]
+        # Report the weighted-mean loss whatever the reduction, so runs compare (from the host
+        # labels: reading the device copy back would synchronise every step).
+        wsum = float(self.w[y_host].sum())
         x = self.train.batch(rows).to(self.device, non_blocking=True)
-        y = self.train.labels[rows].to(self.device, non_blocking=True)
+        y = y_host.to(self.device, non_blocking=True)
         loss = hfcn_loss(self.model(x), y, w_malignant=cfg.w_malignant, w_benign=cfg.w_benign,
                          reduction=cfg.loss_reduction)
-        # Report the weighted-mean loss whatever the reduction, so runs compare.
-        wsum = float(self.w[y.cpu()].sum())
         return loss, (1.0 if cfg.loss_reduction == "sum" else wsum), wsum
 
     def validate(self, epoch: int):

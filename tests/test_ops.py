@@ -374,6 +374,8 @@ def test_bad_arguments(impl):
         fn(x, good, "big")
     with pytest.raises(ValueError, match="one device"):
         fn(x, good.to("meta"), 7)
+    with pytest.raises(ValueError, match="fit"):  # an empty map: no window fits it
+        fn(torch.randn(2, 3, 0, 14), good, 7)
 
 
 def test_backward_op_checks_its_arguments():
@@ -464,7 +466,7 @@ def test_cuda_training_step_makes_no_host_sync(crop):
     from hfcn_bench.models import HFCN, HFCNConfig, hfcn_loss
 
     model = HFCN(HFCNConfig(backbone="paper", crop=crop, input_size=64)).cuda()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)  # the presets' optimiser
     x = torch.randn(4, 3, 64, 64, device="cuda")
     y = torch.tensor([0, 1, 0, 1], device="cuda")
     for _ in range(2):  # the first step may allocate; the second must be as clean

@@ -86,7 +86,8 @@ def progress_bars(console, enabled: bool = True):
                 tid = task("batch", "batches", total)
                 if done == 1:
                     bar.reset(tid, total=total)
-                bar.update(tid, completed=done, description=f"epoch {info.get('epoch')} loss {info.get('loss', 0):.3f}")
+                bar.update(tid, completed=done, description=f"epoch {info.get('epoch')}" + (
+                    f" loss {info['loss']:.3f}" if info.get("loss") is not None else ""))
             elif kind.endswith("epoch"):
                 stage = _STAGES.get(kind, kind.replace("_epoch", " ") if kind != "epoch" else "")
                 tid = task(kind, f"{stage}epochs", total)

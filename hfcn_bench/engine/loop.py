@@ -277,6 +277,10 @@ def fit_loop(
         order = epoch_order(settings.seed, epoch, n)
         starts = batch_starts(n, settings.batch_size)
         loss_sum, count = 0.0, 0.0
+        # On CUDA the batch losses are summed on the device and read once per epoch: reading
+        # each one back would synchronise every step. The CPU path reads them as it goes.
+        on_device = device.type == "cuda"
+        loss_dev = None
         for b, s0 in enumerate(starts):
             s1 = starts[b + 1] if b + 1 < len(starts) else n
             loss, scale, cnt = task.step(order[s0:s1], epoch)
@@ -285,14 +289,28 @@ def fit_loop(
             if settings.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
+            count += cnt
+            if on_device:
+                term = loss.detach().double() * scale
+                loss_dev = term if loss_dev is None else loss_dev + term
+                if progress is not None:
+                    progress("batch", b + 1, len(starts), {"epoch": epoch + 1})
+                continue
             lv = float(loss.detach())
             if not math.isfinite(lv):
                 raise HfcnError(f"training diverged at epoch {epoch + 1} (loss {lv})",
                                 hint="lower the learning rate (--lr)")
             loss_sum += lv * scale
-            count += cnt
             if progress is not None:
                 progress("batch", b + 1, len(starts), {"epoch": epoch + 1, "loss": lv})
+        if on_device and loss_dev is not None:
+            loss_sum = float(loss_dev)  # the epoch's one read-back
+            if not math.isfinite(loss_sum):
+                raise HfcnError(f"training diverged in epoch {epoch + 1} (loss {loss_sum})",
+                                hint="lower the learning rate (--lr)")
+            from .. import ops
+
+            ops.raise_device_box_error(device)  # a bad CUDA window of this epoch, raised now
         lr_now = opt.param_groups[0]["lr"]
         if sched is not None:
             sched.step()

@@ -80,14 +80,16 @@ def raise_device_box_error(device=None) -> None:
     """Raise the ``ValueError`` of a bad box that a CUDA kernel found, if any (then clear it).
 
     CUDA boxes are checked on the device, without a synchronisation: a window that does not fit
-    is clamped into the map for that call and recorded, and the next call of the op on any
-    device raises it. This synchronises ``device`` (default: the current CUDA device) and raises
+    is clamped into the map for that call and recorded, and the next CUDA call of the op
+    raises it. This synchronises ``device`` (default: every CUDA device) and raises
     at once instead: call it where an error must surface now (end of an epoch, a test). A no-op
     without the CUDA kernels.
     """
     if not load_extension() or backend() != "cuda" or not torch.cuda.is_available():
         return
-    torch.cuda.synchronize(device)
+    # The record is the process's: with no device named, wait for every device's kernels.
+    for d in [device] if device is not None else range(torch.cuda.device_count()):
+        torch.cuda.synchronize(d)
     message = torch.ops.hfcn_bench.take_box_error()
     if message:
         raise ValueError(message)
