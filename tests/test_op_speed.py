@@ -25,11 +25,16 @@ def test_cpu_rows_have_bandwidth_but_no_peak(monkeypatch):
 
 
 def test_peak_override_and_cpu(monkeypatch):
+    from hfcn_bench.errors import HfcnError
+
     monkeypatch.setenv("HFCN_PEAK_GBPS", "3350")
-    assert peak_bandwidth("cpu") == (3350.0, "HFCN_PEAK_GBPS")
-    monkeypatch.delenv("HFCN_PEAK_GBPS")
-    value, how = peak_bandwidth("cpu")
+    assert peak_bandwidth("cuda") == (3350.0, "HFCN_PEAK_GBPS")  # read before any device property
+    value, how = peak_bandwidth("cpu")  # the CPU has no peak, override or not
     assert value is None and "memory floor" in how
+    for bad in ("fast", "0", "-5"):
+        monkeypatch.setenv("HFCN_PEAK_GBPS", bad)
+        with pytest.raises(HfcnError, match="HFCN_PEAK_GBPS must be a positive number"):
+            peak_bandwidth("cuda")
 
 
 def _row(shape, method, direction, threads, median_s, device="cpu", **kw):
