@@ -35,6 +35,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from .. import ops
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import HfcnError
 
@@ -271,16 +272,16 @@ def fit_loop(
         raise HfcnError("no training items")
     info = dict(extra or {})
     info["planned_epochs"] = int(settings.epochs)
+    # On CUDA the batch losses are summed on the device and read once per epoch: reading each
+    # one back would synchronise every step. The CPU path reads them as it goes.
+    on_cuda = device.type == "cuda"
     for epoch in range(start, settings.epochs):
         te = time.perf_counter()
         task.start_epoch(epoch)
         order = epoch_order(settings.seed, epoch, n)
         starts = batch_starts(n, settings.batch_size)
         loss_sum, count = 0.0, 0.0
-        # On CUDA the batch losses are summed on the device and read once per epoch: reading
-        # each one back would synchronise every step. The CPU path reads them as it goes.
-        on_device = device.type == "cuda"
-        loss_dev = None
+        loss_dev = None  # on CUDA: the epoch's weighted loss sum, kept on the device
         for b, s0 in enumerate(starts):
             s1 = starts[b + 1] if b + 1 < len(starts) else n
             loss, scale, cnt = task.step(order[s0:s1], epoch)
@@ -290,26 +291,18 @@ def fit_loop(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
             count += cnt
-            if on_device:
+            if on_cuda:
                 term = loss.detach().double() * scale
                 loss_dev = term if loss_dev is None else loss_dev + term
-                if progress is not None:
-                    progress("batch", b + 1, len(starts), {"epoch": epoch + 1})
-                continue
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise HfcnError(f"training diverged at epoch {epoch + 1} (loss {lv})",
-                                hint="lower the learning rate (--lr)")
-            loss_sum += lv * scale
+                batch_info = {"epoch": epoch + 1}
+            else:
+                lv = _finite_loss(float(loss.detach()), epoch)
+                loss_sum += lv * scale
+                batch_info = {"epoch": epoch + 1, "loss": lv}
             if progress is not None:
-                progress("batch", b + 1, len(starts), {"epoch": epoch + 1, "loss": lv})
-        if on_device and loss_dev is not None:
-            loss_sum = float(loss_dev)  # the epoch's one read-back
-            if not math.isfinite(loss_sum):
-                raise HfcnError(f"training diverged in epoch {epoch + 1} (loss {loss_sum})",
-                                hint="lower the learning rate (--lr)")
-            from .. import ops
-
+                progress("batch", b + 1, len(starts), batch_info)
+        if loss_dev is not None:
+            loss_sum = _finite_loss(float(loss_dev), epoch)  # the epoch's one read-back
             ops.raise_device_box_error(device)  # a bad CUDA window of this epoch, raised now
         lr_now = opt.param_groups[0]["lr"]
         if sched is not None:
@@ -350,6 +343,12 @@ def fit_loop(
         elif last_path.exists():
             last_path.unlink()
     return LoopResult(history, best_epoch, best_score, time.perf_counter() - t0, resumed_from, files)
+
+
+def _finite_loss(value: float, epoch: int) -> float:
+    if not math.isfinite(value):
+        raise HfcnError(f"training diverged at epoch {epoch + 1} (loss {value})", hint="lower the learning rate (--lr)")
+    return value
 
 
 def device_of(name: str) -> torch.device:

@@ -158,6 +158,11 @@ def extension_error() -> str | None:
     return _state["error"]
 
 
+def cuda_kernels_loaded() -> bool:
+    """Whether the extension is loaded with its CUDA kernels; never builds it."""
+    return _state["loaded"] == "cuda"
+
+
 def backend() -> str:
     """``"cuda"`` (extension with CUDA kernels), ``"cpp-cpu"`` (CPU kernels only) or
     ``"reference"`` (pure-PyTorch fallback). Builds the extension on first call."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._extension import backend, load_extension
+from ._extension import backend, cuda_kernels_loaded, load_extension
 from .reference import crop_resize_reference, normalize_size
 
 __all__ = ["CropResizeFunction", "crop_resize", "raise_device_box_error"]
@@ -83,9 +83,10 @@ def raise_device_box_error(device=None) -> None:
     is clamped into the map for that call and recorded, and the next CUDA call of the op
     raises it. This synchronises ``device`` (default: every CUDA device) and raises
     at once instead: call it where an error must surface now (end of an epoch, a test). A no-op
-    without the CUDA kernels.
+    without the CUDA kernels, and it never builds the extension: if no CUDA kernel was loaded,
+    none can have recorded a fault (the epoch loop calls this for every system on CUDA).
     """
-    if not load_extension() or backend() != "cuda" or not torch.cuda.is_available():
+    if not cuda_kernels_loaded() or not torch.cuda.is_available():
         return
     # The record is the process's: with no device named, wait for every device's kernels.
     for d in [device] if device is not None else range(torch.cuda.device_count()):
