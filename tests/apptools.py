@@ -4,11 +4,11 @@ a server on a free loopback port, and the browser to drive it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
-import warnings
 from pathlib import Path
 
 _CACHE: dict[str, Path] = {}
@@ -31,7 +31,6 @@ def phantoms(tmp_path_factory) -> Path:
 def trained_run(tmp_path_factory, system: str = "hfcn", overrides: dict | None = None) -> Path:
     """A run of ``system`` at its smoke setting on the phantoms (seconds), trained once."""
     from hfcn_bench.data import load_dataset
-    from hfcn_bench.data.report import DataWarning
     from hfcn_bench.data.splits import split_train_test
     from hfcn_bench.runs import train_run
     from hfcn_bench.systems import get_system
@@ -39,9 +38,7 @@ def trained_run(tmp_path_factory, system: str = "hfcn", overrides: dict | None =
     key = f"run:{system}:{json.dumps(overrides or {}, sort_keys=True)}"
     if key not in _CACHE:
         root = phantoms(tmp_path_factory)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DataWarning)
-            ds = load_dataset(root)
+        ds = load_dataset(root, warn=False)
         split = split_train_test(ds, test_fraction=0.25, seed=0)
         out = tmp_path_factory.mktemp(f"app-run-{system}") / system
         cfg = get_system(system).configure("smoke", {"threads": 1, **(overrides or {})})
@@ -71,13 +68,16 @@ def runs_folder(tmp_path_factory) -> Path:
     return base
 
 
-def start_app(root: Path, **kw):
-    """``(demo, url)``: the app over ``root`` served on a free loopback port (``demo.close()``)."""
+@contextlib.contextmanager
+def serving(root: Path, **kw):
+    """The URL of the app over ``root``, served on a free loopback port while the block runs."""
     from hfcn_bench.app import Catalog, Classifier, build_app, serve
 
     demo = build_app(Classifier(Catalog(root)), **kw)
-    url = serve(demo, host="127.0.0.1", port=free_port())
-    return demo, url
+    try:
+        yield serve(demo, host="127.0.0.1", port=free_port())
+    finally:
+        demo.close()
 
 
 def chromium() -> str | None:

@@ -90,11 +90,8 @@ def server(runs):
     # settings are made here. Nothing else is switched off: what the server does is recorded.
     hf.HF_HUB_OFFLINE = hf.HF_HUB_DISABLE_TELEMETRY = True
     _WATCH["on"] = True
-    demo, url = apptools.start_app(runs)
-    try:
+    with apptools.serving(runs) as url:
         yield url
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -39,11 +39,8 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run_dir):
-    demo, url = apptools.start_app(run_dir)
-    try:
+    with apptools.serving(run_dir) as url:
         yield url
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")

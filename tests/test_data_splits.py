@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hfcn_bench.data import (DataWarning, Sample, kfold, load_dataset, read_manifest, split_train_test,
+from hfcn_bench.data import (Sample, kfold, load_dataset, read_manifest, split_train_test,
                              verify_manifest, write_manifest, write_synthetic_ddti)
 from hfcn_bench.data.splits import case_labels, write_json_atomic
 from hfcn_bench.errors import HfcnError
@@ -174,9 +174,7 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 @pytest.mark.ddti
 @pytest.mark.skipif(not os.environ.get("HFCN_DDTI_DIR"), reason="HFCN_DDTI_DIR is not set (real DDTI files not available)")
 def test_real_ddti_split_keeps_cases_whole():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        ds = load_dataset(os.environ["HFCN_DDTI_DIR"])
+    ds = load_dataset(os.environ["HFCN_DDTI_DIR"], warn=False)
     split = split_train_test(ds, seed=0)
     train, test = split.select(ds)
     assert {s.case_id for s in train}.isdisjoint({s.case_id for s in test})

@@ -5,14 +5,12 @@ detector), not only HFCN's."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 
 from hfcn_bench.checkpoint import load_checkpoint
 from hfcn_bench.data import load_dataset, split_train_test, write_synthetic_ddti
-from hfcn_bench.data.report import DataWarning
 from hfcn_bench.engine import LoopSettings, batch_starts, better, epoch_order, fit_loop
 
 pytest.importorskip("sklearn")
@@ -77,9 +75,7 @@ def test_loop_keeps_the_first_best_epoch_and_folds_a_lone_last_sample(tmp_path):
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
     root = write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        return load_dataset(root)
+    return load_dataset(root, warn=False)
 
 
 class _Killed(Exception):

@@ -5,7 +5,6 @@ ResNet-18) on the very ROI tensor their prediction uses; their pictures draw."""
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -52,13 +51,10 @@ def test_a_score_that_nothing_raises_gives_a_zero_map_not_nan():
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     from hfcn_bench.data import load_dataset
-    from hfcn_bench.data.report import DataWarning
     from hfcn_bench.data.synthetic import write_synthetic_ddti
 
     root = write_synthetic_ddti(tmp_path_factory.mktemp("gc") / "ddti", n_cases=12, seed=3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        return load_dataset(root).samples
+    return load_dataset(root, warn=False).samples
 
 
 @pytest.mark.parametrize("name, over", [

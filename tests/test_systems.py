@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from hfcn_bench.data import load_dataset, split_train_test, write_synthetic_ddti
-from hfcn_bench.data.report import DataWarning
 from hfcn_bench.data.rois import Sample
 from hfcn_bench.errors import HfcnError
 
@@ -37,9 +36,7 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ds(root):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        return load_dataset(root)
+    return load_dataset(root, warn=False)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ the cascade end to end on phantoms (detection quality, pairing, the annotated-RO
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import pytest
@@ -34,9 +33,7 @@ TINY = {"trunk": "paper", "image_size": 32, "epochs": 3, "threads": 1, "frame_si
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
     root = write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0, difficulty="easy")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        return load_dataset(root)
+    return load_dataset(root, warn=False)
 
 
 @pytest.fixture(scope="module")

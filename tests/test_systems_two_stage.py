@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import warnings
 
 import numpy as np
 import pytest
@@ -54,9 +53,7 @@ def phantom_root(tmp_path_factory):
 
 
 def _load(root):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        return load_dataset(root)
+    return load_dataset(root, warn=False)
 
 
 @pytest.fixture(scope="module")

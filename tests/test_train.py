@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import warnings
 
 import numpy as np
 import pytest
@@ -24,9 +23,7 @@ from hfcn_bench.runs import train_run
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory):
     root = write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        return load_dataset(root)
+    return load_dataset(root, warn=False)
 
 
 def tiny(**kw) -> T.TrainConfig:
@@ -426,9 +423,7 @@ def test_hfcn_learns_on_phantoms(tmp_path):
     a few epochs at 32 px, lowers its training loss and ranks validation and test cases well
     above chance. A change that silently breaks learning fails here."""
     root = write_synthetic_ddti(tmp_path / "easy", n_cases=48, seed=1, difficulty="easy")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        data = load_dataset(root)
+    data = load_dataset(root, warn=False)
     split = split_train_test(data, test_fraction=0.25, seed=0)
     report = train_run("hfcn", tiny(epochs=6, augment=True), data, [split], n_boot=50)
     hist = report["training"]["history"]
