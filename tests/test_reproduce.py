@@ -142,6 +142,12 @@ def test_a_killed_cell_resumes_to_the_uninterrupted_numbers(data, tmp_path, monk
     b = json.loads((cell_dir / "metrics.json").read_text())
     assert a["auc"] == b["auc"] and a["threshold"] == b["threshold"]
     assert not any(cell_dir.glob("**/last.pt"))  # a finished cell keeps best.pt only
+    # The resumed cell's time counts the killed run's epochs too, not only its last run's total.
+    assert C.cell_seconds(a) == (a["timings"]["total_s"], False)
+    history = b["folds"][0]["training"]["history"]
+    secs, was_resumed = C.cell_seconds(b)
+    assert was_resumed and len(history) == 3
+    assert secs == pytest.approx(sum(h["seconds"] for h in history) + b["timings"]["predict_s"])
 
 
 def test_a_failing_cell_is_an_error_row_and_the_grid_goes_on(data, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..atomic import write_json_atomic
 
-__all__ = ["cell_done", "run_cell", "cell_spec"]
+__all__ = ["cell_done", "cell_seconds", "run_cell", "cell_spec"]
 
 
 def cell_done(cell_dir: str | Path) -> bool:
@@ -28,6 +28,21 @@ def cell_done(cell_dir: str | Path) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return header.get("status") == "finished" and (d / "metrics.json").is_file()
+
+
+def cell_seconds(metrics: dict) -> tuple[float | None, bool]:
+    """A finished cell's own time and whether it was resumed.
+
+    A cell run in one go reports its run's ``total_s``. A resumed one's ``total_s`` covers only
+    its last (resumed) run, so its time is rebuilt from what survives every run: the seconds of
+    each epoch in the training history (the killed runs' epochs included) plus the scoring."""
+    timings = metrics.get("timings") or {}
+    train = ((metrics.get("folds") or [{}])[0]).get("training") or {}
+    history = train.get("history") or []
+    if train.get("resumed_from") is None or not history:
+        return timings.get("total_s"), False
+    epochs = sum(float(h.get("seconds") or 0.0) for h in history)
+    return epochs + float(timings.get("predict_s") or 0.0), True
 
 
 def cell_spec(cell, out_dir: Path, *, data: str, label_rule: str, preset: str, seed: int, threads: int,
@@ -54,7 +69,7 @@ def run_cell(spec: dict) -> dict:
     if cell_done(out):
         m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
         return {"key": spec["key"], "status": "cached", "wall_s": 0.0, "auc": m.get("auc"),
-                "cell_s": (m.get("timings") or {}).get("total_s")}
+                "cell_s": cell_seconds(m)[0]}
     out.mkdir(parents=True, exist_ok=True)
     log = out / "cell.log"
     t0 = time.perf_counter()
@@ -95,7 +110,7 @@ def run_cell(spec: dict) -> dict:
         _log(log, f"finished in {wall:.1f} s: test ROC-AUC {report.get('auc')}")
         (out / "error.json").unlink(missing_ok=True)
         return {"key": spec["key"], "status": "done", "wall_s": wall, "auc": report.get("auc"),
-                "cell_s": report["timings"].get("total_s")}
+                "cell_s": cell_seconds(report)[0]}
     except KeyboardInterrupt:
         _log(log, "interrupted; the next run resumes this cell from its checkpoints")
         raise

@@ -23,6 +23,7 @@ from .. import metrics as M
 from ..atomic import write_json_atomic, write_text_atomic
 from ..bench.report import PAPER_TABLE4, environment
 from ..protocol import FoldResult, Predictions, pool_folds
+from .cells import cell_seconds
 from .grid import ARCH, PAPER_TABLE3
 
 __all__ = ["pooled_config", "build_report", "write_report", "render_markdown"]
@@ -64,7 +65,7 @@ def pooled_config(cell_dirs: list[Path], seed: int, n_boot: int) -> dict | None:
     labels = np.concatenate([f.test.labels for f in folds])
     cases = np.concatenate([f.test.case_ids for f in folds])
     report["_paired"] = {"keys": keys, "scores": scores, "labels": labels, "cases": cases}
-    report["cell_wall_s"] = [float((f.report.get("timings") or {}).get("total_s") or 0.0) for f in folds]
+    report["cell_wall_s"] = [float(cell_seconds(f.report)[0] or 0.0) for f in folds]
     return report
 
 
@@ -155,7 +156,8 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
         mpath = d / "metrics.json"
         if mpath.is_file():
             m = json.loads(mpath.read_text(encoding="utf-8"))
-            row.update({"auc": m.get("auc"), "cell_s": (m.get("timings") or {}).get("total_s"),
+            cell_s, resumed = cell_seconds(m)
+            row.update({"auc": m.get("auc"), "cell_s": cell_s, "resumed": resumed,
                         "train_s": (m.get("timings") or {}).get("train_s"),
                         "best_epoch": _best_epoch(m)})
         if res.get("status") == "done":
@@ -264,11 +266,15 @@ def render_markdown(rep: dict) -> str:
     o.write("## Cells\n\n| cell | status | test ROC-AUC | best epoch | cell wall s | engine overhead s |\n"
             "|---|---|---|---|---|---|\n")
     for r in rep["cells"]:
-        status = r["status"] + (f": {r.get('error')} (log: {r.get('log')})" if r["status"] == "error" else "")
+        status = r["status"] + (f": {r.get('error')} (log: {r.get('log')})" if r["status"] == "error" else
+                                " (resumed)" if r.get("resumed") else "")
         o.write(f"| {r['key']} | {status} | {_f(r.get('auc'))} | {r.get('best_epoch', '—')} | {_f(r.get('cell_s'), 1)} | "
                 f"{_f(r.get('engine_overhead_s'), 2)} |\n")
     ov = run.get("engine_overhead") or {}
-    o.write(f"\nCell time: {_f(s['cell_s_total'], 0)} s in all, {_f(s['cell_s_mean'], 1)} s per cell. Engine overhead "
+    resumed = sum(bool(r.get("resumed")) for r in rep["cells"])
+    o.write(f"\nCell time: {_f(s['cell_s_total'], 0)} s in all, {_f(s['cell_s_mean'], 1)} s per cell"
+            + (f" ({resumed} resumed cell(s): their epochs' seconds over every run, plus scoring)" if resumed else "")
+            + ". Engine overhead "
             f"(a cell's submit-to-result time minus its own run time) this run: {_f(ov.get('mean_s'), 2)} s per cell"
             + (f", {100 * ov['mean_fraction']:.1f} % of a cell" if ov.get("mean_fraction") is not None else "")
             + f" over {ov.get('cells', 0)} cell(s).\n\n")
