@@ -206,7 +206,21 @@ def test_dry_run_prices_every_cell(data, tmp_path):
                     str(data), "--out", str(tmp_path / "d"), "--dry-run"])
     assert rc == 0, text
     assert "paper-global-f0" in text and "paper-bfc-a0.6-w0.5-f1" in text and "h of cell time in all" in text
+    assert "input pipeline" in text
     assert not (tmp_path / "d" / "cells").exists()
+
+
+def test_the_estimate_adds_the_input_pipeline_to_the_steps(data, tmp_path):
+    from hfcn_bench.reproduce import runner as R
+
+    opts = _opts(data, tmp_path / "e", table="4", backbones=("paper",), dry_run=True)
+    cells, _, ds = R.plan(opts)
+    dc = R.measure_data_cost(ds.samples, 32)
+    assert all(v > 0 for v in dc.values()) and dc["decode_s"] > dc["tensor_s"]
+    costs = R.estimate_costs(cells, ds, opts, steps=1)
+    for c in costs.values():
+        assert c["data_s"] > 0 and c["estimate_s"] == pytest.approx(c["compute_s"] + c["data_s"])
+        assert c["data_epoch_s"] == 0.0  # the smoke preset does not augment: nothing is redone per epoch
 
 
 def test_bad_options_are_one_line(data, tmp_path):

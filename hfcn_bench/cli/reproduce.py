@@ -119,11 +119,11 @@ def run_reproduce(args, console) -> int:
             console.print_json(json.dumps(plan))
             return 0
         t = Table(title=f"grid: {len(plan['cells'])} cells, preset {plan['preset']}", title_justify="left")
-        for c in ("cell", "done", "step s", "batches/epoch", "epochs", "estimate"):
+        for c in ("cell", "done", "step s", "batches/epoch", "epochs", "input pipeline", "estimate"):
             t.add_column(c, justify="left" if c == "cell" else "right")
         for c in plan["cells"]:
             t.add_row(c["key"], "yes" if c["done"] else "", f"{c['step_s']:.2f}", str(c["batches_per_epoch"]),
-                      str(c["epochs"]), f"{c['estimate_s'] / 60:.1f} min")
+                      str(c["epochs"]), f"{c['data_s'] / 60:.1f} min", f"{c['estimate_s'] / 60:.1f} min")
         console.print(t)
         console.print(f"estimate: {plan['total_s'] / 3600:.2f} h of cell time in all, {plan['remaining_s'] / 3600:.2f} h "
                       f"left; {plan['remaining_wall_s'] / 3600:.2f} h wall with {plan['workers']} worker(s) x "

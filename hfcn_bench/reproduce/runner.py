@@ -24,7 +24,7 @@ from .cells import cell_done, cell_spec
 from .engines import ENGINES, run_local, run_ray
 from .grid import build_cells, build_configs
 
-__all__ = ["ReproduceOptions", "plan", "estimate_costs", "reproduce", "PRESETS"]
+__all__ = ["ReproduceOptions", "plan", "estimate_costs", "measure_data_cost", "reproduce", "PRESETS"]
 
 PRESETS = ("paper", "cpu", "quick", "smoke")
 
@@ -113,11 +113,48 @@ def plan(opts: ReproduceOptions) -> tuple[list, Path, object]:
     return build_cells(configs, opts.folds), path, ds
 
 
+def measure_data_cost(samples, size: int, threads: int = 1, n: int = 8, seed: int = 0) -> dict[str, float]:
+    """Host seconds per ROI of a cell's input pipeline, which no accelerator takes over: reading
+    and resizing a ROI from its frame (once per cell), and turning a cached ROI into a training
+    tensor (flip, shift, contrast, normalisation: every epoch) or an evaluation tensor."""
+    from ..data.dataset import RoiDataset
+    from ..engine import torch_threads
+
+    samples = list(samples)
+    with torch_threads(threads):
+        aug = RoiDataset(samples, size=size, augment=True, normalize="imagenet", seed=seed)
+        plain = RoiDataset(samples, size=size, augment=False, normalize="imagenet", seed=seed)
+        picked, t = [], time.perf_counter()
+        for i in range(len(samples)):
+            if len(picked) == n:
+                break
+            try:
+                plain._cache[i] = aug.roi_array(i)  # decoded once, as a cell does
+            except Exception:  # noqa: BLE001 - a ROI that fails to load is warned of by the cell; not timed here
+                continue
+            picked.append(i)
+        if not picked:
+            raise HfcnError("none of the first ROIs could be loaded to time the input pipeline")
+        decode = (time.perf_counter() - t) / len(picked)
+        t = time.perf_counter()
+        for i in picked:
+            aug[i]
+        augment = (time.perf_counter() - t) / len(picked)
+        t = time.perf_counter()
+        for i in picked:
+            plain[i]
+        tensor = (time.perf_counter() - t) / len(picked)
+    return {"decode_s": decode, "augment_s": augment, "tensor_s": tensor}
+
+
 def estimate_costs(cells, ds, opts: ReproduceOptions, steps: int = 2) -> dict[str, dict]:
     """Seconds per cell from a short measured training step of each distinct model (one
     warm-up step, then the median of ``steps``), scaled by the cell's epochs and batches;
     prediction (validation every epoch, the test fold once) is counted as a third of a
-    training step per batch."""
+    training step per batch. To that is added the cell's host-side input pipeline, measured
+    per ROI (:func:`measure_data_cost`): every ROI decoded once, the training ROIs augmented
+    every epoch, the validation and test ROIs made tensors once. On CPU it is a few per cent
+    of a cell; on a GPU it is the floor under the cell's time."""
     from ..bench.model_cost import measure_train_step
     from ..systems import get_system
     from .grid import config_overrides
@@ -125,6 +162,7 @@ def estimate_costs(cells, ds, opts: ReproduceOptions, steps: int = 2) -> dict[st
     system = get_system("hfcn")
     n = len(ds)
     cache: dict[tuple, float] = {}
+    data_cache: dict[int, dict] = {}
     out = {}
     for cell in cells:
         cfg = system.configure(opts.preset, config_overrides(cell.config), seed=opts.seed)
@@ -134,13 +172,21 @@ def estimate_costs(cells, ds, opts: ReproduceOptions, steps: int = 2) -> dict[st
                                      threads=opts.threads, repeats=steps, warmup=1, inference=False,
                                      device=opts.device, seed=opts.seed)
             cache[key] = row["train_median_s"]
-        step = cache[key]
+        if cfg.image_size not in data_cache:
+            data_cache[cfg.image_size] = measure_data_cost(ds.samples, cfg.image_size, opts.threads, seed=opts.seed)
+        step, dc = cache[key], data_cache[cfg.image_size]
         train_rois = n * (cell.k - 1) / cell.k
-        batches = max(1, round(train_rois * (1 - cfg.val_fraction) / cfg.batch_size))
+        fit_rois = train_rois * (1 - cfg.val_fraction)
+        batches = max(1, round(fit_rois / cfg.batch_size))
         val_batches = train_rois * cfg.val_fraction / cfg.batch_size
         test_batches = n / cell.k / cfg.batch_size
-        est = cfg.epochs * (batches + val_batches / 3) * step + test_batches * step / 3
-        out[cell.key] = {"step_s": step, "batches_per_epoch": batches, "epochs": cfg.epochs, "estimate_s": est}
+        compute = cfg.epochs * (batches + val_batches / 3) * step + test_batches * step / 3
+        per_epoch = fit_rois * (dc["augment_s"] if cfg.augment else 0.0)
+        data = n * dc["decode_s"] + cfg.epochs * per_epoch + (n - fit_rois) * dc["tensor_s"]
+        if not cfg.augment:
+            data += fit_rois * dc["tensor_s"]
+        out[cell.key] = {"step_s": step, "batches_per_epoch": batches, "epochs": cfg.epochs,
+                         "data_s": data, "data_epoch_s": per_epoch, "compute_s": compute, "estimate_s": compute + data}
     return out
 
 
