@@ -70,6 +70,14 @@ def test_loop_keeps_the_first_best_epoch_and_folds_a_lone_last_sample(tmp_path):
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["epoch"] == 2 and best["extra"]["final"] is True
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in best["model"].items())
+    assert res.resumed_from is None
+    # Resuming the finished stage (last.pt dropped) trains nothing: all four epochs came from
+    # the earlier run, whatever the best epoch was.
+    (tmp_path / "last.pt").unlink()
+    again = fit_loop(torch.nn.Linear(3, 2), _Task(model, [0.5, 0.9, 0.9, 0.7]),
+                     LoopSettings(epochs=4, batch_size=16, lr=0.1, seed=0), config={"k": 1}, ckpt_dir=tmp_path,
+                     resume=True)
+    assert again.best_epoch == 2 and again.resumed_from == 4 and len(again.history) == 4
 
 
 @pytest.fixture(scope="module")

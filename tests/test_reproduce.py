@@ -144,10 +144,23 @@ def test_a_killed_cell_resumes_to_the_uninterrupted_numbers(data, tmp_path, monk
     assert not any(cell_dir.glob("**/last.pt"))  # a finished cell keeps best.pt only
     # The resumed cell's time counts the killed run's epochs too, not only its last run's total.
     assert C.cell_seconds(a) == (a["timings"]["total_s"], False)
-    history = b["folds"][0]["training"]["history"]
+    training = b["folds"][0]["training"]
     secs, was_resumed = C.cell_seconds(b)
-    assert was_resumed and len(history) == 3
-    assert secs == pytest.approx(sum(h["seconds"] for h in history) + b["timings"]["predict_s"])
+    assert was_resumed and training["resumed_from"] == 2 and len(training["history"]) == 3
+    assert secs == pytest.approx(b["timings"]["total_s"] + sum(h["seconds"] for h in training["history"][:2]))
+
+
+def test_a_resumed_cells_time_adds_the_epochs_earlier_runs_trained():
+    history = [{"epoch": e, "seconds": 10.0 * e} for e in (1, 2, 3, 4)]
+
+    def metrics(resumed_from):
+        return {"timings": {"total_s": 7.0},
+                "folds": [{"training": {"resumed_from": resumed_from, "history": history}}]}
+
+    assert C.cell_seconds(metrics(None)) == (7.0, False)
+    assert C.cell_seconds(metrics(3)) == (7.0 + 10 + 20 + 30, True)  # killed after epoch 3
+    assert C.cell_seconds(metrics(4)) == (7.0 + 100, True)  # killed after training, before scoring
+    assert C.cell_seconds({"timings": {}}) == (None, False)
 
 
 def test_a_failing_cell_is_an_error_row_and_the_grid_goes_on(data, tmp_path, monkeypatch):
@@ -210,17 +223,30 @@ def test_dry_run_prices_every_cell(data, tmp_path):
     assert not (tmp_path / "d" / "cells").exists()
 
 
-def test_the_estimate_adds_the_input_pipeline_to_the_steps(data, tmp_path):
+def test_the_estimate_adds_the_input_pipeline_to_the_steps(data, tmp_path, monkeypatch):
+    from hfcn_bench.bench import model_cost
     from hfcn_bench.reproduce import runner as R
 
-    opts = _opts(data, tmp_path / "e", table="4", backbones=("paper",), dry_run=True)
-    cells, _, ds = R.plan(opts)
+    cells, _, ds = R.plan(_opts(data, tmp_path / "e", table="4", backbones=("paper",), dry_run=True))
     dc = R.measure_data_cost(ds.samples, 32)
-    assert all(v > 0 for v in dc.values()) and dc["decode_s"] > dc["tensor_s"]
-    costs = R.estimate_costs(cells, ds, opts, steps=1)
-    for c in costs.values():
-        assert c["data_s"] > 0 and c["estimate_s"] == pytest.approx(c["compute_s"] + c["data_s"])
-        assert c["data_epoch_s"] == 0.0  # the smoke preset does not augment: nothing is redone per epoch
+    assert set(dc) == {"decode_s", "augment_s", "tensor_s"} and all(v > 0 for v in dc.values())
+    # The arithmetic, on fixed per-ROI costs: 100 ROIs, 60 trained on, 5 epochs.
+    fixed = {"decode_s": 1.0, "augment_s": 0.1, "tensor_s": 0.01}
+    assert R.pipeline_seconds(fixed, 100, 60, 5, True, True) == pytest.approx((100 + 5 * 6 + 40 * 0.01, 6))
+    assert R.pipeline_seconds(fixed, 100, 60, 5, False, True) == pytest.approx((100 + 100 * 0.01, 0))
+    assert R.pipeline_seconds(fixed, 100, 60, 5, False, False) == pytest.approx((100 + 1 + 60 * 1.01, 0))
+    # ...and each cell's estimate is its steps plus that pipeline.
+    monkeypatch.setattr(R, "measure_data_cost", lambda *a, **k: fixed)
+    monkeypatch.setattr(model_cost, "measure_train_step", lambda *a, **k: {"train_median_s": 2.0})
+    n = len(ds)
+    for preset, augment in (("smoke", False), ("quick", True)):
+        costs = R.estimate_costs(cells, ds, _opts(data, tmp_path / "e", preset=preset))
+        for c in costs.values():
+            fit = n * (1 - 1 / 2) * 0.8  # 2 folds, 20 % of the training cases held out for validation
+            want, per_epoch = R.pipeline_seconds(fixed, n, fit, c["epochs"], augment, True)
+            assert c["data_s"] == pytest.approx(want) and c["data_epoch_s"] == pytest.approx(per_epoch)
+            assert c["estimate_s"] == pytest.approx(c["compute_s"] + want) and c["step_s"] == 2.0
+        assert (c["data_epoch_s"] > 0) == augment
 
 
 def test_bad_options_are_one_line(data, tmp_path):

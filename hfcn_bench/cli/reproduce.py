@@ -82,8 +82,10 @@ class _View:
                 self.last.append(f"[red]failed[/red] {spec['key']}: {res.get('error')} (log {res.get('log')})")
             else:
                 self.done += 1
-                if res["status"] == "done":
-                    self.walls.append(res.get("wall_s") or 0.0)
+                if res["status"] == "done" and res.get("cell_s"):
+                    # A cell's whole time, a resumed one's earlier runs included: the ETA is for
+                    # cells that start afresh.
+                    self.walls.append(res["cell_s"])
                 self.last.append(f"{spec['key']}: ROC-AUC {fmt(res.get('auc'))}, {res.get('wall_s', 0):.0f} s")
             self.last = self.last[-6:]
 

@@ -102,7 +102,10 @@ class Task(Protocol):
 
 @dataclass
 class LoopResult:
-    """The model holds the best epoch's weights (eval mode) when this is returned."""
+    """The model holds the best epoch's weights (eval mode) when this is returned.
+
+    ``resumed_from``: ``None`` for a run from scratch, else how many epochs earlier runs had
+    trained (this run trained ``history[resumed_from:]``, none when it found the stage finished)."""
 
     history: list[dict]
     best_epoch: int
@@ -265,8 +268,10 @@ def fit_loop(
             model.load_state_dict(ck["model"])
             saved = ck["extra"]
             model.eval()
-            return LoopResult(list(saved.get("history", [])), int(ck["epoch"]), saved.get("best_score"),
-                              time.perf_counter() - t0, int(ck["epoch"]), ["best.pt"])
+            done = list(saved.get("history", []))
+            # resumed_from counts the epochs earlier runs trained: here all of them.
+            return LoopResult(done, int(ck["epoch"]), saved.get("best_score"),
+                              time.perf_counter() - t0, len(done), ["best.pt"])
     n = int(task.n)
     if n < 1:
         raise HfcnError("no training items")

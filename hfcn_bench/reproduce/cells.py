@@ -31,18 +31,20 @@ def cell_done(cell_dir: str | Path) -> bool:
 
 
 def cell_seconds(metrics: dict) -> tuple[float | None, bool]:
-    """A finished cell's own time and whether it was resumed.
+    """A finished cell's own time in seconds, and whether it was resumed.
 
     A cell run in one go reports its run's ``total_s``. A resumed one's ``total_s`` covers only
-    its last (resumed) run, so its time is rebuilt from what survives every run: the seconds of
-    each epoch in the training history (the killed runs' epochs included) plus the scoring."""
+    its last run, so the epochs earlier runs trained (``history[:resumed_from]``, each with its
+    seconds) are added. What the killed runs spent outside their finished epochs (start-up,
+    a partly trained epoch) is lost with them and not counted."""
     timings = metrics.get("timings") or {}
+    total = timings.get("total_s")
     train = ((metrics.get("folds") or [{}])[0]).get("training") or {}
-    history = train.get("history") or []
-    if train.get("resumed_from") is None or not history:
-        return timings.get("total_s"), False
-    epochs = sum(float(h.get("seconds") or 0.0) for h in history)
-    return epochs + float(timings.get("predict_s") or 0.0), True
+    before = train.get("resumed_from")
+    if before is None or total is None:
+        return total, False
+    earlier = (train.get("history") or [])[:int(before)]
+    return float(total) + sum(float(h.get("seconds") or 0.0) for h in earlier), True
 
 
 def cell_spec(cell, out_dir: Path, *, data: str, label_rule: str, preset: str, seed: int, threads: int,

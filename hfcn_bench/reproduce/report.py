@@ -158,7 +158,6 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
             m = json.loads(mpath.read_text(encoding="utf-8"))
             cell_s, resumed = cell_seconds(m)
             row.update({"auc": m.get("auc"), "cell_s": cell_s, "resumed": resumed,
-                        "train_s": (m.get("timings") or {}).get("train_s"),
                         "best_epoch": _best_epoch(m)})
         if res.get("status") == "done":
             row["driver_s"] = res.get("driver_s")
@@ -263,7 +262,7 @@ def render_markdown(rep: dict) -> str:
         o.write("\n![paired differences](paired_differences.png)\n\n")
     else:
         o.write("(no pair of finished configurations yet)\n\n")
-    o.write("## Cells\n\n| cell | status | test ROC-AUC | best epoch | cell wall s | engine overhead s |\n"
+    o.write("## Cells\n\n| cell | status | test ROC-AUC | best epoch | cell s | engine overhead s |\n"
             "|---|---|---|---|---|---|\n")
     for r in rep["cells"]:
         status = r["status"] + (f": {r.get('error')} (log: {r.get('log')})" if r["status"] == "error" else
@@ -273,7 +272,7 @@ def render_markdown(rep: dict) -> str:
     ov = run.get("engine_overhead") or {}
     resumed = sum(bool(r.get("resumed")) for r in rep["cells"])
     o.write(f"\nCell time: {_f(s['cell_s_total'], 0)} s in all, {_f(s['cell_s_mean'], 1)} s per cell"
-            + (f" ({resumed} resumed cell(s): their epochs' seconds over every run, plus scoring)" if resumed else "")
+            + (f" ({resumed} resumed cell(s): their last run plus the epochs earlier runs trained)" if resumed else "")
             + ". Engine overhead "
             f"(a cell's submit-to-result time minus its own run time) this run: {_f(ov.get('mean_s'), 2)} s per cell"
             + (f", {100 * ov['mean_fraction']:.1f} % of a cell" if ov.get("mean_fraction") is not None else "")

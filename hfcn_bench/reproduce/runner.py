@@ -24,7 +24,7 @@ from .cells import cell_done, cell_spec
 from .engines import ENGINES, run_local, run_ray
 from .grid import build_cells, build_configs
 
-__all__ = ["ReproduceOptions", "plan", "estimate_costs", "measure_data_cost", "reproduce", "PRESETS"]
+__all__ = ["ReproduceOptions", "plan", "estimate_costs", "measure_data_cost", "pipeline_seconds", "reproduce", "PRESETS"]
 
 PRESETS = ("paper", "cpu", "quick", "smoke")
 
@@ -113,29 +113,37 @@ def plan(opts: ReproduceOptions) -> tuple[list, Path, object]:
     return build_cells(configs, opts.folds), path, ds
 
 
-def measure_data_cost(samples, size: int, threads: int = 1, n: int = 8, seed: int = 0) -> dict[str, float]:
+def measure_data_cost(samples, size: int, threads: int = 1, n: int = 16, seed: int = 0,
+                      letterbox: bool = False) -> dict[str, float]:
     """Host seconds per ROI of a cell's input pipeline, which no accelerator takes over: reading
     and resizing a ROI from its frame (once per cell), and turning a cached ROI into a training
-    tensor (flip, shift, contrast, normalisation: every epoch) or an evaluation tensor."""
+    tensor (flip, shift, contrast, normalisation: every epoch) or an evaluation tensor. One
+    untimed ROI first (first-call costs), then ``n`` ROIs; ROIs that fail to load are left out
+    of the timing (a cell warns of them)."""
     from ..data.dataset import RoiDataset
     from ..engine import torch_threads
 
     samples = list(samples)
     with torch_threads(threads):
-        aug = RoiDataset(samples, size=size, augment=True, normalize="imagenet", seed=seed)
-        plain = RoiDataset(samples, size=size, augment=False, normalize="imagenet", seed=seed)
-        picked, t = [], time.perf_counter()
+        kw = {"size": size, "letterbox": letterbox, "normalize": "imagenet", "seed": seed}
+        aug, plain = RoiDataset(samples, augment=True, **kw), RoiDataset(samples, augment=False, **kw)
+        picked, decode = [], 0.0
         for i in range(len(samples)):
-            if len(picked) == n:
+            if len(picked) == n + 1:
                 break
+            t = time.perf_counter()
             try:
-                plain._cache[i] = aug.roi_array(i)  # decoded once, as a cell does
-            except Exception:  # noqa: BLE001 - a ROI that fails to load is warned of by the cell; not timed here
+                arr = aug.roi_array(i)
+            except Exception:  # noqa: BLE001 - see the docstring
                 continue
+            if picked:
+                decode += time.perf_counter() - t
+            plain._cache[i] = arr  # decoded once, as a cell does
             picked.append(i)
-        if not picked:
-            raise HfcnError("none of the first ROIs could be loaded to time the input pipeline")
-        decode = (time.perf_counter() - t) / len(picked)
+        if len(picked) < 2:
+            raise HfcnError("too few ROIs could be loaded to time the input pipeline")
+        picked[0:1] = []
+        aug[picked[0]], plain[picked[0]]  # noqa: B018 - warm-up
         t = time.perf_counter()
         for i in picked:
             aug[i]
@@ -144,7 +152,23 @@ def measure_data_cost(samples, size: int, threads: int = 1, n: int = 8, seed: in
         for i in picked:
             plain[i]
         tensor = (time.perf_counter() - t) / len(picked)
-    return {"decode_s": decode, "augment_s": augment, "tensor_s": tensor}
+    return {"decode_s": decode / len(picked), "augment_s": augment, "tensor_s": tensor}
+
+
+def pipeline_seconds(dc: dict[str, float], n_rois: float, fit_rois: float, epochs: int, augment: bool,
+                     validation: bool) -> tuple[float, float]:
+    """``(cell seconds, of which per epoch)`` of the input pipeline for per-ROI costs ``dc``: all
+    ``n_rois`` decoded once; the ``fit_rois`` training ROIs augmented every epoch (or made one
+    tensor once, without augmentation); validation and test ROIs made tensors once. Without a
+    validation set the threshold is chosen on the training ROIs, loaded afresh (decoded and made
+    tensors a second time)."""
+    per_epoch = fit_rois * dc["augment_s"] if augment else 0.0
+    total = n_rois * dc["decode_s"] + epochs * per_epoch + (n_rois - fit_rois) * dc["tensor_s"]
+    if not augment:
+        total += fit_rois * dc["tensor_s"]
+    if not validation:
+        total += fit_rois * (dc["decode_s"] + dc["tensor_s"])
+    return total, per_epoch
 
 
 def estimate_costs(cells, ds, opts: ReproduceOptions, steps: int = 2) -> dict[str, dict]:
@@ -172,19 +196,18 @@ def estimate_costs(cells, ds, opts: ReproduceOptions, steps: int = 2) -> dict[st
                                      threads=opts.threads, repeats=steps, warmup=1, inference=False,
                                      device=opts.device, seed=opts.seed)
             cache[key] = row["train_median_s"]
-        if cfg.image_size not in data_cache:
-            data_cache[cfg.image_size] = measure_data_cost(ds.samples, cfg.image_size, opts.threads, seed=opts.seed)
-        step, dc = cache[key], data_cache[cfg.image_size]
+        dkey = (cfg.image_size, cfg.letterbox)
+        if dkey not in data_cache:
+            data_cache[dkey] = measure_data_cost(ds.samples, cfg.image_size, opts.threads, seed=opts.seed,
+                                                 letterbox=cfg.letterbox)
+        step, dc = cache[key], data_cache[dkey]
         train_rois = n * (cell.k - 1) / cell.k
         fit_rois = train_rois * (1 - cfg.val_fraction)
         batches = max(1, round(fit_rois / cfg.batch_size))
         val_batches = train_rois * cfg.val_fraction / cfg.batch_size
         test_batches = n / cell.k / cfg.batch_size
         compute = cfg.epochs * (batches + val_batches / 3) * step + test_batches * step / 3
-        per_epoch = fit_rois * (dc["augment_s"] if cfg.augment else 0.0)
-        data = n * dc["decode_s"] + cfg.epochs * per_epoch + (n - fit_rois) * dc["tensor_s"]
-        if not cfg.augment:
-            data += fit_rois * dc["tensor_s"]
+        data, per_epoch = pipeline_seconds(dc, n, fit_rois, cfg.epochs, cfg.augment, cfg.val_fraction > 0)
         out[cell.key] = {"step_s": step, "batches_per_epoch": batches, "epochs": cfg.epochs,
                          "data_s": data, "data_epoch_s": per_epoch, "compute_s": compute, "estimate_s": compute + data}
     return out
