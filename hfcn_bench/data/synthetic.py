@@ -179,6 +179,52 @@ def _tissue(rng: np.random.Generator, w: int, h: int, level: tuple[float, float]
     return e, thyroid_level
 
 
+@dataclass
+class _Placed:
+    """A nodule placed in a pane: its outline (pane px), semi-axes ``a``, ``b`` and centre, and
+    the window ``[wy0:, wx0:wx1]`` around it that runs down to the bottom of the pane (where
+    posterior shadows and enhancement fall), with its filled outline ``hard`` and pixel grids."""
+
+    poly: np.ndarray
+    a: float
+    b: float
+    px: float
+    py: float
+    wx0: int
+    wx1: int
+    wy0: int
+    hard: np.ndarray
+    gx: np.ndarray
+    gy: np.ndarray
+
+
+def _place_nodule(rng: np.random.Generator, look: _Look, w: int, h: int,
+                  outline: Callable[[float, float], np.ndarray]) -> _Placed:
+    """Size, outline (``outline(a, b)``, centred at 0) and position of the nodule of ``look``.
+    Its size is defined for a full-depth pane and scaled to this one; the second view of a case
+    differs a little in size and shape, like a second plane would. Drawing everything about the
+    nodule only in its window keeps a frame at ~10 ms."""
+    scale = h / 304.0
+    a = look.size * scale * rng.uniform(0.9, 1.1)
+    b = a * look.aspect * rng.uniform(0.93, 1.07)
+    b = min(b, 0.26 * h)
+    a = min(a, 0.28 * w)
+    poly = outline(a, b)
+    px = rng.uniform(0.40, 0.60) * w
+    py = (0.50 + rng.uniform(-0.03, 0.03)) * h
+    poly = poly + np.array([px, py])
+    poly[:, 0] = np.clip(poly[:, 0], 2, w - 3)
+    poly[:, 1] = np.clip(poly[:, 1], 2, h - 3)
+    wx0, wx1 = max(int(poly[:, 0].min()) - 12, 0), min(int(poly[:, 0].max()) + 13, w)
+    wy0 = max(int(poly[:, 1].min()) - 12, 0)
+    mask_img = Image.new("L", (wx1 - wx0, h - wy0), 0)
+    ImageDraw.Draw(mask_img).polygon([(x - wx0, y - wy0) for x, y in poly.tolist()], fill=255)
+    hard = np.asarray(mask_img, dtype=np.float32) / 255.0
+    gx = np.arange(wx0, wx1, dtype=np.float32)[None, :]
+    gy = np.arange(wy0, h, dtype=np.float32)[:, None]
+    return _Placed(poly, a, b, px, py, wx0, wx1, wy0, hard, gx, gy)
+
+
 def _draw_pane_easy(rng: np.random.Generator, look: _Look, w: int, h: int):
     """Render one scan pane (h, w) in [0, 1] and return it with the nodule outline (pane px).
     The ``easy`` phantoms: every cue drawn strongly, the class deciding most of them."""
@@ -186,29 +232,11 @@ def _draw_pane_easy(rng: np.random.Generator, look: _Look, w: int, h: int):
 
     # The nodule. Its size is defined for a full-depth pane and scaled to this one; the
     # second view of a case differs a little in size and shape, like a second plane would.
-    scale = h / 304.0
-    a = look.size * scale * rng.uniform(0.9, 1.1)
-    b = a * look.aspect * rng.uniform(0.93, 1.07)
-    b = min(b, 0.26 * h)
-    a = min(a, 0.28 * w)
-    poly = _nodule_polygon(rng, look.malignant, a, b)
-    px = rng.uniform(0.40, 0.60) * w
-    py = (0.50 + rng.uniform(-0.03, 0.03)) * h
-    poly = poly + np.array([px, py])
-    poly[:, 0] = np.clip(poly[:, 0], 2, w - 3)
-    poly[:, 1] = np.clip(poly[:, 1], 2, h - 3)
-    # Everything about the nodule happens in a window around it that runs down to the
-    # bottom of the pane (posterior shadows/enhancement); this keeps a frame at ~10 ms.
-    wx0, wx1 = max(int(poly[:, 0].min()) - 12, 0), min(int(poly[:, 0].max()) + 13, w)
-    wy0 = max(int(poly[:, 1].min()) - 12, 0)
-    ww, wh = wx1 - wx0, h - wy0
-    mask_img = Image.new("L", (ww, wh), 0)
-    ImageDraw.Draw(mask_img).polygon([(px_ - wx0, py_ - wy0) for px_, py_ in poly.tolist()], fill=255)
-    hard = np.asarray(mask_img, dtype=np.float32) / 255.0
+    n = _place_nodule(rng, look, w, h, lambda a, b: _nodule_polygon(rng, look.malignant, a, b))
+    poly, hard, gx, gy, wx0, wx1, wy0 = n.poly, n.hard, n.gx, n.gy, n.wx0, n.wx1, n.wy0
+    a, b, px, py = n.a, n.b, n.px, n.py
     # Ill-defined margins: a malignant nodule fades into the parenchyma over several pixels.
     soft = np.clip(_box_blur(hard, 3 if look.malignant else 1), 0, 1)
-    gx = np.arange(wx0, wx1, dtype=np.float32)[None, :]
-    gy = np.arange(wy0, h, dtype=np.float32)[:, None]
     sub = e[wy0:, wx0:wx1]
 
     inside = np.full_like(sub, thyroid_level * look.echo)
@@ -358,28 +386,12 @@ def _draw_pane_realistic(rng: np.random.Generator, look: _Look, w: int, h: int):
     # parenchyma to compare the nodule with, and the gain below varies on top of it.
     e, thyroid_level = _tissue(rng, w, h, (0.57, 0.65))
 
-    scale = h / 304.0
-    a = look.size * scale * rng.uniform(0.9, 1.1)
-    b = a * look.aspect * rng.uniform(0.93, 1.07)
-    b = min(b, 0.26 * h)
-    a = min(a, 0.28 * w)
-    poly = _margin_polygon(rng, look.margin, a, b)
-    px = rng.uniform(0.40, 0.60) * w
-    py = (0.50 + rng.uniform(-0.03, 0.03)) * h
-    poly = poly + np.array([px, py])
-    poly[:, 0] = np.clip(poly[:, 0], 2, w - 3)
-    poly[:, 1] = np.clip(poly[:, 1], 2, h - 3)
-    wx0, wx1 = max(int(poly[:, 0].min()) - 12, 0), min(int(poly[:, 0].max()) + 13, w)
-    wy0 = max(int(poly[:, 1].min()) - 12, 0)
-    ww, wh = wx1 - wx0, h - wy0
-    mask_img = Image.new("L", (ww, wh), 0)
-    ImageDraw.Draw(mask_img).polygon([(px_ - wx0, py_ - wy0) for px_, py_ in poly.tolist()], fill=255)
-    hard = np.asarray(mask_img, dtype=np.float32) / 255.0
+    n = _place_nodule(rng, look, w, h, lambda a, b: _margin_polygon(rng, look.margin, a, b))
+    poly, hard, gx, gy, wx0, wx1, wy0 = n.poly, n.hard, n.gx, n.gy, n.wx0, n.wx1, n.wy0
+    a, b, px, py = n.a, n.b, n.px, n.py
     # An ill-defined margin fades into the parenchyma over several pixels; the others are sharp
     # (the PSF below softens every edge by a pixel or two anyway).
     soft = np.clip(_box_blur(hard, {"ill-defined": 5, "spiculated": 2}.get(look.margin, 1)), 0, 1)
-    gx = np.arange(wx0, wx1, dtype=np.float32)[None, :]
-    gy = np.arange(wy0, h, dtype=np.float32)[:, None]
     sub = e[wy0:, wx0:wx1]
 
     # The solid part: its echogenicity relative to the thyroid at the same depth, with an
@@ -502,6 +514,23 @@ def _pick(rng, options, p=None):
     return options[int(rng.choice(len(options), p=p))]
 
 
+def _clinical_fields(rng: np.random.Generator, composition: str, echo: str, margins: str, calc: str) -> dict:
+    """A case's clinical XML fields around its TI-RADS descriptors: an age and a sex drawn, and
+    DDTI's many empty fields (a fifth of each; the label rules never read them)."""
+    fields = {
+        "age": str(int(rng.integers(16, 88))),
+        "sex": _pick(rng, ["F", "M", "u", ""], [0.7, 0.15, 0.05, 0.1]),
+        "composition": composition,
+        "echogenicity": echo,
+        "margins": margins,
+        "calcifications": calc,
+    }
+    for k in ("age", "composition", "echogenicity", "calcifications"):
+        if rng.uniform() < 0.2:
+            fields[k] = ""
+    return fields
+
+
 def _clinical_realistic(rng: np.random.Generator, look: _Look) -> dict:
     """The report fields of a realistic phantom: what was drawn, whatever the class."""
     composition = {"": _pick(rng, ["solid", "dense"], [0.9, 0.1]), "mixed": "predominantly solid",
@@ -518,18 +547,7 @@ def _clinical_realistic(rng: np.random.Generator, look: _Look) -> dict:
         calc = _pick(rng, ["macrocalcifications", "macrocalcification"])
     else:
         calc = "non"
-    fields = {
-        "age": str(int(rng.integers(16, 88))),
-        "sex": _pick(rng, ["F", "M", "u", ""], [0.7, 0.15, 0.05, 0.1]),
-        "composition": composition,
-        "echogenicity": echo,
-        "margins": margins,
-        "calcifications": calc,
-    }
-    for k in ("age", "composition", "echogenicity", "calcifications"):
-        if rng.uniform() < 0.2:
-            fields[k] = ""
-    return fields
+    return _clinical_fields(rng, composition, echo, margins, calc)
 
 
 def _clinical(rng: np.random.Generator, look: _Look) -> dict:
@@ -550,19 +568,7 @@ def _clinical(rng: np.random.Generator, look: _Look) -> dict:
     else:
         margins = _pick(rng, ["well defined", "well defined smooth"])
         calc = _pick(rng, ["macrocalcifications", "macrocalcification"]) if look.macro else "non"
-    fields = {
-        "age": str(int(rng.integers(16, 88))),
-        "sex": _pick(rng, ["F", "M", "u", ""], [0.7, 0.15, 0.05, 0.1]),
-        "composition": composition,
-        "echogenicity": echo,
-        "margins": margins,
-        "calcifications": calc,
-    }
-    # DDTI leaves many fields empty; so do the phantoms (the label rules never read them).
-    for k in ("age", "composition", "echogenicity", "calcifications"):
-        if rng.uniform() < 0.2:
-            fields[k] = ""
-    return fields
+    return _clinical_fields(rng, composition, echo, margins, calc)
 
 
 # The realistic phantoms' cue model. The cues are those TI-RADS scores (Kwak et al., Radiology
