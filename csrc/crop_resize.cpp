@@ -848,47 +848,36 @@ at::Tensor call_backward(const at::Tensor& g, const at::Tensor& boxes, int64_t h
   return op.call(g, boxes, h, w);
 }
 
-class CropResizeFn : public torch::autograd::Function<CropResizeFn> {
+// The op is linear in its tensor argument, so its derivative is its adjoint and the adjoint's
+// derivative is the op again: one Function serves both, with the two calls swapped. Apply and
+// Adjoint take (tensor, boxes, size, size); the sizes the adjoint needs are dims Dim and Dim + 1
+// of the input (x is [N, C, H, W]: dims 2, 3; a gradient is [N, K, C, OH, OW]: dims 3, 4).
+using LinearCall = at::Tensor (*)(const at::Tensor&, const at::Tensor&, int64_t, int64_t);
+
+template <LinearCall Apply, LinearCall Adjoint, int64_t Dim>
+class LinearBoxFn : public torch::autograd::Function<LinearBoxFn<Apply, Adjoint, Dim>> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
-                            const at::Tensor& boxes, int64_t oh, int64_t ow) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& t,
+                            const at::Tensor& boxes, int64_t s0, int64_t s1) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor y = call_forward(x, boxes, oh, ow);  // first: it checks x is 4-D
+    at::Tensor y = Apply(t, boxes, s0, s1);  // first: it checks t's rank
     ctx->save_for_backward({boxes});
-    ctx->saved_data["h"] = x.size(2);
-    ctx->saved_data["w"] = x.size(3);
+    ctx->saved_data["s0"] = t.size(Dim);
+    ctx->saved_data["s1"] = t.size(Dim + 1);
     return y;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const at::Tensor boxes = ctx->get_saved_variables()[0];
-    const at::Tensor gx = call_backward(grads[0].contiguous(), boxes, ctx->saved_data["h"].toInt(),
-                                        ctx->saved_data["w"].toInt());
-    return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
+    const at::Tensor g = Adjoint(grads[0].contiguous(), boxes, ctx->saved_data["s0"].toInt(),
+                                 ctx->saved_data["s1"].toInt());
+    return {g, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-class CropResizeBackwardFn : public torch::autograd::Function<CropResizeBackwardFn> {
- public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& g,
-                            const at::Tensor& boxes, int64_t h, int64_t w) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor gx = call_backward(g, boxes, h, w);  // first: it checks g is 5-D
-    ctx->save_for_backward({boxes});
-    ctx->saved_data["oh"] = g.size(3);
-    ctx->saved_data["ow"] = g.size(4);
-    return gx;
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const at::Tensor boxes = ctx->get_saved_variables()[0];
-    const at::Tensor gg = call_forward(grads[0], boxes, ctx->saved_data["oh"].toInt(),
-                                       ctx->saved_data["ow"].toInt());
-    return {gg, at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
+using CropResizeFn = LinearBoxFn<call_forward, call_backward, 2>;
+using CropResizeBackwardFn = LinearBoxFn<call_backward, call_forward, 3>;
 
 at::Tensor crop_resize_autograd(const at::Tensor& x, const at::Tensor& boxes, int64_t oh, int64_t ow) {
   return CropResizeFn::apply(x, boxes, oh, ow);
