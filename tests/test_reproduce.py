@@ -69,6 +69,10 @@ def test_grid_on_ray_caches_its_cells(data, tmp_path, ray_instance):
     rep = json.loads((out / "report.json").read_text())
     assert rep["summary"]["done"] == rep["summary"]["cells"] == 6 and rep["summary"]["failed"] == 0
     assert all(isinstance(c["best_epoch"], int) and c["cell_s"] > 0 for c in rep["cells"])
+    from hfcn_bench.bench.report import _cpu_model
+
+    # each cell names where it ran (a grid may be resumed elsewhere or run on a cluster)
+    assert {c["host"] for c in rep["cells"]} == {_cpu_model()} and f"{_cpu_model()}: 6 cell(s)" in md
     for r in rep["table3"]:
         assert r["done"] and 0 <= r["auc"] <= 1 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
         # the pooled decisions are each cell's own (prob >= its fold threshold), not prob >= 0

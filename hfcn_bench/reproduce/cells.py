@@ -59,6 +59,21 @@ def cell_spec(cell, out_dir: Path, *, data: str, label_rule: str, preset: str, s
             "out": str(Path(out_dir) / "cells" / cell.key)}
 
 
+def _host(device: str) -> dict:
+    """Where the cell (its last run) ran, for its ``config.json``: a grid's cells may come from
+    several machines (cluster nodes, or a grid resumed elsewhere), and their times with them."""
+    import os
+    import platform
+
+    import torch
+
+    from ..bench.report import _cpu_model
+
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
+    return {"node": platform.node(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu,
+            "torch": torch.__version__}
+
+
 def _log(path: Path, text: str) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(text.rstrip("\n") + "\n")
@@ -106,8 +121,8 @@ def run_cell(spec: dict) -> dict:
         # keep_last=False: last.pt only serves a resume; a finished cell keeps best.pt alone.
         report = train_run(system, cfg, ds, [splits[int(spec["fold"])]], out_dir=out, n_boot=int(spec["n_boot"]),
                            progress=progress, resume=True, keep_last=False,
-                           header={"preset": spec["preset"], "cell": {k: spec[k] for k in ("key", "config_key", "fold",
-                                                                                            "k")}})
+                           header={"preset": spec["preset"], "host": _host(spec["device"]),
+                                   "cell": {k: spec[k] for k in ("key", "config_key", "fold", "k")}})
         wall = time.perf_counter() - t0
         _log(log, f"finished in {wall:.1f} s: test ROC-AUC {report.get('auc')}")
         (out / "error.json").unlink(missing_ok=True)

@@ -153,6 +153,11 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
         d = out / "cells" / c.key
         res = results.get(c.key, {})
         row = {"key": c.key, "config": c.config.key, "fold": c.fold, "status": res.get("status", "pending")}
+        try:
+            host = json.loads((d / "config.json").read_text(encoding="utf-8")).get("host") or {}
+        except (OSError, json.JSONDecodeError):
+            host = {}
+        row["host"] = host.get("gpu") or host.get("cpu")
         mpath = d / "metrics.json"
         if mpath.is_file():
             m = json.loads(mpath.read_text(encoding="utf-8"))
@@ -277,6 +282,14 @@ def render_markdown(rep: dict) -> str:
             f"(a cell's submit-to-result time minus its own run time) this run: {_f(ov.get('mean_s'), 2)} s per cell"
             + (f", {100 * ov['mean_fraction']:.1f} % of a cell" if ov.get("mean_fraction") is not None else "")
             + f" over {ov.get('cells', 0)} cell(s).\n\n")
+    hosts: dict = {}
+    for r in rep["cells"]:
+        if r["status"] in ("done", "cached"):
+            h = r.get("host") or "not recorded (written before cells recorded their host)"
+            hosts[h] = hosts.get(h, 0) + 1
+    if hosts:
+        o.write("Where the finished cells ran (their last run): "
+                + "; ".join(f"{h}: {n} cell(s)" for h, n in sorted(hosts.items())) + ".\n\n")
     env = rep["environment"]
     o.write(f"Environment: torch {env['torch']}, extension `{env['extension_backend']}`, device {env['device']}, "
             f"CPU {env['cpu']} ({env['cpu_count']} cores), GPU {env['gpu']}, commit {env['git_commit']}.\n\n")
