@@ -1,6 +1,7 @@
 """``hfcn-bench reproduce``: the grid of cached cells on a local 2-worker Ray instance and
 in-process, at smoke settings: the cache, resume after a killed cell, an error row from a
-failing cell, Ctrl-C, and the two engines giving the same numbers per cell."""
+failing cell, Ctrl-C and SIGTERM (the real command on its own Ray instance), and the two engines
+giving the same numbers per cell."""
 
 from __future__ import annotations
 
@@ -263,3 +264,59 @@ def test_bad_options_are_one_line(data, tmp_path):
     rc, text = run(["reproduce", "--data", str(data), "--out", str(tmp_path / "file")])
     assert rc == 1 and "is a file, not a folder" in text
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
+
+
+def _grid_cmd(data, out):
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("hfcn-bench") or str(Path(sys.executable).with_name("hfcn-bench"))
+    # 18 smoke cells (5 alphas and Global x 3 folds): long enough to be stopped mid-grid
+    return [exe, "reproduce", "--table", "3", "--preset", "smoke", "--folds", "3", "--workers", "2", "--data",
+            str(data), "--out", str(out), "--n-boot", "20"]
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_signal_stops_the_ray_grid_cleanly_and_the_next_run_goes_on(data, tmp_path, how):
+    """The real command on its own local Ray instance: Ctrl-C (SIGINT to the whole process group,
+    as a terminal sends it) or SIGTERM (to the driver, as a scheduler does) once a cell has
+    finished. It exits 130 within seconds, keeps the finished cells and writes the report of
+    them; the same command then finishes the grid without retraining them."""
+    import os
+    import signal
+    import subprocess
+
+    out = tmp_path / "g"
+    log = open(tmp_path / "run.log", "w")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"}
+    proc = subprocess.Popen(_grid_cmd(data, out), stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 180 and proc.poll() is None:
+            if any(C.cell_done(d) for d in (out / "cells").glob("*")):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    text = (tmp_path / "run.log").read_text()
+    assert rc == 130, text[-2000:]
+    assert "interrupted" in text and "run the same command again" in text
+    rep = json.loads((out / "report.json").read_text())
+    finished = {c["key"] for c in rep["cells"] if c["status"] in ("done", "cached")}
+    assert rep["run"]["interrupted"] and 1 <= len(finished) < 18
+    assert finished == {d.name for d in (out / "cells").glob("*") if C.cell_done(d)}
+    if how == "ctrl-c":
+        done = subprocess.run(_grid_cmd(data, out), capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["summary"]["done"] == 18
+        assert {c["key"] for c in rep["cells"] if c["status"] == "cached"} >= finished

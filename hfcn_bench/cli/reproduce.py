@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..errors import HfcnError
 from .common import fmt
+from ..reproduce.engines import terminate_as_interrupt
 from ..reproduce.runner import PRESETS
 
 __all__ = ["register"]
@@ -139,15 +140,16 @@ def run_reproduce(args, console) -> int:
     view = _View(total, opts.workers or max(1, (os.cpu_count() or 1) // opts.threads))
     interrupted = False
     try:
-        if args.json:
-            report = reproduce(opts)
-        else:
-            with Live(view.render(), console=console, refresh_per_second=2, transient=False) as live:
-                def progress(kind, spec, res):
-                    view.event(kind, spec, res)
-                    live.update(view.render())
+        with terminate_as_interrupt():
+            if args.json:
+                report = reproduce(opts)
+            else:
+                with Live(view.render(), console=console, refresh_per_second=2, transient=False) as live:
+                    def progress(kind, spec, res):
+                        view.event(kind, spec, res)
+                        live.update(view.render())
 
-                report = reproduce(opts, progress=progress)
+                    report = reproduce(opts, progress=progress)
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:

@@ -14,17 +14,42 @@ left half-done resume on the next run.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from typing import Callable
 
 from ..errors import HfcnError
 from .cells import run_cell
 
-__all__ = ["ENGINES", "run_local", "run_ray"]
+__all__ = ["ENGINES", "run_local", "run_ray", "terminate_as_interrupt"]
 
 ENGINES = ("ray", "local")
 
 OnEvent = Callable[[str, dict, dict | None], None]  # (event: "start" | "result", spec, result)
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (a batch scheduler's time limit, ``kill``) stops the grid as Ctrl-C does: queued
+    and running cells are cancelled, finished ones kept, the report written, and the next run
+    resumes. Only the main thread may set handlers; elsewhere nothing changes. ``ray.init``
+    installs a SIGTERM handler of its own (it logs and exits), so the Ray engine sets this one
+    again once its instance is up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        # None: the handler before was not set from Python (Ray sets its own in C++).
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
 def run_local(specs: list[dict], on_event: OnEvent, **_) -> dict:
@@ -64,19 +89,29 @@ def run_ray(specs: list[dict], on_event: OnEvent, *, workers: int, threads: int,
             ray.init(**kw)
         else:
             ray.init(address=address, **kw)
+    with terminate_as_interrupt():
+        try:
+            return _run_tasks(ray, specs, on_event, workers=workers, threads=threads, address=address,
+                              gpus_per_cell=gpus_per_cell)
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell) -> dict:
+    task = ray.remote(num_cpus=threads, num_gpus=gpus_per_cell, max_retries=0)(_timed_cell)
+    pending: dict = {}
+    queue = list(specs)
+    # Submit what can run now plus a little more, so progress says what is running.
+    slots = max(1, int(ray.cluster_resources().get("CPU", workers * threads) // threads))
+
+    def submit():
+        while queue and len(pending) < slots:
+            spec = queue.pop(0)
+            pending[task.remote(spec, time.time())] = (spec, time.perf_counter())
+            on_event("start", spec, None)
+
     try:
-        task = ray.remote(num_cpus=threads, num_gpus=gpus_per_cell, max_retries=0)(_timed_cell)
-        pending = {}
-        queue = list(specs)
-        # Submit what can run now plus a little more, so progress says what is running.
-        slots = max(1, int(ray.cluster_resources().get("CPU", workers * threads) // threads))
-
-        def submit():
-            while queue and len(pending) < slots:
-                spec = queue.pop(0)
-                pending[task.remote(spec, time.time())] = (spec, time.perf_counter())
-                on_event("start", spec, None)
-
         submit()
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
@@ -92,12 +127,9 @@ def run_ray(specs: list[dict], on_event: OnEvent, *, workers: int, threads: int,
                 on_event("result", spec, res)
             submit()
     except KeyboardInterrupt:
-        for ref in list(locals().get("pending", {})):
+        for ref in list(pending):
             ray.cancel(ref, force=True)
         raise
-    finally:
-        if started:
-            ray.shutdown()
     return {"engine": "ray", "workers": workers, "address": address or "local instance"}
 
 

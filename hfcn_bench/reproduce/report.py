@@ -23,7 +23,7 @@ from .. import metrics as M
 from ..atomic import write_json_atomic, write_text_atomic
 from ..bench.report import PAPER_TABLE4, environment
 from ..protocol import FoldResult, Predictions, pool_folds
-from .cells import cell_seconds
+from .cells import cell_done, cell_seconds
 from .grid import ARCH, PAPER_TABLE3
 
 __all__ = ["pooled_config", "build_report", "write_report", "render_markdown"]
@@ -152,7 +152,10 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
     for c in cells:
         d = out / "cells" / c.key
         res = results.get(c.key, {})
-        row = {"key": c.key, "config": c.config.key, "fold": c.fold, "status": res.get("status", "pending")}
+        # A cell whose result never reached the driver (it finished as the run was stopped) is
+        # still finished on disk.
+        row = {"key": c.key, "config": c.config.key, "fold": c.fold,
+               "status": res.get("status") or ("done" if cell_done(d) else "pending")}
         try:
             host = json.loads((d / "config.json").read_text(encoding="utf-8")).get("host") or {}
         except (OSError, json.JSONDecodeError):
