@@ -54,6 +54,9 @@ struct BoxFault {
 };
 
 std::once_flag fault_once;
+// Guards the host's side of the record: publishing it, and taking a fault from it (two host
+// threads never both raise, or one half-read, the same fault).
+std::mutex fault_take_mutex;
 BoxFault* fault_record = nullptr;  // mapped, pinned host memory: one record for the process
 BoxFault* fault_device = nullptr;  // its address for kernels (the same on every device: UVA)
 
@@ -64,6 +67,7 @@ BoxFault* fault_for_kernels() {
     std::memset(p, 0, sizeof(BoxFault));
     void* dev = nullptr;
     C10_CUDA_CHECK(cudaHostGetDevicePointer(&dev, p, 0));
+    std::lock_guard<std::mutex> lock(fault_take_mutex);
     fault_device = static_cast<BoxFault*>(dev);
     fault_record = static_cast<BoxFault*>(p);
   });
@@ -72,6 +76,7 @@ BoxFault* fault_for_kernels() {
 
 // The recorded fault's message, "" if none; clears the record.
 std::string take_fault() {
+  std::lock_guard<std::mutex> lock(fault_take_mutex);
   if (fault_record == nullptr) return "";
   volatile BoxFault* f = fault_record;
   if (f->state != 2) return "";
@@ -149,7 +154,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const int64_t* __
                                int64_t oh, int64_t ow, bool per_sample, int64_t tiles,
                                int64_t tile_elems, int device, BoxFault* fault) {
   using acc_t = at::opmath_type<scalar_t>;
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // int64 offsets first: 8-byte aligned at least
   int64_t* off = reinterpret_cast<int64_t*>(smem_raw);          // [oh + ow][2]
   acc_t* wt = reinterpret_cast<acc_t*>(off + 2 * (oh + ow));      // [oh + ow][2]
   __shared__ int64_t box[4];
