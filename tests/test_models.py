@@ -299,6 +299,22 @@ def test_loss_is_weighted_cross_entropy_of_the_fused_probability():
                                torch.log(torch.tensor(3.0)))
 
 
+@pytest.mark.parametrize("weights, needle", [([-1, 1], "non-negative"), ([0, 0], "not all zero"),
+                                             ([1, 1, 1], "2 non-negative"), (["a", 1], "must be 2 numbers"),
+                                             ([float("nan"), 1], "not all zero")])
+def test_bad_class_weights_are_one_clear_error(weights, needle):
+    with pytest.raises(HfcnError, match=needle):
+        hfcn_loss(torch.full((2, 2), 0.5), torch.tensor([0, 1]), class_weights=weights)
+
+
+def test_the_class_weight_tensor_is_made_once_per_setting():
+    from hfcn_bench.models import loss as L
+
+    a = L._class_weights((2.0, 3.0), 2, torch.float32, torch.device("cpu"))
+    assert a is L._class_weights((2.0, 3.0), 2, torch.float32, torch.device("cpu"))
+    assert a.tolist() == [2.0, 3.0]
+
+
 def test_a_few_steps_on_a_separable_batch_lower_the_loss():
     g = torch.Generator().manual_seed(1)
     labels = torch.tensor([0, 1] * 4)

@@ -8,6 +8,7 @@ summed over the batch.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -19,6 +20,16 @@ from .hfcn import HFCNOutput
 __all__ = ["hfcn_loss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+@functools.lru_cache(maxsize=32)
+def _class_weights(weights: tuple, K: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The class weights as a tensor on ``device``, checked on the host (they are host numbers;
+    reading a CUDA tensor back would synchronise every step) and made once per setting, not
+    copied to the device in every training step."""
+    if len(weights) != K or any(w < 0 for w in weights) or not sum(weights) > 0:
+        raise ModelConfigError(f"class weights must be {K} non-negative numbers, not all zero, got {list(weights)}")
+    return torch.tensor(weights, dtype=dtype, device=device)
 
 
 def hfcn_loss(
@@ -68,14 +79,11 @@ def hfcn_loss(
         if K != 2:
             raise ModelConfigError(f"{K} classes: pass class_weights (one per class)")
         class_weights = (w_benign, w_malignant)
-    # Checked on the host (the weights are host numbers; reading a CUDA tensor back would be
-    # a synchronisation in every training step).
-    host_w = torch.as_tensor(class_weights, dtype=torch.float64, device="cpu")
-    if host_w.shape != (K,) or bool((host_w < 0).any()) or not bool(host_w.sum() > 0):
-        raise ModelConfigError(
-            f"class weights must be {K} non-negative numbers, not all zero, got {list(class_weights)}"
-        )
-    weights = host_w.to(dtype=prob.dtype).to(prob.device, non_blocking=True)
+    try:
+        host_w = tuple(float(w) for w in class_weights)
+    except (TypeError, ValueError):
+        raise ModelConfigError(f"class weights must be {K} numbers, got {class_weights!r}") from None
+    weights = _class_weights(host_w, K, prob.dtype, prob.device)
     # Label range: checked when the labels are on the host; on CUDA, nll_loss's own device-side
     # assertion rejects an out-of-range class without a synchronisation here.
     if not torch.compiler.is_compiling() and labels.numel() > 0 and labels.device.type == "cpu":
