@@ -22,9 +22,9 @@ from hfcn_bench.reproduce import ReproduceOptions, build_cells, build_configs, r
 ray = pytest.importorskip("ray")
 
 # 3 configurations (alpha 0.6, 0.8 and Global) x 4 folds of the quick preset: twelve equal cells
-# of ~15 s each on one core, six rounds on 2 workers. The walls include Ray's start (~8 s on 2
-# cores) and each worker's first import of torch, as a user's grid does; with six cells of
-# ~10 s (2 folds) those fixed costs alone held the ratio to 1.62x.
+# of ~13 s each on one core, six rounds on 2 workers. The walls include Ray's start and each
+# worker's first import of torch, as a user's grid does; with six cells of ~10 s (2 folds) those
+# fixed costs weighed twice as much, and the ratio measured 1.62x (another 2-core machine).
 GRID = dict(table="3", alphas=(0.6, 0.8), folds=4, preset="quick", threads=1, n_boot=200)
 
 
