@@ -404,5 +404,5 @@ def plot_differences(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     ax.invert_yaxis()
     ax.set_xlabel("ROC-AUC difference")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(title, fontsize=10)
+    fig.suptitle(title, fontsize=10)  # over the whole figure: the long labels leave the axes narrow
     return _save_atomic(fig, path)
