@@ -231,10 +231,11 @@ def render_markdown(rep: dict) -> str:
             f"each configuration pooled out of fold; preset `{opts['preset']}`.\n\n")
     run = rep["run"]
     s = rep["summary"]
+    ran = sum(r["status"] in ("done", "error") for r in rep["cells"])
     o.write(f"Engine: `{run.get('engine')}` ({run.get('workers')} worker(s) x {run.get('threads')} thread(s)"
-            f"{', ' + str(run.get('address')) if run.get('address') else ''}); this run's wall time "
-            f"{_f(run.get('wall_s'), 1)} s; cells {s['done']}/{s['cells']} done, {s['failed']} failed, "
-            f"{s['pending']} pending.\n\n")
+            f"{', ' + str(run.get('address')) if run.get('address') else ''}); this run ran {ran} cell(s) in "
+            f"{_f(run.get('wall_s'), 1)} s (the others cached or pending); cells {s['done']}/{s['cells']} done, "
+            f"{s['failed']} failed, {s['pending']} pending.\n\n")
     if rep["table3"]:
         o.write("## Table 3: choice of alpha (BFC branch alone; alpha = 1.0 is Global)\n\n")
         o.write("| backbone | alpha | accuracy % | precision % | recall % | F1 % | ROC-AUC [95% CI] | paper accuracy % | "
