@@ -313,6 +313,13 @@ def test_the_class_weight_tensor_is_made_once_per_setting():
     a = L._class_weights((2.0, 3.0), 2, torch.float32, torch.device("cpu"))
     assert a is L._class_weights((2.0, 3.0), 2, torch.float32, torch.device("cpu"))
     assert a.tolist() == [2.0, 3.0]
+    # made first under inference mode (an evaluation), the cached weights still train
+    L._cached_class_weights.cache_clear()
+    with torch.inference_mode():
+        hfcn_loss(torch.full((2, 2), 0.5), torch.tensor([0, 1]))
+    p = torch.full((2, 2), 0.5, requires_grad=True)
+    hfcn_loss(p, torch.tensor([0, 1])).backward()
+    assert p.grad is not None and torch.isfinite(p.grad).all()
 
 
 def test_a_few_steps_on_a_separable_batch_lower_the_loss():

@@ -22,14 +22,24 @@ __all__ = ["hfcn_loss"]
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-@functools.lru_cache(maxsize=32)
-def _class_weights(weights: tuple, K: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _make_class_weights(weights: tuple, K: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The class weights as a tensor on ``device``, checked on the host (they are host numbers;
-    reading a CUDA tensor back would synchronise every step) and made once per setting, not
-    copied to the device in every training step."""
+    reading a CUDA tensor back would synchronise every step)."""
     if len(weights) != K or any(w < 0 for w in weights) or not sum(weights) > 0:
         raise ModelConfigError(f"class weights must be {K} non-negative numbers, not all zero, got {list(weights)}")
-    return torch.tensor(weights, dtype=dtype, device=device)
+    with torch.inference_mode(False):  # a tensor the training steps that reuse it may save for backward
+        return torch.tensor(weights, dtype=dtype, device=device)
+
+
+# Made once per setting, not copied to the device in every training step.
+_cached_class_weights = functools.lru_cache(maxsize=32)(_make_class_weights)
+
+
+def _class_weights(weights: tuple, K: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # Under a fake-tensor mode (export, compile's tracing) a cached tensor would be a fake one.
+    if torch._guards.detect_fake_mode() is not None or torch.compiler.is_compiling():
+        return _make_class_weights(weights, K, dtype, device)
+    return _cached_class_weights(weights, K, dtype, device)
 
 
 def hfcn_loss(

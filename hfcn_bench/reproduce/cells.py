@@ -69,7 +69,10 @@ def _host(device: str) -> dict:
 
     from ..bench.report import _cpu_model
 
-    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
+    gpu = None
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = torch.device(device).index
+        gpu = torch.cuda.get_device_name(torch.cuda.current_device() if index is None else index)
     return {"node": platform.node(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu,
             "torch": torch.__version__}
 

@@ -34,21 +34,27 @@ OnEvent = Callable[[str, dict, dict | None], None]  # (event: "start" | "result"
 def terminate_as_interrupt():
     """SIGTERM (a batch scheduler's time limit, ``kill``) stops the grid as Ctrl-C does: queued
     and running cells are cancelled, finished ones kept, the report written, and the next run
-    resumes. Only the main thread may set handlers; elsewhere nothing changes. ``ray.init``
-    installs a SIGTERM handler of its own (it logs and exits), so the Ray engine sets this one
-    again once its instance is up."""
+    resumes. Yields ``rearm()``: ``ray.init`` installs a SIGTERM handler of its own (it exits),
+    so the Ray engine calls it once its instance is up; on leaving, the handler from before
+    (before Ray's too) is restored. Only the main thread may set handlers; elsewhere nothing
+    changes."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
 
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    before = signal.signal(signal.SIGTERM, stop)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def rearm():
+        signal.signal(signal.SIGTERM, stop)
+
+    rearm()
     try:
-        yield
+        yield rearm
     finally:
-        # None: the handler before was not set from Python (Ray sets its own in C++).
+        # None: the handler before was not set from Python.
         signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
 
 
@@ -75,22 +81,22 @@ def run_ray(specs: list[dict], on_event: OnEvent, *, workers: int, threads: int,
     except ImportError:
         raise HfcnError("--engine ray needs the ray package", hint="pip install ray, or use --engine local") from None
     started = not ray.is_initialized()
-    if started:
-        kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        if address is None:
-            import os
-
-            # The workers import this package as the driver does (a checkout on PYTHONPATH).
-            import sys
-
-            kw.update(num_cpus=workers * threads, num_gpus=None if gpus_per_cell else 0,
-                      object_store_memory=200 * 1024 * 1024,
-                      runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
-            ray.init(**kw)
-        else:
-            ray.init(address=address, **kw)
-    with terminate_as_interrupt():
+    with terminate_as_interrupt() as rearm:
         try:
+            if started:
+                kw = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+                if address is None:
+                    import os
+                    import sys
+
+                    # The workers import this package as the driver does (a checkout on PYTHONPATH).
+                    kw.update(num_cpus=workers * threads, num_gpus=None if gpus_per_cell else 0,
+                              object_store_memory=200 * 1024 * 1024,
+                              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+                    ray.init(**kw)
+                else:
+                    ray.init(address=address, **kw)
+                rearm()
             return _run_tasks(ray, specs, on_event, workers=workers, threads=threads, address=address,
                               gpus_per_cell=gpus_per_cell)
         finally:

@@ -194,7 +194,9 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
                     "pending": sum(r["status"] == "pending" for r in cell_rows),
                     "cell_s_total": float(sum(r["cell_s"] for r in done)),
                     "cell_s_mean": float(np.mean([r["cell_s"] for r in done])) if done else None},
-        "run": {**run_info, "engine_overhead": overhead},
+        "run": {**run_info, "engine_overhead": overhead,
+                # what the engine returned this run (a disk check can see other runs' cells too)
+                "cells_run": sum(results.get(c.key, {}).get("status") in ("done", "error") for c in cells)},
         "environment": environment(ops.backend(), opts.device, [opts.threads]),
         "notes": [
             "DDTI labels (and the phantoms' TI-RADS values) are a TI-RADS proxy, not pathology.",
@@ -231,10 +233,10 @@ def render_markdown(rep: dict) -> str:
             f"each configuration pooled out of fold; preset `{opts['preset']}`.\n\n")
     run = rep["run"]
     s = rep["summary"]
-    ran = sum(r["status"] in ("done", "error") for r in rep["cells"])
+    ran = run.get("cells_run", 0)
     o.write(f"Engine: `{run.get('engine')}` ({run.get('workers')} worker(s) x {run.get('threads')} thread(s)"
             f"{', ' + str(run.get('address')) if run.get('address') else ''}); this run ran {ran} cell(s) in "
-            f"{_f(run.get('wall_s'), 1)} s (the others cached or pending); cells {s['done']}/{s['cells']} done, "
+            f"{_f(run.get('wall_s'), 1)} s (the others were finished before, failed before or are pending); cells {s['done']}/{s['cells']} done, "
             f"{s['failed']} failed, {s['pending']} pending.\n\n")
     if rep["table3"]:
         o.write("## Table 3: choice of alpha (BFC branch alone; alpha = 1.0 is Global)\n\n")
