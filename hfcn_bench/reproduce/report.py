@@ -65,7 +65,6 @@ def pooled_config(cell_dirs: list[Path], seed: int, n_boot: int) -> dict | None:
     labels = np.concatenate([f.test.labels for f in folds])
     cases = np.concatenate([f.test.case_ids for f in folds])
     report["_paired"] = {"keys": keys, "scores": scores, "labels": labels, "cases": cases}
-    report["cell_wall_s"] = [float(cell_seconds(f.report)[0] or 0.0) for f in folds]
     return report
 
 
@@ -236,8 +235,8 @@ def render_markdown(rep: dict) -> str:
     ran = run.get("cells_run", 0)
     o.write(f"Engine: `{run.get('engine')}` ({run.get('workers')} worker(s) x {run.get('threads')} thread(s)"
             f"{', ' + str(run.get('address')) if run.get('address') else ''}); this run ran {ran} cell(s) in "
-            f"{_f(run.get('wall_s'), 1)} s (the others were finished before, failed before or are pending); cells {s['done']}/{s['cells']} done, "
-            f"{s['failed']} failed, {s['pending']} pending.\n\n")
+            f"{_f(run.get('wall_s'), 1)} s (the others were finished before, failed before or are pending); "
+            f"cells {s['done']}/{s['cells']} done, {s['failed']} failed, {s['pending']} pending.\n\n")
     if rep["table3"]:
         o.write("## Table 3: choice of alpha (BFC branch alone; alpha = 1.0 is Global)\n\n")
         o.write("| backbone | alpha | accuracy % | precision % | recall % | F1 % | ROC-AUC [95% CI] | paper accuracy % | "
