@@ -31,7 +31,7 @@ def register(sub) -> None:
                        description="Builds the grid backbone x architecture x alpha x fold; each cell is a run folder "
                        "under OUT/cells/<key>/. Finished cells are skipped, interrupted ones resume, a failing one "
                        "becomes an error row pointing at its log. Writes OUT/report.md, report.json and figures.")
-    r.add_argument("--table", choices=("3", "4", "all"), default="all")
+    r.add_argument("--table", choices=("3", "4", "5", "all"), default="all")
     r.add_argument("--data", default=None, help="dataset folder (default: the embedded phantoms)")
     r.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads")
     r.add_argument("--folds", type=int, default=5, help="k of the case-level k-fold CV (default 5)")

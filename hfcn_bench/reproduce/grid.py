@@ -8,6 +8,10 @@ alpha = 1.0 row equals the Global row of Table 4), so here:
   each alpha < 1, and alpha = 1.0 as the Global model (``crop = none``, shared with Table 4);
 - **Table 4**, per backbone: Global (``crop = none``), Global + RFC and Global + BFC (alpha 0.6,
   ``branch_weight = 0.5``, eq. 1 with the paper's w).
+- **Table 5** (ours: the paper's section III argument measured), per backbone: Table 4's three
+  models plus Global + Image crops (``crop = image``: the five BFC windows of the *image* at
+  alpha 0.6, each resized to the input size and run through the backbone, fused by the same
+  w). The first three are Table 4's cells, same keys, so finished ones are reused.
 
 A *cell* is one configuration on one fold: an ordinary run folder of the protocol, a pure
 function of (configuration, fold, data) -- so the local engine and Ray produce identical
@@ -28,15 +32,16 @@ __all__ = ["Config", "Cell", "PAPER_TABLE3", "TABLES", "DEFAULT_BACKBONES", "DEF
 # Song et al. 2020, Table 3 (BFC branch, proposed CNN): alpha -> (accuracy %, F1 %).
 PAPER_TABLE3 = {0.5: (92.27, 90.54), 0.6: (95.03, 93.88), 0.7: (94.48, 93.24), 0.8: (93.37, 91.89),
                 0.9: (93.37, 91.89), 1.0: (89.50, 87.07)}
-TABLES = ("3", "4", "all")
-DEFAULT_BACKBONES = {"3": ("paper",), "4": ("paper", "efficientnet_lite0")}
+TABLES = ("3", "4", "5", "all")
+DEFAULT_BACKBONES = {"3": ("paper",), "4": ("paper", "efficientnet_lite0"),
+                     "5": ("paper", "efficientnet_lite0")}
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
-ARCH = {"none": "Global", "rfc": "Global + RFC", "bfc": "Global + BFC"}
+ARCH = {"none": "Global", "rfc": "Global + RFC", "bfc": "Global + BFC", "image": "Global + Image crops"}
 
 
 @dataclass(frozen=True)
 class Config:
-    """One model of the grid: ``backbone``, ``crop`` (none/rfc/bfc), ``alpha``, ``branch_weight``;
+    """One model of the grid: ``backbone``, ``crop`` (none/rfc/bfc/image), ``alpha``, ``branch_weight``;
     ``tables`` says which of the paper's tables it fills."""
 
     backbone: str
@@ -74,7 +79,7 @@ class Cell:
 
 def build_configs(table: str, backbones: tuple[str, ...] | None = None, alphas: tuple[float, ...] | None = None
                   ) -> list[Config]:
-    """The configurations of ``table`` ("3", "4" or "all"), each once (a configuration two
+    """The configurations of ``table`` ("3", "4", "5" or "all"), each once (a configuration two
     tables share, like Global, carries both tags)."""
     if table not in TABLES:
         raise HfcnError(f"--table must be one of {', '.join(TABLES)}, got {table!r}")
@@ -84,7 +89,7 @@ def build_configs(table: str, backbones: tuple[str, ...] | None = None, alphas: 
     for a in alphas:
         if not 0 < a <= 1:
             raise HfcnError(f"alpha must be in (0, 1], got {a}")
-    wanted = ("3", "4") if table == "all" else (table,)
+    wanted = ("3", "4", "5") if table == "all" else (table,)
     found: dict[str, Config] = {}
 
     def add(cfg: Config) -> None:
@@ -102,9 +107,13 @@ def build_configs(table: str, backbones: tuple[str, ...] | None = None, alphas: 
                     add(Config(b, "none", 1.0, 0.5, ("3",)) if a >= 1.0 else Config(b, "bfc", float(a), 0.0, ("3",)))
                 add(Config(b, "none", 1.0, 0.5, ("3",)))  # alpha = 1.0: the global model
             else:
-                add(Config(b, "none", 1.0, 0.5, ("4",)))
-                add(Config(b, "rfc", 0.6, 0.5, ("4",)))
-                add(Config(b, "bfc", 0.6, 0.5, ("4",)))
+                # Table 5 is Table 4 plus the image multi-crop: the shared rows carry both tags.
+                tags = ("4", "5") if t == "5" else ("4",)
+                add(Config(b, "none", 1.0, 0.5, tags))
+                add(Config(b, "rfc", 0.6, 0.5, tags))
+                add(Config(b, "bfc", 0.6, 0.5, tags))
+                if t == "5":
+                    add(Config(b, "image", 0.6, 0.5, ("5",)))
     return list(found.values())
 
 
