@@ -53,6 +53,7 @@ __all__ = [
     "evaluate",
     "delong_test",
     "paired_auc_difference",
+    "seed_pooled_auc",
 ]
 
 
@@ -673,3 +674,49 @@ def paired_auc_difference(y_true: Any, prob_a: Any, prob_b: Any, case_ids: Any, 
         raise UndefinedMetricError("the AUC difference is undefined on every resample")
     low, high = np.quantile(np.asarray(vals), [alpha / 2.0, 1.0 - alpha / 2.0])
     return {"diff": float(point), "low": float(low), "high": float(high), "n_valid": len(vals)}
+
+
+def seed_pooled_auc(y_true: Any, runs: Sequence[Any], case_ids: Any, n_boot: int = 1000, alpha: float = 0.05,
+                    seed: int = 0) -> dict[str, Any]:
+    """ROC-AUC (or a paired AUC difference) of one model trained under several seeds, with an
+    interval that holds both sources of noise: which cases were sampled, and how training went.
+
+    ``runs`` holds one entry per training seed, each scored on the same samples ``y_true``:
+    an array of scores (the AUC), or a pair ``(scores_a, scores_b)`` of two models trained with
+    that seed (the paired difference ``AUC_a - AUC_b``). Every seed is bootstrapped over the
+    *same* case resamples (within-seed case bootstrap, as :func:`paired_auc_difference`); the
+    resampled values of all seeds are pooled into one distribution, whose ``alpha/2`` and
+    ``1 - alpha/2`` quantiles are the interval. With one seed it is the plain case bootstrap;
+    with several, a seed whose value sits apart widens it.
+
+    Returns ``{"per_seed", "mean", "sd" (over seeds, ddof 1; None for one seed), "min", "max",
+    "low", "high", "n_seeds", "n_valid"}``."""
+    _check_boot_args(n_boot, alpha)
+    y = _check_labels(y_true)
+    pairs = []
+    for r in runs:
+        if isinstance(r, (tuple, list)) and len(r) == 2:
+            pairs.append((_check_binary(y, r[0])[1], _check_binary(y, r[1])[1]))
+        else:
+            pairs.append((_check_binary(y, r)[1], None))
+    if not pairs:
+        raise ValueError("seed_pooled_auc needs at least one run")
+
+    def value(idx, a, b):
+        yb = y[idx]
+        return roc_auc(yb, a[idx]) - (roc_auc(yb, b[idx]) if b is not None else 0.0)
+
+    full = np.arange(y.size)
+    per_seed = [float(value(full, a, b)) for a, b in pairs]
+    uniq, codes = _case_codes(case_ids, y.size)
+    pooled = []
+    for idx in _case_resamples(codes, uniq.size, int(n_boot), seed):
+        if 0 < int(y[idx].sum()) < idx.size:
+            pooled.extend(value(idx, a, b) for a, b in pairs)
+    if not pooled:
+        raise UndefinedMetricError("the AUC is undefined on every resample")
+    low, high = np.quantile(np.asarray(pooled), [alpha / 2.0, 1.0 - alpha / 2.0])
+    return {"per_seed": per_seed, "mean": float(np.mean(per_seed)),
+            "sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
+            "min": float(min(per_seed)), "max": float(max(per_seed)), "low": float(low), "high": float(high),
+            "n_seeds": len(per_seed), "n_valid": len(pooled)}

@@ -50,8 +50,9 @@ def test_the_grid_of_the_tables():
     assert t4 == {f"{b}-{k}" for b in ("paper", "efficientnet_lite0")
                   for k in ("global", "rfc-a0.6-w0.5", "bfc-a0.6-w0.5")}
     both = build_configs("all")
-    assert len(both) == len(t3 | t4)  # Global is shared, once
-    assert next(c for c in both if c.key == "paper-global").tables == ("3", "4")
+    t5 = {c.key for c in build_configs("5")}
+    assert len(both) == len(t3 | t4 | t5)  # Global is shared, once
+    assert next(c for c in both if c.key == "paper-global").tables == ("3", "4", "5")
     assert len(build_cells(both, 5)) == 5 * len(both)
 
 

@@ -26,7 +26,8 @@ from matplotlib.figure import Figure
 from ..atomic import atomic_write
 
 __all__ = ["plot_roc_curves", "plot_speed_bars", "plot_alpha_sweep", "plot_forest", "plot_reliability",
-           "plot_prediction", "prediction_figure", "figure_rgb", "plot_alpha_curve", "plot_differences"]
+           "plot_prediction", "prediction_figure", "figure_rgb", "plot_alpha_curve", "plot_differences",
+           "plot_accuracy_cost"]
 
 _DPI = 120
 
@@ -405,4 +406,34 @@ def plot_differences(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     ax.set_xlabel("ROC-AUC difference")
     ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)  # over the whole figure: the long labels leave the axes narrow
+    return _save_atomic(fig, path)
+
+
+def plot_accuracy_cost(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                       title: str = "Accuracy against training cost (Table 5)") -> Path:
+    """The frontier of Table 5: ROC-AUC with its 95% interval (``auc``, ``auc_ci``) against the
+    training cost per image (``cost.train_per_image_s``, log axis); one point per architecture
+    (labelled), one colour per backbone."""
+    if not rows:
+        raise ValueError("rows is empty: nothing to plot")
+    fig = _new_figure(6.8, 4.4)
+    ax = fig.subplots(1, 1)
+    backbones = sorted({r["backbone"] for r in rows})
+    colours = {b: f"C{i}" for i, b in enumerate(backbones)}
+    for r in rows:
+        x, y = r["cost"]["train_per_image_s"], r["auc"]
+        ci = r.get("auc_ci") or (y, y)
+        ax.errorbar([x], [y], yerr=[[y - ci[0]], [ci[1] - y]], fmt="o", color=colours[r["backbone"]],
+                    capsize=3, markersize=6)
+        ax.annotate(r["architecture"].replace("Global + ", "+ "), (x, y), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    for b in backbones:
+        ax.plot([], [], "o", color=colours[b], label=b)
+    ax.set_xscale("log")
+    ax.set_xlabel("training cost per image (s, log scale; measured at the cells' settings)")
+    ax.set_ylabel("ROC-AUC (95% case-bootstrap CI)")
+    ax.axhline(0.5, linestyle=":", color="0.6", linewidth=1)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(title="backbone", fontsize=8)
+    fig.suptitle(title, fontsize=10)
     return _save_atomic(fig, path)

@@ -343,6 +343,7 @@ def compare_model_costs(
     device: str | torch.device = "cpu",
     seed: int = 0,
     base: HFCNConfig | None = None,
+    memory: bool = False,
 ) -> list[dict]:
     """Measure every variant of ``modes`` side by side on one batch, with the same weights.
 
@@ -356,7 +357,9 @@ def compare_model_costs(
     row's implementation) and ``op_share`` (its fraction of this row's training step). The
     "bfc-naive" row also has ``ratio_vs_bfc`` (measured naive/fused step) and
     ``amdahl_predicted_ratio_vs_bfc`` = ``(T_bfc - op_fused + op_naive) / T_bfc``, what swapping
-    only the op predicts.
+    only the op predicts. With ``memory``, each row also has ``train_peak_mib``: the peak extra
+    memory of one more training step (:func:`op_speed.peak_memory`; how it was measured in
+    ``peak_memory_how``), and ``memory_ratio`` against "none".
     """
     modes = list(modes)
     if not modes:
@@ -395,6 +398,11 @@ def compare_model_costs(
         variants = [_Variant(m, models[m], x, y) for m in modes]
         _run_rounds(variants, repeats, warmup, inference, _sync(device))
         rows = [_row(v, batch, size, device, nthreads, repeats) for v in variants]
+        if memory:
+            from .op_speed import peak_memory
+
+            for v, r in zip(variants, rows):
+                r["train_peak_mib"], r["peak_memory_how"] = peak_memory(v.train_step, device)
 
         # The crop op alone, on the shape the BFC branch crops.
         op: dict[str, tuple[float, float]] = {}
@@ -414,6 +422,8 @@ def compare_model_costs(
             r["train_ratio"] = r["train_median_s"] / none["train_median_s"]
             if inference:
                 r["infer_ratio"] = r["infer_median_s"] / none["infer_median_s"]
+            if memory and none.get("train_peak_mib"):
+                r["memory_ratio"] = r["train_peak_mib"] / none["train_peak_mib"]
         if r["crop"] == "bfc" and op:
             impl = r["crop_impl"]
             r["op_median_s"], r["op_iqr_s"] = op[impl]

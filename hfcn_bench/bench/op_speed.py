@@ -32,7 +32,7 @@ from torch.utils import benchmark as tbench
 from .. import ops
 
 __all__ = ["OpShape", "PAPER_SHAPE", "LARGE_SHAPE", "GPU_SHAPE", "measure_op_speed", "op_speed_checks",
-           "available_methods", "peak_bandwidth"]
+           "available_methods", "peak_bandwidth", "peak_memory"]
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,7 @@ def _trim_heap() -> None:
         pass
 
 
-def _peak_memory(stmt: Callable[[], object], device: torch.device) -> tuple[float, str]:
+def peak_memory(stmt: Callable[[], object], device: torch.device) -> tuple[float, str]:
     """Peak extra memory of one call, in MiB, and how it was measured."""
     if device.type == "cuda":
         _sync(device)
@@ -316,7 +316,7 @@ def _time_image_multicrop(fn, images, base, check, device, progress) -> list[dic
     with torch.no_grad():
         fn(images[:1])  # warm-up: first-call allocations, cuDNN/oneDNN selection
         start = time.perf_counter()
-        peak, how = _peak_memory(lambda: fn(images), device)
+        peak, how = peak_memory(lambda: fn(images), device)
         _sync(device)
         elapsed = time.perf_counter() - start
     return [
@@ -404,7 +404,7 @@ def measure_op_speed(
                         if not (name == "floor" and direction != "forward")  # a copy has no backward
                     }
                     for name, (median, iqr) in _time_interleaved(stmts, device, min_run_time).items():
-                        peak, how = _peak_memory(stmts[name], device)
+                        peak, how = peak_memory(stmts[name], device)
                         rows.append(
                             {
                                 **ready[name][2],

@@ -1,5 +1,5 @@
-"""``hfcn-bench reproduce``: the paper's Tables 3 and 4 as a grid of cached cells, on Ray or in
-this process, with a live view of the cells done, running, failed and queued."""
+"""``hfcn-bench reproduce``: the paper's Tables 3 and 4 (and Table 5, feature vs image cropping) as
+a grid of cached cells, on Ray or in this process, with a live view of the cells done, running, failed and queued."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ from ..reproduce.runner import PRESETS
 __all__ = ["register"]
 
 
+def _ints(text):
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise HfcnError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _floats(text):
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -26,8 +33,8 @@ def _floats(text):
 
 
 def register(sub) -> None:
-    r = sub.add_parser("reproduce", help="the paper's Tables 3 and 4 under case-level CV: a grid of cached cells on "
-                       "Ray (or in-process), with the report beside the paper's figures",
+    r = sub.add_parser("reproduce", help="the paper's Tables 3 and 4 (and 5: feature vs image cropping) under "
+                       "case-level CV: a grid of cached cells on Ray (or in-process), with the report beside the paper's figures",
                        description="Builds the grid backbone x architecture x alpha x fold; each cell is a run folder "
                        "under OUT/cells/<key>/. Finished cells are skipped, interrupted ones resume, a failing one "
                        "becomes an error row pointing at its log. Writes OUT/report.md, report.json and figures.")
@@ -48,7 +55,12 @@ def register(sub) -> None:
     r.add_argument("--address", default=None, help="join a running Ray cluster: auto or HOST:PORT")
     r.add_argument("--device", default="cpu", help="cpu or cuda (each cell then asks Ray for a GPU fraction)")
     r.add_argument("--gpus-per-cell", type=float, default=None, help="GPU fraction per cell (default 1/workers)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="seed of the folds and of every cell's training (default 0)")
+    r.add_argument("--seeds", default=None, help="comma-separated extra training seeds: the cells are repeated with "
+                   "each on the same folds (keys end in -s<seed>), and the report gives every row's and every paired "
+                   "difference's spread over seeds (e.g. 0,1,2)")
+    r.add_argument("--seed-architectures", default=None, help="which architectures --seeds repeats: comma-separated "
+                   "of none (Global), rfc, bfc, image (default: all of the table)")
     r.add_argument("--n-boot", type=int, default=1000)
     r.add_argument("--out", type=Path, required=True, help="grid folder (cells/, report.md, report.json)")
     r.add_argument("--report-only", action="store_true",
@@ -114,7 +126,10 @@ def run_reproduce(args, console) -> int:
         threads=args.threads, engine=args.engine, address=args.address, device=args.device, out=str(args.out),
         seed=args.seed, n_boot=args.n_boot, label_rule=args.label_rule, dry_run=args.dry_run,
         report_only=args.report_only,
-        gpus_per_cell=args.gpus_per_cell)
+        gpus_per_cell=args.gpus_per_cell,
+        seeds=_ints(args.seeds) if args.seeds else (),
+        seed_architectures=tuple(a.strip() for a in args.seed_architectures.split(",") if a.strip())
+        if args.seed_architectures else None)
     if args.dry_run:
         with console.status("measuring a training step of each model..."):
             plan = reproduce(opts)
@@ -134,9 +149,10 @@ def run_reproduce(args, console) -> int:
         return 0
     import os
 
-    from ..reproduce import build_configs
+    from ..reproduce import build_cells, build_configs
 
-    total = len(build_configs(opts.table, opts.backbones, opts.alphas)) * opts.folds
+    total = len(build_cells(build_configs(opts.table, opts.backbones, opts.alphas), opts.folds, opts.seeds, opts.seed,
+                            opts.seed_architectures))
     view = _View(total, opts.workers or max(1, (os.cpu_count() or 1) // opts.threads))
     interrupted = False
     try:

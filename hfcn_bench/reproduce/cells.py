@@ -52,8 +52,13 @@ def cell_spec(cell, out_dir: Path, *, data: str, label_rule: str, preset: str, s
     """Everything a worker needs to run ``cell`` (plain JSON values)."""
     from .grid import config_overrides
 
+    # ``seed`` is the grid's: it draws the folds. ``train_seed`` draws the weights, the batch
+    # order, the augmentation and the validation cases: the grid's seed too, unless the cell is a
+    # repeat under another training seed (same folds).
+    train_seed = int(seed) if cell.seed is None else int(cell.seed)
     return {"key": cell.key, "config_key": cell.config.key, "fold": cell.fold, "k": cell.k, "data": str(data),
-            "label_rule": label_rule, "preset": preset, "seed": int(seed), "threads": int(threads),
+            "label_rule": label_rule, "preset": preset, "seed": int(seed), "train_seed": train_seed,
+            "threads": int(threads),
             "device": device, "n_boot": int(n_boot),
             "overrides": {**config_overrides(cell.config), **(overrides or {})},
             "out": str(Path(out_dir) / "cells" / cell.key)}
@@ -114,7 +119,8 @@ def run_cell(spec: dict) -> dict:
         splits = kfold(ds, k=int(spec["k"]), seed=int(spec["seed"]))
         system = get_system("hfcn")
         cfg = system.configure(spec["preset"], {**spec["overrides"], "threads": int(spec["threads"]),
-                                                "device": spec["device"]}, seed=int(spec["seed"]))
+                                                "device": spec["device"]},
+                               seed=int(spec.get("train_seed", spec["seed"])))
 
         def progress(kind, done, total, info):
             if kind == "epoch":
@@ -125,7 +131,8 @@ def run_cell(spec: dict) -> dict:
         report = train_run(system, cfg, ds, [splits[int(spec["fold"])]], out_dir=out, n_boot=int(spec["n_boot"]),
                            progress=progress, resume=True, keep_last=False,
                            header={"preset": spec["preset"], "host": _host(spec["device"]),
-                                   "cell": {k: spec[k] for k in ("key", "config_key", "fold", "k")}})
+                                   "cell": {**{k: spec[k] for k in ("key", "config_key", "fold", "k")},
+                                            "train_seed": int(spec.get("train_seed", spec["seed"]))}})
         wall = time.perf_counter() - t0
         _log(log, f"finished in {wall:.1f} s: test ROC-AUC {report.get('auc')}")
         (out / "error.json").unlink(missing_ok=True)

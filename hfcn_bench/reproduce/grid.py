@@ -66,15 +66,17 @@ class Config:
 
 @dataclass(frozen=True)
 class Cell:
-    """One configuration on one fold of ``k``."""
+    """One configuration on one fold of ``k``, trained with the grid's seed (``seed=None``) or,
+    for the repeats of ``--seeds``, another training seed on the same folds (key ``-s<seed>``)."""
 
     config: Config
     fold: int
     k: int
+    seed: int | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.config.key}-f{self.fold}"
+        return f"{self.config.key}-f{self.fold}" + ("" if self.seed is None else f"-s{self.seed}")
 
 
 def build_configs(table: str, backbones: tuple[str, ...] | None = None, alphas: tuple[float, ...] | None = None
@@ -117,10 +119,21 @@ def build_configs(table: str, backbones: tuple[str, ...] | None = None, alphas: 
     return list(found.values())
 
 
-def build_cells(configs: list[Config], k: int) -> list[Cell]:
+def build_cells(configs: list[Config], k: int, seeds: tuple[int, ...] = (), grid_seed: int = 0,
+                seed_crops: tuple[str, ...] | None = None) -> list[Cell]:
+    """Every configuration on every fold, with the grid's seed; then, for each extra training
+    seed of ``seeds`` (the grid's own is skipped), the configurations whose crop is in
+    ``seed_crops`` (default: all) again on the same folds."""
     if k < 2:
         raise HfcnError(f"--folds must be at least 2, got {k}")
-    return [Cell(c, f, k) for c in configs for f in range(k)]
+    for c in seed_crops or ():
+        if c not in ARCH:
+            raise HfcnError(f"--seed-architectures: unknown architecture {c!r}; known: {', '.join(ARCH)}")
+    cells = [Cell(c, f, k) for c in configs for f in range(k)]
+    extra = [int(s) for s in dict.fromkeys(seeds) if int(s) != int(grid_seed)]
+    for s in extra:
+        cells += [Cell(c, f, k, s) for c in configs if seed_crops is None or c.crop in seed_crops for f in range(k)]
+    return cells
 
 
 def config_overrides(cfg: Config) -> dict:

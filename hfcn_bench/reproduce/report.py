@@ -1,12 +1,18 @@
 """The report of a reproduction grid: the paper's Tables 3 and 4 on the user's data beside the
-paper's figures, the paired differences BFC - Global and RFC - Global, figures, and what each
-cell cost.
+paper's figures, Table 5 (feature cropping against image cropping, accuracy beside measured
+cost), the paired differences BFC - Global, RFC - Global, Image - Global, BFC - Image and
+RFC - Image, the spread over training seeds, figures, and what each cell cost.
 
 Each configuration's k cells (folds) are pooled out of fold exactly as a k-fold run is
 (:func:`protocol.pool_folds`: scores ``prob - fold threshold``, one case bootstrap). Paired
 differences compare two configurations on the *same* ROIs of the same folds: a paired case
 bootstrap of ``AUC_a - AUC_b`` (:func:`metrics.paired_auc_difference`) and DeLong's test
 (:func:`metrics.delong_test`).
+
+Training noise: cells repeated under other training seeds (``--seeds``; same folds) are pooled
+per seed; each row and each paired difference then gets its per-seed values, their mean and SD,
+and an interval over both sources of noise: a case bootstrap within each seed on the same case
+draws, the draws of all seeds pooled (:func:`metrics.seed_pooled_auc`).
 """
 
 from __future__ import annotations
@@ -88,6 +94,42 @@ def _paired(a: dict, b: dict, n_boot: int, seed: int) -> dict | None:
             "n_rois": len(common)}
 
 
+def _aligned(reps: list[dict]):
+    """``(labels, cases, [scores of each report])`` on the ROIs every report scored, or None."""
+    keys = [k for k in reps[0]["_paired"]["keys"] if all(k in set(r["_paired"]["keys"]) for r in reps[1:])]
+    if len(keys) < 4:
+        return None
+    sel = []
+    for r in reps:
+        index = {k: i for i, k in enumerate(r["_paired"]["keys"])}
+        sel.append(np.asarray([index[k] for k in keys]))
+    first = reps[0]["_paired"]
+    return first["labels"][sel[0]], first["cases"][sel[0]], [r["_paired"]["scores"][i] for r, i in zip(reps, sel)]
+
+
+def _seed_spread(runs: list[tuple[int, dict]], n_boot: int, seed: int, versus: list[tuple[int, dict]] | None = None
+                 ) -> dict | None:
+    """A row's (or with ``versus``, a paired difference's) values over training seeds with the
+    seed-pooled case-bootstrap interval; None with fewer than two finished seeds."""
+    if versus is not None:
+        other = dict(versus)
+        runs = [(s, r) for s, r in runs if s in other]
+    if len(runs) < 2:
+        return None
+    reps = [r for _, r in runs] + ([other[s] for s, _ in runs] if versus is not None else [])
+    al = _aligned(reps)
+    if al is None:
+        return None
+    y, cases, scores = al
+    n = len(runs)
+    entries = list(zip(scores[:n], scores[n:])) if versus is not None else scores
+    try:
+        out = M.seed_pooled_auc(y, entries, cases, n_boot=n_boot, seed=seed)
+    except M.UndefinedMetricError:
+        return None
+    return {**out, "seeds": [s for s, _ in runs], "n_rois": int(len(y))}
+
+
 def _metric_row(rep: dict | None) -> dict:
     if rep is None:
         return {"done": False}
@@ -110,17 +152,36 @@ def _best_epoch(metrics: dict):
     return None
 
 
-def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
-    """The report dict of a grid (whatever cells are finished)."""
+def _comparison(cfg, versus: str) -> str:
+    if cfg.crop == "image":
+        return f"Image - {versus}"
+    name = {"bfc": "BFC", "rfc": "RFC"}[cfg.crop] + (" alone" if cfg.branch_weight == 0 else "")
+    return f"{name} (alpha {cfg.alpha:g}) - {versus}"
+
+
+def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_costs: bool = True) -> dict:
+    """The report dict of a grid (whatever cells are finished). Table 5's costs come from
+    ``OUT/costs.json`` or are measured now (``measure_costs``)."""
     from .. import ops
 
     out = Path(out)
-    configs = {}
+    configs, seeded = {}, {}
     for c in cells:
-        configs.setdefault(c.config.key, (c.config, []))[1].append(out / "cells" / c.key)
+        if c.seed is None:
+            configs.setdefault(c.config.key, (c.config, []))[1].append(out / "cells" / c.key)
+        else:
+            seeded.setdefault((c.config.key, c.seed), []).append(out / "cells" / c.key)
     pooled = {k: pooled_config(sorted(dirs, key=lambda d: d.name), opts.seed, opts.n_boot)
               for k, (cfg, dirs) in configs.items()}
-    table3, table4, paired = [], [], []
+    pooled_seeds = {ks: pooled_config(sorted(dirs, key=lambda d: d.name), opts.seed, opts.n_boot)
+                    for ks, dirs in seeded.items()}
+
+    def runs(key: str) -> list[tuple[int, dict]]:
+        """(training seed, pooled report) of every finished seed of a configuration."""
+        found = [(int(opts.seed), pooled[key])] if pooled.get(key) is not None else []
+        return found + sorted((s, r) for (k, s), r in pooled_seeds.items() if k == key and r is not None)
+
+    table3, table4, table5, paired = [], [], [], []
     for key, (cfg, _) in configs.items():
         rep = pooled[key]
         if "3" in cfg.tables:
@@ -132,21 +193,47 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
             paper = PAPER_TABLE4.get((cfg.crop, cfg.backbone))
             table4.append({"backbone": cfg.backbone, "architecture": ARCH[cfg.crop], "config": key,
                            **_metric_row(rep), **({"paper": list(paper)} if paper else {"paper": None})})
+        if "5" in cfg.tables:
+            table5.append({"backbone": cfg.backbone, "architecture": ARCH[cfg.crop], "crop": cfg.crop, "config": key,
+                           **_metric_row(rep)})
     table3.sort(key=lambda r: (r["backbone"], r["alpha"]))
-    order = {"Global": 0, "Global + RFC": 1, "Global + BFC": 2}
+    order = {"Global": 0, "Global + RFC": 1, "Global + BFC": 2, "Global + Image crops": 3}
     table4.sort(key=lambda r: (r["backbone"], order[r["architecture"]]))
+    table5.sort(key=lambda r: (r["backbone"], order[r["architecture"]]))
+    costs = {}
+    if table5:
+        from .costs import load_or_measure_costs
+
+        wanted: dict[str, list[str]] = {}
+        for r in table5:
+            wanted.setdefault(r["backbone"], []).append(r["crop"])
+        costs = load_or_measure_costs(out, wanted, opts, measure=measure_costs)
+        for r in table5:
+            r["cost"] = ((costs.get(r["backbone"]) or {}).get("rows") or {}).get(r["crop"])
+    pairs = []  # (config a, config b): AUC_a - AUC_b
     for key, (cfg, _) in configs.items():
-        if cfg.crop == "none" or pooled[key] is None:
+        if cfg.crop != "none":
+            pairs.append((cfg, configs.get(f"{cfg.backbone}-global", (None,))[0], "Global"))
+    for key, (cfg, _) in configs.items():
+        if "5" in cfg.tables and cfg.crop in ("bfc", "rfc") and cfg.branch_weight > 0:
+            image = next((c for c, _ in configs.values() if c.crop == "image" and c.backbone == cfg.backbone), None)
+            pairs.append((cfg, image, "Image"))
+    for cfg, ref, versus in pairs:
+        if ref is None or pooled.get(cfg.key) is None or pooled.get(ref.key) is None:
             continue
-        glob = f"{cfg.backbone}-global"
-        if glob not in pooled or pooled[glob] is None:
-            continue
-        d = _paired(pooled[key], pooled[glob], opts.n_boot, opts.seed)
+        d = _paired(pooled[cfg.key], pooled[ref.key], opts.n_boot, opts.seed)
         if d is not None:
-            name = {"bfc": "BFC", "rfc": "RFC"}[cfg.crop] + (" alone" if cfg.branch_weight == 0 else "")
-            paired.append({"backbone": cfg.backbone, "comparison": f"{name} (alpha {cfg.alpha:g}) - Global",
-                           "config": key, "tables": list(cfg.tables), **d})
+            spread = _seed_spread(runs(cfg.key), opts.n_boot, opts.seed, versus=runs(ref.key))
+            paired.append({"backbone": cfg.backbone, "comparison": _comparison(cfg, versus), "config": cfg.key,
+                           "versus": ref.key, "tables": sorted(set(cfg.tables) | set(ref.tables)), **d,
+                           **({"seeds": spread} if spread else {})})
     paired.sort(key=lambda r: (r["backbone"], r["comparison"]))
+    seeds = []
+    for key, (cfg, _) in configs.items():
+        spread = _seed_spread(runs(key), opts.n_boot, opts.seed)
+        if spread is not None:
+            seeds.append({"backbone": cfg.backbone, "architecture": ARCH[cfg.crop], "config": key, **spread})
+    seeds.sort(key=lambda r: (r["backbone"], r["config"]))
     cell_rows = []
     for c in cells:
         d = out / "cells" / c.key
@@ -185,9 +272,13 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
         "options": {"table": opts.table, "preset": opts.preset, "folds": opts.folds, "seed": opts.seed,
                     "n_boot": opts.n_boot, "label_rule": opts.label_rule, "data": str(opts.data),
                     "backbones": list(opts.backbones) if opts.backbones else None,
-                    "alphas": list(opts.alphas) if opts.alphas else None},
+                    "alphas": list(opts.alphas) if opts.alphas else None,
+                    "seeds": sorted({int(opts.seed), *(int(v) for v in getattr(opts, "seeds", ()) or ())}),
+                    "seed_architectures": (list(opts.seed_architectures)
+                                           if getattr(opts, "seed_architectures", None) else None)},
         "data": next((json.loads((out / "cells" / r["key"] / "metrics.json").read_text())["data"] for r in done), None),
-        "table3": table3, "table4": table4, "paired": paired, "cells": cell_rows,
+        "table3": table3, "table4": table4, "table5": table5, "costs": costs, "seeds": seeds, "paired": paired,
+        "cells": cell_rows,
         "summary": {"cells": len(cell_rows), "done": sum(r["status"] in ("done", "cached") for r in cell_rows),
                     "failed": sum(r["status"] == "error" for r in cell_rows),
                     "pending": sum(r["status"] == "pending" for r in cell_rows),
@@ -205,6 +296,13 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict) -> dict:
             "hybrid's (96.13 %); alpha = 1.0 is the Global model.",
             "Each configuration's folds are pooled out of fold (scores = prob - fold threshold); intervals are 95 % "
             "case-bootstrap intervals; paired differences resample cases jointly for both models.",
+            "Table 5's costs are measured in this report at the cells' own settings (backbone, input size, batch, "
+            "threads, device) on random images: a training step (forward, loss, backward, SGD step) per image, an "
+            "inference forward per ROI, and the peak memory of a training step; ratios are to Global, measured side "
+            "by side in interleaved rounds.",
+            "Spread over seeds: the same folds retrained with other training seeds (weights, batch order, "
+            "augmentation, validation cases). The seed-pooled interval bootstraps cases within each seed on the same "
+            "case draws and pools the draws of all seeds, so it covers case sampling and training noise together.",
         ],
     }
 
@@ -225,7 +323,8 @@ def render_markdown(rep: dict) -> str:
     o = io.StringIO()
     opts = rep["options"]
     d = rep.get("data") or {}
-    o.write("# hfcn-bench reproduce: the paper's Tables 3 and 4 under case-level cross-validation\n\n")
+    o.write("# hfcn-bench reproduce: the paper's Tables 3 and 4 (and Table 5, feature vs image cropping) under "
+            "case-level cross-validation\n\n")
     o.write(f"Data: {d.get('format')} at `{d.get('root')}`, {d.get('samples')} ROIs of {d.get('cases')} cases, "
             f"label rule `{opts['label_rule']}` (a TI-RADS proxy, not pathology), fingerprint "
             f"`{str(d.get('fingerprint'))[:16]}`. Protocol: {opts['folds']}-fold case-level CV (seed {opts['seed']}), "
@@ -262,16 +361,27 @@ def render_markdown(rep: dict) -> str:
             o.write(f"| {r['architecture']} | {r['backbone']} | {_pct(r['accuracy'])} | {_pct(r['precision'])} | "
                     f"{_pct(r['recall'])} | {_pct(r['f1'])} | {_f(r['auc'])}{_ci(r['auc_ci'])} | {paper} |\n")
         o.write("\n")
+    if rep.get("table5"):
+        _table5(o, rep)
     o.write("## Paired differences in ROC-AUC (same ROIs, same folds)\n\n")
     if rep["paired"]:
-        o.write("| backbone | comparison | AUC difference [95% paired case-bootstrap CI] | DeLong z | DeLong p | ROIs |\n"
-                "|---|---|---|---|---|---|\n")
+        o.write("| backbone | comparison | AUC difference [95% paired case-bootstrap CI] | DeLong z | DeLong p | ROIs | "
+                "over seeds: mean ± SD (n) [seed-pooled 95% interval] |\n|---|---|---|---|---|---|---|\n")
         for r in rep["paired"]:
             o.write(f"| {r['backbone']} | {r['comparison']} | {r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | "
-                    f"{_f(r['delong_z'], 2)} | {_f(r['delong_p'], 3)} | {r['n_rois']} |\n")
+                    f"{_f(r['delong_z'], 2)} | {_f(r['delong_p'], 3)} | {r['n_rois']} | {_spread(r.get('seeds'), True)} |\n")
         o.write("\n![paired differences](paired_differences.png)\n\n")
     else:
         o.write("(no pair of finished configurations yet)\n\n")
+    if rep.get("seeds"):
+        o.write("## Training noise: rows retrained under other seeds (same folds)\n\n"
+                "| backbone | architecture | configuration | seeds | ROC-AUC per seed | mean ± SD | "
+                "seed-pooled 95% interval |\n|---|---|---|---|---|---|---|\n")
+        for r in rep["seeds"]:
+            o.write(f"| {r['backbone']} | {r['architecture']} | {r['config']} | {', '.join(map(str, r['seeds']))} | "
+                    f"{', '.join(f'{v:.3f}' for v in r['per_seed'])} | {r['mean']:.3f} ± {_f(r['sd'])} | "
+                    f"[{r['low']:.3f}, {r['high']:.3f}] |\n")
+        o.write("\n")
     o.write("## Cells\n\n| cell | status | test ROC-AUC | best epoch | cell s | engine overhead s |\n"
             "|---|---|---|---|---|---|\n")
     for r in rep["cells"]:
@@ -303,6 +413,43 @@ def render_markdown(rep: dict) -> str:
     return o.getvalue()
 
 
+def _spread(sp: dict | None, signed: bool = False) -> str:
+    if not sp:
+        return "—"
+    f = "+.3f" if signed else ".3f"
+    return (f"{format(sp['mean'], f)} ± {_f(sp['sd'])} ({sp['n_seeds']}) "
+            f"[{format(sp['low'], f)}, {format(sp['high'], f)}]")
+
+
+def _ratio(v) -> str:
+    return "" if v is None else f" ({v:.2f}x)"
+
+
+def _table5(o, rep: dict) -> None:
+    o.write("## Table 5: feature cropping vs image cropping (accuracy beside measured cost)\n\n"
+            "Image crops: the five BFC windows of the *image* at alpha 0.6, each resized to the input size and run "
+            "through the backbone (six backbone passes per image), fused with the global branch by w as HFCN does. "
+            "Costs measured in this report at the cells' settings; (x) = ratio to Global.\n\n"
+            "| architecture | backbone | accuracy % | precision % | recall % | F1 % | ROC-AUC [95% CI] | "
+            "training s / image | inference ms / ROI | peak training memory MiB |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    for r in rep["table5"]:
+        c = r.get("cost") or {}
+        cost = (f"{_f(c.get('train_per_image_s'), 4)}{_ratio(c.get('train_ratio'))} | "
+                f"{_f(None if c.get('infer_per_roi_s') is None else 1000 * c['infer_per_roi_s'], 2)}"
+                f"{_ratio(c.get('infer_ratio'))} | {_f(c.get('peak_mib'), 0)}{_ratio(c.get('memory_ratio'))}")
+        if not r["done"]:
+            o.write(f"| {r['architecture']} | {r['backbone']} | (cells not finished) | | | | | {cost} |\n")
+            continue
+        o.write(f"| {r['architecture']} | {r['backbone']} | {_pct(r['accuracy'])} | {_pct(r['precision'])} | "
+                f"{_pct(r['recall'])} | {_pct(r['f1'])} | {_f(r['auc'])}{_ci(r['auc_ci'])} | {cost} |\n")
+    settings = [v.get("settings") or {} for v in (rep.get("costs") or {}).values()]
+    for st in settings:
+        o.write(f"\nCost settings ({st.get('backbone')}): batch {st.get('batch')}, {st.get('size')} px, "
+                f"{st.get('threads')} thread(s), {st.get('device')}, median of {st.get('repeats')} steps after one "
+                f"warm-up, CPU {st.get('cpu')}, torch {st.get('torch')}.")
+    o.write("\n\n![accuracy against cost](accuracy_cost.png)\n\n")
+
+
 def write_report(rep: dict, out: Path) -> list[Path]:
     from ..bench import figures
 
@@ -316,4 +463,7 @@ def write_report(rep: dict, out: Path) -> list[Path]:
                                                     title=f"Table 3 on this data: {bb} backbone, BFC branch alone"))
     if rep["paired"]:
         written.append(figures.plot_differences(rep["paired"], out / "paired_differences.png"))
+    points = [r for r in rep.get("table5") or [] if r["done"] and (r.get("cost") or {}).get("train_per_image_s")]
+    if points:
+        written.append(figures.plot_accuracy_cost(points, out / "accuracy_cost.png"))
     return written

@@ -49,6 +49,8 @@ class ReproduceOptions:
     dry_run: bool = False
     report_only: bool = False
     gpus_per_cell: float | None = None
+    seeds: tuple[int, ...] = ()  # extra training seeds (same folds); the grid's own seed is always run
+    seed_architectures: tuple[str, ...] | None = None  # crops the extra seeds repeat (None: all)
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -109,8 +111,9 @@ def _check_grid(out: Path, record: dict) -> None:
 def plan(opts: ReproduceOptions) -> tuple[list, Path, object]:
     """``(cells, data path, dataset)`` of the options (nothing run)."""
     configs = build_configs(opts.table, opts.backbones, opts.alphas)
+    cells = build_cells(configs, opts.folds, opts.seeds, opts.seed, opts.seed_architectures)
     path, ds = _dataset(opts)
-    return build_cells(configs, opts.folds), path, ds
+    return cells, path, ds
 
 
 def measure_data_cost(samples, size: int, threads: int = 1, n: int = 16, seed: int = 0,
