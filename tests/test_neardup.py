@@ -288,8 +288,8 @@ def _reference_twins(ddti: list[Path], les: list[Path]) -> tuple[dict, np.ndarra
 
 
 @pytest.mark.ddti
-@pytest.mark.skipif(not os.environ.get("HFCN_DDTI_DIR"), reason="HFCN_DDTI_DIR is not set (real DDTI files not available)")
 @pytest.mark.skipif(not os.environ.get("HFCN_LES3BDD_DIR"), reason="HFCN_LES3BDD_DIR is not set (LES3BDD not available)")
+@pytest.mark.skipif(not os.environ.get("HFCN_DDTI_DIR"), reason="HFCN_DDTI_DIR is not set (real DDTI files not available)")
 def test_real_ddti_against_les3bdd():
     ddti_root, les_root = Path(os.environ["HFCN_DDTI_DIR"]), Path(os.environ["HFCN_LES3BDD_DIR"])
     rc, text = run(["data", "overlap", str(ddti_root), str(les_root), "--json"])
