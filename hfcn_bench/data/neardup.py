@@ -100,11 +100,13 @@ _MIN_WINDOW_AREA = 0.6  # the smallest crop to be found keeps 70 % of the area
 BANDS = 6  # multi-index hashing: exact recall up to BANDS - 1 = 5 bits
 DEFAULT_RADIUS = 10  # candidates up to this Hamming distance (of 64 bits) are verified
 # The decision: correlation of the fine detail (speckle) of the aligned thumbnails, 96x96
-# samples of the 256x256 ones. Measured by bench/test_bench_neardup.py: every transformed copy
-# of a DDTI frame scores >= 0.93 (of a phantom, >= 0.93 too), while different frames score at
-# most 0.63 on DDTI and 0.79 on the phantoms (whose frames share one synthetic layout). The
-# picture NCC alone leaves no such gap (0.956 against 0.974 on DDTI; the phantoms' different
-# frames reach 0.971), nor does the detail at 48x48 (phantoms: 0.91 against 0.93).
+# samples of the 256x256 ones. Measured by bench/test_bench_neardup.py
+# (docs/results/neardup/): every transformed copy scores >= 0.939 on DDTI and >= 0.931 on the
+# phantoms, while the different frames verified score at most 0.704 on DDTI and 0.805 on the
+# phantoms (whose frames share one synthetic layout and overlays); 0.85 sits between. The
+# picture NCC alone leaves no such gap (DDTI: copies >= 0.974, different frames up to 0.956;
+# the phantoms' different frames reach 0.971), nor does the detail at 48x48 (phantoms: copies
+# >= 0.93, different frames up to 0.91).
 DEFAULT_THRESHOLD = 0.85
 # Picture NCC (24x24, after the coarse search) a pair needs before the fine search: different
 # frames reach 0.95 here, copies score > 0.97, so this only saves work.
@@ -396,7 +398,8 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x)
 
 
-def _join(q: np.ndarray, e: np.ndarray, radius: int, chunk: int = 4_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _join(q: np.ndarray, e: np.ndarray, radius: int,
+          chunk: int = 4_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (query index, entry index, distance) of hashes that share a band and are within
     ``radius`` bits. A pair found on several bands comes once per band (deduplicated later)."""
     qk, ek = _band_keys(q), _band_keys(e)
@@ -535,8 +538,9 @@ def _features(x: np.ndarray, detail: bool) -> np.ndarray:
 def _refine(tc: np.ndarray, target: np.ndarray, box: np.ndarray, step0: float, min_step: float,
             max_iter: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """Pattern search: move the edges of ``box`` in the container thumbnails ``tc`` (K, n, n)
-    to maximise the NCC of its samples with ``target`` (K, r, r, normalised). Returns (ncc, box). Each round tries every edge one step in
-    and out and takes the best move; no gain halves the step."""
+    to maximise the NCC of its samples with ``target`` (K, r, r, normalised). Returns (ncc,
+    box). Each round tries every edge one step in and out and takes the best move; no gain
+    halves the step."""
     r, n = target.shape[-1], tc.shape[-1]
     box = box.astype(np.float64).copy()
     best = (_normalise(_sample(tc, box, r)) * target).sum(axis=(-1, -2))
