@@ -70,6 +70,14 @@ setup(
         # Fitted scikit-learn models are stored in every run folder; skops loads them without
         # executing code from the file (pickle and joblib would run whatever a file holds).
         "skops",
+        # `hfcn-bench data overlap` (hfcn_bench/data/neardup.py) hashes images with pHash as ImageHash
+        # defines it. ImageHash's own phash is the reference the vectorised one must equal bit for bit
+        # (tests/test_neardup.py); the index computes 202 window hashes per image as two matrix
+        # products (~1-4 ms) instead of 202 imagehash.phash calls (~65 ms), so it is not called there.
+        "ImageHash",
+        # Every matrix of the near-duplicate search is tiny: it runs BLAS on one thread
+        # (threadpoolctl; multi-threaded OpenBLAS made it 5x slower on a loaded 2-core machine).
+        "threadpoolctl",
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["hfcn-bench=hfcn_bench.cli:main"]},

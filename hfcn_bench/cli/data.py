@@ -1,4 +1,5 @@
-"""``hfcn-bench data synth|check``: write phantom DDTI-format data; audit a dataset folder."""
+"""``hfcn-bench data synth|check|holdout|overlap``: write phantom DDTI-format data; audit a
+dataset folder; hold a part out; find near-duplicate images within or across folders."""
 
 from __future__ import annotations
 
@@ -65,6 +66,20 @@ def register(sub) -> None:
     h.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads")
     h.add_argument("--force", action="store_true", help="replace an earlier output in --out")
     h.set_defaults(handler=run_holdout)
+
+    o = dsub.add_parser("overlap", help="near-duplicate images (re-encoded, resized, cropped, pane cuts, brightness, "
+                        "grey/RGB): every image of B with a twin in A, or the groups inside A alone",
+                        description="Find near-duplicate images. With A and B: every image of B that is a "
+                        "near-duplicate of an image of A, with its twin(s). With A alone: the groups of "
+                        "near-duplicates inside A. Images are found recursively (jpg, jpeg, png, bmp, tif); masks "
+                        "(*_mask.*, masks/) are skipped. Exit 0 whatever is found.")
+    o.add_argument("a", type=Path, metavar="A", help="a folder of images (searched recursively)")
+    o.add_argument("b", type=Path, metavar="B", nargs="?", default=None, help="a second folder (optional)")
+    o.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="score (detail correlation of the aligned images, 0-1) a pair needs (default: "
+                   "hfcn_bench.data.neardup.DEFAULT_THRESHOLD, 0.85)")
+    o.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
+    o.set_defaults(handler=run_overlap)
 
 
 def _missing_action(parser, console) -> int:
@@ -201,4 +216,98 @@ def run_holdout(args, console) -> int:
                   highlight=False)
     console.print(f"next: train on the development part, then hfcn-bench eval --run RUN --data {args.out / 'holdout'}",
                   highlight=False, markup=False)
+    return 0
+
+
+def _hash_folder(console, folder: Path, label: str, show: bool):
+    import warnings
+
+    from ..data.neardup import find_images, hash_images
+
+    folder = folder.expanduser()
+    if not folder.exists():
+        raise HfcnError(f"{folder} does not exist", hint="give a folder of images")
+    if not folder.is_dir():
+        raise HfcnError(f"{folder} is not a folder", hint="give a folder of images (searched recursively)")
+    paths = find_images(folder)
+    if not paths:
+        raise HfcnError(f"no images in {folder}", hint="looked for *.jpg, *.jpeg, *.png, *.bmp, *.tif, *.tiff "
+                        "(recursively; masks skipped)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # every unreadable file is in .errors and printed below
+        with _progress(console, f"hashing {label}", enabled=show) as update:
+            index = hash_images(paths, root=folder, progress=update)
+    if show:
+        for name, why in index.errors:
+            console.print(f"[yellow]warning:[/yellow] {label}: {name}: {why}; not compared", highlight=False)
+    return index
+
+
+def run_overlap(args, console) -> int:
+    from collections import Counter
+
+    from ..data.neardup import DEFAULT_RADIUS, DEFAULT_THRESHOLD, find_groups, find_overlap
+
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    if not 0.0 < threshold <= 1.0:
+        raise HfcnError(f"--threshold must be in (0, 1], got {threshold:g}",
+                        hint=f"the score is a correlation; the default is {DEFAULT_THRESHOLD}")
+    show = not args.json
+    ia = _hash_folder(console, args.a, "A", show)
+    ib = _hash_folder(console, args.b, "B", show) if args.b is not None else None
+    out = {"a": ia.summary(), "threshold": threshold, "radius": DEFAULT_RADIUS}
+    with _progress(console, "verifying candidates", enabled=show) as update:
+        if ib is not None:
+            matches = find_overlap(ia, ib, threshold=threshold, progress=update)
+        else:
+            groups = find_groups(ia, threshold=threshold, progress=update)
+    if ib is not None:
+        out["b"] = ib.summary()
+        by_b: dict[str, list] = {}
+        for m in matches:
+            by_b.setdefault(m.b, []).append(m)
+        out["images"] = [{"b": b, "twins": [{k: v for k, v in m.to_dict().items() if k != "b"} for m in ms]}
+                         for b, ms in by_b.items()]
+        kinds = Counter(m.kind for m in matches)
+        out["summary"] = {"b_with_twin": len(by_b), "b_images": len(ib), "pairs": len(matches), "kinds": dict(kinds)}
+        if args.json:
+            console.print_json(json.dumps(out))
+            return 0
+        if by_b:
+            t = Table(title=f"images of B ({args.b}) with a near-duplicate in A ({args.a})", title_justify="left")
+            for col, just in (("image of B", "left"), ("twin in A", "left"), ("score", "right"), ("bits", "right"),
+                              ("class", "left")):
+                t.add_column(col, justify=just, overflow="fold")
+            for b, ms in by_b.items():
+                for k, m in enumerate(ms):
+                    t.add_row(b if k == 0 else "", m.a, f"{m.score:.3f}", str(m.hamming), m.kind,
+                              end_section=k == len(ms) - 1)
+            console.print(t)
+            parts = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+            console.print(f"{len(by_b)} of {len(ib)} images of B have a near-duplicate in A ({len(matches)} pairs: "
+                          f"{parts}; threshold {threshold:g})", highlight=False)
+        else:
+            console.print(f"no image of B is a near-duplicate of an image of A ({len(ib)} against {len(ia)} images; "
+                          f"threshold {threshold:g})", highlight=False)
+        return 0
+
+    out["groups"] = [g.to_dict() for g in groups]
+    beyond = [g for g in groups if any(m.kind != "identical-file" for m in g.matches)]
+    out["summary"] = {"groups": len(groups), "images_in_groups": sum(len(g.members) for g in groups),
+                      "groups_beyond_identical_files": len(beyond)}
+    if args.json:
+        console.print_json(json.dumps(out))
+        return 0
+    if groups:
+        t = Table(title=f"near-duplicate groups in {args.a}", title_justify="left")
+        for col, just in (("group", "right"), ("images", "left"), ("classes", "left"), ("lowest score", "right")):
+            t.add_column(col, justify=just, overflow="fold")
+        for n, g in enumerate(groups, start=1):
+            t.add_row(str(n), "\n".join(g.members), ", ".join(sorted({m.kind for m in g.matches})),
+                      f"{min(m.score for m in g.matches):.3f}", end_section=True)
+        console.print(t)
+        console.print(f"{len(groups)} groups of near-duplicates ({out['summary']['images_in_groups']} of {len(ia)} "
+                      f"images; {len(beyond)} beyond byte-identical files; threshold {threshold:g})", highlight=False)
+    else:
+        console.print(f"no near-duplicates among the {len(ia)} images (threshold {threshold:g})", highlight=False)
     return 0
