@@ -24,7 +24,7 @@ from typing import Callable
 from ..errors import HfcnError
 from .collection import BENIGN, LABEL_NAMES, MALIGNANT, CaseInfo, LoadedDataset, data_fingerprint
 from .ddti import LABEL_RULES, label_for, load_ddti, normalize_field, parse_case_xml, parse_svg
-from .folder import format_classes, is_folder_dataset, load_folder, parse_classes
+from .folder import format_classes, is_folder_dataset, load_folder, parse_classes, unmapped_folder_error
 from .report import WART_KINDS, DataWarning, LoadReport, RuleCounts, Wart
 from .rois import Sample, crop_roi, expand_box, load_roi, polygon_bbox
 from .splits import (GIVEN_SPLIT, Manifest, Split, given_split, kfold, read_manifest, split_train_test, verify_manifest,
@@ -113,8 +113,15 @@ def load_dataset(
     if fmt == "folder":
         return load_folder(path, margin=margin, empty_outline=empty_outline, verify_images=verify_images,
                            warn=warn, progress=progress, classes=classes)
-    return load_ddti(path, label_rule=label_rule, margin=margin, empty_outline=empty_outline, truncated=truncated,
-                     verify_images=verify_images, warn=warn, progress=progress, keep_unlabelled=keep_unlabelled)
+    try:
+        return load_ddti(path, label_rule=label_rule, margin=margin, empty_outline=empty_outline, truncated=truncated,
+                         verify_images=verify_images, warn=warn, progress=progress, keep_unlabelled=keep_unlabelled)
+    except HfcnError as exc:
+        # class folders under other names (benin/, malin/): say so, not "no DDTI case XMLs"
+        folder_error = unmapped_folder_error(path) if str(exc).startswith("no DDTI case XMLs") else None
+        if folder_error is not None:
+            raise folder_error from None
+        raise
 
 
 def __getattr__(name: str):

@@ -47,7 +47,7 @@ from .report import DataWarning, LoadReport, RuleCounts
 from .rois import MIN_ROI_SIDE, Sample, UnreadableImage, expand_box, open_image, polygon_bbox, read_image
 
 __all__ = ["CLASS_DIRS", "IMAGE_EXTS", "SIDES", "is_folder_dataset", "load_folder", "mask_bbox", "parse_classes",
-           "format_classes", "has_class_folders"]
+           "format_classes", "has_class_folders", "unmapped_folder_error"]
 
 CLASS_DIRS = {"benign": 0, "malignant": 1}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -207,6 +207,20 @@ def _no_class_folder(root: Path, classes: dict[str, str] | None, sides: dict[str
         hint = (f"map the class folders to benign/malignant, e.g. --classes {seen[0]}=benign"
                 + (f",{seen[1]}=malignant" if len(seen) > 1 else "") + "; " + hint)
     return HfcnError(f"{place} has no class folder ({expected}){found}", hint=hint)
+
+
+def unmapped_folder_error(root: str | Path) -> HfcnError | None:
+    """For a folder that is neither DDTI nor a folder set with the default class names: the
+    folder format's error (what class folders it has, how to map them) when ``root`` has
+    sub-folders holding images, else ``None``."""
+    root = Path(root).expanduser()
+    for p in _subdirs(root):
+        try:
+            if any(q.suffix.lower() in IMAGE_EXTS for q in p.iterdir()):
+                return _no_class_folder(root, None, None)
+        except OSError:
+            continue
+    return None
 
 
 def load_folder(
