@@ -289,3 +289,17 @@ def test_real_les3bdd_counts():
     assert len(ds) == 795 - 42 and all(s.roi_kind == "full-frame" and s.polygon is None for s in ds.samples)
     split = given_split(ds)
     assert (len(split.train), len(split.test)) == (610, 143)
+
+
+def test_holdout_copies_masks_in_both_spellings(tmp_path):
+    from hfcn_bench.data.holdout import write_holdout
+
+    root = _split_set(tmp_path / "d", n_train=(4, 4), n_test=(2, 2), masks=True)
+    (root / "train" / "benin" / "masks").mkdir()
+    (root / "train" / "benin" / "0_mask.png").rename(root / "train" / "benin" / "masks" / "0.png")
+    ds = load_dataset(root, classes=FR, warn=False)
+    res = write_holdout(ds, tmp_path / "h", fraction=0.25, seed=0)
+    parts = [load_dataset(tmp_path / "h" / part, classes=FR, warn=False) for part in ("development", "holdout")]
+    assert sorted(len(p) for p in parts) == sorted((len(res["development"]), len(res["holdout"])))
+    polygons = {s.case_id: s.polygon for s in ds.samples}
+    assert all(s.roi_kind == "mask" and s.polygon == polygons[s.case_id] for p in parts for s in p.samples)
