@@ -191,22 +191,24 @@ def test_folder_format(tmp_path):
         ("benign/b", 1, 0, "full-frame", (0, 0, 120, 90)),
         ("benign/c", 1, 0, "mask", (30, 30, 42, 40)),
         ("malignant/d", 1, 1, "full-frame", (0, 0, 120, 90)),
+        ("malignant/f", 1, 1, "full-frame", (0, 0, 120, 90)),  # empty mask: the whole image, no outline
         ("malignant/patient7", 2, 1, "full-frame", (0, 0, 120, 90)),
     ]
+    # a mask gives the outline (its rectangle's boundary pixels), like DDTI's annotations
+    assert ds.samples[0].polygon == ((10, 20), (49, 20), (49, 59), (10, 59))
+    assert [s.polygon for s in ds.samples[1:] if s.roi_kind != "mask"] == [None] * 4
     kinds = sorted((w.kind, w.file) for w in ds.report.warts)
     assert kinds == [("duplicate-image", "malignant/patient7/1.png"), ("empty-mask", "malignant/f_mask.png"),
                      ("linked-cases", "malignant/d, malignant/patient7"), ("unreadable-image", "malignant/e.png")]
     # d and patient7 share an image: one unit, so one side of every split
     assert ds.links() == [("malignant/d", "malignant/patient7")]
     assert ds.report.by_rule["folder"].cases == {"benign": 3, "malignant": 4, "excluded": 0}
-    full = load_dataset(tmp_path, empty_outline="full-frame", warn=False)
-    assert ("malignant/f", "full-frame") in {(s.case_id, s.roi_kind) for s in full.samples}
     assert "benign/masks/a.png" in ds.files  # masks are part of the fingerprint
 
     split = split_train_test(ds, test_fraction=0.5, seed=0)
     train, test = split.select(ds)
     sides = {s.case_id: "train" for s in train} | {s.case_id: "test" for s in test}
-    assert len(sides) == 5 and not ({s.case_id for s in train} & {s.case_id for s in test})
+    assert len(sides) == 6 and not ({s.case_id for s in train} & {s.case_id for s in test})
 
     x, y, _ = RoiDataset(ds, size=16)[0]
     assert x.shape == (3, 16, 16) and y == 0
@@ -220,5 +222,5 @@ def test_folder_format_errors(tmp_path):
     assert [w.kind for w in ds.report.warts] == ["unreadable-mask"] and ds.samples[0].roi_kind == "full-frame"
     from hfcn_bench.data.folder import load_folder
 
-    with pytest.raises(HfcnError, match="no benign/ or malignant/"):
+    with pytest.raises(HfcnError, match=r"has no class folder \(benign/ or malignant/\)"):
         load_folder(tmp_path / "benign")

@@ -84,7 +84,10 @@ def model_card(run_path: str | Path, name: str | None = None, status: str | None
         "system": h.get("system"), "preset": h.get("preset"), "finished": h.get("finished"),
         "created_by": h.get("created_by"), "config": h.get("config"),
         "split": h.get("split"),
-        "training_data": {k: data.get(k) for k in ("format", "root", "fingerprint", "samples", "cases", "class_counts")},
+        "training_data": {**{k: data.get(k) for k in ("format", "root", "fingerprint", "samples", "cases",
+                                                        "class_counts")},
+                          # a folder dataset's class mapping, as the run loaded it
+                          "classes": (data.get("options") or {}).get("classes")},
         "label_rule": rule, "label_rule_text": RULES.get(rule, rule),
         "label_caveat": LABEL_CAVEAT if data.get("format") == "ddti" or rule in ("tirads", "mccnn") else None,
     })
@@ -151,6 +154,8 @@ def card_markdown(card: dict) -> str:
               f"- {d.get('format')} data at `{d.get('root')}`: {d.get('samples')} ROIs of {d.get('cases')} cases"
               + (f" ({', '.join(f'{k} {v}' for k, v in counts.items())})" if counts else ""),
               f"- fingerprint `{d.get('fingerprint')}`",
+              *([f"- class folders: {', '.join(f'`{k}/` = {v}' for k, v in d['classes'].items())}"]
+                if d.get("classes") else []),
               f"- split: {(card.get('split') or {}).get('method')} {json.dumps((card.get('split') or {}).get('params'))}",
               "", f"**Labels** rule `{card.get('label_rule')}`: {card.get('label_rule_text')}.", ""]
     if card.get("label_caveat"):
@@ -167,7 +172,9 @@ def card_markdown(card: dict) -> str:
     v = card.get("validation")
     if v:
         size = f"{v.get('n_rois')} ROIs of {v.get('n_cases')} cases"
-        kind = f"{v['k']}-fold cross-validation, pooled out-of-fold" if v.get("kind") == "kfold" else "held-out test cases"
+        kind = (f"{v['k']}-fold cross-validation, pooled out-of-fold" if v.get("kind") == "kfold" else
+                "the test cases of the dataset's own train/test split" if v.get("kind") == "given" else
+                "held-out test cases")
         lines += [f"**Validation** on {kind} ({size}): {v.get('protocol')}", ""] + _score_rows(v) + [""]
     ext = card.get("external") or []
     if ext:

@@ -26,8 +26,9 @@ def fmt(v, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def load_data(console, path, label_rule: str, margin: float, quiet: bool):
-    """The dataset at ``path`` (the embedded phantoms when None), its load warnings printed."""
+def load_data(console, path, label_rule: str, margin: float, quiet: bool, classes=None):
+    """The dataset at ``path`` (the embedded phantoms when None), its load warnings printed;
+    ``classes``: a folder dataset's class mapping (``--classes``)."""
     from ..data import ensure_synthetic, load_dataset
 
     if path is not None:
@@ -41,7 +42,7 @@ def load_data(console, path, label_rule: str, margin: float, quiet: bool):
             console.print(f"data: synthetic phantoms at {path} (pass --data for DDTI)", highlight=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = load_dataset(path, label_rule=label_rule, margin=margin)
+        ds = load_dataset(path, label_rule=label_rule, margin=margin, classes=classes)
     if not quiet:
         for w in caught:
             console.print(f"[yellow]warning:[/yellow] {w.message}", highlight=False)
@@ -191,6 +192,17 @@ def print_report(console, report: dict, title: str) -> None:
                              for k, v in report[key].items() if k != "per_fold")
             console.print(f"{key}: {vals}", highlight=False)
     data = report.get("data") or {}
+    split = report.get("split") or {}
+    if split.get("description"):
+        sides = data.get("given_split") or {}
+        counts = "; ".join(f"{side}/: {c['cases']} cases, {c['benign']} benign / {c['malignant']} malignant ROIs"
+                           for side, c in sides.items()) if split.get("method") == "given" else ""
+        console.print(f"split: {split['description']}" + (f" ({counts})" if counts else ""), highlight=False,
+                      markup=False)
+    classes = (data.get("options") or {}).get("classes")
+    if classes:
+        console.print("class folders: " + ", ".join(f"{k}/ = {v}" for k, v in classes.items()), highlight=False,
+                      markup=False)
     console.print(f"labels: {data.get('label_rule')} rule ({data.get('format')} data at {data.get('root')}, "
                   f"fingerprint {str(data.get('fingerprint', ''))[:12]}…); level: {report.get('level')}",
                   highlight=False, markup=False)

@@ -54,6 +54,8 @@ def register(sub) -> None:
                    help="frames without an outline: skip them or use the whole frame (default: skip)")
     c.add_argument("--truncated", choices=("salvage", "skip"), default="salvage",
                    help="truncated outline JSON: salvage the points before the cut, or skip the mark")
+    c.add_argument("--classes", default=None, metavar="FOLDER=CLASS,...",
+                   help="folder format: which folders hold which class, e.g. benin=benign,malin=malignant")
     c.add_argument("--json", action="store_true", help="print the load report as JSON instead of tables")
     c.set_defaults(handler=run_check)
 
@@ -179,7 +181,8 @@ def run_check(args, console) -> int:
         warnings.simplefilter("ignore")
         with _progress(console, "reading cases", enabled=not args.json) as update:
             ds = load_dataset(path, label_rule=args.label_rule, margin=args.margin,
-                              empty_outline=args.empty_outline, truncated=args.truncated, progress=update)
+                              empty_outline=args.empty_outline, truncated=args.truncated, progress=update,
+                              classes=args.classes)
     r = ds.report
     if args.json:
         out = r.to_dict()

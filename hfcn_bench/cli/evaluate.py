@@ -20,6 +20,9 @@ def register(sub) -> None:
                        "the external set's majority baseline, calibration, and both prevalences.")
     v.add_argument("--run", type=Path, required=True, help="run folder written by `hfcn-bench train`")
     v.add_argument("--data", type=Path, default=None, help="dataset folder (default: the run's own)")
+    v.add_argument("--classes", default=None, metavar="FOLDER=CLASS,...",
+                   help="folder format: which folders hold which class, e.g. benin=benign,malin=malignant "
+                   "(default: the mapping the run recorded, where its folders exist)")
     v.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which weights of per-epoch trained systems (last: the threshold is chosen again on the "
                    "run's validation cases)")
@@ -45,7 +48,7 @@ def run_eval(args, console) -> int:
     with progress_bars(console, enabled=not args.json) as progress:
         report = evaluate_run(args.run, data=args.data, checkpoint=args.checkpoint, aggregate=aggregate,
                               n_boot=args.n_boot, device=args.device, allow_overlap=args.allow_overlap,
-                              progress=progress)
+                              progress=progress, classes=args.classes)
     files = write_eval_report(report, args.out) if args.out is not None else []
     if report["external"]:
         # A run keeps a record of every external validation it went through (its model card

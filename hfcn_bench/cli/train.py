@@ -75,7 +75,11 @@ def register(sub) -> None:
                    help=f"what to train: {', '.join(available_systems())} (default: hfcn)")
     t.add_argument("--data", type=Path, default=None,
                    help="dataset: DDTI raw/ (xml/ + raw_jpg/), a flat DDTI folder, or benign/ + malignant/ folders "
-                   "(default: the embedded synthetic phantoms in data/synthetic, generated when missing)")
+                   "(default: the embedded synthetic phantoms in data/synthetic, generated when missing), or the "
+                   "same class folders under train/ and test/ (a dataset's own split, see --split)")
+    t.add_argument("--classes", default=None, metavar="FOLDER=CLASS,...",
+                   help="folder format: which folders hold which class, e.g. benin=benign,malin=malignant "
+                   "(default: benign/ and malignant/); recorded in the run folder")
     t.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads",
                    help="DDTI labels are TI-RADS proxies: tirads = 2-3 benign, 4a-5 malignant (default); "
                    "mccnn = 2-3 vs 4c-5")
@@ -100,6 +104,10 @@ def register(sub) -> None:
     for f in hfcn_flags():
         _add_field_flag(g, f, types[f.name])
     e = t.add_argument_group("protocol")
+    e.add_argument("--split", choices=("cases", "given"), default="cases",
+                   help="cases: a case-level split (or --folds K) of all images, both sides of a train/ + test/ "
+                   "dataset pooled (default); given: train on exactly the dataset's train/ and score exactly its "
+                   "test/ (the validation cases are carved out of train/ by case)")
     e.add_argument("--test-fraction", type=float, default=0.25, help="test cases per class (default 0.25: 3:1)")
     e.add_argument("--folds", type=int, default=None, metavar="K",
                    help="k-fold case-level cross-validation instead of one train/test split")
@@ -182,7 +190,7 @@ def _resume_config(system, run, args):
 
 
 def run_train(args, console) -> int:
-    from ..data import kfold, read_manifest, split_train_test, verify_manifest
+    from ..data import given_split, kfold, read_manifest, split_train_test, verify_manifest
     from ..engine import device_of
     from ..protocol import check_reusable, read_run
     from ..runs import train_run
@@ -193,6 +201,9 @@ def run_train(args, console) -> int:
     check_reusable(out, force=args.force, resume=args.resume)
     if args.folds is not None and args.folds < 2:
         raise HfcnError(f"--folds must be at least 2, got {args.folds}", hint="drop --folds for one 3:1 split")
+    if args.split == "given" and args.folds is not None:
+        raise HfcnError("--split given trains on the dataset's own train/ and scores its test/: --folds does not "
+                        "apply", hint="drop --folds, or drop --split given for k-fold CV over all images")
     if args.resume:
         if not (out / "config.json").is_file():
             raise HfcnError(f"nothing to resume in {out} (no config.json)", hint="start it without --resume")
@@ -203,7 +214,8 @@ def run_train(args, console) -> int:
         config = _resume_config(system, run, args)
         data = args.data if args.data is not None else Path(run.manifest.data["root"])
         opts = run.manifest.data.get("options") or {}
-        ds = load_data(console, data, run.manifest.label_rule, float(opts.get("margin", 0.0)), quiet)
+        classes = args.classes if args.classes is not None else opts.get("classes")
+        ds = load_data(console, data, run.manifest.label_rule, float(opts.get("margin", 0.0)), quiet, classes)
         manifest = read_manifest(out / "split.json")
         verify_manifest(manifest, ds)
         splits = manifest.splits
@@ -218,11 +230,15 @@ def run_train(args, console) -> int:
         config = system_config(system, preset, args)
         if hasattr(config, "device"):
             device_of(config.device)  # before anything is written: a run that cannot start leaves nothing
-        ds = load_data(console, args.data, args.label_rule, args.margin, quiet)
+        ds = load_data(console, args.data, args.label_rule, args.margin, quiet, args.classes)
         aggregate, n_boot = args.per_case, args.n_boot
         seed = int(getattr(config, "seed", 0))
-        splits = kfold(ds, k=int(args.folds), seed=seed) if args.folds else [
-            split_train_test(ds, test_fraction=args.test_fraction, seed=seed)]
+        if args.split == "given":
+            splits = [given_split(ds, seed=seed)]
+        elif args.folds:
+            splits = kfold(ds, k=int(args.folds), seed=seed)
+        else:
+            splits = [split_train_test(ds, test_fraction=args.test_fraction, seed=seed)]
     if not quiet:
         counts = ds.class_counts()
         what = (f"model {config.backbone}+{config.crop}, {config.image_size} px, {config.epochs} epochs"

@@ -24,14 +24,16 @@ from typing import Callable
 from ..errors import HfcnError
 from .collection import BENIGN, LABEL_NAMES, MALIGNANT, CaseInfo, LoadedDataset, data_fingerprint
 from .ddti import LABEL_RULES, label_for, load_ddti, normalize_field, parse_case_xml, parse_svg
-from .folder import is_folder_dataset, load_folder
+from .folder import format_classes, is_folder_dataset, load_folder, parse_classes, unmapped_folder_error
 from .report import WART_KINDS, DataWarning, LoadReport, RuleCounts, Wart
 from .rois import Sample, crop_roi, expand_box, load_roi, polygon_bbox
-from .splits import Manifest, Split, kfold, read_manifest, split_train_test, verify_manifest, write_manifest
+from .splits import (GIVEN_SPLIT, Manifest, Split, given_split, kfold, read_manifest, split_train_test, verify_manifest,
+                     write_manifest)
 from .synthetic import DEFAULT_SYNTHETIC_DIR, ensure_synthetic, write_synthetic_ddti
 
 __all__ = [
     "BENIGN",
+    "GIVEN_SPLIT",
     "MALIGNANT",
     "LABEL_NAMES",
     "LABEL_RULES",
@@ -52,6 +54,8 @@ __all__ = [
     "detect_format",
     "ensure_synthetic",
     "expand_box",
+    "format_classes",
+    "given_split",
     "kfold",
     "label_for",
     "load_dataset",
@@ -60,6 +64,7 @@ __all__ = [
     "load_roi",
     "normalize_field",
     "parse_case_xml",
+    "parse_classes",
     "parse_svg",
     "polygon_bbox",
     "read_manifest",
@@ -70,8 +75,10 @@ __all__ = [
 ]
 
 
-def detect_format(path: str | Path) -> str:
-    """``folder`` when ``path`` has benign/ or malignant/ sub-folders, else ``ddti``."""
+def detect_format(path: str | Path, classes=None) -> str:
+    """``folder`` when ``path`` has benign/ or malignant/ sub-folders (or the folders ``classes``
+    maps), or train/ and test/ sub-folders; else ``ddti``. A class mapping is only for the
+    folder format: with ``classes`` the answer is ``folder``."""
     p = Path(path).expanduser()
     if not p.exists():
         raise HfcnError(f"{p} does not exist",
@@ -79,7 +86,7 @@ def detect_format(path: str | Path) -> str:
                         "benign/ and malignant/, or create phantoms with `hfcn-bench data synth --out DIR`")
     if not p.is_dir():
         raise HfcnError(f"{p} is not a directory")
-    return "folder" if is_folder_dataset(p) else "ddti"
+    return "folder" if classes is not None or is_folder_dataset(p) else "ddti"
 
 
 def load_dataset(
@@ -92,19 +99,29 @@ def load_dataset(
     warn: bool = True,
     progress: Callable[[int, int], None] | None = None,
     keep_unlabelled: bool = False,
+    classes=None,
 ) -> LoadedDataset:
     """Load DDTI-format data (real or synthetic) or a benign/malignant folder dataset.
 
     The format is detected (``detect_format``). For the folder format the labels come from
     the folders and ``label_rule``/``truncated`` do not apply (the rule is recorded as
-    ``folder``). See ``load_ddti`` for the arguments.
+    ``folder``); ``classes`` maps its folder names to benign/malignant
+    (``"benin=benign,malin=malignant"`` or a dict; see ``folder.parse_classes``). See
+    ``load_ddti`` for the other arguments.
     """
-    fmt = detect_format(path)
+    fmt = detect_format(path, classes)
     if fmt == "folder":
         return load_folder(path, margin=margin, empty_outline=empty_outline, verify_images=verify_images,
-                           warn=warn, progress=progress)
-    return load_ddti(path, label_rule=label_rule, margin=margin, empty_outline=empty_outline, truncated=truncated,
-                     verify_images=verify_images, warn=warn, progress=progress, keep_unlabelled=keep_unlabelled)
+                           warn=warn, progress=progress, classes=classes)
+    try:
+        return load_ddti(path, label_rule=label_rule, margin=margin, empty_outline=empty_outline, truncated=truncated,
+                         verify_images=verify_images, warn=warn, progress=progress, keep_unlabelled=keep_unlabelled)
+    except HfcnError as exc:
+        # class folders under other names (benin/, malin/): say so, not "no DDTI case XMLs"
+        folder_error = unmapped_folder_error(path) if str(exc).startswith("no DDTI case XMLs") else None
+        if folder_error is not None:
+            raise folder_error from None
+        raise
 
 
 def __getattr__(name: str):

@@ -175,9 +175,20 @@ class LoadedDataset:
         wanted = set(case_ids)
         return [s for s in self.samples if s.case_id in wanted]
 
+    def sides(self) -> dict[str, dict[str, int]]:
+        """A dataset that ships its own split (``Sample.side``): per side, its cases and ROIs per
+        class, ``{"train": {"cases": n, "benign": b, "malignant": m}, "test": {...}}``; ``{}``
+        when it has none."""
+        out: dict[str, dict[str, int]] = {}
+        for side in dict.fromkeys(s.side for s in self.samples if s.side is not None):
+            mine = [s for s in self.samples if s.side == side]
+            out[side] = {"cases": len({s.case_id for s in mine}),
+                         **{n: sum(1 for s in mine if s.label == i) for i, n in enumerate(LABEL_NAMES)}}
+        return out
+
     def describe(self) -> dict:
         """Provenance a result should carry: where the labels came from and which data."""
-        return {
+        out = {
             "root": str(self.root),
             "format": self.format,
             "label_rule": self.label_rule,
@@ -188,3 +199,7 @@ class LoadedDataset:
             "class_counts": self.class_counts(),
             "linked_case_groups": len(self.links()),
         }
+        sides = self.sides()
+        if sides:
+            out["given_split"] = sides
+        return out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import HfcnError
 from .collection import LoadedDataset
+from .folder import _find_mask
 from .splits import split_train_test
 
 __all__ = ["write_holdout"]
@@ -58,8 +59,8 @@ def write_holdout(dataset: LoadedDataset, out_dir: str | Path, fraction: float =
             rel = Path(s.image_path).relative_to(root)
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(s.image_path, target / rel)
-            for mask in (Path(s.image_path).parent / "masks" / Path(s.image_path).name,):
-                if mask.is_file():
-                    (target / mask.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(mask, target / mask.relative_to(root))
+            mask = _find_mask(Path(s.image_path))  # masks/NAME.* or NAME_mask.*, as the loader finds it
+            if mask is not None:
+                (target / mask.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(mask, target / mask.relative_to(root))
     return {"development": sorted(split.train), "holdout": sorted(split.test), "fraction": fraction, "seed": seed}

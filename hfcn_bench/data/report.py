@@ -33,8 +33,9 @@ WART_KINDS: dict[str, str] = {
     "case-number-mismatch": "<number> differs from the file name; the file name is used as case id",
     "bad-mark": "a <mark> without a usable <image> index; skipped",
     "orphan-image": "an image no case refers to; ignored",
-    "empty-mask": "a folder-format mask with no foreground; handled like an empty outline",
-    "unreadable-mask": "a folder-format mask that cannot be decoded; the image is used full-frame",
+    "empty-mask": "a folder-format mask with no foreground; the image is used whole, without an outline",
+    "unreadable-mask": "a folder-format mask that cannot be decoded or whose size differs from its image's; the "
+                       "image is used whole, without an outline",
     "outline-outside-frame": "an outline lies partly outside its frame: clipped when most of it is inside, "
                              "its ROI skipped when most of it is outside",
     "tiny-roi": "an ROI box with a side under the stated minimum (data.rois.MIN_ROI_SIDE); the ROI is skipped",
@@ -117,6 +118,9 @@ class LoadReport:
     sample_cases: int = 0
     by_rule: dict[str, RuleCounts] = field(default_factory=dict)
     warts: list[Wart] = field(default_factory=list)
+    # a dataset that ships its own split: {"train": {"cases", "benign", "malignant"}, "test": ...}
+    # counted on the samples returned (after de-duplication); empty otherwise
+    sides: dict = field(default_factory=dict)
     _seen: set = field(default_factory=set, repr=False, compare=False)
 
     def add(self, kind: str, file: str, message: str, action: str, case: str | None = None,
@@ -164,6 +168,7 @@ class LoadReport:
             "by_rule": {k: v.to_dict() for k, v in self.by_rule.items()},
             "wart_counts": self.wart_counts(),
             "warts": [w.to_dict() for w in self.warts],
+            **({"sides": {k: dict(v) for k, v in self.sides.items()}} if self.sides else {}),
         }
 
     def warn_summary(self, stacklevel: int = 3) -> None:

@@ -66,6 +66,8 @@ class Sample:
     ``label`` is 0 benign / 1 malignant under ``label_rule``; ``tirads`` keeps the source value
     so that a result can always say where its labels came from. ``salvaged`` marks outlines
     rebuilt from truncated annotation text (their box may be smaller than the nodule).
+    ``side`` is ``train`` or ``test`` for a dataset that ships its own split (folder format
+    with ``train/`` and ``test/``), else ``None``.
     """
 
     case_id: str
@@ -81,6 +83,7 @@ class Sample:
     tirads: str | None = None
     salvaged: bool = False
     unit: str | None = None
+    side: str | None = None
 
     @property
     def key(self) -> str:
@@ -106,6 +109,7 @@ class Sample:
             "roi_kind": self.roi_kind,
             "salvaged": self.salvaged,
             "n_points": len(self.polygon) if self.polygon else 0,
+            "side": self.side,
         }
 
 

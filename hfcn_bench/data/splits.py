@@ -13,7 +13,8 @@ same side together; a unit of one case orders exactly as that case alone would, 
 without links splits as it always did.
 
 The paper (Song et al. 2020) uses a 3:1 train/test split; ``kfold`` gives stratified k-fold
-cross-validation. ``write_manifest`` stores the case ids of each side with the label rule,
+cross-validation; ``given_split`` keeps the split a dataset ships (folder format with
+``train/`` and ``test/``, ``Sample.side``). ``write_manifest`` stores the case ids of each side with the label rule,
 seed and data fingerprint, so another machine can check it has the same data and rerun.
 """
 
@@ -39,6 +40,9 @@ __all__ = [
     "split_train_test",
     "inner_split",
     "kfold",
+    "given_split",
+    "GIVEN_SPLIT",
+    "SPLIT_DESCRIPTIONS",
     "write_manifest",
     "read_manifest",
     "verify_manifest",
@@ -48,6 +52,11 @@ __all__ = [
 
 MANIFEST_FORMAT = "hfcn-bench/split-manifest"
 MANIFEST_VERSION = 1
+
+GIVEN_SPLIT = "the dataset's own train/test split"
+# What each split method is, in words (reports and the console say it).
+SPLIT_DESCRIPTIONS = {"train_test": "case-level split", "kfold": "case-level k-fold cross-validation",
+                      "given": GIVEN_SPLIT}
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,37 @@ def kfold(samples: Sequence[Sample] | LoadedDataset, k: int = 5, seed: int = 0) 
         out.append(Split(tuple(c for c in all_ids if c not in test_set), tuple(sorted(test, key=_id_key)), "kfold",
                          int(seed), {"k": int(k)}, fold=i))
     return out
+
+
+def given_split(samples: Sequence[Sample] | LoadedDataset, seed: int = 0) -> Split:
+    """The split the dataset ships: its ``train/`` cases against its ``test/`` cases
+    (``Sample.side``), exactly as given (method ``given``; ``seed`` is only recorded).
+
+    A dataset without sides is an :class:`HfcnError`. Cases linked by a shared image stay
+    where the dataset put them; a link across the sides (possible only when a case is a
+    sub-folder: an image of test/ byte-identical to one of train/ is dropped) is warned about,
+    since those cases may be one patient."""
+    samples = _samples(samples)
+    side_of: dict[str, str | None] = {}
+    for s in samples:
+        side_of.setdefault(s.case_id, s.side)
+    if not samples or not any(side_of.values()):
+        raise HfcnError("the dataset ships no train/test split of its own (no train/ and test/ folders)",
+                        hint="drop --split given for a case-level split of all images (or --folds K), or lay the "
+                        "data out as ROOT/train/<class>/ and ROOT/test/<class>/")
+    odd = sorted(c for c, v in side_of.items() if v not in ("train", "test"))
+    if odd:
+        raise HfcnError(f"{len(odd)} case(s) belong to neither train/ nor test/: {odd[:5]}")
+    train = tuple(sorted((c for c, v in side_of.items() if v == "train"), key=_id_key))
+    test = tuple(sorted((c for c, v in side_of.items() if v == "test"), key=_id_key))
+    if not train or not test:
+        raise HfcnError(f"the dataset's own split has {len(train)} train and {len(test)} test case(s) with samples; "
+                        "it needs both")
+    across = [ids for _, ids in split_units(samples).values() if len({side_of[c] for c in ids}) > 1]
+    if across:
+        warnings.warn(f"{len(across)} group(s) of cases linked by a shared image lie on both sides of the dataset's "
+                      f"own split (e.g. {', '.join(across[0])}); kept as given", stacklevel=2)
+    return Split(train, test, "given", int(seed), {"source": GIVEN_SPLIT})
 
 
 _id_key = case_sort_key
@@ -314,3 +354,12 @@ def verify_manifest(manifest: Manifest, dataset: LoadedDataset) -> None:
     missing = sorted({c for s in manifest.splits for c in s.train + s.test} - set(labels))
     if missing:
         raise HfcnError(f"{len(missing)} case(s) of the manifest have no samples: {missing[:5]}")
+    # Same bytes, other labels: a folder dataset loaded with another class mapping.
+    flipped = sorted((c for c, lab in manifest.case_labels.items() if c in labels and int(lab) != labels[c]),
+                     key=_id_key)
+    if flipped:
+        c = flipped[0]
+        raise HfcnError(f"{len(flipped)} case(s) have other labels than the manifest records (e.g. {c}: "
+                        f"{LABEL_NAMES[int(manifest.case_labels[c])]} in the manifest, {LABEL_NAMES[labels[c]]} now)",
+                        hint="load the data as the run did; its loader options (class mapping included): "
+                        f"{manifest.data.get('options')}")

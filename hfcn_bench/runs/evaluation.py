@@ -37,15 +37,27 @@ __all__ = ["evaluate_run", "load_run_data", "overlap_with_training", "fitted_mod
 Progress = Callable[[str, int, int, dict], None]
 
 
-def load_run_data(run: RunFolder, data: str | Path | None = None):
-    """The dataset a run names (or ``data``), loaded with the run's label rule and options."""
+def load_run_data(run: RunFolder, data: str | Path | None = None, classes=None):
+    """The dataset a run names (or ``data``), loaded with the run's label rule and options.
+
+    A folder dataset's class mapping: ``classes`` when given; else the run's recorded one for
+    the run's own data, and for ``data`` when every folder it maps is there (another folder
+    dataset with the default benign/ and malignant/ names is read without it)."""
     from ..data import load_dataset
+    from ..data.folder import has_class_folders
 
     root = data if data is not None else run.manifest.data.get("root")
     if not root:
         raise HfcnError(f"{run.path}: the manifest names no data folder", hint="pass --data DIR")
-    opts = {k: v for k, v in (run.manifest.data.get("options") or {}).items()
-            if k in ("margin", "empty_outline", "truncated")}
+    recorded = run.manifest.data.get("options") or {}
+    opts = {k: v for k, v in recorded.items() if k in ("margin", "empty_outline", "truncated")}
+    if classes is None and recorded.get("classes"):
+        own = data is None or Path(data).expanduser().resolve() == Path(str(run.manifest.data.get("root"))).resolve()
+        mapped = recorded["classes"]
+        if own or all(has_class_folders(root, {k: v}) for k, v in mapped.items()):
+            classes = mapped
+    if classes is not None:
+        opts["classes"] = classes
     with warnings.catch_warnings():
         # The warts were reported when the run was trained (or by `data check`); the
         # fingerprint and overlap checks below are what matter now.
@@ -112,12 +124,14 @@ def evaluate_run(
     device: str = "cpu",
     allow_overlap: bool = False,
     progress: Progress | None = None,
+    classes=None,
 ) -> dict:
     """Score a run folder from its saved models (see the module docstring).
 
     ``data``: the dataset folder (default: the one in the manifest). Same fingerprint as the
     run's data: internal re-evaluation; any other: external validation. ``aggregate``: None
-    (per ROI), "mean" or "max" (per case), "run" (the run's own). Returns the report, with
+    (per ROI), "mean" or "max" (per case), "run" (the run's own). ``classes``: a folder
+    dataset's class mapping (default: the run's, see :func:`load_run_data`). Returns the report, with
     ``external`` True/False, ``run`` and ``checkpoint``.
     """
     run = read_run(run_dir)
@@ -127,7 +141,7 @@ def evaluate_run(
         aggregate = protocol.get("aggregate")
     n_boot = int(protocol.get("n_boot", 1000) if n_boot is None else n_boot)
     models = fitted_models(run, checkpoint, device)
-    ds = load_run_data(run, data)
+    ds = load_run_data(run, data, classes)
     if data is None or ds.fingerprint == run.manifest.fingerprint:
         verify_manifest(run.manifest, ds)
         report = _internal(run, system, models, ds, checkpoint, aggregate, n_boot, progress)
@@ -146,7 +160,7 @@ def _internal(run, system, models, ds, checkpoint, aggregate, n_boot, progress) 
             _retune_last(system, fitted, train_samples)
         out = system.predict(fitted, test_samples, progress=progress)
         for name, res in score_split(system, fitted, out, train_samples, fold, n_boot=n_boot, aggregate=aggregate,
-                                     kfold=kfold).items():
+                                     kfold=kfold, method=split.method).items():
             folds.setdefault(name, []).append(res)
         summaries.append(out.summaries)
         timings.append({**fitted.timings, "predict_s": out.seconds})

@@ -24,7 +24,7 @@ import torch
 
 from ..atomic import atomic_write, write_json_atomic
 from ..data.collection import LoadedDataset
-from ..data.splits import Split, case_labels, write_manifest
+from ..data.splits import SPLIT_DESCRIPTIONS, Split, case_labels, write_manifest
 from ..errors import HfcnError
 from ..protocol import (FoldResult, Predictions, fold_boot, mark_finished, pool_folds, pool_timings,
                         read_fitted, remove_stray_temps, score_predictions, verify_files, write_fitted, write_header)
@@ -92,14 +92,15 @@ def load_fitted(system: System, directory: Path, checkpoint: str = "best", devic
 
 
 def score_split(system: System, fitted: Fitted, output: Output, train_samples: Sequence, fold: int | None, *,
-                n_boot: int, aggregate: str | None, kfold: bool) -> dict[str, FoldResult]:
-    """Each output's test report at its training-side threshold, as :class:`FoldResult`s."""
+                n_boot: int, aggregate: str | None, kfold: bool, method: str | None = None) -> dict[str, FoldResult]:
+    """Each output's test report at its training-side threshold, as :class:`FoldResult`s.
+    ``method``: the split's (``given``: the report says it is the dataset's own split)."""
     tr = list(train_samples)
     out = {}
     for name, pred in output.predictions.items():
         thr, source = fitted.threshold(name, aggregate)
         roi_thr = thr if aggregate is None else fitted.threshold(name, None)[0]
-        split = "case-level split"
+        split = SPLIT_DESCRIPTIONS["given"] if method == "given" else "case-level split"
         rep = score_predictions(pred, thr, y_train=[s.label for s in tr], seed=fitted.config.seed,
                                 n_boot=fold_boot(n_boot) if kfold else n_boot, aggregate=aggregate,
                                 train_case_labels=case_labels(tr), threshold_source=source,
@@ -168,6 +169,7 @@ def assemble_report(system: System, cfg, folds: dict[str, list[FoldResult]], sum
     report["timings"] = pool_timings(timings) if kind == "kfold" else timings[0]
     if kind != "kfold":
         report["training"] = trainings[0]
+    report["split"] = {"method": kind, "description": SPLIT_DESCRIPTIONS.get(kind, kind)}
     report.update({"kind": kind, "system": {"name": system.name, "paper": system.paper,
                                             "description": system.description},
                    "config": config_to_dict(cfg), "system_config": config_to_dict(cfg),
@@ -224,7 +226,8 @@ def train_run(
     header: dict | None = None,
 ) -> dict:
     """Fit and score ``system`` (a registered name or a :class:`System`) on ``splits`` (one
-    case-level split, or the folds of ``data.kfold``) and return the report.
+    case-level split, the folds of ``data.kfold``, or the dataset's own split,
+    ``data.given_split``) and return the report.
 
     ``config``: the system's config instance (``system.configure(preset, overrides)``). With
     ``out_dir`` the run folder is written (see :mod:`hfcn_bench.protocol.runfolder`); a stray
@@ -245,7 +248,8 @@ def train_run(
     if out is not None:
         remove_stray_temps(out)
         write_manifest(out / "split.json", dataset, splits)
-        split_info = {"method": kind, "seed": splits[0].seed, "params": dict(splits[0].params)}
+        split_info = {"method": kind, "description": SPLIT_DESCRIPTIONS.get(kind, kind), "seed": splits[0].seed,
+                      "params": dict(splits[0].params)}
         write_header(out, {"system": spec.name, "config": config_to_dict(config), "data": dataset.describe(),
                            "split": split_info, "protocol": {"n_boot": int(n_boot), "aggregate": aggregate,
                                                              "seed": int(config.seed)}, **(header or {})})
@@ -264,7 +268,7 @@ def train_run(
         fitted = fit_split(spec, config, train_samples, fd, progress, resume, keep_last)
         output = spec.predict(fitted, test_samples, progress=progress)
         for name, res in score_split(spec, fitted, output, train_samples, split.fold, n_boot=n_boot,
-                                     aggregate=aggregate, kfold=kfold).items():
+                                     aggregate=aggregate, kfold=kfold, method=split.method).items():
             folds.setdefault(name, []).append(res)
         summaries.append(output.summaries)
         timings.append(_timings(spec, fitted, output))

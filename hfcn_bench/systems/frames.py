@@ -69,7 +69,8 @@ def group_frames(samples: Sequence[Sample], need_outline: bool = False, what: st
             raise HfcnError(
                 f"ROI {s.key} ({s.image_path}) has no nodule {'outline' if need_outline else 'box'}; the {what or 'frame'}"
                 " stage learns where the nodule is from the annotated outlines",
-                hint="use DDTI-format data (outlines in the case XML); folder-format images give only a class")
+                hint="use DDTI-format data (outlines in the case XML), or folder-format images with masks "
+                "(CLASS/masks/NAME.png or CLASS/NAME_mask.png: each mask gives the nodule's outline)")
         f = frames.get(s.image_path)
         if f is None:
             frames[s.image_path] = Frame(s.image_path, s.case_id, s.frame, s.label, s.frame_size, [s])

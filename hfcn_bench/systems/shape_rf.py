@@ -18,8 +18,9 @@ its frame can carry:
   (an ill-defined margin has a weak edge).
 
 Sizes are in frame pixels: DDTI frames share one scale (560x360), and the model sees the same
-unit on both sides of the split. Samples without an outline (folder format, full-frame ROIs)
-cannot be described and raise :class:`HfcnError`.
+unit on both sides of the split. Folder-format images with a mask carry the mask's outline
+(``data.contour``); samples without an outline (whole-image ROIs) cannot be described and raise
+:class:`HfcnError`.
 """
 
 from __future__ import annotations
@@ -164,8 +165,8 @@ def outline_features(sample: Sample, gray: np.ndarray | None = None, config: Sha
     cfg = config or ShapeRFConfig()
     if not sample.polygon or len(sample.polygon) < 3:
         raise HfcnError(f"ROI {sample.key} ({sample.image_path}) has no nodule outline; shape_rf describes the "
-                        "outline polygon", hint="use DDTI-format data (outlines in the case XML); folder-format "
-                        "images and masks give only a box")
+                        "outline polygon", hint="use DDTI-format data (outlines in the case XML), or give the "
+                        "folder-format image a mask (CLASS/masks/NAME.png or CLASS/NAME_mask.png)")
     p = np.asarray(sample.polygon, dtype=np.float64)
     area_signed = _shoelace(p)
     area = abs(area_signed)
@@ -233,8 +234,8 @@ def _features(samples: Sequence[Sample], cfg: ShapeRFConfig, progress, what: str
     if missing:
         raise HfcnError(f"shape_rf needs a nodule outline for every ROI; {len(missing)} of {len(samples)} {what} ROIs "
                         f"have none (e.g. {missing[0].key}, {missing[0].roi_kind} ROI from {missing[0].image_path})",
-                        hint="use DDTI-format data (outlines in the case XML); folder-format images and masks "
-                             "give only a box")
+                        hint="use DDTI-format data (outlines in the case XML), or give every folder-format image "
+                             "a mask (CLASS/masks/NAME.png or CLASS/NAME_mask.png)")
     rows, keep, frames = [], [], {}
     for i, s in enumerate(samples):
         try:
@@ -318,8 +319,8 @@ class ShapeRF(System):
 
     def limitations(self, cfg) -> list[str]:
         return [*LIMITATIONS,
-                "outlines are the radiologists' annotations, not a segmentation network's masks (the paper's "
-                "TransUNet stage is not part of this baseline)",
+                "outlines are the annotations (DDTI's outlines, or the masks of a folder dataset), not a segmentation "
+                "network's masks (the paper's TransUNet stage is not part of this baseline)",
                 f"forest hyper-parameters are scikit-learn defaults with n_estimators={cfg.n_estimators}; the paper's "
                 "are not published"]
 
