@@ -264,3 +264,31 @@ def test_weights_flag_is_refused_where_there_is_no_trunk(data, tmp_path):
     code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--weights", "w.pt",
                       "--out", str(tmp_path / "a")])
     assert code == 1 and "shape_rf has no pretrained trunk" in text and "transfer_svm" in text
+
+
+def test_eval_refuses_near_duplicates_of_training_images(trained, data, tmp_path):
+    """The external set is the training set in disguise: its frames re-encoded at JPEG quality
+    75, cropped to 90 % and renumbered (a folder-format copy). Byte checks miss every one of
+    them; the near-duplicate check names the files and their training twins."""
+    out, _ = trained
+    train_cases = json.loads((out / "split.json").read_text())["splits"][0]["train"]
+    frames = [p for c in train_cases[:6] for p in sorted((data / "raw_jpg").glob(f"{c}_*.jpg"))]
+    disguised = tmp_path / "disguised"
+    for i, src in enumerate(frames):
+        im = Image.open(src).convert("RGB")
+        w, h = im.size
+        dx, dy = round(w * 0.05), round(h * 0.05)
+        folder = disguised / ("benign" if i % 2 else "malignant")
+        folder.mkdir(parents=True, exist_ok=True)
+        im.crop((dx, dy, w - dx, h - dy)).save(folder / f"img{900 + i}.jpg", quality=75)
+    rc, text = run(["eval", "--run", str(out), "--data", str(disguised)])
+    text = " ".join(text.split())
+    assert rc == 1 and "near-duplicates" in text and "--allow-overlap" in text, text
+    assert f"{len(frames)} image(s)" in text and "0 with the same bytes" in text
+    rc, text = run(["eval", "--run", str(out), "--data", str(disguised), "--allow-overlap", "--json"])
+    assert rc == 0, text
+    rep = json.loads(text)
+    assert len(rep["overlap"]) == len(frames)
+    for i, src in enumerate(frames):  # each file named with its own training twin
+        name = f"{'benign' if i % 2 else 'malignant'}/img{900 + i}.jpg"
+        assert any(o.startswith(f"{name} (near-duplicate of training image raw_jpg/{src.name}:") for o in rep["overlap"])

@@ -11,8 +11,10 @@ on another labelled dataset (external validation), for any system.
   threshold is the run's own, chosen on its training side; it is never re-tuned on the
   external set. The report states the training and external prevalences side by side, scores
   the majority baseline on the external set and judges calibration (Brier score, reliability).
-  Images of the external set that are byte-identical to the run's training images are refused
-  (they would not be external), unless ``allow_overlap``.
+  Images of the external set that are byte-identical to the run's training images, or
+  near-duplicates of them (re-encoded, resized, cropped, a pane of a dual-view frame, a
+  brightness change: :mod:`hfcn_bench.data.neardup`), are refused (they would not be
+  external), unless ``allow_overlap``; the report then carries the overlap.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..systems import get_system
 from ..systems.base import config_to_dict
 from .training import assemble_report, load_fitted, pool_summary, score_split
 
-__all__ = ["evaluate_run", "load_run_data", "overlap_with_training", "fitted_models"]
+__all__ = ["evaluate_run", "load_run_data", "overlap_with_training", "near_duplicates_of_training", "fitted_models"]
 
 Progress = Callable[[str, int, int, dict], None]
 
@@ -84,6 +86,33 @@ def overlap_with_training(run: RunFolder, dataset) -> list[str]:
             if entry not in out:
                 out.append(entry)
     return out
+
+
+def near_duplicates_of_training(run: RunFolder, dataset, threshold: float | None = None) -> list[str]:
+    """Images of ``dataset`` that are near-duplicates of the run's training images (the
+    training cases of every split, read from the run's own data folder), each as ``"file
+    (near-duplicate of training image T: kind, score S)"``. When the training images cannot be
+    read any more, a :class:`DataWarning` says so and nothing is checked beyond the bytes."""
+    from ..data.neardup import DEFAULT_THRESHOLD, find_overlap, hash_images
+
+    train_cases = {c for s in run.manifest.splits for c in s.train}
+    try:
+        train_ds = load_run_data(run)
+    except HfcnError as exc:
+        warnings.warn(f"{run.path}: its training images could not be read ({exc}); the external set is checked for "
+                      "byte-identical training images only, not for near-duplicates", DataWarning, stacklevel=2)
+        return []
+    train_paths = sorted({str(s.image_path) for s in train_ds.samples if s.case_id in train_cases})
+    ext_paths = sorted({str(s.image_path) for s in dataset.samples})
+    if not train_paths or not ext_paths:
+        return []
+    ia = hash_images(train_paths, root=train_ds.root)
+    ib = hash_images(ext_paths, root=dataset.root)
+    found: dict[str, str] = {}
+    for m in find_overlap(ia, ib, threshold=DEFAULT_THRESHOLD if threshold is None else threshold):
+        if m.b not in found:
+            found[m.b] = f"{m.b} (near-duplicate of training image {m.a}: {m.kind}, score {m.score:.3f})"
+    return [found[k] for k in sorted(found)]
 
 
 def fitted_models(run: RunFolder, checkpoint: str = "best", device: str = "cpu", fold: int | None = None):
@@ -175,11 +204,15 @@ def _internal(run, system, models, ds, checkpoint, aggregate, n_boot, progress) 
 
 def _external(run, system, models, ds, aggregate, n_boot, allow_overlap, progress) -> dict:
     overlap = overlap_with_training(run, ds)
-    if overlap and not allow_overlap:
-        shown = ", ".join(overlap[:8]) + (f" and {len(overlap) - 8} more" if len(overlap) > 8 else "")
-        raise HfcnError(f"{len(overlap)} image(s) of {ds.root} are training images of {run.path} (same bytes): "
-                        f"{shown}", hint="an external set must not contain training images; --allow-overlap scores "
-                        "it anyway")
+    same = {o.split(" (")[0] for o in overlap}
+    near = [o for o in near_duplicates_of_training(run, ds) if o.split(" (")[0] not in same]
+    if (overlap or near) and not allow_overlap:
+        both = overlap + near
+        shown = "; ".join(both[:8]) + (f" and {len(both) - 8} more" if len(both) > 8 else "")
+        raise HfcnError(f"{len(both)} image(s) of {ds.root} are training images of {run.path} ({len(overlap)} with the "
+                        f"same bytes, {len(near)} near-duplicates): {shown}",
+                        hint="an external set must not contain training images; --allow-overlap scores it anyway")
+    overlap = overlap + near
     samples = [s for s in ds.samples if s.label is not None]
     if not samples:
         raise HfcnError(f"{ds.root}: no labelled ROI to score")
