@@ -12,7 +12,8 @@
 #      device's peak, the model's step times);
 #   5. runs a short `reproduce` grid on the GPU (smoke preset, embedded phantoms);
 #   6. when real DDTI is at hand ($HFCN_DDTI_DIR, or ../shared/data/ddti/raw beside the
-#      checkout), spends the time left on the whole 224 px `reproduce --table all` grid; the
+#      checkout), spends the time left on the whole 224 px `reproduce --table all` grid (Tables 3,
+#      4 and 5), then on Table 4 for resnet50, inception_v3, xception and vgg19 (cheapest first); the
 #      grid's cells are cached, so a second run of this script resumes it.
 # Every log and report goes under OUT_DIR; the venv, the extension cache and the grid's cells go
 # under HFCN_GPU_CHECK_WORK (default OUT_DIR/work: point it elsewhere when only the logs should
@@ -185,6 +186,14 @@ else
   # Leave 20 s to write the report of the cells that finished.
   step ddti_grid $(( $(left) - 20 )) hfcn-bench reproduce --table all --preset cpu --folds 5 --label-rule tirads \
     --data "$DDTI" --device cuda --engine "$ENGINE" --workers "${HFCN_GPU_CHECK_WORKERS:-4}" --out "$GRID"
+  # Then the paper's other Table-4 backbones, cheapest first (by their FLOPs per 224 px image), so
+  # that a short loan still finishes whole rows; the same --out, so the grid's cells are shared.
+  for bb in resnet50 inception_v3 xception vgg19; do
+    [ "${STATUS[ddti_grid]}" = ok ] && [ "$(left)" -gt 60 ] || break
+    step ddti_grid $(( $(left) - 20 )) hfcn-bench reproduce --table 4 --backbones "$bb" --preset cpu --folds 5 \
+      --label-rule tirads --data "$DDTI" --device cuda --engine "$ENGINE" --workers "${HFCN_GPU_CHECK_WORKERS:-4}" \
+      --out "$GRID"
+  done
   done_cells=$(find "$GRID/cells" -mindepth 2 -maxdepth 2 -name metrics.json 2> /dev/null | wc -l)
   all_cells=$(find "$GRID/cells" -mindepth 1 -maxdepth 1 -type d 2> /dev/null | wc -l)
   cp "$GRID/report.md" "$GRID/report.json" "$OUT/" 2> /dev/null || true
