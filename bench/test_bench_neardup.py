@@ -43,12 +43,24 @@ from PIL import Image
 
 from hfcn_bench.data import neardup as nd
 from hfcn_bench.data import write_synthetic_ddti
-from hfcn_bench.data.neardup import (DEFAULT_RADIUS, DEFAULT_THRESHOLD, find_groups, find_images, find_overlap,
-                                     hash_images)
+from hfcn_bench.data.neardup import (
+    DEFAULT_RADIUS,
+    DEFAULT_THRESHOLD,
+    find_groups,
+    find_images,
+    find_overlap,
+    hash_images,
+)
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "neardup"
-TARGETS = {"re-encoded q50": 0.99, "re-encoded q75": 0.99, "re-encoded q95": 0.99, "resized": 0.99,
-           "cropped": 0.95, "pane": 0.95}
+TARGETS = {
+    "re-encoded q50": 0.99,
+    "re-encoded q75": 0.99,
+    "re-encoded q95": 0.99,
+    "resized": 0.99,
+    "cropped": 0.95,
+    "pane": 0.95,
+}
 MAX_FALSE_RATE = 1e-4
 MIN_FPS = 100.0
 PHANTOM_CASES = 120
@@ -102,8 +114,9 @@ def _same_picture_groups(paths: list[Path]) -> list[int]:
 
     for i in range(len(paths)):
         for j in range(i + 1, len(paths)):
-            same = shas[i] == shas[j] or (pix[i].shape == pix[j].shape
-                                          and (np.abs(pix[i] - pix[j]) <= 10).mean() >= 0.95)
+            same = shas[i] == shas[j] or (
+                pix[i].shape == pix[j].shape and (np.abs(pix[i] - pix[j]) <= 10).mean() >= 0.95
+            )
             if same:
                 parent[root(j)] = root(i)
     return [root(i) for i in range(len(paths))]
@@ -156,8 +169,11 @@ def _make_sets(root: Path, paths: list[Path], out: Path, seed: int = 0):
         for q in (50, 75, 95):
             put(f"re-encoded q{q}", i, _jpeg(im, q))
         s, aspect = rng.uniform(0.5, 1.5), rng.uniform(0.93, 1.07)
-        put("resized", i, _jpeg(im.resize((max(8, round(im.width * s * aspect)), max(8, round(im.height * s))),
-                                          Image.BILINEAR), 90))
+        put(
+            "resized",
+            i,
+            _jpeg(im.resize((max(8, round(im.width * s * aspect)), max(8, round(im.height * s))), Image.BILINEAR), 90),
+        )
         area = rng.uniform(0.70, 0.95)
         ratio = np.exp(rng.uniform(-1, 1) * np.log(min(1 / np.sqrt(area), 1.15)))
         fw, fh = min(1.0, np.sqrt(area) * ratio), min(1.0, np.sqrt(area) / ratio)
@@ -184,8 +200,9 @@ def _run(source: str, tmp: Path, benchmark=None) -> dict:
 
     # hashing speed: the originals, decoded and hashed on one core
     if benchmark is not None:
-        index = benchmark.pedantic(hash_images, args=([a_dir / n for n in names],), kwargs={"root": a_dir},
-                                   rounds=3, iterations=1)
+        index = benchmark.pedantic(
+            hash_images, args=([a_dir / n for n in names],), kwargs={"root": a_dir}, rounds=3, iterations=1
+        )
         seconds = benchmark.stats.stats.min
     else:
         t0 = time.perf_counter()
@@ -213,8 +230,11 @@ def _run(source: str, tmp: Path, benchmark=None) -> dict:
     n_verified = len(set(zip(cand["a"].tolist(), cand["b"].tolist())))
     a_pos = {n: i for i, n in enumerate(a_index.names)}
     cand_pairs = set(zip(cand["a"].tolist(), cand["b"].tolist()))
-    exact_pairs = {(a_pos[truth[bn][2]], j) for j, bn in enumerate(b_index.names)
-                   if a_index.pixels[a_pos[truth[bn][2]]] == b_index.pixels[j]}
+    exact_pairs = {
+        (a_pos[truth[bn][2]], j)
+        for j, bn in enumerate(b_index.names)
+        if a_index.pixels[a_pos[truth[bn][2]]] == b_index.pixels[j]
+    }
 
     found = defaultdict(set)
     kinds = defaultdict(Counter)
@@ -268,19 +288,28 @@ def _run(source: str, tmp: Path, benchmark=None) -> dict:
 
     summary = {
         "source": source,
-        "originals": len(names), "dual_view_frames": len(dual_names), "copies": len(b_index),
-        "threshold": DEFAULT_THRESHOLD, "radius": DEFAULT_RADIUS,
+        "originals": len(names),
+        "dual_view_frames": len(dual_names),
+        "copies": len(b_index),
+        "threshold": DEFAULT_THRESHOLD,
+        "radius": DEFAULT_RADIUS,
         "recall": recall,
         "hash_stage_recall": {k: round(v["hash_stage"] / v["copies"], 4) for k, v in per_kind.items()},
         "copies_per_transformation": {k: v["copies"] for k, v in per_kind.items()},
         "missed": sorted(missed),
         "class_given": {k: dict(v.most_common()) for k, v in kinds.items()},
-        "distinct_pairs": {"originals, different cases": n_pairs["different cases"],
-                           "originals, one case": n_pairs["one case"], "copies x other originals": cross_pairs,
-                           "total": total_pairs},
-        "false_matches": {"originals, different cases": len(false_within["different cases"]),
-                          "originals, one case": len(false_within["one case"]),
-                          "copies x other originals": len(false_cross), "total": total_false},
+        "distinct_pairs": {
+            "originals, different cases": n_pairs["different cases"],
+            "originals, one case": n_pairs["one case"],
+            "copies x other originals": cross_pairs,
+            "total": total_pairs,
+        },
+        "false_matches": {
+            "originals, different cases": len(false_within["different cases"]),
+            "originals, one case": len(false_within["one case"]),
+            "copies x other originals": len(false_cross),
+            "total": total_false,
+        },
         "false_match_rate": total_false / max(total_pairs, 1),
         "false_match_examples": [m.to_dict() for v in false_within.values() for m in v][:10]
         + [m.to_dict() for m in false_cross][:10],
@@ -293,10 +322,12 @@ def _run(source: str, tmp: Path, benchmark=None) -> dict:
         "distinct_candidates_verified": len(rejected_scores),
         "hash_frames_per_s_one_core": round(fps, 1),
         "windows": int(index.hashes.shape[1]),
-        "pairs_verified": n_verified, "pairs_verified_per_s": n_verified / overlap_s,
+        "pairs_verified": n_verified,
+        "pairs_verified_per_s": n_verified / overlap_s,
         "scale": _scale(index.hashes, n_verified / overlap_s),
         "hash_seconds": round(seconds, 3),
-        "find_overlap_seconds": round(overlap_s, 2), "find_groups_seconds": round(groups_s, 2),
+        "find_overlap_seconds": round(overlap_s, 2),
+        "find_groups_seconds": round(groups_s, 2),
         "command": "pytest --benchmark bench/test_bench_neardup.py",
     }
     _write(summary)
@@ -326,8 +357,14 @@ def _scale(hashes: np.ndarray, pairs_per_s: float, n: int = 10_000, flip: float 
     c = nd._candidates(ia, ib, DEFAULT_RADIUS, same=False, per_image=32)
     seconds = time.perf_counter() - t0
     pairs = len(set(zip(c["a"].tolist(), c["b"].tolist())))
-    return {"images": n, "flip_probability": flip, "join_seconds": round(seconds, 1), "candidate_pairs": pairs,
-            "candidate_pairs_per_image": pairs / n, "verify_minutes_estimate": pairs / pairs_per_s / 60}
+    return {
+        "images": n,
+        "flip_probability": flip,
+        "join_seconds": round(seconds, 1),
+        "candidate_pairs": pairs,
+        "candidate_pairs_per_image": pairs / n,
+        "verify_minutes_estimate": pairs / pairs_per_s / 60,
+    }
 
 
 def _figure(source: str, true_scores: list[float], distinct_scores: list[float]) -> None:
@@ -355,40 +392,49 @@ def _figure(source: str, true_scores: list[float], distinct_scores: list[float])
 def _write(s: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{s['source']}.json").write_text(json.dumps(s, indent=1) + "\n", encoding="utf-8")
-    rows = "\n".join(f"| {k} | {s['copies_per_transformation'][k]} | {s['recall'][k]:.4f} | "
-                     f"{s['hash_stage_recall'][k]:.4f} | {TARGETS.get(k, '—')} | "
-                     f"{', '.join(f'{c} {n}' for c, n in s['class_given'].get(k, {}).items())} |"
-                     for k in sorted(s["recall"]))
+    rows = "\n".join(
+        f"| {k} | {s['copies_per_transformation'][k]} | {s['recall'][k]:.4f} | "
+        f"{s['hash_stage_recall'][k]:.4f} | {TARGETS.get(k, '—')} | "
+        f"{', '.join(f'{c} {n}' for c, n in s['class_given'].get(k, {}).items())} |"
+        for k in sorted(s["recall"])
+    )
     dp, fm = s["distinct_pairs"], s["false_matches"]
-    md = f"""# Near-duplicate detection on {s['source']}
+    md = f"""# Near-duplicate detection on {s["source"]}
 
-`{s['command']}` — threshold {s['threshold']} (detail correlation), candidate radius {s['radius']} bits.
-{s['originals']} original frames and {s['dual_view_frames']} synthetic dual-view frames (A) against {s['copies']} copies (B).
+`{s["command"]}` — threshold {s["threshold"]} (detail correlation), candidate radius {s["radius"]} bits.
+{s["originals"]} original frames and {s["dual_view_frames"]} synthetic dual-view frames (A)
+against {s["copies"]} copies (B).
 
 | transformation | copies | recall | hash-stage recall | target | class given (to the true source) |
 | --- | --- | --- | --- | --- | --- |
 {rows}
 
-False matches over distinct pairs: {fm['total']} of {dp['total']:,} ({s['false_match_rate']:.2e}; target <= {MAX_FALSE_RATE:g}):
-originals of different cases {fm['originals, different cases']} of {dp['originals, different cases']:,};
-frames of one case {fm['originals, one case']} of {dp['originals, one case']:,};
-copies against the originals they do not come from {fm['copies x other originals']} of {dp['copies x other originals']:,}.
+False matches over distinct pairs: {fm["total"]} of {dp["total"]:,}
+({s["false_match_rate"]:.2e}; target <= {MAX_FALSE_RATE:g}):
+originals of different cases {fm["originals, different cases"]} of {dp["originals, different cases"]:,};
+frames of one case {fm["originals, one case"]} of {dp["originals, one case"]:,};
+copies against the originals they do not come from
+{fm["copies x other originals"]} of {dp["copies x other originals"]:,}.
 Scores (detail correlation) of the verified candidate pairs: a copy against its own source
-lowest {s['true_score_min']}, 1st percentile {s['true_score_p01']}, under the threshold {s['true_verified_below_threshold']}
+lowest {s["true_score_min"]}, 1st percentile {s["true_score_p01"]},
+under the threshold {s["true_verified_below_threshold"]}
 (a wrongly aligned window, when any); against another legitimate twin (a dual-view frame holding it, a
-same-picture frame) lowest {s['twin_score_min']}; the {s['distinct_candidates_verified']:,} distinct pairs verified at most
-{s['distinct_candidate_score_max']} (`{s['source']}_scores.png`).
+same-picture frame) lowest {s["twin_score_min"]}; the {s["distinct_candidates_verified"]:,} distinct pairs verified
+at most
+{s["distinct_candidate_score_max"]} (`{s["source"]}_scores.png`).
 
-Hashing: {s['hash_frames_per_s_one_core']} frames/s on one core (decode, thumbnails, {s['windows']} window hashes;
-{s['originals']} frames in {s['hash_seconds']} s). find_overlap: {s['find_overlap_seconds']} s for {s['pairs_verified']:,}
-image pairs verified ({s['pairs_verified_per_s']:.0f}/s); find_groups on the originals: {s['find_groups_seconds']} s.
+Hashing: {s["hash_frames_per_s_one_core"]} frames/s on one core (decode, thumbnails, {s["windows"]} window hashes;
+{s["originals"]} frames in {s["hash_seconds"]} s).
+find_overlap: {s["find_overlap_seconds"]} s for {s["pairs_verified"]:,}
+image pairs verified ({s["pairs_verified_per_s"]:.0f}/s); find_groups on the originals: {s["find_groups_seconds"]} s.
 
 Index at 10,000 x 10,000 images (window hashes of these originals, each bit flipped with
-probability {s['scale']['flip_probability']}, so that many pairs are close): the multi-index join took
-{s['scale']['join_seconds']} s and left {s['scale']['candidate_pairs']:,} image pairs to verify
-({s['scale']['candidate_pairs_per_image']:.1f} per image; at the rate above, {s['scale']['verify_minutes_estimate']:.0f} min).
+probability {s["scale"]["flip_probability"]}, so that many pairs are close): the multi-index join took
+{s["scale"]["join_seconds"]} s and left {s["scale"]["candidate_pairs"]:,} image pairs to verify
+({s["scale"]["candidate_pairs_per_image"]:.1f} per image; at the rate above,
+ {s["scale"]["verify_minutes_estimate"]:.0f} min).
 
-Same picture already in the source (one source for the counts): {len(s['same_picture_in_source'])} groups.
+Same picture already in the source (one source for the counts): {len(s["same_picture_in_source"])} groups.
 """
     (RESULTS / f"{s['source']}.md").write_text(md, encoding="utf-8")
 
@@ -397,11 +443,24 @@ Same picture already in the source (one source for the counts): {len(s['same_pic
 def test_neardup(benchmark, source, tmp_path):
     benchmark.group = f"near-duplicates: hashing the {source} originals (1 core)"
     s = _run(source, tmp_path, benchmark)
-    benchmark.extra_info.update({k: s[k] for k in ("recall", "hash_stage_recall", "false_match_rate", "false_matches",
-                                                   "distinct_pairs", "hash_frames_per_s_one_core", "true_score_min")})
+    benchmark.extra_info.update(
+        {
+            k: s[k]
+            for k in (
+                "recall",
+                "hash_stage_recall",
+                "false_match_rate",
+                "false_matches",
+                "distinct_pairs",
+                "hash_frames_per_s_one_core",
+                "true_score_min",
+            )
+        }
+    )
     low = {k: v for k, v in s["recall"].items() if v < TARGETS.get(k, 0.0)}
     assert not low, f"{source}: recall under target: {low} (missed: {s['missed'][:10]})"
     assert s["false_match_rate"] <= MAX_FALSE_RATE, (
         f"{source}: {s['false_matches']['total']} false matches in {s['distinct_pairs']['total']} distinct pairs "
-        f"(rate {s['false_match_rate']:.2e} > {MAX_FALSE_RATE:g}): {s['false_match_examples'][:3]}")
+        f"(rate {s['false_match_rate']:.2e} > {MAX_FALSE_RATE:g}): {s['false_match_examples'][:3]}"
+    )
     assert s["hash_frames_per_s_one_core"] >= MIN_FPS, f"{source}: hashing {s['hash_frames_per_s_one_core']} frames/s"

@@ -41,6 +41,7 @@ def test_op(benchmark, shape, method, direction, threads):
     benchmark.group = f"{direction} {shape.label} {threads}T"
     benchmark.extra_info.update({"parity": check["parity"], "threads": threads, "backend": ops.backend()})
     if direction == "forward":
+
         def run():
             with torch.no_grad():
                 return fn(x)

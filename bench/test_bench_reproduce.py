@@ -35,8 +35,13 @@ def data(tmp_path_factory):
 
 def _numbers(out):
     cells = build_cells(build_configs(GRID["table"], alphas=GRID["alphas"]), GRID["folds"])
-    return {c.key: (json.loads((out / "cells" / c.key / "metrics.json").read_text())["auc"],
-                    (out / "cells" / c.key / "predictions.csv").read_text()) for c in cells}
+    return {
+        c.key: (
+            json.loads((out / "cells" / c.key / "metrics.json").read_text())["auc"],
+            (out / "cells" / c.key / "predictions.csv").read_text(),
+        )
+        for c in cells
+    }
 
 
 def test_engine_scaling(benchmark, data, tmp_path):
@@ -44,18 +49,30 @@ def test_engine_scaling(benchmark, data, tmp_path):
     for name, engine, workers in (("local", "local", 1), ("ray1", "ray", 1), ("ray2", "ray", 2)):
         out = tmp_path / name
         t0 = time.perf_counter()
-        reports[name] = reproduce(ReproduceOptions(data=str(data), out=str(out), engine=engine, workers=workers, **GRID))
+        reports[name] = reproduce(
+            ReproduceOptions(data=str(data), out=str(out), engine=engine, workers=workers, **GRID)
+        )
         walls[name] = time.perf_counter() - t0
     ref = _numbers(tmp_path / "local")
     assert _numbers(tmp_path / "ray1") == ref and _numbers(tmp_path / "ray2") == ref, "engines disagree"
     overhead = reports["ray2"]["run"]["engine_overhead"]
     benchmark.group = "reproduce engines"
-    benchmark.extra_info.update({
-        "wall_local_1x1_s": walls["local"], "wall_ray_1x1_s": walls["ray1"], "wall_ray_2x1_s": walls["ray2"],
-        "speedup_2_over_1": walls["ray1"] / walls["ray2"],
-        "engine_overhead_s_per_cell": overhead["mean_s"], "engine_overhead_fraction": overhead["mean_fraction"],
-        "cell_s_mean": reports["ray2"]["summary"]["cell_s_mean"],
-    })
+    benchmark.extra_info.update(
+        {
+            "wall_local_1x1_s": walls["local"],
+            "wall_ray_1x1_s": walls["ray1"],
+            "wall_ray_2x1_s": walls["ray2"],
+            "speedup_2_over_1": walls["ray1"] / walls["ray2"],
+            "engine_overhead_s_per_cell": overhead["mean_s"],
+            "engine_overhead_fraction": overhead["mean_fraction"],
+            "cell_s_mean": reports["ray2"]["summary"]["cell_s_mean"],
+        }
+    )
     # the timed part: a rerun of the finished grid (every cell cached) on 2 Ray workers
-    benchmark.pedantic(lambda: reproduce(ReproduceOptions(data=str(data), out=str(tmp_path / "ray2"), engine="ray",
-                                                          workers=2, **GRID)), rounds=1, iterations=1)
+    benchmark.pedantic(
+        lambda: reproduce(
+            ReproduceOptions(data=str(data), out=str(tmp_path / "ray2"), engine="ray", workers=2, **GRID)
+        ),
+        rounds=1,
+        iterations=1,
+    )

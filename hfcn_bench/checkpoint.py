@@ -19,16 +19,24 @@ import pickle
 import re
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from .atomic import atomic_write
 from .errors import HfcnError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "peek_epoch",
-           "check_zip_integrity", "torch_load_reason"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "peek_epoch",
+    "check_zip_integrity",
+    "torch_load_reason",
+]
 
 CHECKPOINT_FORMAT = "hfcn-bench/checkpoint"
 CHECKPOINT_VERSION = 1
@@ -121,16 +129,16 @@ def check_zip_integrity(path: str | os.PathLike, what: str = "torch checkpoint",
     byte is unpickled, with the file's name."""
     path = Path(path)
     if not zipfile.is_zipfile(path):
-        raise HfcnError(f"{path}: not a readable {what} (truncated or damaged?): not a complete zip archive",
-                        hint=hint)
+        raise HfcnError(f"{path}: not a readable {what} (truncated or damaged?): not a complete zip archive", hint=hint)
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError) as exc:
         raise HfcnError(f"{path}: not a readable {what} (damaged zip archive: {exc})", hint=hint) from None
     if bad is not None:
-        raise HfcnError(f"{path}: damaged {what}: the checksum of its entry {bad!r} does not match its bytes",
-                        hint=hint)
+        raise HfcnError(
+            f"{path}: damaged {what}: the checksum of its entry {bad!r} does not match its bytes", hint=hint
+        )
 
 
 def torch_load_reason(exc: Exception) -> str:
@@ -175,7 +183,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise HfcnError(f"no checkpoint at {path}", hint="train first (hfcn-bench train --out RUN_DIR) or check the path")
+        raise HfcnError(
+            f"no checkpoint at {path}", hint="train first (hfcn-bench train --out RUN_DIR) or check the path"
+        )
     check_zip_integrity(path)
     try:
         obj = _torch_load(path)
@@ -186,16 +196,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             "code when unpickled",
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, KeyError, EOFError... on junk
-        raise HfcnError(f"{path}: not a readable torch checkpoint (truncated or damaged?): {torch_load_reason(exc)}",
-                        hint=DAMAGED_HINT) from None
+        raise HfcnError(
+            f"{path}: not a readable torch checkpoint (truncated or damaged?): {torch_load_reason(exc)}",
+            hint=DAMAGED_HINT,
+        ) from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        what = f"a {type(obj).__name__}" if not isinstance(obj, dict) else (
-            f"format tag {obj.get('format')!r}" if "format" in obj else "no format tag")
-        raise HfcnError(f"{path}: not an hfcn-bench checkpoint ({what})",
-                        hint="give a best.pt/last.pt from an hfcn-bench run folder")
+        what = (
+            f"a {type(obj).__name__}"
+            if not isinstance(obj, dict)
+            else (f"format tag {obj.get('format')!r}" if "format" in obj else "no format tag")
+        )
+        raise HfcnError(
+            f"{path}: not an hfcn-bench checkpoint ({what})",
+            hint="give a best.pt/last.pt from an hfcn-bench run folder",
+        )
     if obj.get("version") != CHECKPOINT_VERSION:
-        raise HfcnError(f"{path}: checkpoint version {obj.get('version')!r} is not supported "
-                        f"(this hfcn-bench reads version {CHECKPOINT_VERSION})")
+        raise HfcnError(
+            f"{path}: checkpoint version {obj.get('version')!r} is not supported "
+            f"(this hfcn-bench reads version {CHECKPOINT_VERSION})"
+        )
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
         raise HfcnError(f"{path}: damaged checkpoint, missing {', '.join(missing)}")

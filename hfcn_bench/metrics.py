@@ -93,9 +93,7 @@ def _check_binary(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
     if s.shape != y.shape:
         raise ValueError(f"y_true and prob differ in length: {y.shape[0]} vs {s.shape[0]}")
     if not np.isfinite(s).all():
-        raise ValueError(
-            f"prob holds a non-finite value at index {int(np.flatnonzero(~np.isfinite(s))[0])}"
-        )
+        raise ValueError(f"prob holds a non-finite value at index {int(np.flatnonzero(~np.isfinite(s))[0])}")
     return y, s
 
 
@@ -638,24 +636,31 @@ def delong_test(y_true: Any, prob_a: Any, prob_b: Any) -> dict[str, float]:
         tz = _average_ranks(np.concatenate([s[pos], s[neg]]))
         auc = (tz[:m].sum() - m * (m + 1) / 2.0) / (m * n)
         aucs.append(auc)
-        v10.append((tz[:m] - tx) / n)          # structural components over the positives
-        v01.append(1.0 - (tz[m:] - ty) / m)    # ... and over the negatives
+        v10.append((tz[:m] - tx) / n)  # structural components over the positives
+        v01.append(1.0 - (tz[m:] - ty) / m)  # ... and over the negatives
     s10 = np.cov(np.vstack(v10)) if m > 1 else np.zeros((2, 2))
     s01 = np.cov(np.vstack(v01)) if n > 1 else np.zeros((2, 2))
     cov = s10 / m + s01 / n
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     diff = float(aucs[0] - aucs[1])
     if var <= 1e-15:
-        return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "se": 0.0,
-                "z": float("nan"), "p": float("nan")}
+        return {
+            "auc_a": float(aucs[0]),
+            "auc_b": float(aucs[1]),
+            "diff": diff,
+            "se": 0.0,
+            "z": float("nan"),
+            "p": float("nan"),
+        }
     se = math.sqrt(var)
     z = diff / se
     p = math.erfc(abs(z) / math.sqrt(2.0))
     return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "se": se, "z": float(z), "p": float(p)}
 
 
-def paired_auc_difference(y_true: Any, prob_a: Any, prob_b: Any, case_ids: Any, n_boot: int = 1000,
-                          alpha: float = 0.05, seed: int = 0) -> dict[str, float]:
+def paired_auc_difference(
+    y_true: Any, prob_a: Any, prob_b: Any, case_ids: Any, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> dict[str, float]:
     """``AUC_a - AUC_b`` of two models on the same samples with a paired percentile interval:
     every bootstrap resample draws *cases* and scores both models on the same draw, so the
     interval reflects the difference, not two independent uncertainties. Resamples with one
@@ -676,8 +681,9 @@ def paired_auc_difference(y_true: Any, prob_a: Any, prob_b: Any, case_ids: Any, 
     return {"diff": float(point), "low": float(low), "high": float(high), "n_valid": len(vals)}
 
 
-def seed_pooled_auc(y_true: Any, runs: Sequence[Any], case_ids: Any, n_boot: int = 1000, alpha: float = 0.05,
-                    seed: int = 0) -> dict[str, Any]:
+def seed_pooled_auc(
+    y_true: Any, runs: Sequence[Any], case_ids: Any, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> dict[str, Any]:
     """ROC-AUC (or a paired AUC difference) of one model trained under several seeds, with an
     interval that holds both sources of noise: which cases were sampled, and how training went.
 
@@ -716,7 +722,14 @@ def seed_pooled_auc(y_true: Any, runs: Sequence[Any], case_ids: Any, n_boot: int
     if not pooled:
         raise UndefinedMetricError("the AUC is undefined on every resample")
     low, high = np.quantile(np.asarray(pooled), [alpha / 2.0, 1.0 - alpha / 2.0])
-    return {"per_seed": per_seed, "mean": float(np.mean(per_seed)),
-            "sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
-            "min": float(min(per_seed)), "max": float(max(per_seed)), "low": float(low), "high": float(high),
-            "n_seeds": len(per_seed), "n_valid": len(pooled)}
+    return {
+        "per_seed": per_seed,
+        "mean": float(np.mean(per_seed)),
+        "sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
+        "min": float(min(per_seed)),
+        "max": float(max(per_seed)),
+        "low": float(low),
+        "high": float(high),
+        "n_seeds": len(per_seed),
+        "n_valid": len(pooled),
+    }

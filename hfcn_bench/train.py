@@ -29,10 +29,11 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,8 +48,17 @@ from .errors import HfcnError
 from .models import HFCN, HFCNConfig, ModelSpec, available_backbones, build_model, hfcn_loss
 from .protocol import THRESHOLD_RULES, Predictions, choose_threshold
 
-__all__ = ["PRESETS", "TrainConfig", "TrainResult", "preset_config", "fit", "predict", "model_from_checkpoint",
-           "synthetic_acceptance", "RoiTensors"]
+__all__ = [
+    "PRESETS",
+    "TrainConfig",
+    "TrainResult",
+    "preset_config",
+    "fit",
+    "predict",
+    "model_from_checkpoint",
+    "synthetic_acceptance",
+    "RoiTensors",
+]
 
 Progress = Callable[[str, int, int, dict], None]
 
@@ -76,8 +86,12 @@ class TrainConfig(ModelSpec):
     weight_decay: float = field(default=1e-4, metadata=_meta("weight decay"))
     optimizer: str = field(default="adamw", metadata=_meta("optimizer", choices=OPTIMIZERS))
     schedule: str = field(default="cosine", metadata=_meta("learning-rate schedule per epoch", choices=SCHEDULES))
-    loss_reduction: str = field(default="mean", metadata=_meta(
-        "mean: class-weighted mean over the batch; sum: the paper's sum (eqs. 4-8)", choices=("mean", "sum")))
+    loss_reduction: str = field(
+        default="mean",
+        metadata=_meta(
+            "mean: class-weighted mean over the batch; sum: the paper's sum (eqs. 4-8)", choices=("mean", "sum")
+        ),
+    )
     grad_clip: float | None = field(default=None, metadata=_meta("max gradient norm (none: no clipping)"))
     w_malignant: float = field(default=3.0, metadata=_meta("loss weight of malignant samples (paper: 3)"))
     w_benign: float = field(default=2.0, metadata=_meta("loss weight of benign samples (paper: 2)"))
@@ -87,10 +101,13 @@ class TrainConfig(ModelSpec):
     seed: int = field(default=0, metadata=_meta("seed of the weights, batch order, augmentation and splits"))
     device: str = field(default="cpu", metadata=_meta("cpu, cuda, cuda:N or auto"))
     threads: int | None = field(default=None, metadata=_meta("torch CPU threads"))
-    val_fraction: float = field(default=0.2, metadata=_meta(
-        "fraction of the training cases held out to pick the epoch and the threshold"))
-    threshold_rule: str = field(default="youden", metadata=_meta(
-        "how the decision threshold is chosen on validation predictions", choices=THRESHOLD_RULES))
+    val_fraction: float = field(
+        default=0.2, metadata=_meta("fraction of the training cases held out to pick the epoch and the threshold")
+    )
+    threshold_rule: str = field(
+        default="youden",
+        metadata=_meta("how the decision threshold is chosen on validation predictions", choices=THRESHOLD_RULES),
+    )
     eval_batch_size: int = field(default=64, metadata=_meta("batch size of prediction"))
 
     def __post_init__(self):
@@ -98,6 +115,7 @@ class TrainConfig(ModelSpec):
 
     def validate(self) -> None:
         """Raise :class:`HfcnError` naming the first bad field."""
+
         def bad(name, what):
             raise HfcnError(f"training option {name}={getattr(self, name)!r}: {what}")
 
@@ -117,8 +135,9 @@ class TrainConfig(ModelSpec):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(name, "must be a positive integer")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
             bad("threads", "must be a positive integer or None")
         for name in ("lr", "w_malignant", "w_benign"):
             v = getattr(self, name)
@@ -126,10 +145,15 @@ class TrainConfig(ModelSpec):
                 bad(name, "must be a positive number")
         for name in ("momentum", "weight_decay"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < (1 if name == "momentum" else 1e3):
+            if (
+                not isinstance(v, (int, float))
+                or isinstance(v, bool)
+                or not 0 <= v < (1 if name == "momentum" else 1e3)
+            ):
                 bad(name, "out of range")
-        if self.grad_clip is not None and (not isinstance(self.grad_clip, (int, float))
-                                           or isinstance(self.grad_clip, bool) or not self.grad_clip > 0):
+        if self.grad_clip is not None and (
+            not isinstance(self.grad_clip, (int, float)) or isinstance(self.grad_clip, bool) or not self.grad_clip > 0
+        ):
             bad("grad_clip", "must be a positive number or None")
         if not isinstance(self.val_fraction, (int, float)) or not 0.0 <= self.val_fraction < 1.0:
             bad("val_fraction", "must be in [0, 1)")
@@ -148,21 +172,31 @@ class TrainConfig(ModelSpec):
         return HFCNConfig(**spec, seed=int(self.seed), input_size=int(self.image_size))
 
     def loop_settings(self) -> LoopSettings:
-        return LoopSettings(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                            optimizer=self.optimizer, momentum=self.momentum, schedule=self.schedule,
-                            grad_clip=self.grad_clip, seed=self.seed)
+        return LoopSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            schedule=self.schedule,
+            grad_clip=self.grad_clip,
+            seed=self.seed,
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error (a newer file)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise HfcnError(f"unknown training option(s) {unknown} in a saved config",
-                            hint="the run was written by another hfcn-bench version")
+            raise HfcnError(
+                f"unknown training option(s) {unknown} in a saved config",
+                hint="the run was written by another hfcn-bench version",
+            )
         return cls(**d)
 
 
@@ -174,17 +208,67 @@ class TrainConfig(ModelSpec):
 # paper CNN on DDTI). "default" and "quick" were tuned on this project's 2-core CPU (README);
 # "smoke" checks that the code runs (seconds; its numbers mean nothing).
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(optimizer="sgd", lr=1e-5, momentum=0.9, weight_decay=5e-4, batch_size=16, w_malignant=3.0,
-                  w_benign=2.0, branch_weight=0.5, alpha=0.6, image_size=224, epochs=100, schedule="none",
-                  loss_reduction="sum", augment=False),
-    "cpu": dict(optimizer="adamw", lr=3e-4, weight_decay=1e-4, batch_size=16, image_size=224, epochs=12,
-                schedule="cosine", loss_reduction="mean", augment=True),
-    "default": dict(optimizer="adamw", lr=3e-4, weight_decay=1e-4, batch_size=16, image_size=64, epochs=15,
-                    schedule="cosine", loss_reduction="mean", augment=True),
-    "quick": dict(optimizer="adamw", lr=5e-4, weight_decay=1e-4, batch_size=16, image_size=48, epochs=8,
-                  schedule="cosine", loss_reduction="mean", augment=True),
-    "smoke": dict(optimizer="adamw", lr=5e-4, weight_decay=1e-4, batch_size=16, image_size=32, epochs=1,
-                  schedule="none", loss_reduction="mean", augment=False, eval_batch_size=32),
+    "paper": dict(
+        optimizer="sgd",
+        lr=1e-5,
+        momentum=0.9,
+        weight_decay=5e-4,
+        batch_size=16,
+        w_malignant=3.0,
+        w_benign=2.0,
+        branch_weight=0.5,
+        alpha=0.6,
+        image_size=224,
+        epochs=100,
+        schedule="none",
+        loss_reduction="sum",
+        augment=False,
+    ),
+    "cpu": dict(
+        optimizer="adamw",
+        lr=3e-4,
+        weight_decay=1e-4,
+        batch_size=16,
+        image_size=224,
+        epochs=12,
+        schedule="cosine",
+        loss_reduction="mean",
+        augment=True,
+    ),
+    "default": dict(
+        optimizer="adamw",
+        lr=3e-4,
+        weight_decay=1e-4,
+        batch_size=16,
+        image_size=64,
+        epochs=15,
+        schedule="cosine",
+        loss_reduction="mean",
+        augment=True,
+    ),
+    "quick": dict(
+        optimizer="adamw",
+        lr=5e-4,
+        weight_decay=1e-4,
+        batch_size=16,
+        image_size=48,
+        epochs=8,
+        schedule="cosine",
+        loss_reduction="mean",
+        augment=True,
+    ),
+    "smoke": dict(
+        optimizer="adamw",
+        lr=5e-4,
+        weight_decay=1e-4,
+        batch_size=16,
+        image_size=32,
+        epochs=1,
+        schedule="none",
+        loss_reduction="mean",
+        augment=False,
+        eval_batch_size=32,
+    ),
 }
 
 
@@ -211,12 +295,24 @@ class RoiTensors:
     augmentation each batch is drawn through ``RoiDataset`` (draws depend on seed, epoch, index).
     """
 
-    def __init__(self, samples: Sequence[Sample], config: TrainConfig, augment: bool,
-                 progress: Progress | None = None, what: str = "ROIs"):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        config: TrainConfig,
+        augment: bool,
+        progress: Progress | None = None,
+        what: str = "ROIs",
+    ):
         from .data.dataset import RoiDataset
 
-        self.ds = RoiDataset(list(samples), size=config.image_size, letterbox=config.letterbox, augment=augment,
-                             normalize="imagenet", seed=config.seed)
+        self.ds = RoiDataset(
+            list(samples),
+            size=config.image_size,
+            letterbox=config.letterbox,
+            augment=augment,
+            normalize="imagenet",
+            seed=config.seed,
+        )
         self.augment = augment
         keep, self.skipped = [], []
         n = len(self.ds)
@@ -237,8 +333,11 @@ class RoiTensors:
         self.labels = torch.tensor([-1 if s.label is None else s.label for s in self.samples], dtype=torch.int64)
         self._fixed = None
         if not augment:
-            self._fixed = torch.stack([self.ds[int(i)][0] for i in self.index]) if keep else torch.zeros(
-                (0, 3, config.image_size, config.image_size))
+            self._fixed = (
+                torch.stack([self.ds[int(i)][0] for i in self.index])
+                if keep
+                else torch.zeros((0, 3, config.image_size, config.image_size))
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -281,8 +380,9 @@ def _eval_mode(model: HFCN):
         model.train(was_training)
 
 
-def _predict_tensors(model: HFCN, data: RoiTensors, batch_size: int, progress: Progress | None = None
-                     ) -> dict[str, np.ndarray]:
+def _predict_tensors(
+    model: HFCN, data: RoiTensors, batch_size: int, progress: Progress | None = None
+) -> dict[str, np.ndarray]:
     device = next(model.parameters()).device
     n = len(data)
     prob, gprob, cprob, cprobs = [], [], [], []
@@ -306,16 +406,27 @@ def _predict_tensors(model: HFCN, data: RoiTensors, batch_size: int, progress: P
     }
 
 
-def predict(model: HFCN, samples: Sequence[Sample], config: TrainConfig, progress: Progress | None = None,
-            data: RoiTensors | None = None) -> Predictions:
+def predict(
+    model: HFCN,
+    samples: Sequence[Sample],
+    config: TrainConfig,
+    progress: Progress | None = None,
+    data: RoiTensors | None = None,
+) -> Predictions:
     """Predict every loadable ROI of ``samples`` (eval mode, no augmentation): P(malignant) of
     the fused output (eq. 1), with ``extra`` ``global_prob``, ``crop_prob`` (NaN for
     crop="none") and ``crop_probs`` [N, n_crops]."""
     with torch_threads(config.threads):
         data = data if data is not None else RoiTensors(samples, config, augment=False)
         out = _predict_tensors(model, data, config.eval_batch_size, progress)
-    return Predictions.of(data.samples, out["prob"], data.skipped, global_prob=out["global_prob"],
-                          crop_prob=out["crop_prob"], crop_probs=out["crop_probs"])
+    return Predictions.of(
+        data.samples,
+        out["prob"],
+        data.skipped,
+        global_prob=out["global_prob"],
+        crop_prob=out["crop_prob"],
+        crop_probs=out["crop_probs"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,8 +474,9 @@ class _HFCNTask:
     """HFCN's training task for :func:`engine.fit_loop`: the class-weighted loss of eqs. 4-8 on
     a batch; validation ROC-AUC then loss on the validation ROIs."""
 
-    def __init__(self, model: HFCN, train: RoiTensors, val: RoiTensors | None, config: TrainConfig,
-                 device: torch.device):
+    def __init__(
+        self, model: HFCN, train: RoiTensors, val: RoiTensors | None, config: TrainConfig, device: torch.device
+    ):
         self.model, self.train, self.val, self.config, self.device = model, train, val, config, device
         self.n = len(train)
         self.w = torch.tensor([config.w_benign, config.w_malignant])
@@ -381,8 +493,9 @@ class _HFCNTask:
         wsum = float(self.w[y_host].sum())
         x = self.train.batch(rows).to(self.device, non_blocking=True)
         y = y_host.to(self.device, non_blocking=True)
-        loss = hfcn_loss(self.model(x), y, w_malignant=cfg.w_malignant, w_benign=cfg.w_benign,
-                         reduction=cfg.loss_reduction)
+        loss = hfcn_loss(
+            self.model(x), y, w_malignant=cfg.w_malignant, w_benign=cfg.w_benign, reduction=cfg.loss_reduction
+        )
         return loss, (1.0 if cfg.loss_reduction == "sum" else wsum), wsum
 
     def validate(self, epoch: int):
@@ -441,29 +554,52 @@ def fit(
         torch.manual_seed(config.seed)
         model = build_model(config.model_config()).to(device)
         train = RoiTensors(train_samples, config, augment=config.augment, progress=progress, what="training ROIs")
-        val = RoiTensors(val_samples, config, augment=False, progress=progress, what="validation ROIs") \
-            if val_samples else None
+        val = (
+            RoiTensors(val_samples, config, augment=False, progress=progress, what="validation ROIs")
+            if val_samples
+            else None
+        )
         if len(train) == 0:
             raise HfcnError("none of the training ROIs could be loaded", hint="see the warnings above for the files")
         if val is not None and len(val) == 0:
             val = None
         val_cases = sorted({s.case_id for s in val.samples}) if val is not None else []
-        loop = fit_loop(model, _HFCNTask(model, train, val, config, device), config.loop_settings(),
-                        config=config.to_dict(), ckpt_dir=out, resume=resume, progress=progress,
-                        keep_last=keep_last, extra={"val_cases": val_cases})
+        loop = fit_loop(
+            model,
+            _HFCNTask(model, train, val, config, device),
+            config.loop_settings(),
+            config=config.to_dict(),
+            ckpt_dir=out,
+            resume=resume,
+            progress=progress,
+            keep_last=keep_last,
+            extra={"val_cases": val_cases},
+        )
         thr_data = val if val is not None else RoiTensors(train.samples, config, augment=False)
         source = "validation" if val is not None else "training"
         tp = predict(model, thr_data.samples, config, data=thr_data)
         threshold, source = choose_threshold(tp, config.threshold_rule, None, source)
         if out is not None:
-            write_json_atomic(out / "history.json", {"best_epoch": loop.best_epoch, "best_score": loop.best_score,
-                                                     "history": loop.history})
-    return TrainResult(model=model, config=config, history=loop.history, best_epoch=loop.best_epoch,
-                       best_score=loop.best_score, threshold=threshold, threshold_source=source,
-                       threshold_predictions=tp, val_cases=val_cases,
-                       skipped=train.skipped + (val.skipped if val is not None else []),
-                       seconds=time.perf_counter() - t0, resumed_from=loop.resumed_from, out_dir=out,
-                       checkpoints=loop.checkpoints)
+            write_json_atomic(
+                out / "history.json",
+                {"best_epoch": loop.best_epoch, "best_score": loop.best_score, "history": loop.history},
+            )
+    return TrainResult(
+        model=model,
+        config=config,
+        history=loop.history,
+        best_epoch=loop.best_epoch,
+        best_score=loop.best_score,
+        threshold=threshold,
+        threshold_source=source,
+        threshold_predictions=tp,
+        val_cases=val_cases,
+        skipped=train.skipped + (val.skipped if val is not None else []),
+        seconds=time.perf_counter() - t0,
+        resumed_from=loop.resumed_from,
+        out_dir=out,
+        checkpoints=loop.checkpoints,
+    )
 
 
 def model_from_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[HFCN, TrainConfig, dict]:
@@ -480,8 +616,9 @@ def model_from_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple
     try:
         model.load_state_dict(ck["model"])
     except RuntimeError as exc:
-        raise HfcnError(f"{path}: weights do not fit the model its config describes: "
-                        f"{str(exc).splitlines()[0][:200]}") from None
+        raise HfcnError(
+            f"{path}: weights do not fit the model its config describes: {str(exc).splitlines()[0][:200]}"
+        ) from None
     model.to(device_of(device)).eval()
     return model, cfg, ck
 
@@ -512,8 +649,11 @@ def synthetic_acceptance(
 
     t0 = time.perf_counter()
     kw = {"difficulty": difficulty}
-    path = ensure_synthetic(data_dir, **kw) if data_dir is not None else ensure_synthetic(
-        Path("data") / f"synthetic-{difficulty}", **kw)
+    path = (
+        ensure_synthetic(data_dir, **kw)
+        if data_dir is not None
+        else ensure_synthetic(Path("data") / f"synthetic-{difficulty}", **kw)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         ds = load_dataset(path, label_rule="tirads")

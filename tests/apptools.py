@@ -82,8 +82,12 @@ def serving(root: Path, **kw):
 
 def chromium() -> str | None:
     """Debian's chromium (``.ci/run`` installs it), or ``$HFCN_CHROMIUM``."""
-    for cand in (os.environ.get("HFCN_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                 shutil.which("chromium-browser")):
+    for cand in (
+        os.environ.get("HFCN_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return cand
     return None
@@ -91,5 +95,13 @@ def chromium() -> str | None:
 
 # Known to work here as root, in a network that refuses outbound connections: without the
 # background-networking flags Chromium keeps trying (and failing) to reach Google's services.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]

@@ -25,11 +25,11 @@ pytest.importorskip("gradio")
 pytest.importorskip("gradio_client")
 pydicom = pytest.importorskip("pydicom")
 
+import apptools  # noqa: E402
+from clitools import run as cli  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
-import apptools  # noqa: E402
-from clitools import run as cli  # noqa: E402
 from hfcn_bench.data.rois import MAX_IMAGE_PIXELS  # noqa: E402
 from hfcn_bench.runs import image_sample, predict_inputs, predict_samples  # noqa: E402
 
@@ -67,8 +67,10 @@ def _audit(event, args):
 sys.addaudithook(_audit)
 
 # gradio 6.31's queue calls pandas options that pandas 3 deprecates (not ours to fix)
-pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
-              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -203,21 +205,37 @@ def _empty(tmp):
     return p
 
 
-@pytest.mark.parametrize("make, box, message", [
-    (_text, None, "not an image (PNG, JPEG, BMP, TIFF) or a DICOM file"),
-    (_empty, None, "not an image"),
-    (_gif, None, "GIF images are not supported"),
-    (_huge_png, None, f"exceeds the {MAX_IMAGE_PIXELS / 1e6:.0f}-megapixel cap"),
-    ("truncated", None, "cannot decode"),
-    (None, "10,10,10,50", "is empty or inverted"),
-    (None, "300,200,100,100", "is empty or inverted"),
-    (None, "100,100,104,160", "its sides must be at least 8 px"),
-    (None, "500,300,700,400", "lies outside the 560x360 image"),
-    (None, "-5,10,100,100", "lies outside"),
-    (None, "a,b,c,d", "expected four numbers"),
-    (None, "10,20,30", "expected four numbers"),
-], ids=["text-file", "empty-file", "gif", "huge-image", "truncated-jpeg", "empty-box", "inverted-box",
-        "tiny-box", "box-outside", "negative-box", "words-box", "three-numbers"])
+@pytest.mark.parametrize(
+    "make, box, message",
+    [
+        (_text, None, "not an image (PNG, JPEG, BMP, TIFF) or a DICOM file"),
+        (_empty, None, "not an image"),
+        (_gif, None, "GIF images are not supported"),
+        (_huge_png, None, f"exceeds the {MAX_IMAGE_PIXELS / 1e6:.0f}-megapixel cap"),
+        ("truncated", None, "cannot decode"),
+        (None, "10,10,10,50", "is empty or inverted"),
+        (None, "300,200,100,100", "is empty or inverted"),
+        (None, "100,100,104,160", "its sides must be at least 8 px"),
+        (None, "500,300,700,400", "lies outside the 560x360 image"),
+        (None, "-5,10,100,100", "lies outside"),
+        (None, "a,b,c,d", "expected four numbers"),
+        (None, "10,20,30", "expected four numbers"),
+    ],
+    ids=[
+        "text-file",
+        "empty-file",
+        "gif",
+        "huge-image",
+        "truncated-jpeg",
+        "empty-box",
+        "inverted-box",
+        "tiny-box",
+        "box-outside",
+        "negative-box",
+        "words-box",
+        "three-numbers",
+    ],
+)
 def test_bad_input_is_refused_cleanly_and_the_server_keeps_serving(client, frame, tmp_path, make, box, message):
     img, good_box = frame
     bad = img if make is None else _truncated_jpeg(tmp_path, img) if make == "truncated" else make(tmp_path)
@@ -229,12 +247,15 @@ def test_bad_input_is_refused_cleanly_and_the_server_keeps_serving(client, frame
     assert 0 <= classify(client, img, good_box)["prob"] <= 1
 
 
-@pytest.mark.parametrize("run, message", [
-    ("a-missing-model", "run a-missing-model has no usable model"),
-    ("grid/unfinished", "did not finish training"),
-    # a run is named from the list, never by a path (the list itself refuses others)
-    ("../../etc", "not in the list of choices"),
-])
+@pytest.mark.parametrize(
+    "run, message",
+    [
+        ("a-missing-model", "run a-missing-model has no usable model"),
+        ("grid/unfinished", "did not finish training"),
+        # a run is named from the list, never by a path (the list itself refuses others)
+        ("../../etc", "not in the list of choices"),
+    ],
+)
 def test_a_run_without_a_model_is_a_clean_error(client, frame, run, message):
     img, box = frame
     with pytest.raises(AppError) as err:
@@ -261,9 +282,11 @@ def test_twenty_concurrent_requests_all_succeed_each_with_its_own_answer(client,
     boxes = ["0,0,280,180", "280,0,560,180", "0,180,280,360", "280,180,560,360"]
     want = {b: classify(client, img, b)["prob"] for b in boxes}
     # the four boxes give different answers, so a mix-up between requests would show
-    assert min(abs(a - b) for i, a in enumerate(want.values()) for b in list(want.values())[i + 1:]) > 1e-6
-    jobs = [(boxes[i % 4], client.submit(handle_file(str(img)), boxes[i % 4], "hfcn", api_name="/classify"))
-            for i in range(20)]
+    assert min(abs(a - b) for i, a in enumerate(want.values()) for b in list(want.values())[i + 1 :]) > 1e-6
+    jobs = [
+        (boxes[i % 4], client.submit(handle_file(str(img)), boxes[i % 4], "hfcn", api_name="/classify"))
+        for i in range(20)
+    ]
     results = [(b, job.result(timeout=300)) for b, job in jobs]
     assert len(results) == 20
     for b, res in results:
@@ -289,8 +312,12 @@ def _dicom(path, pixels, photometric, bits=8, frames=None, syntax=None, **tags):
     """A DICOM Part 10 ultrasound file with ``pixels`` ([rows, cols], [rows, cols, 3] or
     [frames, rows, cols(, 3)]) stored uncompressed (or under ``syntax`` as given)."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage,
-                             generate_uid)
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        UltrasoundImageStorage,
+        UltrasoundMultiFrameImageStorage,
+        generate_uid,
+    )
 
     arr = np.asarray(pixels)
     multi = frames is not None
@@ -340,15 +367,25 @@ def test_dicom_reader_shows_what_a_viewer_shows(grey, tmp_path):
         "mono2": _dicom(tmp_path / "mono2.dcm", g, "MONOCHROME2"),
         "mono1": _dicom(tmp_path / "mono1.dcm", 255 - g, "MONOCHROME1"),
         # 12-bit values 16 g with the window that maps them back onto 0..255 exactly (LINEAR VOI)
-        "window16": _dicom(tmp_path / "w16.dcm", g.astype(np.uint16) * 16, "MONOCHROME2", bits=12,
-                           WindowCenter=2040.5, WindowWidth=4081),
-        "palette": _dicom(tmp_path / "pal.dcm", g, "PALETTE COLOR",
-                          RedPaletteColorLookupTableDescriptor=[256, 0, 16],
-                          GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
-                          BluePaletteColorLookupTableDescriptor=[256, 0, 16],
-                          RedPaletteColorLookupTableData=(np.arange(256, dtype="<u2") * 257).tobytes(),
-                          GreenPaletteColorLookupTableData=(np.arange(256, dtype="<u2") * 257).tobytes(),
-                          BluePaletteColorLookupTableData=(np.arange(256, dtype="<u2") * 257).tobytes()),
+        "window16": _dicom(
+            tmp_path / "w16.dcm",
+            g.astype(np.uint16) * 16,
+            "MONOCHROME2",
+            bits=12,
+            WindowCenter=2040.5,
+            WindowWidth=4081,
+        ),
+        "palette": _dicom(
+            tmp_path / "pal.dcm",
+            g,
+            "PALETTE COLOR",
+            RedPaletteColorLookupTableDescriptor=[256, 0, 16],
+            GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
+            BluePaletteColorLookupTableDescriptor=[256, 0, 16],
+            RedPaletteColorLookupTableData=(np.arange(256, dtype="<u2") * 257).tobytes(),
+            GreenPaletteColorLookupTableData=(np.arange(256, dtype="<u2") * 257).tobytes(),
+            BluePaletteColorLookupTableData=(np.arange(256, dtype="<u2") * 257).tobytes(),
+        ),
         "multi": _dicom(tmp_path / "cine.dcm", np.stack([g, 255 - g, g // 2]), "MONOCHROME2", frames=3),
     }
     for name, path in cases.items():
@@ -375,8 +412,11 @@ def test_dicom_reader_shows_what_a_viewer_shows(grey, tmp_path):
 
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG", quality=95, subsampling=1)  # 1 = 4:2:2
-    jpeg = read_frame(_dicom(tmp_path / "jpeg.dcm", rgb, "YBR_FULL_422", syntax=JPEGBaseline8Bit,
-                             PixelData=encapsulate([buf.getvalue()])))
+    jpeg = read_frame(
+        _dicom(
+            tmp_path / "jpeg.dcm", rgb, "YBR_FULL_422", syntax=JPEGBaseline8Bit, PixelData=encapsulate([buf.getvalue()])
+        )
+    )
     pillow = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     assert jpeg.rgb.shape == rgb.shape and np.abs(jpeg.rgb.astype(int) - pillow.astype(int)).max() <= 3
     assert any("YBR_FULL_422" in n for n in jpeg.notes)
@@ -407,8 +447,13 @@ def test_bad_dicom_is_refused_cleanly(client, grey, tmp_path):
     ds = pydicom.dcmread(huge)
     ds.Rows, ds.Columns = 9000, 9000
     ds.save_as(huge, enforce_file_format=True)
-    jpegls = _dicom(tmp_path / "jls.dcm", g, "MONOCHROME2", syntax=JPEGLSLossless,
-                    PixelData=encapsulate([b"\xff\xd8 not a jpeg-ls stream \xff\xd9"]))
+    jpegls = _dicom(
+        tmp_path / "jls.dcm",
+        g,
+        "MONOCHROME2",
+        syntax=JPEGLSLossless,
+        PixelData=encapsulate([b"\xff\xd8 not a jpeg-ls stream \xff\xd9"]),
+    )
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -420,11 +465,14 @@ def test_bad_dicom_is_refused_cleanly(client, grey, tmp_path):
     sr.Modality = "SR"
     report = tmp_path / "report.dcm"
     sr.save_as(report, enforce_file_format=True)
-    for path, message in ((junk, "DICOM"), (truncated, "cannot decode the DICOM pixel data"),
-                          (cmyk, "unsupported DICOM photometric interpretation 'HSV'"),
-                          (huge, "81.0 megapixels exceeds the 40-megapixel cap"),
-                          (jpegls, "cannot decode the DICOM pixel data (transfer syntax JPEG-LS Lossless"),
-                          (report, "holds no image")):
+    for path, message in (
+        (junk, "DICOM"),
+        (truncated, "cannot decode the DICOM pixel data"),
+        (cmyk, "unsupported DICOM photometric interpretation 'HSV'"),
+        (huge, "81.0 megapixels exceeds the 40-megapixel cap"),
+        (jpegls, "cannot decode the DICOM pixel data (transfer syntax JPEG-LS Lossless"),
+        (report, "holds no image"),
+    ):
         with pytest.raises(AppError) as err:
             classify(client, path, box)
         assert message in str(err.value) and path.name in str(err.value), (path.name, str(err.value))
@@ -442,14 +490,21 @@ def test_a_case_xml_gives_what_predict_gives(client, runs, data):
     items, errors, _ = predict_inputs(runs / "hfcn", [xml], explain=False)
     assert not errors and items
     want = items[0][1]
-    res = client.predict(handle_file(str(xml)), [handle_file(str(f)) for f in frames], want.sample.frame,
-                         want.sample.region, "hfcn", api_name="/classify_case")
+    res = client.predict(
+        handle_file(str(xml)),
+        [handle_file(str(f)) for f in frames],
+        want.sample.frame,
+        want.sample.region,
+        "hfcn",
+        api_name="/classify_case",
+    )
     assert res["prob"] == pytest.approx(want.prob, abs=1e-6) and res["case_id"] == "10"
     assert res["frame"] == want.sample.frame and res["box"] == list(want.sample.bbox)
     assert res["tirads"] == want.sample.tirads and len(res["crop_probs"]) == 5
     # no frame given: the first frame with an outline
-    first = client.predict(handle_file(str(xml)), [handle_file(str(f)) for f in frames], None, 0, "hfcn",
-                           api_name="/classify_case")
+    first = client.predict(
+        handle_file(str(xml)), [handle_file(str(f)) for f in frames], None, 0, "hfcn", api_name="/classify_case"
+    )
     assert first["frame"] == min(r.sample.frame for _, r in items)
 
 
@@ -458,11 +513,13 @@ def test_bad_case_uploads_are_refused_cleanly(client, data, tmp_path):
     frames = [handle_file(str(f)) for f in sorted((data / "raw_jpg").glob("10_*.jpg"))]
     broken = tmp_path / "99.xml"
     broken.write_text("<?xml version='1.0'?><case><number>99</number><mark><svg>[{")
-    for args, message in (((handle_file(str(xml)), [], None, 0), "10_"),
-                          ((handle_file(str(xml)), frames, 7, 0), "no nodule outline in frame 7"),
-                          ((handle_file(str(xml)), frames, None, 5), "not 5"),
-                          ((handle_file(str(broken)), [], None, 0), "99.xml"),
-                          ((None, frames, None, 0), "no case XML given")):
+    for args, message in (
+        ((handle_file(str(xml)), [], None, 0), "10_"),
+        ((handle_file(str(xml)), frames, 7, 0), "no nodule outline in frame 7"),
+        ((handle_file(str(xml)), frames, None, 5), "not 5"),
+        ((handle_file(str(broken)), [], None, 0), "99.xml"),
+        ((None, frames, None, 0), "no case XML given"),
+    ):
         with pytest.raises(AppError) as err:
             client.predict(*args, "hfcn", api_name="/classify_case")
         text = str(err.value)
@@ -484,8 +541,10 @@ def test_the_model_card_states_data_labels_metrics_and_external_validations(clie
     assert card["label_rule"] == "tirads" and "TI-RADS" in card["label_caveat"]
     metrics = json.loads((run / "metrics.json").read_text())
     v = card["validation"]
-    assert v["auc"] == pytest.approx(metrics["auc"]) and v["accuracy_ci"] == [metrics["ci"]["accuracy"]["low"],
-                                                                             metrics["ci"]["accuracy"]["high"]]
+    assert v["auc"] == pytest.approx(metrics["auc"]) and v["accuracy_ci"] == [
+        metrics["ci"]["accuracy"]["low"],
+        metrics["ci"]["accuracy"]["high"],
+    ]
     assert v["majority_baseline"]["accuracy"] == pytest.approx(metrics["majority_baseline"]["accuracy"])
     assert card["external"] == [] and "not a medical device" in card["notice"]
     # an external validation recorded by `hfcn-bench eval --data OTHER` appears on the card
@@ -525,12 +584,16 @@ def test_the_command_serves_classifies_refuses_a_text_file_and_keeps_serving(run
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(AUDIT_SITE.format(log=str(tmp_path / "outbound.log")))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     log = open(tmp_path / "app.log", "w")
     exe = shutil.which("hfcn-bench") or str(Path(sys.executable).with_name("hfcn-bench"))
-    proc = subprocess.Popen([exe, "app", "--run", str(runs / "hfcn"), "--port", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [exe, "app", "--run", str(runs / "hfcn"), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         import httpx
@@ -602,10 +665,19 @@ def test_a_kfold_runs_card_states_the_fold_models_thresholds():
     thresholds and their mean, the threshold a new image is held against."""
     from hfcn_bench.app.card import card_markdown
 
-    card = {"run": "cv", "notice": "Research use only. This is not a medical device.", "status": "ready", "system": "hfcn",
-            "training_data": {}, "split": {"method": "kfold", "params": {"k": 2}}, "label_rule": "tirads",
-            "threshold": 0.0, "threshold_rule": "youden", "threshold_source": "validation",
-            "fold_thresholds": [0.6, 0.8]}
+    card = {
+        "run": "cv",
+        "notice": "Research use only. This is not a medical device.",
+        "status": "ready",
+        "system": "hfcn",
+        "training_data": {},
+        "split": {"method": "kfold", "params": {"k": 2}},
+        "label_rule": "tirads",
+        "threshold": 0.0,
+        "threshold_rule": "youden",
+        "threshold_source": "validation",
+        "fold_thresholds": [0.6, 0.8],
+    }
     md = card_markdown(card)
     assert "**Decision threshold** 0.7000, the mean of the 2 fold models' own (0.600, 0.800" in md
     assert "0.0000" not in md

@@ -24,8 +24,11 @@ import apptools  # noqa: E402
 
 CHROMIUM = apptools.chromium()
 pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="no chromium browser found (.ci/run installs Debian's chromium with "
-                       "apt-get; or set HFCN_CHROMIUM to a Chromium executable)"),
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no chromium browser found (.ci/run installs Debian's chromium with "
+        "apt-get; or set HFCN_CHROMIUM to a Chromium executable)",
+    ),
     pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
@@ -47,9 +50,13 @@ def server(run_dir):
 def browser():
     with sync_api.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
         # an empty profile of our own; launch_persistent_context is how Playwright takes one
-        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
-                                                   args=apptools.CHROMIUM_ARGS,
-                                                   viewport={"width": 1360, "height": 900})
+        ctx = p.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=apptools.CHROMIUM_ARGS,
+            viewport={"width": 1360, "height": 900},
+        )
         try:
             yield ctx
         finally:
@@ -103,8 +110,9 @@ def _save_png(data: bytes, path: Path) -> None:
 
 
 def _result_prob(pg) -> float:
-    pg.wait_for_function("() => /P\\(malignant\\) = [0-9.]+/.test(document.querySelector('#result').innerText)",
-                         timeout=120_000)
+    pg.wait_for_function(
+        "() => /P\\(malignant\\) = [0-9.]+/.test(document.querySelector('#result').innerText)", timeout=120_000
+    )
     return float(re.search(r"P\(malignant\) = ([0-9.]+)", pg.locator("#result").inner_text()).group(1))
 
 
@@ -113,8 +121,7 @@ def test_classify_one_nodule_in_the_browser(page, server, frame, tmp_path):
 
     img, (x0, y0, x1, y1) = frame
     assert "not a medical device" in page.locator("#notice").inner_text()
-    page.wait_for_function("() => document.querySelector('#card').innerText.includes('fingerprint')",
-                           timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#card').innerText.includes('fingerprint')", timeout=60_000)
     card = page.locator("#card").inner_text()
     assert "TI-RADS" in card and "Validation" in card
     page.locator("#image-file input[type=file]").set_input_files(str(img))
@@ -124,8 +131,11 @@ def test_classify_one_nodule_in_the_browser(page, server, frame, tmp_path):
     page.wait_for_timeout(300)
     _click_frame_pixel(page, x1 - 1, y1 - 1)
     box_field = page.locator("#box textarea, #box input").first
-    page.wait_for_function("() => /^\\d+,\\d+,\\d+,\\d+$/.test((document.querySelector('#box textarea') || "
-                           "document.querySelector('#box input')).value)", timeout=30_000)
+    page.wait_for_function(
+        "() => /^\\d+,\\d+,\\d+,\\d+$/.test((document.querySelector('#box textarea') || "
+        "document.querySelector('#box input')).value)",
+        timeout=30_000,
+    )
     drawn = [int(v) for v in box_field.input_value().split(",")]
     assert all(abs(a - b) <= 2 for a, b in zip(drawn, (x0, y0, x1, y1))), drawn
     # ...and typed: the exact annotated box
@@ -142,8 +152,13 @@ def test_classify_one_nodule_in_the_browser(page, server, frame, tmp_path):
     shot.parent.mkdir(parents=True, exist_ok=True)
     _save_png(page.screenshot(full_page=True), shot)
     assert shot.stat().st_size > 20_000
-    outside = sorted({u for u in page.requests if not re.match(r"^(https?|wss?)://127\.0\.0\.1[:/]", u)
-                      and not u.startswith(("data:", "blob:"))})
+    outside = sorted(
+        {
+            u
+            for u in page.requests
+            if not re.match(r"^(https?|wss?)://127\.0\.0\.1[:/]", u) and not u.startswith(("data:", "blob:"))
+        }
+    )
     assert not outside, outside
 
 
@@ -151,11 +166,13 @@ def test_a_bad_upload_says_why_in_the_page(page, tmp_path):
     bad = tmp_path / "letter.txt"
     bad.write_text("not an ultrasound image\n")
     page.locator("#image-file input[type=file]").set_input_files(str(bad))
-    page.wait_for_function("() => document.querySelector('#upload-info').innerText.includes('not an image')",
-                           timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#upload-info').innerText.includes('not an image')", timeout=60_000
+    )
     assert "letter.txt" in page.locator("#upload-info").inner_text()
     # Classify with it: the result box says why, and no probability is shown
     page.locator("#classify").click()
-    page.wait_for_function("() => document.querySelector('#result').innerText.includes('Not classified')",
-                           timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelector('#result').innerText.includes('Not classified')", timeout=60_000
+    )
     assert "not an image" in page.locator("#result").inner_text()

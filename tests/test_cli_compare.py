@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from clitools import run
 from PIL import Image
 
 from hfcn_bench.bench import compare as compare_mod
 from hfcn_bench.bench.report import compare_reports, load_report
 from hfcn_bench.data import write_synthetic_ddti
 from hfcn_bench.errors import HfcnError
-from clitools import run
 
 
 def run_cli(*argv: str) -> tuple[int, str]:
@@ -82,8 +82,17 @@ def test_smoke_report_has_every_section_and_file(first_report):
 
 def test_against_prints_ratios(first_report, tmp_path, phantoms):
     code, text = run_cli(
-        "compare", "--preset", "smoke", "--only", "speed", "--threads", "1", "--out", str(tmp_path),
-        "--against", str(first_report / "report.json"),
+        "compare",
+        "--preset",
+        "smoke",
+        "--only",
+        "speed",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--against",
+        str(first_report / "report.json"),
     )
     assert code == 0, text
     assert "Against the earlier report" in text
@@ -94,8 +103,20 @@ def test_against_prints_ratios(first_report, tmp_path, phantoms):
 
 
 def test_compare_reports_flags_regressions():
-    old = {"op_speed": {"rows": [{"shape": "s", "method": "fused", "direction": "forward", "threads": 1, "median_s": 1.0, "speedup": 8.0}]}}
-    new = {"op_speed": {"rows": [{"shape": "s", "method": "fused", "direction": "forward", "threads": 1, "median_s": 2.0, "speedup": 8.1}]}}
+    old = {
+        "op_speed": {
+            "rows": [
+                {"shape": "s", "method": "fused", "direction": "forward", "threads": 1, "median_s": 1.0, "speedup": 8.0}
+            ]
+        }
+    }
+    new = {
+        "op_speed": {
+            "rows": [
+                {"shape": "s", "method": "fused", "direction": "forward", "threads": 1, "median_s": 2.0, "speedup": 8.1}
+            ]
+        }
+    }
     by_fig = {r["figure"]: r for r in compare_reports(new, old)}
     assert by_fig["median ms"]["verdict"] == "regression" and by_fig["median ms"]["ratio"] == 2.0
     assert by_fig["vs naive"]["verdict"] == "same"
@@ -141,7 +162,17 @@ def test_failing_section_keeps_earlier_results(tmp_path):
     (empty / "malignant").mkdir()
     out = tmp_path / "out"
     code, text = run_cli(
-        "compare", "--preset", "smoke", "--only", "speed,metrics", "--threads", "1", "--data", str(empty), "--out", str(out)
+        "compare",
+        "--preset",
+        "smoke",
+        "--only",
+        "speed,metrics",
+        "--threads",
+        "1",
+        "--data",
+        str(empty),
+        "--out",
+        str(out),
     )
     assert code == 1
     report = load_report(out)
@@ -166,8 +197,21 @@ def test_interrupt_writes_partial_report(tmp_path, monkeypatch):
 
 def test_comparator_systems_join_the_metrics_table(tmp_path, phantoms):
     code, text = run_cli(
-        "compare", "--preset", "smoke", "--only", "metrics", "--crops", "none", "--systems", "shape_rf",
-        "--data", str(phantoms), "--n-boot", "50", "--out", str(tmp_path),
+        "compare",
+        "--preset",
+        "smoke",
+        "--only",
+        "metrics",
+        "--crops",
+        "none",
+        "--systems",
+        "shape_rf",
+        "--data",
+        str(phantoms),
+        "--n-boot",
+        "50",
+        "--out",
+        str(tmp_path),
     )
     assert code == 0, text
     rows = json.loads((tmp_path / "report.json").read_text())["metrics"]["rows"]
@@ -178,8 +222,23 @@ def test_comparator_systems_join_the_metrics_table(tmp_path, phantoms):
 
 def test_cascade_systems_pool_folds_with_variants_and_localisation(tmp_path, phantoms):
     code, text = run_cli(
-        "compare", "--preset", "smoke", "--only", "metrics", "--crops", "none", "--systems", "mccnn_cascade",
-        "--folds", "2", "--data", str(phantoms), "--n-boot", "20", "--out", str(tmp_path),
+        "compare",
+        "--preset",
+        "smoke",
+        "--only",
+        "metrics",
+        "--crops",
+        "none",
+        "--systems",
+        "mccnn_cascade",
+        "--folds",
+        "2",
+        "--data",
+        str(phantoms),
+        "--n-boot",
+        "20",
+        "--out",
+        str(tmp_path),
     )
     assert code == 0, text
     rows = json.loads((tmp_path / "report.json").read_text())["metrics"]["rows"]
@@ -197,8 +256,9 @@ def test_a_failing_comparator_keeps_the_other_rows(monkeypatch):
         raise HfcnError("no outline here", hint="use DDTI")
 
     monkeypatch.setattr(systems.SYSTEMS["shape_rf"], "fit", boom)
-    opts = compare_mod.CompareOptions(preset="smoke", threads=(1,), only=("metrics",), crops=("none",),
-                                      systems=("shape_rf", "mccnn_spp"), n_boot=20)
+    opts = compare_mod.CompareOptions(
+        preset="smoke", threads=(1,), only=("metrics",), crops=("none",), systems=("shape_rf", "mccnn_spp"), n_boot=20
+    )
     with pytest.warns(RuntimeWarning, match="comparator shape_rf failed: HfcnError: no outline here"):
         report = compare_mod.run_compare(opts)
     rows = report["metrics"]["rows"]

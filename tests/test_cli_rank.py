@@ -7,14 +7,12 @@ import json
 import shutil
 
 import pytest
+from clitools import run
 from PIL import Image
 
 from hfcn_bench.data import write_synthetic_ddti
-from clitools import run
 
 pytest.importorskip("sklearn")
-
-
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +21,11 @@ def runs(tmp_path_factory):
     data = write_synthetic_ddti(base / "ddti", n_cases=24, seed=0)
     common = ["--data", str(data), "--n-boot", "30", "--folds", "2"]
     hfcn, rf, other = base / "hfcn", base / "rf", base / "rf-split"
-    for argv in (["--out", str(hfcn), "--preset", "quick", "--image-size", "32", "--epochs", "1", "--threads", "1"],
-                 ["--out", str(rf), "--system", "shape_rf", "--set", "n_estimators=20"],
-                 ["--out", str(other), "--system", "shape_rf", "--set", "n_estimators=20", "--seed", "3"]):
+    for argv in (
+        ["--out", str(hfcn), "--preset", "quick", "--image-size", "32", "--epochs", "1", "--threads", "1"],
+        ["--out", str(rf), "--system", "shape_rf", "--set", "n_estimators=20"],
+        ["--out", str(other), "--system", "shape_rf", "--set", "n_estimators=20", "--seed", "3"],
+    ):
         rc, text = run(["train", *common, *argv])
         assert rc == 0, text
     return base, hfcn, rf, other

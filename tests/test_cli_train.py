@@ -7,15 +7,13 @@ import json
 import shutil
 
 import pytest
+from clitools import run
 from PIL import Image
 
 from hfcn_bench import ops
 from hfcn_bench.data import write_synthetic_ddti
-from clitools import run
 
 TINY = ["--preset", "quick", "--image-size", "32", "--epochs", "1", "--threads", "1", "--n-boot", "30"]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +38,33 @@ def trained(data, tmp_path_factory):
 
 def test_train_prints_metrics_beside_the_baseline(trained):
     out, text = trained
-    for needle in ("ROC-AUC", "PR-AUC", "F1 (eq. 12)", "specificity", "majority baseline", "95% CI",
-                   "confusion matrix", "decision threshold", "youden on validation", "epoch 1/1", "Brier score",
-                   "tirads rule", "TI-RADS proxy, not pathology", "run folder"):
+    for needle in (
+        "ROC-AUC",
+        "PR-AUC",
+        "F1 (eq. 12)",
+        "specificity",
+        "majority baseline",
+        "95% CI",
+        "confusion matrix",
+        "decision threshold",
+        "youden on validation",
+        "epoch 1/1",
+        "Brier score",
+        "tirads rule",
+        "TI-RADS proxy, not pathology",
+        "run folder",
+    ):
         assert needle in text, needle
-    for name in ("config.json", "split.json", "best.pt", "last.pt", "history.json", "metrics.json",
-                 "predictions.csv", "fitted.json"):
+    for name in (
+        "config.json",
+        "split.json",
+        "best.pt",
+        "last.pt",
+        "history.json",
+        "metrics.json",
+        "predictions.csv",
+        "fitted.json",
+    ):
         assert (out / name).is_file(), name
     # the fused op really ran (not the pure-PyTorch fallback the parity rows would compare with)
     assert ops.backend() in ("cpp-cpu", "cuda")
@@ -54,9 +73,24 @@ def test_train_prints_metrics_beside_the_baseline(trained):
 @pytest.mark.parametrize("system", ["hfcn", "shape_rf"])
 def test_train_any_system_with_its_preset(system, data, tmp_path):
     out = tmp_path / system
-    rc, text = run(["train", "--data", str(data), "--system", system, "--preset", "quick", "--threads", "1",
-                    "--n-boot", "30", "--out", str(out), *(["--set", "epochs=1", "--set", "image_size=32"]
-                                                           if system == "hfcn" else [])])
+    rc, text = run(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--system",
+            system,
+            "--preset",
+            "quick",
+            "--threads",
+            "1",
+            "--n-boot",
+            "30",
+            "--out",
+            str(out),
+            *(["--set", "epochs=1", "--set", "image_size=32"] if system == "hfcn" else []),
+        ]
+    )
     assert rc == 0, text
     header = json.loads((out / "config.json").read_text())
     assert header["system"] == system and header["preset"] == "quick" and header["status"] == "finished"
@@ -149,8 +183,17 @@ def test_predict_xml_and_image_with_pictures(trained, data, tmp_path):
         assert r["prob"] == pytest.approx(0.5 * r["global_prob"] + 0.5 * r["crop_prob"], abs=1e-5)
         with Image.open(r["png"]) as im:
             assert im.format == "PNG" and im.width > 300
-    rc, text = run(["predict", "--run", str(out), str(xml), str(tmp_path / "missing.jpg"), str(data / "synthetic.json"),
-                    "--no-png"])
+    rc, text = run(
+        [
+            "predict",
+            "--run",
+            str(out),
+            str(xml),
+            str(tmp_path / "missing.jpg"),
+            str(data / "synthetic.json"),
+            "--no-png",
+        ]
+    )
     assert rc == 1
     assert "P(malignant) per ROI" in text and "3.xml" in text
     assert "missing.jpg: no such file" in text and "synthetic.json: not a case XML or an image" in text
@@ -180,8 +223,23 @@ def test_kfold_training_and_the_mean_of_its_fold_models(data, other, tmp_path):
 
 def test_train_system_scores_a_comparator_on_the_same_split(data, tmp_path):
     out = tmp_path / "sys"
-    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--set", "n_estimators=20", "--threads", "1",
-                      "--n-boot", "20", "--out", str(out)])
+    code, text = run(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--system",
+            "shape_rf",
+            "--set",
+            "n_estimators=20",
+            "--threads",
+            "1",
+            "--n-boot",
+            "20",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, text
     assert "shape_rf on held-out cases" in text and "limitation:" in text
     rep = json.loads((out / "metrics.json").read_text())
@@ -199,8 +257,22 @@ def test_train_system_scores_a_comparator_on_the_same_split(data, tmp_path):
 
 def test_set_works_for_hfcn_too_and_every_field_is_settable(data, tmp_path):
     out = tmp_path / "h"
-    code, text = run(["train", "--data", str(data), *TINY, "--set", "loss_reduction=sum", "--set", "letterbox=true",
-                      "--eval-batch-size", "8", "--out", str(out)])
+    code, text = run(
+        [
+            "train",
+            "--data",
+            str(data),
+            *TINY,
+            "--set",
+            "loss_reduction=sum",
+            "--set",
+            "letterbox=true",
+            "--eval-batch-size",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, text
     cfg = json.loads((out / "config.json").read_text())["config"]
     assert (cfg["loss_reduction"], cfg["letterbox"], cfg["eval_batch_size"]) == ("sum", True, 8)
@@ -211,16 +283,29 @@ def test_train_refuses_hfcn_flags_for_others_and_bad_overrides(data, tmp_path):
     assert code == 1 and "--epochs sets HFCN's training, not shape_rf's" in text and "n_estimators" in text
     code, text = run(["train", "--data", str(data), "--set", "det_epochs=3", "--out", str(tmp_path / "a")])
     assert code == 1 and "hfcn has no field 'det_epochs'" in text
-    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--set", "trees=3",
-                      "--out", str(tmp_path / "b")])
+    code, text = run(
+        ["train", "--data", str(data), "--system", "shape_rf", "--set", "trees=3", "--out", str(tmp_path / "b")]
+    )
     assert code == 1 and "shape_rf has no field 'trees'" in text
-    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--set", "n_estimators=abc",
-                      "--out", str(tmp_path / "b")])
+    code, text = run(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--system",
+            "shape_rf",
+            "--set",
+            "n_estimators=abc",
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
     assert code == 1 and "n_estimators expects an integer, got 'abc'" in text
     code, text = run(["train", "--data", str(data), "--system", "yolo", "--out", str(tmp_path / "c")])
     assert code == 1 and "unknown system 'yolo'" in text and "mccnn_cascade" in text
-    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--preset", "paper",
-                      "--out", str(tmp_path / "d")])
+    code, text = run(
+        ["train", "--data", str(data), "--system", "shape_rf", "--preset", "paper", "--out", str(tmp_path / "d")]
+    )
     assert code == 1 and "shape_rf has no preset 'paper'" in text
 
 
@@ -231,17 +316,46 @@ def test_weights_flag_loads_a_local_state_dict(data, tmp_path):
     path = tmp_path / "effnet.pt"
     torch.save(torchvision.models.efficientnet_b0(weights=None).state_dict(), path)
     out = tmp_path / "svm"
-    code, text = run(["train", "--data", str(data), "--system", "transfer_svm", "--set", "backbone=efficientnet_b0",
-                      "--set", "image_size=32", "--threads", "1", "--n-boot", "20", "--weights", str(path),
-                      "--out", str(out)])
+    code, text = run(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--system",
+            "transfer_svm",
+            "--set",
+            "backbone=efficientnet_b0",
+            "--set",
+            "image_size=32",
+            "--threads",
+            "1",
+            "--n-boot",
+            "20",
+            "--weights",
+            str(path),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, text
     rep = json.loads((out / "metrics.json").read_text())
     assert rep["system_config"]["weights"] == str(path)
     assert any(f"trunk weights from {path}" in lim for lim in rep["limitations"])
     assert not any("randomly initialised" in lim for lim in rep["limitations"])
     # a file that is not there is one clear error naming it, before any training
-    code, text = run(["train", "--data", str(data), "--system", "transfer_svm", "--weights", str(tmp_path / "no.pt"),
-                      "--out", str(tmp_path / "a")])
+    code, text = run(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--system",
+            "transfer_svm",
+            "--weights",
+            str(tmp_path / "no.pt"),
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
     assert code == 1 and "no.pt" in text and "not found" in text
 
 
@@ -261,8 +375,9 @@ def test_hfcn_accepts_weights(data, tmp_path):
 
 
 def test_weights_flag_is_refused_where_there_is_no_trunk(data, tmp_path):
-    code, text = run(["train", "--data", str(data), "--system", "shape_rf", "--weights", "w.pt",
-                      "--out", str(tmp_path / "a")])
+    code, text = run(
+        ["train", "--data", str(data), "--system", "shape_rf", "--weights", "w.pt", "--out", str(tmp_path / "a")]
+    )
     assert code == 1 and "shape_rf has no pretrained trunk" in text and "transfer_svm" in text
 
 
@@ -291,4 +406,6 @@ def test_eval_refuses_near_duplicates_of_training_images(trained, data, tmp_path
     assert len(rep["overlap"]) == len(frames)
     for i, src in enumerate(frames):  # each file named with its own training twin
         name = f"{'benign' if i % 2 else 'malignant'}/img{900 + i}.jpg"
-        assert any(o.startswith(f"{name} (near-duplicate of training image raw_jpg/{src.name}:") for o in rep["overlap"])
+        assert any(
+            o.startswith(f"{name} (near-duplicate of training image raw_jpg/{src.name}:") for o in rep["overlap"]
+        )

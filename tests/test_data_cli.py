@@ -7,17 +7,29 @@ import os
 import re
 
 import pytest
-
 from clitools import run
-
-
 
 
 @pytest.fixture(scope="module")
 def warty(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "warty"
-    rc, text = run(["data", "synth", "--out", str(out), "--cases", "12", "--seed", "4", "--warts",
-                    "--label-noise", "0.1", "--difficulty", "easy"])
+    rc, text = run(
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--cases",
+            "12",
+            "--seed",
+            "4",
+            "--warts",
+            "--label-noise",
+            "0.1",
+            "--difficulty",
+            "easy",
+        ]
+    )
     assert rc == 0, text
     return out, text
 
@@ -39,9 +51,21 @@ def test_check_tables_list_counts_and_every_wart(warty):
     out, _ = warty
     rc, text = run(["data", "check", str(out)])
     assert rc == 0, text
-    for needle in ("cases", "12 case file(s): 11 read, 1 skipped (malformed or duplicate id)", "labels per rule", "tirads (active)", "mccnn",
-                   "malformed-xml", "truncated-outline", "empty-outline", "duplicate-image", "missing-image",
-                   "unreadable-image", "duplicate-outline", "usable:"):
+    for needle in (
+        "cases",
+        "12 case file(s): 11 read, 1 skipped (malformed or duplicate id)",
+        "labels per rule",
+        "tirads (active)",
+        "mccnn",
+        "malformed-xml",
+        "truncated-outline",
+        "empty-outline",
+        "duplicate-image",
+        "missing-image",
+        "unreadable-image",
+        "duplicate-outline",
+        "usable:",
+    ):
         assert needle in text, needle
     # the 9 injected warts, plus the two cases the cross-case duplicate image links
     assert "10 warts handled" in text
@@ -83,7 +107,9 @@ def test_data_without_action_prints_help():
 
 
 @pytest.mark.ddti
-@pytest.mark.skipif(not os.environ.get("HFCN_DDTI_DIR"), reason="HFCN_DDTI_DIR is not set (real DDTI files not available)")
+@pytest.mark.skipif(
+    not os.environ.get("HFCN_DDTI_DIR"), reason="HFCN_DDTI_DIR is not set (real DDTI files not available)"
+)
 def test_check_real_ddti():
     rc, text = run(["data", "check", "--json"])  # the folder comes from HFCN_DDTI_DIR
     assert rc == 0

@@ -63,8 +63,9 @@ def test_crop_letterbox_keeps_aspect_ratio():
     assert roi.shape == (224, 224, 3)
     assert roi[:55].max() == 0 and roi[169:].max() == 0
     assert roi[57:167].min() == 255
-    tall = np.asarray(crop_roi(_frame_with_bright_box((10, 10, 60, 210)), (10, 10, 60, 210), size=(64, 64),
-                               letterbox=True))
+    tall = np.asarray(
+        crop_roi(_frame_with_bright_box((10, 10, 60, 210)), (10, 10, 60, 210), size=(64, 64), letterbox=True)
+    )
     cols = np.nonzero(tall[32, :, 0] > 128)[0]
     assert 14 <= len(cols) <= 18 and abs(cols.mean() - 31.5) < 1.5  # 1:4 -> 16 px wide, centred
 
@@ -143,8 +144,10 @@ def test_cache_and_loader(synth):
 
 
 def test_mixed_label_rules_are_refused(synth):
-    other = [Sample(s.case_id, s.frame, s.image_path, s.polygon, s.bbox, s.label, "mccnn", s.frame_size)
-             for s in synth.samples[:1]]
+    other = [
+        Sample(s.case_id, s.frame, s.image_path, s.polygon, s.bbox, s.label, "mccnn", s.frame_size)
+        for s in synth.samples[:1]
+    ]
     with pytest.raises(ValueError, match="mix label rules"):
         RoiDataset(synth.samples[:2] + other)
 
@@ -198,8 +201,12 @@ def test_folder_format(tmp_path):
     assert ds.samples[0].polygon == ((10, 20), (49, 20), (49, 59), (10, 59))
     assert [s.polygon for s in ds.samples[1:] if s.roi_kind != "mask"] == [None] * 4
     kinds = sorted((w.kind, w.file) for w in ds.report.warts)
-    assert kinds == [("duplicate-image", "malignant/patient7/1.png"), ("empty-mask", "malignant/f_mask.png"),
-                     ("linked-cases", "malignant/d, malignant/patient7"), ("unreadable-image", "malignant/e.png")]
+    assert kinds == [
+        ("duplicate-image", "malignant/patient7/1.png"),
+        ("empty-mask", "malignant/f_mask.png"),
+        ("linked-cases", "malignant/d, malignant/patient7"),
+        ("unreadable-image", "malignant/e.png"),
+    ]
     # d and patient7 share an image: one unit, so one side of every split
     assert ds.links() == [("malignant/d", "malignant/patient7")]
     assert ds.report.by_rule["folder"].cases == {"benign": 3, "malignant": 4, "excluded": 0}

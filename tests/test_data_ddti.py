@@ -26,6 +26,7 @@ W, H = 560, 360
 # ---------------------------------------------------------------------------------------------
 # Fixture writers. Small, explicit DDTI-format cases: every test states what it writes.
 
+
 def region(points, kind="freehand") -> dict:
     return {"points": [{"x": x, "y": y} for x, y in points], "annotation": {}, "regionType": kind}
 
@@ -43,13 +44,21 @@ def svg(*regions) -> str:
 
 
 def case_xml(number, tirads="4a", marks=(), **fields) -> str:
-    f = {"age": "40", "sex": "F", "composition": "solid", "echogenicity": "hypoechogenicity",
-         "margins": "well defined", "calcifications": "non"}
+    f = {
+        "age": "40",
+        "sex": "F",
+        "composition": "solid",
+        "echogenicity": "hypoechogenicity",
+        "margins": "well defined",
+        "calcifications": "non",
+    }
     f.update(fields)
     body = "".join(f"<{k}>{v}</{k}>" for k, v in f.items())
     mk = "".join(f"<mark><image>{k}</image><svg>{s}</svg></mark>" for k, s in marks)
-    return (f"<case><number>{number}</number>{body}<tirads>{tirads}</tirads><reportbacaf></reportbacaf>"
-            f"<reporteco></reporteco>{mk}</case>")
+    return (
+        f"<case><number>{number}</number>{body}<tirads>{tirads}</tirads><reportbacaf></reportbacaf>"
+        f"<reporteco></reporteco>{mk}</case>"
+    )
 
 
 def jpeg(seed: int, size=(W, H)) -> bytes:
@@ -86,23 +95,38 @@ def load(root, **kw):
 # ---------------------------------------------------------------------------------------------
 # Vocabulary and label rules.
 
-@pytest.mark.parametrize("field,raw,expected", [
-    ("tirads", "4a", "4a"), ("tirads", " 4A ", "4a"), ("tirads", "4 b", "4b"), ("tirads", "TI-RADS 5", "5"),
-    ("tirads", "", None),
-    ("margins", "ill- defined", "ill-defined"), ("margins", "ill defined", "ill-defined"),
-    ("margins", "well defined smooth", "well-defined"), ("margins", "Well Defined", "well-defined"),
-    ("calcifications", "microcalcification", "microcalcifications"), ("calcifications", "non", "none"),
-    ("calcifications", "macrocalcification", "macrocalcifications"),
-    ("echogenicity", "marked hypoechogenicity", "markedly hypoechoic"), ("echogenicity", "isoechogenicity", "isoechoic"),
-    ("composition", "predominantly  solid", "predominantly solid"),
-    ("sex", "u", None), ("sex", "f", "F"), ("age", "39", 39), ("age", "", None),
-])
+
+@pytest.mark.parametrize(
+    "field,raw,expected",
+    [
+        ("tirads", "4a", "4a"),
+        ("tirads", " 4A ", "4a"),
+        ("tirads", "4 b", "4b"),
+        ("tirads", "TI-RADS 5", "5"),
+        ("tirads", "", None),
+        ("margins", "ill- defined", "ill-defined"),
+        ("margins", "ill defined", "ill-defined"),
+        ("margins", "well defined smooth", "well-defined"),
+        ("margins", "Well Defined", "well-defined"),
+        ("calcifications", "microcalcification", "microcalcifications"),
+        ("calcifications", "non", "none"),
+        ("calcifications", "macrocalcification", "macrocalcifications"),
+        ("echogenicity", "marked hypoechogenicity", "markedly hypoechoic"),
+        ("echogenicity", "isoechogenicity", "isoechoic"),
+        ("composition", "predominantly  solid", "predominantly solid"),
+        ("sex", "u", None),
+        ("sex", "f", "F"),
+        ("age", "39", 39),
+        ("age", "", None),
+    ],
+)
 def test_normalize_known_spellings(field, raw, expected):
     assert normalize_field(field, raw) == (expected, True)
 
 
-@pytest.mark.parametrize("field,raw", [("tirads", "4d"), ("tirads", "6"), ("margins", "fuzzy"), ("age", "abc"),
-                                       ("age", "300"), ("sex", "x")])
+@pytest.mark.parametrize(
+    "field,raw", [("tirads", "4d"), ("tirads", "6"), ("margins", "fuzzy"), ("age", "abc"), ("age", "300"), ("sex", "x")]
+)
 def test_normalize_unknown_is_flagged(field, raw):
     assert normalize_field(field, raw) == (None, False)
 
@@ -118,6 +142,7 @@ def test_label_rules():
 # ---------------------------------------------------------------------------------------------
 # <svg> JSON.
 
+
 def test_parse_svg_regions_and_arrows():
     text = svg(region([(1, 2), (3, 4), (5, 6)]), region([(7, 8), (9, 10)], "arrow"))
     p = parse_svg(text)
@@ -128,7 +153,10 @@ def test_parse_svg_regions_and_arrows():
 
 def test_parse_svg_pretty_printed_with_line_breaks():
     # 12 DDTI files break lines inside the JSON, even between "x": and the number.
-    text = '[{"points": [{"x":\n 385, "y": 182}, {"x": 398, "y":\n 179}, {"x": 404, "y": 176}],\n "annotation": {}, "regionType": "freehand"}]\n        '
+    text = (
+        '[{"points": [{"x":\n 385, "y": 182}, {"x": 398, "y":\n 179}, {"x": 404, "y": 176}],\n '
+        '"annotation": {}, "regionType": "freehand"}]\n        '
+    )
     p = parse_svg(text)
     assert p.status == "ok" and p.regions[0].points == ((385, 182), (398, 179), (404, 176))
 
@@ -139,12 +167,16 @@ def test_parse_svg_empty(text):
 
 
 def test_parse_svg_salvages_points_before_the_cut():
-    full = svg(region([(10, 10), (20, 10), (20, 20), (10, 20)]), region([(100, 100), (120, 100), (120, 130), (100, 130)]))
+    full = svg(
+        region([(10, 10), (20, 10), (20, 20), (10, 20)]), region([(100, 100), (120, 100), (120, 130), (100, 130)])
+    )
     cut = full[: full.index('{"x": 100, "y": 130}') + 12]  # inside the last point of region 2
     p = parse_svg(cut)
     assert p.status == "truncated" and p.error
-    assert [r.points for r in p.regions] == [((10, 10), (20, 10), (20, 20), (10, 20)),
-                                             ((100, 100), (120, 100), (120, 130))]
+    assert [r.points for r in p.regions] == [
+        ((10, 10), (20, 10), (20, 20), (10, 20)),
+        ((100, 100), (120, 100), (120, 130)),
+    ]
     assert [r.complete for r in p.regions] == [True, False]
     assert all(r.region_type == "freehand" for r in p.regions)
 
@@ -159,6 +191,7 @@ def test_parse_svg_cut_before_third_point_leaves_no_outline():
 # ---------------------------------------------------------------------------------------------
 # Whole-folder reading.
 
+
 def test_reads_cases_frames_and_bboxes(tmp_path):
     fx = Fixture(tmp_path)
     fx.case(1, "2", [(1, svg(region(box_outline(100, 50, 199, 129))))])
@@ -166,7 +199,10 @@ def test_reads_cases_frames_and_bboxes(tmp_path):
     ds = load(tmp_path)
     assert ds.format == "ddti" and ds.label_rule == "tirads"
     assert [(s.case_id, s.frame, s.label, s.tirads) for s in ds.samples] == [
-        ("1", 1, 0, "2"), ("2", 1, 1, "4b"), ("2", 2, 1, "4b")]
+        ("1", 1, 0, "2"),
+        ("2", 1, 1, "4b"),
+        ("2", 2, 1, "4b"),
+    ]
     assert [s.bbox for s in ds.samples] == [(100, 50, 200, 130), (10, 20, 60, 100), (300, 30, 350, 90)]
     assert all(s.label_rule == "tirads" and s.frame_size == (W, H) for s in ds.samples)
     assert ds.samples[1].image_path == tmp_path / "raw_jpg" / "2_1.jpg"
@@ -328,8 +364,12 @@ def test_parse_case_xml_alone_reports_into_a_given_report(tmp_path):
 def test_duplicate_images_within_a_case(tmp_path):
     fx = Fixture(tmp_path)
     img = jpeg(5)
-    fx.case(1, "4a", [(1, svg(region(box_outline(10, 10, 40, 40)))), (2, svg(region(box_outline(20, 20, 60, 60))))],
-            images={1: img, 2: img})
+    fx.case(
+        1,
+        "4a",
+        [(1, svg(region(box_outline(10, 10, 40, 40)))), (2, svg(region(box_outline(20, 20, 60, 60))))],
+        images={1: img, 2: img},
+    )
     ds = load(tmp_path)
     assert [s.frame for s in ds.samples] == [1]
     assert [(w.kind, w.file) for w in ds.report.warts] == [("duplicate-image", "raw_jpg/1_2.jpg")]
@@ -363,8 +403,10 @@ def ddti():
         warnings.simplefilter("ignore", DataWarning)
         # Decoding every frame once is enough to find unreadable files; the second rule's
         # load skips it (and still hashes every byte for de-duplication).
-        return {"tirads": load_dataset(DDTI_DIR, label_rule="tirads"),
-                "mccnn": load_dataset(DDTI_DIR, label_rule="mccnn", verify_images=False)}
+        return {
+            "tirads": load_dataset(DDTI_DIR, label_rule="tirads"),
+            "mccnn": load_dataset(DDTI_DIR, label_rule="mccnn", verify_images=False),
+        }
 
 
 @pytest.mark.ddti
@@ -389,7 +431,13 @@ def test_real_warts(ddti):
     assert sorted(w.case for w in truncated) == sorted(["54", "127", "165", "166", "176", "197", "203", "205"])
     assert all(w.action.startswith("salvaged") for w in truncated)
     assert {(w.case, w.frame) for w in r.warts_of("empty-outline")} == {
-        ("62", 3), ("120", 1), ("142", 2), ("213", 2), ("230", 2), ("389", 1)}
+        ("62", 3),
+        ("120", 1),
+        ("142", 2),
+        ("213", 2),
+        ("230", 2),
+        ("389", 1),
+    }
     dropped = {Path(w.file).stem for w in r.warts_of("duplicate-image")}
     assert dropped == {"150_1", "323_1", "326_1", "349_1", "396_1", "1_2", "213_2", "230_2", "92_4"}
     kept = {s.image_path.stem for s in ddti["tirads"].samples}

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from hfcn_bench.cli import main
 from hfcn_bench.data import kfold, load_dataset, read_manifest, split_train_test, write_manifest, write_synthetic_ddti
 from hfcn_bench.data.rois import MAX_IMAGE_PIXELS, MIN_ROI_SIDE, UnreadableImage, outline_inside_fraction, read_image
-from rich.console import Console
 
 
 def _load(path, **kw):
@@ -45,7 +45,7 @@ def _first_mark_only(xml: Path) -> None:
     text = xml.read_text()
     first_end = text.index("</mark>") + len("</mark>")
     rest = text.rfind("</mark>")
-    xml.write_text(text[:first_end] + text[rest + len("</mark>"):])
+    xml.write_text(text[:first_end] + text[rest + len("</mark>") :])
 
 
 def test_outline_inside_fraction():
@@ -99,7 +99,7 @@ def test_symlink_loop_among_frames_is_a_wart(phantoms):
     loop = phantoms / "raw_jpg" / "5_9.jpg"
     os.symlink(loop.name, loop)  # points at itself: ELOOP on every read
     xml = phantoms / "xml" / "5.xml"
-    xml.write_text(xml.read_text().replace("</case>", '<mark><image>9</image><svg></svg></mark></case>'))
+    xml.write_text(xml.read_text().replace("</case>", "<mark><image>9</image><svg></svg></mark></case>"))
     ds = _load(phantoms, warn=False)
     (w,) = [w for w in ds.report.warts if w.file == "raw_jpg/5_9.jpg"]
     assert w.kind == "unreadable-image" and "symbolic links" in w.message and w.action == "frame skipped"
@@ -128,9 +128,9 @@ def _png_declaring(path: Path, width: int, height: int) -> None:
     Image.new("L", (8, 8), 128).save(path)
     data = bytearray(path.read_bytes())
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr:ihdr + 17])) & 0xFFFFFFFF
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", crc)
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
     path.write_bytes(bytes(data))
 
 
@@ -175,8 +175,11 @@ def test_folder_conflicts_and_ignored_folders(tmp_path):
     Image.new("L", (40, 50), 0).save(tmp_path / "normal" / "n.png")
     ds = load_dataset(tmp_path, warn=False)
     kinds = sorted((w.kind, w.file) for w in ds.report.warts)
-    assert kinds == [("ignored-folder", "normal/"), ("label-conflict", "benign/b.png"),
-                     ("label-conflict", "malignant/malignant (145).png")]
+    assert kinds == [
+        ("ignored-folder", "normal/"),
+        ("label-conflict", "benign/b.png"),
+        ("label-conflict", "malignant/malignant (145).png"),
+    ]
     assert sorted(s.case_id for s in ds.samples) == ["benign/a", "malignant/c", "malignant/d"]
     assert ds.report.frames == 5 and ds.report.samples == 3
 
@@ -188,8 +191,11 @@ def _linked_phantoms(tmp_path, seed=0):
     truth = json.loads((root / "synthetic.json").read_text())["cases"]
     multi = [c for c, t in truth.items() if len(t["frames"]) >= 2]
     b = multi[0]
-    a = next(c for c, t in truth.items() if c != b and t["tirads"] in (("2", "3") if truth[b]["tirads"] in ("2", "3")
-                                                                         else ("4a", "4b", "4c", "5")))
+    a = next(
+        c
+        for c, t in truth.items()
+        if c != b and t["tirads"] in (("2", "3") if truth[b]["tirads"] in ("2", "3") else ("4a", "4b", "4c", "5"))
+    )
     (root / "raw_jpg" / f"{b}_1.jpg").write_bytes((root / "raw_jpg" / f"{a}_1.jpg").read_bytes())
     return root, a, b
 
@@ -224,7 +230,8 @@ def test_unlinked_data_splits_as_before(tmp_path):
     labels = ds.case_labels()
     split = split_train_test(ds, test_fraction=0.25, seed=5)
     for lab in (0, 1):
-        ids = sorted((c for c, v in labels.items() if v == lab),
-                     key=lambda c: hashlib.sha256(f"5\0{c}".encode()).hexdigest())
+        ids = sorted(
+            (c for c, v in labels.items() if v == lab), key=lambda c: hashlib.sha256(f"5\0{c}".encode()).hexdigest()
+        )
         n = min(max(round(len(ids) * 0.25), 1), len(ids) - 1)
         assert set(ids[:n]) <= set(split.test) and not set(ids[n:]) & set(split.test)

@@ -10,14 +10,23 @@ import warnings
 
 import numpy as np
 import pytest
+from clitools import run
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from hfcn_bench.data import (DataWarning, given_split, kfold, load_dataset, parse_classes, read_manifest,
-                             split_train_test, verify_manifest, write_manifest)
+from hfcn_bench.data import (
+    DataWarning,
+    given_split,
+    kfold,
+    load_dataset,
+    parse_classes,
+    read_manifest,
+    split_train_test,
+    verify_manifest,
+    write_manifest,
+)
 from hfcn_bench.data.contour import largest_region, mask_outline_polygon, trace_outer
 from hfcn_bench.errors import HfcnError
-from clitools import run
 
 FR = "benin=benign,malin=malignant"
 
@@ -59,12 +68,14 @@ def test_parse_classes_and_its_errors():
     assert parse_classes(FR) == {"benin": "benign", "malin": "malignant"}
     assert parse_classes({"Tirads2": "Benign", "tirads3": "benign"}) == {"tirads2": "benign", "tirads3": "benign"}
     assert parse_classes(None) is None
-    for bad, needle in (("benin=benign,malin=cancer", "unknown class 'cancer'"),
-                        ("benin=benign,BENIN=malignant", "folder 'BENIN' is mapped twice"),
-                        ("benin", "'benin' is not FOLDER=CLASS"),
-                        ("", "maps no folder"),
-                        ("train=benign", "is a split folder"),
-                        ("a/b=benign", "is not a folder name")):
+    for bad, needle in (
+        ("benin=benign,malin=cancer", "unknown class 'cancer'"),
+        ("benin=benign,BENIN=malignant", "folder 'BENIN' is mapped twice"),
+        ("benin", "'benin' is not FOLDER=CLASS"),
+        ("", "maps no folder"),
+        ("train=benign", "is a split folder"),
+        ("a/b=benign", "is not a folder name"),
+    ):
         with pytest.raises(HfcnError, match=needle.replace("(", r"\(")):
             parse_classes(bad)
 
@@ -98,8 +109,10 @@ def test_given_split_layout(tmp_path):
     (root / "test" / "malin" / "dup.png").write_bytes((root / "train" / "malin" / "0.png").read_bytes())
     _img(root / "test" / "notes" / "n.png", 500)
     ds = load_dataset(root, classes=FR, warn=False)
-    assert ds.report.sides == {"train": {"cases": 9, "benign": 4, "malignant": 5},
-                               "test": {"cases": 5, "benign": 2, "malignant": 3}}
+    assert ds.report.sides == {
+        "train": {"cases": 9, "benign": 4, "malignant": 5},
+        "test": {"cases": 5, "benign": 2, "malignant": 3},
+    }
     assert ds.describe()["given_split"] == ds.report.sides
     assert {s.side for s in ds.samples if s.case_id.startswith("train/")} == {"train"}
     assert "test/malin/2" in {s.case_id for s in ds.samples}
@@ -178,7 +191,9 @@ def test_masks_give_outlines_and_bad_masks_fall_back_with_a_warning(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = load_dataset(root)
-    mine = [str(w.message) for w in caught if issubclass(w.category, DataWarning) and "mask(s) unusable" in str(w.message)]
+    mine = [
+        str(w.message) for w in caught if issubclass(w.category, DataWarning) and "mask(s) unusable" in str(w.message)
+    ]
     assert len(mine) == 1 and "benign/b_mask.png (no foreground pixels)" in mine[0]
     assert "malignant/c_mask.png (mask is 32x32, image is 64x48)" in mine[0]
     a, b, c = ds.samples
@@ -187,8 +202,10 @@ def test_masks_give_outlines_and_bad_masks_fall_back_with_a_warning(tmp_path):
     assert (min(xs), min(ys), max(xs) + 1, max(ys) + 1) == a.bbox
     assert (b.roi_kind, b.polygon, b.bbox) == ("full-frame", None, (0, 0, 64, 48))
     assert (c.roi_kind, c.polygon, c.bbox) == ("full-frame", None, (0, 0, 64, 48))
-    assert sorted((w.kind, w.file) for w in ds.report.warts) == [("empty-mask", "benign/b_mask.png"),
-                                                                 ("unreadable-mask", "malignant/c_mask.png")]
+    assert sorted((w.kind, w.file) for w in ds.report.warts) == [
+        ("empty-mask", "benign/b_mask.png"),
+        ("unreadable-mask", "malignant/c_mask.png"),
+    ]
     f = outline_features(a)  # shape_rf describes a folder sample's outline
     assert f.shape == (len(FEATURE_NAMES),) and f[0] > 100  # area in pixels
     with pytest.raises(HfcnError, match="no nodule outline") as exc:
@@ -205,8 +222,25 @@ def given_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("folder-given")
     root = _split_set(base / "les", n_train=(10, 10), n_test=(4, 4), masks=True)
     out = base / "run"
-    rc, text = run(["train", "--data", str(root), "--classes", FR, "--split", "given", "--system", "shape_rf",
-                    "--preset", "smoke", "--n-boot", "20", "--out", str(out)])
+    rc, text = run(
+        [
+            "train",
+            "--data",
+            str(root),
+            "--classes",
+            FR,
+            "--split",
+            "given",
+            "--system",
+            "shape_rf",
+            "--preset",
+            "smoke",
+            "--n-boot",
+            "20",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, text
     return root, out, text
 
@@ -216,7 +250,9 @@ def test_train_on_the_given_split_records_it(given_run):
     assert "split: the dataset's own train/test split (train/: 20 cases" in text
     assert "class folders: benin/ = benign, malin/ = malignant" in text
     header = json.loads((out / "config.json").read_text())
-    assert header["split"]["method"] == "given" and header["split"]["description"] == "the dataset's own train/test split"
+    assert (
+        header["split"]["method"] == "given" and header["split"]["description"] == "the dataset's own train/test split"
+    )
     assert header["data"]["options"]["classes"] == {"benin": "benign", "malin": "malignant"}
     manifest = read_manifest(out / "split.json")
     assert manifest.method == "given" and manifest.data["options"]["classes"] == header["data"]["options"]["classes"]
@@ -243,14 +279,53 @@ def test_train_on_the_given_split_records_it(given_run):
 
 def test_cli_errors_and_data_check(given_run, tmp_path):
     root, _, _ = given_run
-    rc, text = run(["train", "--data", str(root / "train"), "--classes", FR, "--split", "given", "--system",
-                    "shape_rf", "--out", str(tmp_path / "r")])
+    rc, text = run(
+        [
+            "train",
+            "--data",
+            str(root / "train"),
+            "--classes",
+            FR,
+            "--split",
+            "given",
+            "--system",
+            "shape_rf",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert rc == 1 and "ships no train/test split of its own" in text and not (tmp_path / "r").exists()
-    rc, text = run(["train", "--data", str(root), "--classes", FR, "--split", "given", "--folds", "3",
-                    "--system", "shape_rf", "--out", str(tmp_path / "r")])
+    rc, text = run(
+        [
+            "train",
+            "--data",
+            str(root),
+            "--classes",
+            FR,
+            "--split",
+            "given",
+            "--folds",
+            "3",
+            "--system",
+            "shape_rf",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert rc == 1 and "--folds does not apply" in text
-    rc, text = run(["train", "--data", str(root), "--classes", "benin=benign,malin=tumour", "--system", "shape_rf",
-                    "--out", str(tmp_path / "r")])
+    rc, text = run(
+        [
+            "train",
+            "--data",
+            str(root),
+            "--classes",
+            "benin=benign,malin=tumour",
+            "--system",
+            "shape_rf",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert rc == 1 and "unknown class 'tumour'" in text and "Traceback" not in text
     rc, text = run(["data", "check", str(root), "--classes", FR, "--json"])
     assert rc == 0, text
@@ -276,16 +351,23 @@ def test_real_les3bdd_counts():
     r = ds.report
     # every file read: 795 images, train 643 (216 benign, 427 malignant), test 152 (53, 99)
     assert r.frames == 795 and r.by_rule["folder"].frames == {"benign": 269, "malignant": 526, "excluded": 0}
-    per_side = {side: {cls: sum(1 for w in r.warts_of("duplicate-image") if w.file.startswith(f"{side}/{cls}/"))
-                       for cls in ("benin", "malin")} for side in ("train", "test")}
+    per_side = {
+        side: {
+            cls: sum(1 for w in r.warts_of("duplicate-image") if w.file.startswith(f"{side}/{cls}/"))
+            for cls in ("benin", "malin")
+        }
+        for side in ("train", "test")
+    }
     # 42 byte-identical copies are dropped (the first copy kept; train/ is read before test/):
     # 33 within train/, 3 within test/, 6 test/ images identical to train/ ones
     assert per_side == {"train": {"benin": 5, "malin": 28}, "test": {"benin": 2, "malin": 7}}
     across = [w for w in r.warts_of("duplicate-image") if w.file.startswith("test/") and "train/" in w.message]
     assert len(across) == 6
     assert r.wart_counts() == {"duplicate-image": 42}
-    assert r.sides == {"train": {"cases": 643 - 33, "benign": 216 - 5, "malignant": 427 - 28},
-                       "test": {"cases": 152 - 9, "benign": 53 - 2, "malignant": 99 - 7}}
+    assert r.sides == {
+        "train": {"cases": 643 - 33, "benign": 216 - 5, "malignant": 427 - 28},
+        "test": {"cases": 152 - 9, "benign": 53 - 2, "malignant": 99 - 7},
+    }
     assert len(ds) == 795 - 42 and all(s.roi_kind == "full-frame" and s.polygon is None for s in ds.samples)
     split = given_split(ds)
     assert (len(split.train), len(split.test)) == (610, 143)

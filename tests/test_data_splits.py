@@ -12,8 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hfcn_bench.data import (Sample, kfold, load_dataset, read_manifest, split_train_test,
-                             verify_manifest, write_manifest, write_synthetic_ddti)
+from hfcn_bench.data import (
+    Sample,
+    kfold,
+    load_dataset,
+    read_manifest,
+    split_train_test,
+    verify_manifest,
+    write_manifest,
+    write_synthetic_ddti,
+)
 from hfcn_bench.data.splits import case_labels, write_json_atomic
 from hfcn_bench.errors import HfcnError
 
@@ -23,15 +31,19 @@ def make_samples(cases: dict[str, tuple[int, int]]) -> list[Sample]:
     out = []
     for cid, (label, n) in cases.items():
         for k in range(n):
-            out.append(Sample(cid, k + 1, Path(f"/nowhere/{cid}_{k + 1}.jpg"), None, (0, 0, 10, 10), label, "tirads",
-                              (560, 360)))
+            out.append(
+                Sample(
+                    cid, k + 1, Path(f"/nowhere/{cid}_{k + 1}.jpg"), None, (0, 0, 10, 10), label, "tirads", (560, 360)
+                )
+            )
     return out
 
 
 case_tables = st.dictionaries(
     st.text("0123456789abc", min_size=1, max_size=4),
     st.tuples(st.integers(0, 1), st.integers(1, 4)),
-    min_size=2, max_size=60,
+    min_size=2,
+    max_size=60,
 )
 
 
@@ -172,7 +184,9 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 
 
 @pytest.mark.ddti
-@pytest.mark.skipif(not os.environ.get("HFCN_DDTI_DIR"), reason="HFCN_DDTI_DIR is not set (real DDTI files not available)")
+@pytest.mark.skipif(
+    not os.environ.get("HFCN_DDTI_DIR"), reason="HFCN_DDTI_DIR is not set (real DDTI files not available)"
+)
 def test_real_ddti_split_keeps_cases_whole():
     ds = load_dataset(os.environ["HFCN_DDTI_DIR"], warn=False)
     split = split_train_test(ds, seed=0)
@@ -183,4 +197,3 @@ def test_real_ddti_split_keeps_cases_whole():
     for fold in kfold(ds, 5, seed=0):
         tr, te = fold.select(ds)
         assert {s.case_id for s in tr}.isdisjoint({s.case_id for s in te})
-

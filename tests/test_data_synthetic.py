@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from hfcn_bench.data import DataWarning, load_dataset, write_synthetic_ddti
+from hfcn_bench.data import DataWarning, load_dataset, synthetic, write_synthetic_ddti
 from hfcn_bench.data.rois import open_rgb
-from hfcn_bench.data import synthetic
 from hfcn_bench.data.synthetic import DIFFICULTIES, FRAME_SIZE, GENERATOR_VERSION, MIN_CASES_WITH_WARTS
 from hfcn_bench.errors import HfcnError
 
 
 def tree_digest(root) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +97,8 @@ def _roi_stats(sample):
     inside = np.asarray(mask_img, dtype=bool)
     x0, y0, x1, y1 = sample.bbox
     ring = np.zeros_like(inside)
-    ring[max(y0 - 15, 0):y1 + 15, max(x0 - 15, 0):x1 + 15] = True
-    ring[y0 - 3:y1 + 3, x0 - 3:x1 + 3] = False
+    ring[max(y0 - 15, 0) : y1 + 15, max(x0 - 15, 0) : x1 + 15] = True
+    ring[y0 - 3 : y1 + 3, x0 - 3 : x1 + 3] = False
     echo = img[inside].mean() / img[ring].mean()
     bright = (img[inside] > 225).mean()
     foci = (img[inside] > np.median(img[inside]) + 60).mean()
@@ -171,20 +173,30 @@ def test_realistic_cues_overlap_between_the_classes():
         assert 3 < odds < 40, (cue, mal[cue], ben[cue])
         assert mal[cue] < 0.9 and ben[cue] > 0.05, (cue, mal[cue], ben[cue])
     assert ben["spongiform"] > 0.1 > mal["spongiform"]
+
     # The best any reader of the cues can do: the likelihood ratio of the whole cue model
     # (look-alikes included) ranks the classes well short of perfectly.
     def llr(look):
         lm = lb = 0.0
-        values = {"composition": look.cystic, "echo": look.echo_class, "margin": look.margin, "taller": look.taller,
-                  "micro": look.micro > 0, "comet": look.comet > 0, "macro": look.macro, "halo": look.halo}
+        values = {
+            "composition": look.cystic,
+            "echo": look.echo_class,
+            "margin": look.margin,
+            "taller": look.taller,
+            "micro": look.micro > 0,
+            "comet": look.comet > 0,
+            "macro": look.macro,
+            "halo": look.halo,
+        }
         for name, (pm, pb) in synthetic._CUES.items():
             v = values[name]
             qm, qb = (pm[v], pb[v]) if isinstance(pm, dict) else ((pm, pb) if v else (1 - pm, 1 - pb))
             lm, lb = lm + np.log(qm + 1e-9), lb + np.log(qb + 1e-9)
         am, ab = synthetic._LOOKALIKE
-        return (np.logaddexp(np.log(1 - am) + lm, np.log(am) + lb)
-                - np.logaddexp(np.log(1 - ab) + lb, np.log(ab) + lm))
+        return np.logaddexp(np.log(1 - am) + lm, np.log(am) + lb) - np.logaddexp(np.log(1 - ab) + lb, np.log(ab) + lm)
+
     from hfcn_bench.metrics import roc_auc
+
     scores = [llr(lk) for lk in mal_looks + ben_looks]
     ideal = roc_auc(np.r_[np.ones(len(mal_looks)), np.zeros(len(ben_looks))].astype(bool), scores)
     assert 0.82 < ideal < 0.93, ideal
@@ -228,14 +240,25 @@ def test_warts_are_injected_and_each_one_is_reported(tmp_path):
     with pytest.warns(DataWarning):
         ds = load_dataset(out)
     injected = {(w["kind"], w["case"], w.get("frame")) for w in truth["warts"]}
-    assert {k for k, _, _ in injected} == {"truncated-outline", "empty-outline", "duplicate-outline",
-                                           "duplicate-image", "missing-image", "unreadable-image", "malformed-xml"}
+    assert {k for k, _, _ in injected} == {
+        "truncated-outline",
+        "empty-outline",
+        "duplicate-outline",
+        "duplicate-image",
+        "missing-image",
+        "unreadable-image",
+        "malformed-xml",
+    }
     reported = {(w.kind, w.case, w.frame) for w in ds.report.warts}
     # A duplicate pair may be resolved either way (the labelled copy is kept): match by group.
     for k, c, f in injected - {x for x in injected if x[0] == "duplicate-image"}:
         assert (k, c, f) in reported, (k, c, f)
-    dup_groups = [{(c, f), (w["of"].split("_")[0], int(w["of"].split("_")[1]))}
-                  for w in truth["warts"] if w["kind"] == "duplicate-image" for c, f in [(w["case"], w["frame"])]]
+    dup_groups = [
+        {(c, f), (w["of"].split("_")[0], int(w["of"].split("_")[1]))}
+        for w in truth["warts"]
+        if w["kind"] == "duplicate-image"
+        for c, f in [(w["case"], w["frame"])]
+    ]
     dropped = {(w.case, w.frame) for w in ds.report.warts_of("duplicate-image")}
     conflicts = {(w.case, w.frame) for w in ds.report.warts_of("label-conflict")}
     for g in dup_groups:

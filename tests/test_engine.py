@@ -63,8 +63,9 @@ def test_loop_keeps_the_first_best_epoch_and_folds_a_lone_last_sample(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     task = _Task(model, [0.5, 0.9, 0.9, 0.7])
-    res = fit_loop(model, task, LoopSettings(epochs=4, batch_size=16, lr=0.1, seed=0), config={"k": 1},
-                   ckpt_dir=tmp_path)
+    res = fit_loop(
+        model, task, LoopSettings(epochs=4, batch_size=16, lr=0.1, seed=0), config={"k": 1}, ckpt_dir=tmp_path
+    )
     assert res.best_epoch == 2 and [r["best"] for r in res.history] == [True, True, False, False]
     assert task.sizes == [17] * 4  # 17 items, batch 16: one batch of 17, none of 1
     best = load_checkpoint(tmp_path / "best.pt")
@@ -74,9 +75,14 @@ def test_loop_keeps_the_first_best_epoch_and_folds_a_lone_last_sample(tmp_path):
     # Resuming the finished stage (last.pt dropped) trains nothing: all four epochs came from
     # the earlier run, whatever the best epoch was.
     (tmp_path / "last.pt").unlink()
-    again = fit_loop(torch.nn.Linear(3, 2), _Task(model, [0.5, 0.9, 0.9, 0.7]),
-                     LoopSettings(epochs=4, batch_size=16, lr=0.1, seed=0), config={"k": 1}, ckpt_dir=tmp_path,
-                     resume=True)
+    again = fit_loop(
+        torch.nn.Linear(3, 2),
+        _Task(model, [0.5, 0.9, 0.9, 0.7]),
+        LoopSettings(epochs=4, batch_size=16, lr=0.1, seed=0),
+        config={"k": 1},
+        ckpt_dir=tmp_path,
+        resume=True,
+    )
     assert again.best_epoch == 2 and again.resumed_from == 4 and len(again.history) == 4
 
 
@@ -94,13 +100,32 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("system, stage, config", [
-    ("mccnn_spp", "epoch", {"trunk": "paper", "image_size": 32, "epochs": 3, "threads": 1}),
-    ("two_stage", "seg_epoch", {"frame_size": (48, 64), "unet_base": 4, "unet_depth": 2, "seg_epochs": 3,
-                                "seg_batch": 4, "image_size": 32, "epochs": 1, "rf_trees": 10, "threads": 1}),
-    ("mccnn_cascade", "det_epoch", {"trunk": "paper", "image_size": 32, "epochs": 1, "frame_size": (48, 64),
-                                    "det_epochs": 3, "threads": 1}),
-])
+@pytest.mark.parametrize(
+    "system, stage, config",
+    [
+        ("mccnn_spp", "epoch", {"trunk": "paper", "image_size": 32, "epochs": 3, "threads": 1}),
+        (
+            "two_stage",
+            "seg_epoch",
+            {
+                "frame_size": (48, 64),
+                "unet_base": 4,
+                "unet_depth": 2,
+                "seg_epochs": 3,
+                "seg_batch": 4,
+                "image_size": 32,
+                "epochs": 1,
+                "rf_trees": 10,
+                "threads": 1,
+            },
+        ),
+        (
+            "mccnn_cascade",
+            "det_epoch",
+            {"trunk": "paper", "image_size": 32, "epochs": 1, "frame_size": (48, 64), "det_epochs": 3, "threads": 1},
+        ),
+    ],
+)
 def test_killed_comparator_resumes_bit_exactly(system, stage, config, ds, tmp_path):
     """Kill a network of a comparator after its second epoch, resume: the weights end exactly
     where an uninterrupted run's do (batch order, augmentation draws, dropout state, optimizer)."""

@@ -96,10 +96,11 @@ def test_failed_write_removes_temp_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-
 def test_forest_plot(tmp_path):
-    rows = [{"name": "shape_rf", "auc": 0.66, "auc_ci": [0.55, 0.76], "f1": 0.8, "f1_ci": [0.7, 0.85]},
-            {"name": "HFCN paper+bfc", "auc": 0.57, "auc_ci": None, "f1": None}]
+    rows = [
+        {"name": "shape_rf", "auc": 0.66, "auc_ci": [0.55, 0.76], "f1": 0.8, "f1_ci": [0.7, 0.85]},
+        {"name": "HFCN paper+bfc", "auc": 0.57, "auc_ci": None, "f1": None},
+    ]
     path = tmp_path / "f" / "rank.png"
     _check_png(path, figures.plot_forest(rows, path, baseline={"auc": 0.5, "f1": 0.91}))
     with pytest.raises(ValueError, match="nothing to plot"):

@@ -40,8 +40,10 @@ def test_bad_budget(tmp_path):
     assert r.returncode == 2 and "HFCN_GPU_CHECK_BUDGET_S must be a whole number" in r.stderr
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or shutil.which("nvidia-smi") is not None,
-                    reason="a GPU (or nvidia-smi) is present: the no-GPU path cannot be exercised")
+@pytest.mark.skipif(
+    torch.cuda.is_available() or shutil.which("nvidia-smi") is not None,
+    reason="a GPU (or nvidia-smi) is present: the no-GPU path cannot be exercised",
+)
 def test_no_gpu_fails_clearly_before_installing(tmp_path):
     out = tmp_path / "out"
     r = _run(str(out))

@@ -5,7 +5,6 @@ ResNet-18) on the very ROI tensor their prediction uses; their pictures draw."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -57,11 +56,14 @@ def samples(tmp_path_factory):
     return load_dataset(root, warn=False).samples
 
 
-@pytest.mark.parametrize("name, over", [
-    ("mccnn_spp", {"epochs": 1}),
-    ("mccnn_cascade", {"epochs": 1, "det_epochs": 1}),
-    ("two_stage", {"epochs": 1, "seg_epochs": 1, "rf_trees": 10}),
-])
+@pytest.mark.parametrize(
+    "name, over",
+    [
+        ("mccnn_spp", {"epochs": 1}),
+        ("mccnn_cascade", {"epochs": 1, "det_epochs": 1}),
+        ("two_stage", {"epochs": 1, "seg_epochs": 1, "rf_trees": 10}),
+    ],
+)
 def test_cnn_comparators_explain_the_roi_they_classify(name, over, samples):
     from hfcn_bench.bench.figures import figure_rgb, prediction_figure
     from hfcn_bench.runs import Prediction

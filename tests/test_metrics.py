@@ -251,9 +251,7 @@ def test_against_sklearn_larger_random(seed):
     assert M.roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
     assert M.average_precision(y, p) == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
     t = M.choose_threshold(y, p, "youden")
-    prec, rec, f1, _ = skm.precision_recall_fscore_support(
-        y, (p >= t).astype(int), average="binary", zero_division=0
-    )
+    prec, rec, f1, _ = skm.precision_recall_fscore_support(y, (p >= t).astype(int), average="binary", zero_division=0)
     m = M.binary_metrics(y, p, t)
     assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((prec, rec, f1))
 
@@ -425,8 +423,9 @@ def test_case_bootstrap_matches_a_hand_written_loop():
         vals["f1"].append(2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0)
         pos, neg = [q for a, q in zip(yb, pb) if a == 1], [q for a, q in zip(yb, pb) if a == 0]
         if pos and neg:  # the AUC of a one-class resample is undefined: skipped, as documented
-            vals["auc"].append(sum(1.0 if u > v else 0.5 if u == v else 0.0 for u in pos for v in neg)
-                               / (len(pos) * len(neg)))
+            vals["auc"].append(
+                sum(1.0 if u > v else 0.5 if u == v else 0.0 for u in pos for v in neg) / (len(pos) * len(neg))
+            )
     for name, v in vals.items():
         low, high = np.quantile(np.asarray(v), [0.025, 0.975])
         ci = report["ci"][name]
@@ -470,9 +469,7 @@ def test_evaluate_report():
         ci = r["ci"][name]
         assert ci["low"] <= ci["point"] <= ci["high"]
     assert r["ci"]["auc"]["point"] == r["auc"]
-    acc_ci = M.bootstrap_ci(
-        y, p, cases, lambda yb, pb: M.binary_metrics(yb, pb, 0.5)["accuracy"], n_boot=200, seed=0
-    )
+    acc_ci = M.bootstrap_ci(y, p, cases, lambda yb, pb: M.binary_metrics(yb, pb, 0.5)["accuracy"], n_boot=200, seed=0)
     assert acc_ci == (r["ci"]["accuracy"]["point"], r["ci"]["accuracy"]["low"], r["ci"]["accuracy"]["high"])
     assert r["majority_baseline"]["majority_class"] == 1
     assert r == M.evaluate(y, p, cases, threshold=0.5, n_boot=200, seed=0, y_train=np.r_[y, 1])

@@ -59,12 +59,19 @@ def _params_close(a, b, **tol):
         if pa.grad is None:
             assert pb.grad is None, na
             continue
-        torch.testing.assert_close(pa.grad, pb.grad, **tol, msg=lambda m: f"{na}: {m}")
+        torch.testing.assert_close(pa.grad, pb.grad, **tol, msg=lambda m, na=na: f"{na}: {m}")
 
 
 def test_known_backbones():
-    assert set(available_backbones()) == {"paper", "vgg19", "resnet18", "resnet50", "inception_v3", "xception",
-                                          "efficientnet_lite0"}
+    assert set(available_backbones()) == {
+        "paper",
+        "vgg19",
+        "resnet18",
+        "resnet50",
+        "inception_v3",
+        "xception",
+        "efficientnet_lite0",
+    }
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -128,9 +135,9 @@ def test_paper_model_at_224_matches_table_1():
     m = build_model(backbone="paper", crop="bfc", alpha=0.6)
     assert m.feature_hw == (14, 14) and m.num_features == 128
     # classifier: flatten -> dropout 0.5 -> FC 512 -> ReLU -> dropout 0.5 -> FC 2, shared
-    fcs = [l for l in m.head if isinstance(l, torch.nn.Linear)]
-    drops = [l for l in m.head if isinstance(l, torch.nn.Dropout)]
-    assert [(l.in_features, l.out_features) for l in fcs] == [(128 * 14 * 14, 512), (512, 2)]
+    fcs = [layer for layer in m.head if isinstance(layer, torch.nn.Linear)]
+    drops = [layer for layer in m.head if isinstance(layer, torch.nn.Dropout)]
+    assert [(fc.in_features, fc.out_features) for fc in fcs] == [(128 * 14 * 14, 512), (512, 2)]
     assert [d.p for d in drops] == [0.5, 0.5]
     assert sum(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.backbone.modules()) == 4
     x = torch.randn(1, 3, 224, 224)
@@ -159,8 +166,10 @@ def test_bfc_windows_alpha_06_on_14x14():
     feat = torch.randn(2, 128, 14, 14)
     crops = m.crop_features(feat)
     assert crops.shape == (2, 5, 128, 14, 14)
-    for n, (t, l, h, w) in enumerate(expected):
-        want = F.interpolate(feat[:, :, t : t + h, l : l + w], size=(14, 14), mode="bilinear", align_corners=False)
+    for n, (t, left, h, w) in enumerate(expected):
+        want = F.interpolate(
+            feat[:, :, t : t + h, left : left + w], size=(14, 14), mode="bilinear", align_corners=False
+        )
         torch.testing.assert_close(crops[:, n], want)
 
 
@@ -232,8 +241,10 @@ def _pair(crop, **kw):
 def test_fused_and_naive_give_same_outputs_and_gradients(crop):
     fused, naive = _pair(crop, seed=3)
     if ops.backend() == "reference":
-        pytest.skip(f"the crop_resize extension is not built here ({ops.extension_error()}), "
-                    "fused would fall back to the reference")
+        pytest.skip(
+            f"the crop_resize extension is not built here ({ops.extension_error()}), "
+            "fused would fall back to the reference"
+        )
     # the extension's backend: its CPU kernels, or its CUDA kernels on a machine with a GPU
     assert fused.crop_backend == ("cuda" if torch.cuda.is_available() else "cpp-cpu") and naive.crop_backend == "naive"
     x = torch.randn(4, 3, 64, 64, dtype=torch.float64)
@@ -287,21 +298,27 @@ def test_loss_is_weighted_cross_entropy_of_the_fused_probability():
     torch.testing.assert_close(hfcn_loss(prob, labels), (w * nll).sum() / w.sum())
     torch.testing.assert_close(hfcn_loss(prob, labels, reduction="none"), w * nll)
     # with the (weighted) mean only the ratio of the weights matters
-    torch.testing.assert_close(
-        hfcn_loss(prob, labels, w_malignant=30.0, w_benign=20.0), hfcn_loss(prob, labels)
-    )
+    torch.testing.assert_close(hfcn_loss(prob, labels, w_malignant=30.0, w_benign=20.0), hfcn_loss(prob, labels))
     assert not torch.allclose(hfcn_loss(prob, labels, w_malignant=1.0, w_benign=1.0), hfcn_loss(prob, labels))
     # a saturated probability stays finite
     assert torch.isfinite(hfcn_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([1])))
     # explicit weights for K classes
     p3 = torch.full((2, 3), 1 / 3)
-    torch.testing.assert_close(hfcn_loss(p3, torch.tensor([0, 2]), class_weights=[1, 1, 1]),
-                               torch.log(torch.tensor(3.0)))
+    torch.testing.assert_close(
+        hfcn_loss(p3, torch.tensor([0, 2]), class_weights=[1, 1, 1]), torch.log(torch.tensor(3.0))
+    )
 
 
-@pytest.mark.parametrize("weights, needle", [([-1, 1], "non-negative"), ([0, 0], "not all zero"),
-                                             ([1, 1, 1], "2 non-negative"), (["a", 1], "must be 2 numbers"),
-                                             ([float("nan"), 1], "not all zero")])
+@pytest.mark.parametrize(
+    "weights, needle",
+    [
+        ([-1, 1], "non-negative"),
+        ([0, 0], "not all zero"),
+        ([1, 1, 1], "2 non-negative"),
+        (["a", 1], "must be 2 numbers"),
+        ([float("nan"), 1], "not all zero"),
+    ],
+)
 def test_bad_class_weights_are_one_clear_error(weights, needle):
     with pytest.raises(HfcnError, match=needle):
         hfcn_loss(torch.full((2, 2), 0.5), torch.tensor([0, 1]), class_weights=weights)
@@ -499,8 +516,9 @@ def test_compare_model_costs_rows_small():
     from hfcn_bench.bench.model_cost import compare_model_costs
 
     threads = torch.get_num_threads()
-    rows = compare_model_costs(("none", "bfc", "bfc-naive", "image"), batch=2, size=32, repeats=2,
-                               warmup=1, op_repeats=2, threads=1)
+    rows = compare_model_costs(
+        ("none", "bfc", "bfc-naive", "image"), batch=2, size=32, repeats=2, warmup=1, op_repeats=2, threads=1
+    )
     by = {r["mode"]: r for r in rows}
     assert list(by) == ["none", "bfc", "bfc-naive", "image"]
     for r in rows:
@@ -588,10 +606,10 @@ def test_imagenet_efficientnet_lite0_recognises_an_imagenet_picture():
     """The weights are the real ImageNet ones: with the package's own classifier on top, the
     photograph of Grace Hopper that matplotlib ships is a "military uniform" (class 652)."""
     pytest.importorskip("efficientnet_lite_pytorch")
-    import matplotlib
-    import numpy as np
     from pathlib import Path
 
+    import matplotlib
+    import numpy as np
     from PIL import Image
 
     from hfcn_bench.data.dataset import IMAGENET_MEAN, IMAGENET_STD

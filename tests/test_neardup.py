@@ -11,13 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clitools import run
 from PIL import Image
 
-from clitools import run
-from hfcn_bench.data import write_synthetic_ddti
 from hfcn_bench.data import neardup as nd
-from hfcn_bench.data.neardup import (BANDS, KINDS, find_groups, find_images, find_overlap, hash_images, phash,
-                                     window_boxes, window_hashes)
+from hfcn_bench.data import write_synthetic_ddti
+from hfcn_bench.data.neardup import (
+    BANDS,
+    KINDS,
+    find_groups,
+    find_images,
+    find_overlap,
+    hash_images,
+    phash,
+    window_boxes,
+    window_hashes,
+)
 from hfcn_bench.data.report import DataWarning
 
 
@@ -42,9 +51,16 @@ def phantoms(tmp_path_factory):
 VARIANTS = {
     "q50.jpg": (0, "re-encoded", lambda im: _jpeg(im, 50)),
     "half.jpg": (1, "resized", lambda im: _jpeg(im.resize((im.width * 6 // 10, im.height * 6 // 10), Image.BILINEAR))),
-    "crop.jpg": (2, "cropped", lambda im: _jpeg(im.crop((70, 10, 70 + round(im.width * 0.85), 10 + round(im.height * 0.9))))),
-    "gain.jpg": (3, "brightness/contrast",
-                 lambda im: _jpeg(Image.fromarray(np.clip(np.asarray(im, np.float32) * 1.12 + 15, 0, 255).astype(np.uint8)))),
+    "crop.jpg": (
+        2,
+        "cropped",
+        lambda im: _jpeg(im.crop((70, 10, 70 + round(im.width * 0.85), 10 + round(im.height * 0.9)))),
+    ),
+    "gain.jpg": (
+        3,
+        "brightness/contrast",
+        lambda im: _jpeg(Image.fromarray(np.clip(np.asarray(im, np.float32) * 1.12 + 15, 0, 255).astype(np.uint8))),
+    ),
     "grey.png": (4, "grey/rgb", lambda im: _png(im.convert("L"))),
     "pixels.png": (5, "identical-pixels", lambda im: _png(im)),
 }
@@ -142,10 +158,18 @@ def test_distinct_frames_are_not_matched(sets, indexes):
     _, _, frames, truth = sets
     ia, ib = indexes
     only_frames = [i for i, n in enumerate(ia.names) if n.startswith("frames/")]
-    sub = nd.HashIndex(ia.root, [ia.names[i] for i in only_frames], ia.sizes[only_frames],
-                       [ia.modes[i] for i in only_frames], [ia.sha256[i] for i in only_frames],
-                       [ia.pixels[i] for i in only_frames], ia.hashes[only_frames], ia.thumbs[only_frames],
-                       ia.thumbs_128[only_frames], ia.thumbs_64[only_frames])
+    sub = nd.HashIndex(
+        ia.root,
+        [ia.names[i] for i in only_frames],
+        ia.sizes[only_frames],
+        [ia.modes[i] for i in only_frames],
+        [ia.sha256[i] for i in only_frames],
+        [ia.pixels[i] for i in only_frames],
+        ia.hashes[only_frames],
+        ia.thumbs[only_frames],
+        ia.thumbs_128[only_frames],
+        ia.thumbs_64[only_frames],
+    )
     cases = {p.stem.rsplit("_", 1)[0] for p in frames}
     assert len(cases) < len(frames)  # some case has several frames
     assert find_groups(sub) == []
@@ -200,6 +224,7 @@ def test_progress_and_bad_arguments(indexes):
 # ------------------------------------------------------------------------------------------
 # the command line
 
+
 def test_cli_overlap_two_folders_json(sets):
     a_dir, b_dir, _, truth = sets
     rc, text = run(["data", "overlap", str(a_dir), str(b_dir), "--json"])
@@ -250,6 +275,7 @@ def test_cli_overlap_reports_unreadable_files(tmp_path, phantoms):
 # ------------------------------------------------------------------------------------------
 # real data: DDTI against LES3BDD
 
+
 def _area_means(img: np.ndarray, boxes: np.ndarray, n: int = 24) -> np.ndarray:
     """(len(boxes), n * n) means of an n x n grid of cells over each box (fractions x0, y0,
     x1, y1) of a grey image, from its integral image: plain area averaging."""
@@ -270,6 +296,7 @@ def _reference_twins(ddti: list[Path], les: list[Path]) -> tuple[dict, np.ndarra
     brute-force grid of windows of the frame (sides 1.0, 0.9, 0.8 and 0.7 of it along each
     axis, every 0.05, and its two halves), each averaged to 24x24 cells: a pixel criterion
     computed without the index or any of its code."""
+
     def unit(a: np.ndarray) -> np.ndarray:
         a = a - a.mean(axis=1, keepdims=True)
         return a / np.sqrt((a * a).sum(axis=1, keepdims=True) + 1e-6)
@@ -288,8 +315,12 @@ def _reference_twins(ddti: list[Path], les: list[Path]) -> tuple[dict, np.ndarra
 
 
 @pytest.mark.ddti
-@pytest.mark.skipif(not os.environ.get("HFCN_LES3BDD_DIR"), reason="HFCN_LES3BDD_DIR is not set (LES3BDD not available)")
-@pytest.mark.skipif(not os.environ.get("HFCN_DDTI_DIR"), reason="HFCN_DDTI_DIR is not set (real DDTI files not available)")
+@pytest.mark.skipif(
+    not os.environ.get("HFCN_LES3BDD_DIR"), reason="HFCN_LES3BDD_DIR is not set (LES3BDD not available)"
+)
+@pytest.mark.skipif(
+    not os.environ.get("HFCN_DDTI_DIR"), reason="HFCN_DDTI_DIR is not set (real DDTI files not available)"
+)
 def test_real_ddti_against_les3bdd():
     ddti_root, les_root = Path(os.environ["HFCN_DDTI_DIR"]), Path(os.environ["HFCN_LES3BDD_DIR"])
     rc, text = run(["data", "overlap", str(ddti_root), str(les_root), "--json"])

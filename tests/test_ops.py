@@ -52,9 +52,9 @@ def expected(x: torch.Tensor, boxes: torch.Tensor, size) -> torch.Tensor:
     out = torch.empty(x.shape[0], b.shape[-2], x.shape[1], oh, ow, dtype=torch.float64)
     for s in range(x.shape[0]):
         rows = b if b.dim() == 2 else b[s]
-        for n, (t, l, h, w) in enumerate(rows.tolist()):
+        for n, (t, left, h, w) in enumerate(rows.tolist()):
             out[s, n] = F.interpolate(
-                xd[s : s + 1, :, t : t + h, l : l + w], size=(oh, ow), mode="bilinear", align_corners=False
+                xd[s : s + 1, :, t : t + h, left : left + w], size=(oh, ow), mode="bilinear", align_corners=False
             )[0]
     return out
 
@@ -84,7 +84,8 @@ def test_boundary_boxes_paper_setting():
 
 
 @pytest.mark.parametrize(
-    "size,alpha,side", [(14, 0.5, 7), (14, 0.7, 10), (14, 0.8, 11), (14, 0.9, 13), (14, 1.0, 14), (7, 0.5, 4), (10, 0.6, 6)]
+    "size,alpha,side",
+    [(14, 0.5, 7), (14, 0.7, 10), (14, 0.8, 11), (14, 0.9, 13), (14, 1.0, 14), (7, 0.5, 4), (10, 0.6, 6)],
 )
 def test_window_size_rounds_half_up(size, alpha, side):
     assert ops.window_size(size, alpha) == side
@@ -105,9 +106,9 @@ def test_random_boxes_seeded_and_inside():
     b = ops.random_boxes(14, 12, 0.6, 50, generator=torch.Generator().manual_seed(3))
     c = ops.random_boxes(14, 12, 0.6, 50, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    t, l, h, w = a.unbind(1)
+    t, left, h, w = a.unbind(1)
     assert (h == 8).all() and (w == 7).all()
-    assert (t >= 0).all() and (t + h <= 14).all() and (l >= 0).all() and (l + w <= 12).all()
+    assert (t >= 0).all() and (t + h <= 14).all() and (left >= 0).all() and (left + w <= 12).all()
     assert len({tuple(r) for r in a.tolist()}) > 5  # positions actually vary
 
 
@@ -121,7 +122,9 @@ def test_forward_matches_contract(device, dtype, kind):
     need(device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 14, 13, generator=g, dtype=torch.float64)
-    boxes = torch.tensor([[0, 0, 8, 8], [0, 5, 8, 8], [6, 0, 8, 8], [6, 5, 8, 8], [3, 2, 8, 8], [2, 1, 12, 11], [5, 4, 1, 1]])
+    boxes = torch.tensor(
+        [[0, 0, 8, 8], [0, 5, 8, 8], [6, 0, 8, 8], [6, 5, 8, 8], [3, 2, 8, 8], [2, 1, 12, 11], [5, 4, 1, 1]]
+    )
     xs = layout(x.to(device, dtype), kind)
     for size in [(14, 13), (5, 7), (8, 8), (1, 3)]:
         y = ops.crop_resize(xs, boxes.to(device), size)
@@ -417,7 +420,8 @@ def test_fallback_to_reference_warns_and_still_computes():
         "    warnings.simplefilter('always')\n"
         "    y = ops.crop_resize(x, b, 14)\n"
         "assert ops.backend() == 'reference', ops.backend()\n"
-        "assert any('falls back to the pure-PyTorch reference' in str(m.message) for m in w), [str(m.message) for m in w]\n"
+        "msgs = [str(m.message) for m in w]\n"
+        "assert any('falls back to the pure-PyTorch reference' in m for m in msgs), msgs\n"
         "assert torch.equal(y, ops.crop_resize_reference(x, b, 14))\n"
         "print('ok')\n"
     )
@@ -440,8 +444,12 @@ def test_sources_ship_with_a_non_editable_install(tmp_path):
     assert shipped == sorted(p.name for p in (ROOT / "csrc").iterdir() if p.suffix in (".h", ".cpp", ".cu"))
     code = "import hfcn_bench.ops as ops; print(ops.csrc_dir())"
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert Path(out.stdout.strip()) == tmp_path / "hfcn_bench" / "_csrc"

@@ -9,15 +9,26 @@ import numpy as np
 import pytest
 
 from hfcn_bench.errors import HfcnError
-from hfcn_bench.protocol import (Predictions, calibration, choose_threshold, ensemble, read_fitted, read_run,
-                                 remove_stray_temps, sha256_file, verify_files, write_fitted)
+from hfcn_bench.protocol import (
+    Predictions,
+    calibration,
+    choose_threshold,
+    ensemble,
+    read_fitted,
+    read_run,
+    remove_stray_temps,
+    sha256_file,
+    verify_files,
+    write_fitted,
+)
 from hfcn_bench.protocol.runfolder import check_reusable
 
 
 def _pred(prob, labels, cases=None):
     n = len(prob)
-    return Predictions(np.asarray(prob, float), np.asarray(labels), np.asarray(cases or [str(i) for i in range(n)],
-                                                                              dtype=object), [])
+    return Predictions(
+        np.asarray(prob, float), np.asarray(labels), np.asarray(cases or [str(i) for i in range(n)], dtype=object), []
+    )
 
 
 def test_threshold_falls_back_on_one_class():
@@ -52,8 +63,18 @@ def test_ensemble_is_the_mean_probability_at_the_mean_threshold():
 def _run_dir(tmp_path, version=2):
     d = tmp_path / "run"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"format": "hfcn-bench/run", "version": version, "system": "hfcn",
-                                               "config": {}, "split": {}, "protocol": {}}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "format": "hfcn-bench/run",
+                "version": version,
+                "system": "hfcn",
+                "config": {},
+                "split": {},
+                "protocol": {},
+            }
+        )
+    )
     return d
 
 

@@ -13,16 +13,14 @@ import warnings
 
 import pytest
 import torch
+from clitools import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from hfcn_bench.data import load_dataset, write_synthetic_ddti
-from clitools import run
 
 SMOKE = ["--preset", "smoke", "--threads", "1", "--n-boot", "20"]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +61,13 @@ def test_an_outline_far_outside_its_frame_is_not_predicted(trained, data, tmp_pa
     xml = root / "xml" / "4.xml"
     text = xml.read_text()
     start, end = text.index("<svg>") + 5, text.index("</svg>")
-    region = [{"points": [{"x": x, "y": y} for x, y in ((900, 700), (980, 700), (980, 760))],
-               "annotation": {}, "regionType": "freehand"}]
+    region = [
+        {
+            "points": [{"x": x, "y": y} for x, y in ((900, 700), (980, 700), (980, 760))],
+            "annotation": {},
+            "regionType": "freehand",
+        }
+    ]
     xml.write_text(text[:start] + json.dumps(region) + text[end:])
     rc, out = run(["predict", "--run", str(trained), str(xml), "--no-png", "--json"])
     res = json.loads(out) if rc == 0 else None
@@ -123,8 +126,18 @@ def test_predict_never_overwrites_its_own_pictures(trained, data, tmp_path):
     src = sorted((data / "raw_jpg").glob("*.jpg"))
     shutil.copy(src[0], a / "1_1.jpg")
     shutil.copy(src[1], b / "1_1.jpg")
-    rc, text = run(["predict", "--run", str(trained), str(a / "1_1.jpg"), str(b / "1_1.jpg"), "--out",
-                    str(tmp_path / "pics"), "--json"])
+    rc, text = run(
+        [
+            "predict",
+            "--run",
+            str(trained),
+            str(a / "1_1.jpg"),
+            str(b / "1_1.jpg"),
+            "--out",
+            str(tmp_path / "pics"),
+            "--json",
+        ]
+    )
     assert rc == 0, text
     rows = json.loads(text)["rows"]
     pngs = [r["png"] for r in rows]
@@ -141,12 +154,15 @@ def test_one_class_data_refuses_to_train(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("content, needle", [
-    (lambda p: torch.save({"a": 1, "b": [2, 3]}, p), "does not hold a state dict"),
-    (lambda p: torch.save([torch.ones(2)], p), "does not hold a state dict"),
-    (lambda p: p.write_text("hello, not weights"), "cannot read weights file"),
-    (lambda p: p.write_bytes(pickle.dumps(print)), "cannot read weights file"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (lambda p: torch.save({"a": 1, "b": [2, 3]}, p), "does not hold a state dict"),
+        (lambda p: torch.save([torch.ones(2)], p), "does not hold a state dict"),
+        (lambda p: p.write_text("hello, not weights"), "cannot read weights file"),
+        (lambda p: p.write_bytes(pickle.dumps(print)), "cannot read weights file"),
+    ],
+)
 def test_bad_weights_files_are_one_line_without_dangerous_advice(content, needle, data, tmp_path):
     path = tmp_path / "w.pt"
     content(path)
@@ -184,8 +200,14 @@ def test_eval_and_rank_say_a_run_stopped_before_its_last_epoch(data, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train_run("hfcn", T.preset_config("smoke", epochs=6, threads=1), ds, [split_train_test(ds, 0.25, seed=0)],
-                  out_dir=out, progress=stop_at_two)
+        train_run(
+            "hfcn",
+            T.preset_config("smoke", epochs=6, threads=1),
+            ds,
+            [split_train_test(ds, 0.25, seed=0)],
+            out_dir=out,
+            progress=stop_at_two,
+        )
     for argv in (["eval", "--run", str(out)], ["rank", str(out)]):
         rc, text = run(argv)
         assert rc == 1 and "did not finish training (stopped training at epoch 2 of 6)" in text, text
@@ -214,9 +236,11 @@ def _mutate(data: bytes, how: str, pos: float, is_xml: bool) -> bytes:
             b[k] ^= 0xA5
         return bytes(b)
     if how == "entity" and is_xml:
-        return (b'<?xml version="1.0"?><!DOCTYPE case [<!ENTITY x SYSTEM "file:///etc/passwd">'
-                b'<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
-                + data.replace(b"<number>", b"<number>&x;&b;", 1))
+        return (
+            b'<?xml version="1.0"?><!DOCTYPE case [<!ENTITY x SYSTEM "file:///etc/passwd">'
+            b'<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+            + data.replace(b"<number>", b"<number>&x;&b;", 1)
+        )
     if how == "huge" and is_xml:
         return data.replace(b'"x": ', b'"x": 99999999999999999999', 3)
     if how == "negative" and is_xml:
@@ -225,8 +249,7 @@ def _mutate(data: bytes, how: str, pos: float, is_xml: bool) -> bytes:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(target=st.sampled_from(["1.xml", "2.xml", "1_1.jpg", "3_1.jpg"]), how=_MUTATIONS,
-       pos=st.floats(0.05, 0.95))
+@given(target=st.sampled_from(["1.xml", "2.xml", "1_1.jpg", "3_1.jpg"]), how=_MUTATIONS, pos=st.floats(0.05, 0.95))
 def test_fuzzed_files_never_crash_the_reader(fuzz_base, tmp_path_factory, target, how, pos):
     root = tmp_path_factory.mktemp("case") / "ddti"
     shutil.copytree(fuzz_base, root)

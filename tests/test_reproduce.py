@@ -11,15 +11,13 @@ import shutil
 import time
 
 import pytest
+from clitools import run
 
 from hfcn_bench.data import write_synthetic_ddti
 from hfcn_bench.reproduce import ReproduceOptions, build_cells, build_configs, reproduce
 from hfcn_bench.reproduce import cells as C
-from clitools import run
 
 ray = pytest.importorskip("ray")
-
-
 
 
 @pytest.fixture(scope="module")
@@ -30,25 +28,47 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_instance():
     """A local Ray instance of 2 CPUs shared by this module's tests (started once: seconds)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             object_store_memory=100 * 1024 * 1024)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        object_store_memory=100 * 1024 * 1024,
+    )
     yield
     ray.shutdown()
 
 
 def _opts(data, out, **kw):
-    base = dict(table="3", data=str(data), folds=2, preset="smoke", workers=2, threads=1, engine="ray",
-                out=str(out), n_boot=30, alphas=(0.6, 0.8))
+    base = dict(
+        table="3",
+        data=str(data),
+        folds=2,
+        preset="smoke",
+        workers=2,
+        threads=1,
+        engine="ray",
+        out=str(out),
+        n_boot=30,
+        alphas=(0.6, 0.8),
+    )
     return ReproduceOptions(**{**base, **kw})
 
 
 def test_the_grid_of_the_tables():
     t3 = {c.key for c in build_configs("3")}
-    assert t3 == {"paper-bfc-a0.5-w0", "paper-bfc-a0.6-w0", "paper-bfc-a0.7-w0", "paper-bfc-a0.8-w0",
-                  "paper-bfc-a0.9-w0", "paper-global"}
+    assert t3 == {
+        "paper-bfc-a0.5-w0",
+        "paper-bfc-a0.6-w0",
+        "paper-bfc-a0.7-w0",
+        "paper-bfc-a0.8-w0",
+        "paper-bfc-a0.9-w0",
+        "paper-global",
+    }
     t4 = {c.key for c in build_configs("4")}
-    assert t4 == {f"{b}-{k}" for b in ("paper", "efficientnet_lite0")
-                  for k in ("global", "rfc-a0.6-w0.5", "bfc-a0.6-w0.5")}
+    assert t4 == {
+        f"{b}-{k}" for b in ("paper", "efficientnet_lite0") for k in ("global", "rfc-a0.6-w0.5", "bfc-a0.6-w0.5")
+    }
     both = build_configs("all")
     t5 = {c.key for c in build_configs("5")}
     assert len(both) == len(t3 | t4 | t5)  # Global is shared, once
@@ -59,8 +79,27 @@ def test_the_grid_of_the_tables():
 def test_grid_on_ray_caches_its_cells(data, tmp_path, ray_instance):
     out = tmp_path / "g"
     t0 = time.perf_counter()
-    rc, text = run(["reproduce", "--table", "3", "--preset", "smoke", "--folds", "2", "--workers", "2", "--data",
-                    str(data), "--out", str(out), "--alphas", "0.6,0.8", "--n-boot", "30"])
+    rc, text = run(
+        [
+            "reproduce",
+            "--table",
+            "3",
+            "--preset",
+            "smoke",
+            "--folds",
+            "2",
+            "--workers",
+            "2",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--alphas",
+            "0.6,0.8",
+            "--n-boot",
+            "30",
+        ]
+    )
     first = time.perf_counter() - t0
     assert rc == 0, text
     md = (out / "report.md").read_text()
@@ -78,16 +117,39 @@ def test_grid_on_ray_caches_its_cells(data, tmp_path, ray_instance):
     for r in rep["table3"]:
         assert r["done"] and 0 <= r["auc"] <= 1 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
         # the pooled decisions are each cell's own (prob >= its fold threshold), not prob >= 0
-        rows = [row for d in sorted((out / "cells").glob(f"{r['config']}-f*"))
-                for row in csv.DictReader((d / "predictions.csv").open()) if row["output"] == "main"]
+        rows = [
+            row
+            for d in sorted((out / "cells").glob(f"{r['config']}-f*"))
+            for row in csv.DictReader((d / "predictions.csv").open())
+            if row["output"] == "main"
+        ]
         hits = [int(float(row["prob"]) >= float(row["threshold"])) == int(row["label"]) for row in rows]
         assert r["accuracy"] == pytest.approx(sum(hits) / len(hits))
     assert (out / "alpha_curve.png").is_file() and (out / "paired_differences.png").is_file()
     for cell in build_cells(build_configs("3", alphas=(0.6, 0.8)), 2):
         assert C.cell_done(out / "cells" / cell.key)
     t0 = time.perf_counter()
-    rc, text = run(["reproduce", "--table", "3", "--preset", "smoke", "--folds", "2", "--workers", "2", "--data",
-                    str(data), "--out", str(out), "--alphas", "0.6,0.8", "--n-boot", "30"])
+    rc, text = run(
+        [
+            "reproduce",
+            "--table",
+            "3",
+            "--preset",
+            "smoke",
+            "--folds",
+            "2",
+            "--workers",
+            "2",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--alphas",
+            "0.6,0.8",
+            "--n-boot",
+            "30",
+        ]
+    )
     again = time.perf_counter() - t0
     assert rc == 0, text
     rep2 = json.loads((out / "report.json").read_text())
@@ -95,8 +157,9 @@ def test_grid_on_ray_caches_its_cells(data, tmp_path, ray_instance):
     assert again < first  # nothing ran the second time (a generous bound: no cell was trained)
     assert rep2["table3"] == rep["table3"]
     # a grid folder is for one protocol: another preset is refused
-    rc, text = run(["reproduce", "--table", "3", "--preset", "cpu", "--folds", "2", "--data", str(data),
-                    "--out", str(out)])
+    rc, text = run(
+        ["reproduce", "--table", "3", "--preset", "cpu", "--folds", "2", "--data", str(data), "--out", str(out)]
+    )
     assert rc == 1 and "holds a grid with preset = 'smoke'" in text
 
 
@@ -108,8 +171,9 @@ def test_local_and_ray_give_the_same_numbers(data, tmp_path, ray_instance):
         a = json.loads((local / "cells" / cell.key / "metrics.json").read_text())
         b = json.loads((on_ray / "cells" / cell.key / "metrics.json").read_text())
         assert a["auc"] == b["auc"] and a["threshold"] == b["threshold"] and a["metrics"]["ci"] == b["metrics"]["ci"]
-        assert ((local / "cells" / cell.key / "predictions.csv").read_text()
-                == (on_ray / "cells" / cell.key / "predictions.csv").read_text())
+        assert (local / "cells" / cell.key / "predictions.csv").read_text() == (
+            on_ray / "cells" / cell.key / "predictions.csv"
+        ).read_text()
 
 
 class _Killed(KeyboardInterrupt):
@@ -122,8 +186,18 @@ def test_a_killed_cell_resumes_to_the_uninterrupted_numbers(data, tmp_path, monk
     cell = build_cells(build_configs("3", alphas=(0.6,)), 2)[0]
 
     def spec(out):
-        return C.cell_spec(cell, out, data=str(data), label_rule="tirads", preset="smoke", seed=0, threads=1,
-                           device="cpu", n_boot=30, overrides={"epochs": 3})
+        return C.cell_spec(
+            cell,
+            out,
+            data=str(data),
+            label_rule="tirads",
+            preset="smoke",
+            seed=0,
+            threads=1,
+            device="cpu",
+            n_boot=30,
+            overrides={"epochs": 3},
+        )
 
     straight = C.run_cell(spec(tmp_path / "a"))
     assert straight["status"] == "done"
@@ -160,8 +234,10 @@ def test_a_resumed_cells_time_adds_the_epochs_earlier_runs_trained():
     history = [{"epoch": e, "seconds": 10.0 * e} for e in (1, 2, 3, 4)]
 
     def metrics(resumed_from):
-        return {"timings": {"total_s": 7.0},
-                "folds": [{"training": {"resumed_from": resumed_from, "history": history}}]}
+        return {
+            "timings": {"total_s": 7.0},
+            "folds": [{"training": {"resumed_from": resumed_from, "history": history}}],
+        }
 
     assert C.cell_seconds(metrics(None)) == (7.0, False)
     assert C.cell_seconds(metrics(3)) == (7.0 + 10 + 20 + 30, True)  # killed after epoch 3
@@ -221,8 +297,24 @@ def test_ctrl_c_stops_and_the_next_run_goes_on(data, tmp_path):
 
 
 def test_dry_run_prices_every_cell(data, tmp_path):
-    rc, text = run(["reproduce", "--table", "4", "--backbones", "paper", "--preset", "smoke", "--folds", "2", "--data",
-                    str(data), "--out", str(tmp_path / "d"), "--dry-run"])
+    rc, text = run(
+        [
+            "reproduce",
+            "--table",
+            "4",
+            "--backbones",
+            "paper",
+            "--preset",
+            "smoke",
+            "--folds",
+            "2",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "d"),
+            "--dry-run",
+        ]
+    )
     assert rc == 0, text
     assert "paper-global-f0" in text and "paper-bfc-a0.6-w0.5-f1" in text and "h of cell time in all" in text
     assert "input pipeline" in text
@@ -257,9 +349,11 @@ def test_the_estimate_adds_the_input_pipeline_to_the_steps(data, tmp_path, monke
 
 def test_bad_options_are_one_line(data, tmp_path):
     (tmp_path / "file").write_text("x")
-    for argv, needle in ((["--folds", "1"], "--folds must be at least 2"),
-                         (["--backbones", "lenet"], "unknown backbone 'lenet'"),
-                         (["--alphas", "1.5"], "alpha must be in (0, 1]")):
+    for argv, needle in (
+        (["--folds", "1"], "--folds must be at least 2"),
+        (["--backbones", "lenet"], "unknown backbone 'lenet'"),
+        (["--alphas", "1.5"], "alpha must be in (0, 1]"),
+    ):
         rc, text = run(["reproduce", "--data", str(data), "--out", str(tmp_path / "x"), *argv])
         assert rc == 1 and needle in text and "Traceback" not in text
     rc, text = run(["reproduce", "--data", str(data), "--out", str(tmp_path / "file")])
@@ -273,8 +367,24 @@ def _grid_cmd(data, out):
 
     exe = shutil.which("hfcn-bench") or str(Path(sys.executable).with_name("hfcn-bench"))
     # 18 smoke cells (5 alphas and Global x 3 folds): long enough to be stopped mid-grid
-    return [exe, "reproduce", "--table", "3", "--preset", "smoke", "--folds", "3", "--workers", "2", "--data",
-            str(data), "--out", str(out), "--n-boot", "20"]
+    return [
+        exe,
+        "reproduce",
+        "--table",
+        "3",
+        "--preset",
+        "smoke",
+        "--folds",
+        "3",
+        "--workers",
+        "2",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--n-boot",
+        "20",
+    ]
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
@@ -290,8 +400,7 @@ def test_a_signal_stops_the_ray_grid_cleanly_and_the_next_run_goes_on(data, tmp_
     out = tmp_path / "g"
     log = open(tmp_path / "run.log", "w")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"}
-    proc = subprocess.Popen(_grid_cmd(data, out), stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(_grid_cmd(data, out), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 180 and proc.poll() is None:

@@ -9,12 +9,12 @@ import os
 
 import numpy as np
 import pytest
+from clitools import run
 
 from hfcn_bench import metrics as M
 from hfcn_bench.data import write_synthetic_ddti
 from hfcn_bench.errors import HfcnError
 from hfcn_bench.reproduce import ReproduceOptions, build_cells, build_configs, reproduce
-from clitools import run
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,17 @@ def data(tmp_path_factory):
 
 
 def _opts(data, out, **kw):
-    base = dict(table="5", data=str(data), folds=2, preset="smoke", threads=1, engine="local", out=str(out),
-                n_boot=30, backbones=("paper",))
+    base = dict(
+        table="5",
+        data=str(data),
+        folds=2,
+        preset="smoke",
+        threads=1,
+        engine="local",
+        out=str(out),
+        n_boot=30,
+        backbones=("paper",),
+    )
     return ReproduceOptions(**{**base, **kw})
 
 
@@ -58,8 +67,9 @@ def test_table5_next_to_table4_trains_only_the_image_cells(data, tmp_path):
     rep = reproduce(_opts(data, out, table="5"), progress=lambda kind, spec, res: seen.append((kind, spec["key"])))
     started = {k for kind, k in seen if kind == "start"}
     assert started == {"paper-image-a0.6-w0.5-f0", "paper-image-a0.6-w0.5-f1"}
-    assert {k for kind, k in seen if kind == "cached"} == {c.key for c in build_cells(build_configs(
-        "4", backbones=("paper",)), 2)}
+    assert {k for kind, k in seen if kind == "cached"} == {
+        c.key for c in build_cells(build_configs("4", backbones=("paper",)), 2)
+    }
 
     rows = {r["architecture"]: r for r in rep["table5"]}
     assert list(rows) == ["Global", "Global + RFC", "Global + BFC", "Global + Image crops"]
@@ -87,8 +97,27 @@ def test_table5_next_to_table4_trains_only_the_image_cells(data, tmp_path):
 
 def test_acceptance_command_writes_table5(data, tmp_path):
     out = tmp_path / "x"
-    rc, text = run(["reproduce", "--table", "5", "--preset", "smoke", "--folds", "2", "--engine", "local",
-                    "--backbones", "paper", "--data", str(data), "--out", str(out), "--n-boot", "30"])
+    rc, text = run(
+        [
+            "reproduce",
+            "--table",
+            "5",
+            "--preset",
+            "smoke",
+            "--folds",
+            "2",
+            "--engine",
+            "local",
+            "--backbones",
+            "paper",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--n-boot",
+            "30",
+        ]
+    )
     assert rc == 0, text
     md = (out / "report.md").read_text()
     line = next(ln for ln in md.splitlines() if ln.startswith("| Global + Image crops | paper |"))

@@ -25,8 +25,7 @@ pytest.importorskip("sklearn")
 
 from hfcn_bench.protocol import read_fitted  # noqa: E402
 from hfcn_bench.runs import evaluate_run, predict_inputs, train_run  # noqa: E402
-from hfcn_bench.systems import SYSTEMS, available_systems, get_system, resolve_names  # noqa: E402
-from hfcn_bench.systems import shape_rf, transfer  # noqa: E402
+from hfcn_bench.systems import SYSTEMS, available_systems, get_system, resolve_names, shape_rf, transfer  # noqa: E402  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +52,26 @@ TINY = {
     "transfer_rf": {"backbone": "vgg16", "weights": None, "image_size": 32, "rf_trees": 60, "threads": 1},
     "transfer_softmax": {"backbone": "efficientnet_b0", "weights": None, "image_size": 32, "threads": 1},
     "mccnn_spp": {"trunk": "paper", "image_size": 32, "epochs": 4, "threads": 1},
-    "mccnn_cascade": {"trunk": "paper", "image_size": 32, "epochs": 4, "threads": 1, "frame_size": (64, 96),
-                      "det_epochs": 10},
-    "two_stage": {"frame_size": (48, 64), "unet_base": 8, "unet_depth": 3, "seg_epochs": 20, "seg_batch": 4,
-                  "seg_lr": 3e-3, "image_size": 32, "epochs": 3, "rf_trees": 30, "threads": 1},
+    "mccnn_cascade": {
+        "trunk": "paper",
+        "image_size": 32,
+        "epochs": 4,
+        "threads": 1,
+        "frame_size": (64, 96),
+        "det_epochs": 10,
+    },
+    "two_stage": {
+        "frame_size": (48, 64),
+        "unet_base": 8,
+        "unet_depth": 3,
+        "seg_epochs": 20,
+        "seg_batch": 4,
+        "seg_lr": 3e-3,
+        "image_size": 32,
+        "epochs": 3,
+        "rf_trees": 30,
+        "threads": 1,
+    },
 }
 
 
@@ -168,8 +183,9 @@ def test_predict_an_xml_through_the_training_reader(name, runs, root, ds):
 
 def _flip_test_labels(ds, split):
     test = set(split.test)
-    return dataclasses.replace(ds, samples=[dataclasses.replace(s, label=1 - s.label) if s.case_id in test else s
-                                            for s in ds.samples])
+    return dataclasses.replace(
+        ds, samples=[dataclasses.replace(s, label=1 - s.label) if s.case_id in test else s for s in ds.samples]
+    )
 
 
 def _no_clock(obj):
@@ -268,8 +284,9 @@ def _sample(tmp_path, polygon, name="f.png", size=(200, 160), inside=60, outside
     path = tmp_path / name
     img.save(path)
     xs, ys = zip(*polygon)
-    return Sample("c1", 0, path, tuple(map(tuple, polygon)), (min(xs), min(ys), max(xs) + 1, max(ys) + 1), 1,
-                  "tirads", size)
+    return Sample(
+        "c1", 0, path, tuple(map(tuple, polygon)), (min(xs), min(ys), max(xs) + 1, max(ys) + 1), 1, "tirads", size
+    )
 
 
 def _ellipse(cx, cy, a, b, n=90):
@@ -329,8 +346,14 @@ def test_missing_sklearn_gives_an_install_hint(monkeypatch):
 
 
 def test_transfer_finetuning_trains_the_last_blocks_and_thresholds_on_validation(ds, split):
-    cfg = {"backbone": "efficientnet_b0", "weights": None, "image_size": 32, "finetune_layers": 2, "epochs": 1,
-           "threads": 1}
+    cfg = {
+        "backbone": "efficientnet_b0",
+        "weights": None,
+        "image_size": 32,
+        "finetune_layers": 2,
+        "epochs": 1,
+        "threads": 1,
+    }
     r = _train("transfer_softmax", ds, split, cfg)
     # The fine-tuned trunk has seen every fit case, so the threshold must come from held-out
     # validation cases, not out-of-fold scores over the fit cases.
@@ -431,8 +454,14 @@ def test_bad_dataset_and_progress_callback(ds, split):
     with pytest.raises(HfcnError, match="must be a LoadedDataset"):
         train_run("shape_rf", get_system("shape_rf").configure("smoke"), ds.samples, [split])
     seen = []
-    train_run("shape_rf", get_system("shape_rf").configure("default", {"n_estimators": 10}), ds, [split], n_boot=10,
-              progress=lambda kind, done, total, info: seen.append((kind, info.get("what"), done, total)))
+    train_run(
+        "shape_rf",
+        get_system("shape_rf").configure("default", {"n_estimators": 10}),
+        ds,
+        [split],
+        n_boot=10,
+        progress=lambda kind, done, total, info: seen.append((kind, info.get("what"), done, total)),
+    )
     n_train, n_test = (len(x) for x in split.select(ds))
     # One "load" call per ROI, on each side, ending at done == total.
     assert ("load", "train", n_train, n_train) in seen and ("load", "test", n_test, n_test) in seen
@@ -440,8 +469,9 @@ def test_bad_dataset_and_progress_callback(ds, split):
 
 def test_shape_rf_needs_outlines(ds, split):
     # Folder-format images (no mask outline) give polygon=None: the error must say why.
-    boxed = dataclasses.replace(ds, samples=[dataclasses.replace(s, polygon=None, roi_kind="frame")
-                                             for s in ds.samples])
+    boxed = dataclasses.replace(
+        ds, samples=[dataclasses.replace(s, polygon=None, roi_kind="frame") for s in ds.samples]
+    )
     with pytest.raises(HfcnError, match="needs a nodule outline.*have none") as e:
         _train("shape_rf", boxed, split, TINY["shape_rf"])
     assert "DDTI-format" in e.value.hint

@@ -18,9 +18,10 @@ pytest.importorskip("sklearn")
 
 from hfcn_bench.data import kfold  # noqa: E402
 from hfcn_bench.runs import train_run  # noqa: E402
-from hfcn_bench.systems import get_system  # noqa: E402
 from hfcn_bench.systems import detector as D  # noqa: E402
+from hfcn_bench.systems import get_system  # noqa: E402
 from hfcn_bench.systems.frames import FrameTensors, box_iou, group_frames, nms, to_frame_box  # noqa: E402
+
 
 def evaluate_system(name, ds, split, config=None, n_boot=50, seed=0):
     """Train and score ``name`` on one split through the one code path (runs.train_run)."""
@@ -151,8 +152,9 @@ def test_cascade_detects_and_scores_both_ways(cascade, split, ds):
 
 
 def test_cascade_refuses_full_frame_rois(ds, split):
-    boxed = dataclasses.replace(ds, samples=[dataclasses.replace(s, polygon=None, roi_kind="full-frame")
-                                             for s in ds.samples])
+    boxed = dataclasses.replace(
+        ds, samples=[dataclasses.replace(s, polygon=None, roi_kind="full-frame") for s in ds.samples]
+    )
     with pytest.raises(HfcnError, match="has no nodule box") as e:
         evaluate_system("mccnn_cascade", boxed, split, config=TINY, n_boot=10)
     assert "DDTI-format" in e.value.hint
@@ -184,8 +186,9 @@ def test_frame_tensors_skip_an_unreadable_frame_with_its_file_name(ds, tmp_path)
 
 def test_cross_validation_pools_every_case_once_with_variants(ds):
     cfg = {**TINY, "epochs": 1, "det_epochs": 2}
-    r = train_run("mccnn_cascade", get_system("mccnn_cascade").configure("default", cfg), ds, kfold(ds, k=2, seed=0),
-                  n_boot=20)
+    r = train_run(
+        "mccnn_cascade", get_system("mccnn_cascade").configure("default", cfg), ds, kfold(ds, k=2, seed=0), n_boot=20
+    )
     assert r["kind"] == "kfold" and r["k"] == 2 and r["n_samples"] == len(ds)
     assert "2-fold case-level CV" in r["protocol"] and "validation" in r["protocol"]
     v = r["variants"]["annotated_roi"]
@@ -216,8 +219,8 @@ def test_augment_keeps_every_nodule_at_least_half_visible_and_moves_boxes_with_p
         if (x1 - x0) > 30.5:  # a zoom-in happened: the nodule grew with the frame
             zoomed += 1
             # the box still covers the bright pixels: its inside is brighter than its outside
-            inside = out[0, int(y0) + 2:int(y1) - 2, int(x0) + 2:int(x1) - 2].mean()
+            inside = out[0, int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2].mean()
             mask = torch.ones_like(out[0], dtype=torch.bool)
-            mask[int(y0) - 2:int(y1) + 2, int(x0) - 2:int(x1) + 2] = False
+            mask[int(y0) - 2 : int(y1) + 2, int(x0) - 2 : int(x1) + 2] = False
             assert inside > out[0][mask].mean() + 0.5
     assert 5 <= zoomed <= 35

@@ -28,8 +28,18 @@ from hfcn_bench.systems.frames import FrameTensors, group_frames  # noqa: E402
 
 # 48x64 frames, a 3-level U-Net of width 8 and 20 epochs: the phantoms' nodules are learnt
 # (test Dice ~0.85) in a few seconds; a 32 px ResNet-18 for 3 epochs separates the classes.
-TINY = {"frame_size": (48, 64), "unet_base": 8, "unet_depth": 3, "seg_epochs": 20, "seg_batch": 4, "seg_lr": 3e-3,
-        "image_size": 32, "epochs": 3, "rf_trees": 30, "threads": 1}
+TINY = {
+    "frame_size": (48, 64),
+    "unet_base": 8,
+    "unet_depth": 3,
+    "seg_epochs": 20,
+    "seg_batch": 4,
+    "seg_lr": 3e-3,
+    "image_size": 32,
+    "epochs": 3,
+    "rf_trees": 30,
+    "threads": 1,
+}
 
 
 def evaluate_system(name, ds, split, config=None, n_boot=50, seed=0):
@@ -120,8 +130,9 @@ def test_segmenter_learns_and_the_cascade_classifies(report):
 
 
 def test_outline_less_samples_are_refused(ds, split):
-    boxed = dataclasses.replace(ds, samples=[dataclasses.replace(s, polygon=None, roi_kind="frame")
-                                             for s in ds.samples])
+    boxed = dataclasses.replace(
+        ds, samples=[dataclasses.replace(s, polygon=None, roi_kind="frame") for s in ds.samples]
+    )
     with pytest.raises(HfcnError, match="has no nodule outline; the segmentation stage") as e:
         evaluate_system("two_stage", boxed, split, config=TINY, n_boot=10)
     assert "DDTI-format" in e.value.hint
@@ -130,15 +141,18 @@ def test_outline_less_samples_are_refused(ds, split):
         evaluate_system("two_stage", full, split, config=TINY, n_boot=10)
 
 
-@pytest.mark.parametrize("over, msg", [
-    ({"frame_size": (8, 64)}, "frame_size sides must be >= 16"),
-    ({"frame_size": (32, 64), "unet_depth": 6}, "frame_size sides must be >= 64 for a depth-6 U-Net"),
-    ({"frame_size": "48x64"}, r"frame_size expects two integers \(e.g. 96,144\), got '48x64'"),
-    ({"image_size": 16}, "image_size must be >= 32"),
-    ({"seg_batch": 1}, "seg_batch >= 2"),
-    ({"roi_margin": -0.1}, "roi_margin must be >= 0"),
-    ({"unet_layers": 3}, "unknown option 'unet_layers' for TwoStageConfig"),
-])
+@pytest.mark.parametrize(
+    "over, msg",
+    [
+        ({"frame_size": (8, 64)}, "frame_size sides must be >= 16"),
+        ({"frame_size": (32, 64), "unet_depth": 6}, "frame_size sides must be >= 64 for a depth-6 U-Net"),
+        ({"frame_size": "48x64"}, r"frame_size expects two integers \(e.g. 96,144\), got '48x64'"),
+        ({"image_size": 16}, "image_size must be >= 32"),
+        ({"seg_batch": 1}, "seg_batch >= 2"),
+        ({"roi_margin": -0.1}, "roi_margin must be >= 0"),
+        ({"unet_layers": 3}, "unknown option 'unet_layers' for TwoStageConfig"),
+    ],
+)
 def test_bad_config_is_named(over, msg):
     with pytest.raises(HfcnError, match=msg):
         get_system("two_stage").configure("default", over)
@@ -213,10 +227,10 @@ def test_segmenter_is_deterministic_under_a_seed(ds, split):
 def test_dice_iou_on_hand_made_masks():
     t = torch.zeros(3, 1, 6, 6)
     p = torch.zeros(3, 1, 6, 6)
-    t[0, 0, 0:2, 0:4] = 1           # 8 px
-    p[0, 0, 0:2, 2:6] = 0.9         # 8 px, 4 shared
-    p[0, 0, 5, 5] = 0.4             # below the threshold: not predicted
-    t[1, 0, 2:4, 2:4] = 1           # a nodule, nothing predicted
+    t[0, 0, 0:2, 0:4] = 1  # 8 px
+    p[0, 0, 0:2, 2:6] = 0.9  # 8 px, 4 shared
+    p[0, 0, 5, 5] = 0.4  # below the threshold: not predicted
+    t[1, 0, 2:4, 2:4] = 1  # a nodule, nothing predicted
     dice, iou = SEG.dice_iou(p, t)  # frame 2: both empty
     assert dice.tolist() == [0.5, 0.0, 1.0]
     assert iou.tolist() == pytest.approx([4 / 12, 0.0, 1.0])
@@ -232,10 +246,10 @@ def test_dice_iou_on_hand_made_masks():
 
 def test_mask_components_boxes_and_areas():
     m = np.zeros((10, 12), dtype=bool)
-    m[1:4, 2:5] = True      # 3x3 block ...
-    m[4, 5] = True          # ... with a diagonal neighbour: one component (8-connected)
-    m[5:9, 8] = True        # an L: a column ...
-    m[8, 6:10] = True       # ... and a row
+    m[1:4, 2:5] = True  # 3x3 block ...
+    m[4, 5] = True  # ... with a diagonal neighbour: one component (8-connected)
+    m[5:9, 8] = True  # an L: a column ...
+    m[8, 6:10] = True  # ... and a row
     comps = SEG.mask_components(m)
     assert [c[0] for c in comps] == [(2, 1, 6, 5), (6, 5, 10, 9)]
     assert [c[1] for c in comps] == [10, 7]
@@ -256,7 +270,7 @@ def test_mask_outline_round_trip(tmp_path, net_size):
     # at scale 1 and within one network pixel (rounded up to frame pixels) when downscaled.
     rect = [(20, 10), (60, 10), (60, 40), (20, 40)]
     ft = FrameTensors([group_frames([_frame(tmp_path, rect)])[0]], net_size, [], masks=True)
-    (box, area, comp), = SEG.mask_components(ft.mask(0)[0].numpy() > 0.5)
+    ((box, area, comp),) = SEG.mask_components(ft.mask(0)[0].numpy() > 0.5)
     pts = SEG.mask_outline(comp, ft.scale(0))
     tol = int(np.ceil(1 / min(ft.scale(0))))
     got, want = polygon_bbox(pts), polygon_bbox(rect)
@@ -271,7 +285,7 @@ def test_mask_outline_round_trip(tmp_path, net_size):
 def test_mask_outline_takes_the_outer_boundary_and_survives_one_pixel():
     m = np.zeros((20, 20), dtype=bool)
     m[3:15, 3:15] = True
-    m[7:10, 7:10] = False   # a hole: its boundary is the shorter line
+    m[7:10, 7:10] = False  # a hole: its boundary is the shorter line
     pts = SEG.mask_outline(m, (1.0, 1.0))
     assert polygon_bbox(pts) == (3, 3, 15, 15)
     one = np.zeros((8, 8), dtype=bool)
@@ -282,11 +296,15 @@ def test_mask_outline_takes_the_outer_boundary_and_survives_one_pixel():
 
 def test_pairing_rule():
     prob = torch.full((1, 20, 40), 0.1)
-    prob[0, 2:8, 2:10] = 0.9      # left blob, 48 px
-    prob[0, 10:18, 25:38] = 0.8   # right blob, 104 px (the largest)
-    boxes = torch.tensor([[0.0, 0.0, 9.0, 9.0],      # overlaps the left blob
-                          [24.0, 9.0, 39.0, 19.0],   # overlaps the right blob
-                          [12.0, 0.0, 20.0, 6.0]])   # overlaps neither: missed -> largest
+    prob[0, 2:8, 2:10] = 0.9  # left blob, 48 px
+    prob[0, 10:18, 25:38] = 0.8  # right blob, 104 px (the largest)
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 9.0, 9.0],  # overlaps the left blob
+            [24.0, 9.0, 39.0, 19.0],  # overlaps the right blob
+            [12.0, 0.0, 20.0, 6.0],
+        ]
+    )  # overlaps neither: missed -> largest
     counts = SEG.Pairing()
     regions = SEG.pair_regions(prob, boxes, (1.0, 1.0), counts)
     assert [r.box_net for r in regions] == [(2, 2, 10, 8), (25, 10, 38, 18), (25, 10, 38, 18)]

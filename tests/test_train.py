@@ -55,10 +55,17 @@ def test_paper_preset_has_the_papers_settings():
     assert T.preset_config("cpu").image_size == 224
 
 
-@pytest.mark.parametrize("kw, needle", [
-    ({"lr": -1.0}, "lr"), ({"epochs": 0}, "epochs"), ({"optimizer": "lbfgs"}, "optimizer"),
-    ({"crop": "middle"}, "crop"), ({"val_fraction": 1.0}, "val_fraction"), ({"alpha": 1.5}, "alpha"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        ({"lr": -1.0}, "lr"),
+        ({"epochs": 0}, "epochs"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"crop": "middle"}, "crop"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"alpha": 1.5}, "alpha"),
+    ],
+)
 def test_bad_options_name_the_field(kw, needle):
     with pytest.raises(HfcnError, match=needle):
         T.preset_config("quick", **kw)
@@ -92,8 +99,16 @@ def test_model_fields_are_declared_once():
 
 def test_run_folder_layout_and_report(run, split, ds):
     out, report = run
-    for name in ("config.json", "split.json", "last.pt", "best.pt", "history.json", "metrics.json",
-                 "predictions.csv", "fitted.json"):
+    for name in (
+        "config.json",
+        "split.json",
+        "last.pt",
+        "best.pt",
+        "history.json",
+        "metrics.json",
+        "predictions.csv",
+        "fitted.json",
+    ):
         assert (out / name).is_file(), name
     _, test = split.select(ds)
     assert report["n_samples"] == len(test)
@@ -243,10 +258,13 @@ def test_flipped_bytes_are_refused_not_loaded_as_garbage(tmp_path):
     assert "--checkpoint last" in exc.value.hint and "weights_only=False" not in str(exc.value)
 
 
-@pytest.mark.parametrize("content, needle", [
-    (b"not a checkpoint at all", "not a readable torch checkpoint"),
-    (b"", "not a readable torch checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (b"not a checkpoint at all", "not a readable torch checkpoint"),
+        (b"", "not a readable torch checkpoint"),
+    ],
+)
 def test_junk_file_is_a_clear_error(tmp_path, content, needle):
     path = tmp_path / "junk.pt"
     path.write_bytes(content)
@@ -281,8 +299,17 @@ class _Payload:
 def test_pickled_code_is_not_executed(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "epoch": 1, "model": {}, "config": {},
-                "extra": _Payload(str(marker))}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "epoch": 1,
+            "model": {},
+            "config": {},
+            "extra": _Payload(str(marker)),
+        },
+        path,
+    )
     assert not marker.exists()
     with pytest.raises(HfcnError, match=r"evil\.pt: refused to load"):
         load_checkpoint(path)
@@ -433,8 +460,10 @@ def test_hfcn_learns_on_phantoms(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("HFCN_RUN_SLOW") != "1",
-                    reason="minutes of CPU: set HFCN_RUN_SLOW=1 to run the synthetic acceptance check")
+@pytest.mark.skipif(
+    os.environ.get("HFCN_RUN_SLOW") != "1",
+    reason="minutes of CPU: set HFCN_RUN_SLOW=1 to run the synthetic acceptance check",
+)
 def test_synthetic_acceptance_auc(tmp_path):
     report = T.synthetic_acceptance(out_dir=tmp_path / "acceptance")
     assert report["passed"], f"ROC-AUC {report['auc']} < {report['min_auc']}"

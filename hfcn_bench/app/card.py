@@ -17,12 +17,19 @@ from ..errors import HfcnError
 
 __all__ = ["NOTICE", "LABEL_CAVEAT", "model_card", "card_markdown"]
 
-NOTICE = ("Research use only. This is not a medical device: it is not cleared or approved for clinical use, "
-          "and its output must not guide the care of a patient.")
-LABEL_CAVEAT = ("DDTI has no pathology: its labels are a proxy computed from the radiologists' TI-RADS category, so "
-                "every probability and metric here measures agreement with TI-RADS, not with a biopsy.")
-RULES = {"tirads": "TI-RADS 2-3 benign, 4a-5 malignant", "mccnn": "TI-RADS 2-3 benign, 4c-5 malignant (4a/4b left out)",
-         "folder": "the benign/ and malignant/ folders the images were sorted into"}
+NOTICE = (
+    "Research use only. This is not a medical device: it is not cleared or approved for clinical use, "
+    "and its output must not guide the care of a patient."
+)
+LABEL_CAVEAT = (
+    "DDTI has no pathology: its labels are a proxy computed from the radiologists' TI-RADS category, so "
+    "every probability and metric here measures agreement with TI-RADS, not with a biopsy."
+)
+RULES = {
+    "tirads": "TI-RADS 2-3 benign, 4a-5 malignant",
+    "mccnn": "TI-RADS 2-3 benign, 4c-5 malignant (4a/4b left out)",
+    "folder": "the benign/ and malignant/ folders the images were sorted into",
+}
 
 
 def _ci(report: dict, key: str) -> list[float] | None:
@@ -38,13 +45,22 @@ def _scores(report: dict) -> dict:
     base = report.get("majority_baseline") or {}
     cal = report.get("calibration") or {}
     return {
-        "level": report.get("level"), "n_rois": report.get("n_samples"), "n_cases": report.get("n_cases"),
-        "protocol": report.get("protocol"), "threshold": report.get("threshold"),
-        "auc": report.get("auc"), "auc_ci": _ci(report, "auc"),
-        "accuracy": m.get("accuracy"), "accuracy_ci": _ci(report, "accuracy"),
-        "f1": m.get("f1"), "f1_ci": _ci(report, "f1"),
-        "sensitivity": m.get("sensitivity", m.get("recall")), "specificity": m.get("specificity"),
-        "brier": cal.get("brier"), "ci_level": report.get("ci_level", 0.95), "n_boot": report.get("n_boot"),
+        "level": report.get("level"),
+        "n_rois": report.get("n_samples"),
+        "n_cases": report.get("n_cases"),
+        "protocol": report.get("protocol"),
+        "threshold": report.get("threshold"),
+        "auc": report.get("auc"),
+        "auc_ci": _ci(report, "auc"),
+        "accuracy": m.get("accuracy"),
+        "accuracy_ci": _ci(report, "accuracy"),
+        "f1": m.get("f1"),
+        "f1_ci": _ci(report, "f1"),
+        "sensitivity": m.get("sensitivity", m.get("recall")),
+        "specificity": m.get("specificity"),
+        "brier": cal.get("brier"),
+        "ci_level": report.get("ci_level", 0.95),
+        "n_boot": report.get("n_boot"),
         "majority_baseline": {k: base.get(k) for k in ("majority_class", "accuracy", "f1", "auc")} if base else None,
     }
 
@@ -59,9 +75,18 @@ def _external(run_path: Path) -> list[dict]:
             continue
         data = rep.get("data") or {}
         prev = rep.get("prevalence") or {}
-        out.append({"record": rep_path.parent.name, "data_root": data.get("root"), "data_format": data.get("format"),
-                    "fingerprint": data.get("fingerprint"), "prevalence": prev.get("external"),
-                    "training_prevalence": prev.get("training"), "ensemble": rep.get("ensemble"), **_scores(rep)})
+        out.append(
+            {
+                "record": rep_path.parent.name,
+                "data_root": data.get("root"),
+                "data_format": data.get("format"),
+                "fingerprint": data.get("fingerprint"),
+                "prevalence": prev.get("external"),
+                "training_prevalence": prev.get("training"),
+                "ensemble": rep.get("ensemble"),
+                **_scores(rep),
+            }
+        )
     return out
 
 
@@ -80,17 +105,24 @@ def model_card(run_path: str | Path, name: str | None = None, status: str | None
     h = run.header
     data = dict(h.get("data") or {})
     rule = run.manifest.label_rule
-    card.update({
-        "system": h.get("system"), "preset": h.get("preset"), "finished": h.get("finished"),
-        "created_by": h.get("created_by"), "config": h.get("config"),
-        "split": h.get("split"),
-        "training_data": {**{k: data.get(k) for k in ("format", "root", "fingerprint", "samples", "cases",
-                                                        "class_counts")},
-                          # a folder dataset's class mapping, as the run loaded it
-                          "classes": (data.get("options") or {}).get("classes")},
-        "label_rule": rule, "label_rule_text": RULES.get(rule, rule),
-        "label_caveat": LABEL_CAVEAT if data.get("format") == "ddti" or rule in ("tirads", "mccnn") else None,
-    })
+    card.update(
+        {
+            "system": h.get("system"),
+            "preset": h.get("preset"),
+            "finished": h.get("finished"),
+            "created_by": h.get("created_by"),
+            "config": h.get("config"),
+            "split": h.get("split"),
+            "training_data": {
+                **{k: data.get(k) for k in ("format", "root", "fingerprint", "samples", "cases", "class_counts")},
+                # a folder dataset's class mapping, as the run loaded it
+                "classes": (data.get("options") or {}).get("classes"),
+            },
+            "label_rule": rule,
+            "label_rule_text": RULES.get(rule, rule),
+            "label_caveat": LABEL_CAVEAT if data.get("format") == "ddti" or rule in ("tirads", "mccnn") else None,
+        }
+    )
     if not run.finished and status is None:
         card["status"] = run.progress_note() or "the run did not finish"
     try:
@@ -99,15 +131,24 @@ def model_card(run_path: str | Path, name: str | None = None, status: str | None
         rep = None
     if rep is not None:
         sysinfo = rep.get("system") or {}
-        card.update({"paper": sysinfo.get("paper"), "description": sysinfo.get("description"),
-                     "limitations": list(rep.get("limitations") or []),
-                     "threshold": rep.get("threshold"), "threshold_rule": rep.get("threshold_rule"),
-                     # k folds: the pooled threshold is 0 on margins (prob - fold threshold); the
-                     # fold models' own thresholds are what a prediction is held against.
-                     "fold_thresholds": [f.get("threshold") for f in rep.get("folds") or []
-                                         if f.get("threshold") is not None] if rep.get("kind") == "kfold" else None,
-                     "threshold_source": rep.get("threshold_source"),
-                     "validation": {"kind": rep.get("kind"), "k": rep.get("k"), **_scores(rep)}})
+        card.update(
+            {
+                "paper": sysinfo.get("paper"),
+                "description": sysinfo.get("description"),
+                "limitations": list(rep.get("limitations") or []),
+                "threshold": rep.get("threshold"),
+                "threshold_rule": rep.get("threshold_rule"),
+                # k folds: the pooled threshold is 0 on margins (prob - fold threshold); the
+                # fold models' own thresholds are what a prediction is held against.
+                "fold_thresholds": [
+                    f.get("threshold") for f in rep.get("folds") or [] if f.get("threshold") is not None
+                ]
+                if rep.get("kind") == "kfold"
+                else None,
+                "threshold_source": rep.get("threshold_source"),
+                "validation": {"kind": rep.get("kind"), "k": rep.get("k"), **_scores(rep)},
+            }
+        )
     card["external"] = _external(run_path)
     return card
 
@@ -125,13 +166,16 @@ def _score_rows(s: dict) -> list[str]:
     base = s.get("majority_baseline") or {}
     maj = base.get("majority_class")
     maj_text = "" if maj is None else f" (always {('benign', 'malignant')[int(maj)]})"
-    rows = [f"| metric | model ({lvl}, case bootstrap) | majority baseline{maj_text} |", "|---|---|---|",
-            f"| ROC-AUC | {_with_ci(s.get('auc'), s.get('auc_ci'))} | {_num(base.get('auc'))} |",
-            f"| accuracy | {_with_ci(s.get('accuracy'), s.get('accuracy_ci'))} | {_num(base.get('accuracy'))} |",
-            f"| F1 | {_with_ci(s.get('f1'), s.get('f1_ci'))} | {_num(base.get('f1'))} |",
-            f"| sensitivity | {_num(s.get('sensitivity'))} | |",
-            f"| specificity | {_num(s.get('specificity'))} | |",
-            f"| Brier score | {_num(s.get('brier'))} | |"]
+    rows = [
+        f"| metric | model ({lvl}, case bootstrap) | majority baseline{maj_text} |",
+        "|---|---|---|",
+        f"| ROC-AUC | {_with_ci(s.get('auc'), s.get('auc_ci'))} | {_num(base.get('auc'))} |",
+        f"| accuracy | {_with_ci(s.get('accuracy'), s.get('accuracy_ci'))} | {_num(base.get('accuracy'))} |",
+        f"| F1 | {_with_ci(s.get('f1'), s.get('f1_ci'))} | {_num(base.get('f1'))} |",
+        f"| sensitivity | {_num(s.get('sensitivity'))} | |",
+        f"| specificity | {_num(s.get('specificity'))} | |",
+        f"| Brier score | {_num(s.get('brier'))} | |",
+    ]
     return rows
 
 
@@ -150,31 +194,49 @@ def card_markdown(card: dict) -> str:
         lines += [card["description"], ""]
     d = card.get("training_data") or {}
     counts = d.get("class_counts") or {}
-    lines += ["**Training data**", "",
-              f"- {d.get('format')} data at `{d.get('root')}`: {d.get('samples')} ROIs of {d.get('cases')} cases"
-              + (f" ({', '.join(f'{k} {v}' for k, v in counts.items())})" if counts else ""),
-              f"- fingerprint `{d.get('fingerprint')}`",
-              *([f"- class folders: {', '.join(f'`{k}/` = {v}' for k, v in d['classes'].items())}"]
-                if d.get("classes") else []),
-              f"- split: {(card.get('split') or {}).get('method')} {json.dumps((card.get('split') or {}).get('params'))}",
-              "", f"**Labels** rule `{card.get('label_rule')}`: {card.get('label_rule_text')}.", ""]
+    lines += [
+        "**Training data**",
+        "",
+        f"- {d.get('format')} data at `{d.get('root')}`: {d.get('samples')} ROIs of {d.get('cases')} cases"
+        + (f" ({', '.join(f'{k} {v}' for k, v in counts.items())})" if counts else ""),
+        f"- fingerprint `{d.get('fingerprint')}`",
+        *(
+            [f"- class folders: {', '.join(f'`{k}/` = {v}' for k, v in d['classes'].items())}"]
+            if d.get("classes")
+            else []
+        ),
+        f"- split: {(card.get('split') or {}).get('method')} {json.dumps((card.get('split') or {}).get('params'))}",
+        "",
+        f"**Labels** rule `{card.get('label_rule')}`: {card.get('label_rule_text')}.",
+        "",
+    ]
     if card.get("label_caveat"):
         lines += [f"*{card['label_caveat']}*", ""]
     if card.get("fold_thresholds"):
         ts = card["fold_thresholds"]
-        lines += [f"**Decision threshold** {sum(ts) / len(ts):.4f}, the mean of the {len(ts)} fold models' own "
-                  f"({', '.join(f'{t:.3f}' for t in ts)}; each by {card.get('threshold_rule')} on its "
-                  f"{card.get('threshold_source')} cases of the training side, never tuned on test data): a new "
-                  "image gets the mean of the fold models' P(malignant)", ""]
+        lines += [
+            f"**Decision threshold** {sum(ts) / len(ts):.4f}, the mean of the {len(ts)} fold models' own "
+            f"({', '.join(f'{t:.3f}' for t in ts)}; each by {card.get('threshold_rule')} on its "
+            f"{card.get('threshold_source')} cases of the training side, never tuned on test data): a new "
+            "image gets the mean of the fold models' P(malignant)",
+            "",
+        ]
     elif card.get("threshold") is not None:
-        lines += [f"**Decision threshold** {card['threshold']:.4f} ({card.get('threshold_rule')} on the "
-                  f"{card.get('threshold_source')} cases of the training side; never tuned on test data)", ""]
+        lines += [
+            f"**Decision threshold** {card['threshold']:.4f} ({card.get('threshold_rule')} on the "
+            f"{card.get('threshold_source')} cases of the training side; never tuned on test data)",
+            "",
+        ]
     v = card.get("validation")
     if v:
         size = f"{v.get('n_rois')} ROIs of {v.get('n_cases')} cases"
-        kind = (f"{v['k']}-fold cross-validation, pooled out-of-fold" if v.get("kind") == "kfold" else
-                "the test cases of the dataset's own train/test split" if v.get("kind") == "given" else
-                "held-out test cases")
+        kind = (
+            f"{v['k']}-fold cross-validation, pooled out-of-fold"
+            if v.get("kind") == "kfold"
+            else "the test cases of the dataset's own train/test split"
+            if v.get("kind") == "given"
+            else "held-out test cases"
+        )
         lines += [f"**Validation** on {kind} ({size}): {v.get('protocol')}", ""] + _score_rows(v) + [""]
     ext = card.get("external") or []
     if ext:
@@ -183,10 +245,14 @@ def card_markdown(card: dict) -> str:
             if e.get("error"):
                 lines += [f"- record {e['record']}: {e['error']}"]
                 continue
-            lines += [f"- {e.get('data_format')} data at `{e.get('data_root')}` (fingerprint `{str(e.get('fingerprint'))[:12]}`…), "
-                      f"{e.get('n_rois')} ROIs of {e.get('n_cases')} cases, malignant share {_num(e.get('prevalence'))} "
-                      f"(training {_num(e.get('training_prevalence'))}): ROC-AUC {_with_ci(e.get('auc'), e.get('auc_ci'))}, "
-                      f"accuracy {_with_ci(e.get('accuracy'), e.get('accuracy_ci'))}, F1 {_with_ci(e.get('f1'), e.get('f1_ci'))}"]
+            lines += [
+                f"- {e.get('data_format')} data at `{e.get('data_root')}` "
+                f"(fingerprint `{str(e.get('fingerprint'))[:12]}`…), "
+                f"{e.get('n_rois')} ROIs of {e.get('n_cases')} cases, malignant share {_num(e.get('prevalence'))} "
+                f"(training {_num(e.get('training_prevalence'))}): ROC-AUC {_with_ci(e.get('auc'), e.get('auc_ci'))}, "
+                f"accuracy {_with_ci(e.get('accuracy'), e.get('accuracy_ci'))}, "
+                f"F1 {_with_ci(e.get('f1'), e.get('f1_ci'))}"
+            ]
         lines += [""]
     else:
         lines += ["**External validation**: none recorded (`hfcn-bench eval --run RUN --data OTHER` adds one).", ""]

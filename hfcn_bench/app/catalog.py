@@ -64,9 +64,10 @@ def find_runs(root: str | Path, max_depth: int = MAX_DEPTH) -> dict[str, Path]:
 
     walk(root, 1)
     if not found:
-        raise HfcnError(f"{root} holds no run folder (no {HEADER} in it or in its sub-folders down to "
-                        f"{max_depth} levels)", hint="give --run the --out folder of `hfcn-bench train`, or a "
-                        "folder of such folders")
+        raise HfcnError(
+            f"{root} holds no run folder (no {HEADER} in it or in its sub-folders down to {max_depth} levels)",
+            hint="give --run the --out folder of `hfcn-bench train`, or a folder of such folders",
+        )
     return found
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -71,8 +71,10 @@ class Classifier:
         text = (box or "").strip()
         notes = list(frame.notes)
         if not text:
-            notes.append("no nodule box given: the whole image is the ROI (the models were trained on nodule boxes; "
-                         "draw or type one)")
+            notes.append(
+                "no nodule box given: the whole image is the ROI (the models were trained on nodule boxes; "
+                "draw or type one)"
+            )
         with tempfile.TemporaryDirectory(prefix="hfcn-app-") as tmp:
             png = write_frame(frame, Path(tmp))
             sample = image_sample(png, text or None, label_rule=loaded.label_rule)
@@ -84,9 +86,15 @@ class Classifier:
         return Outcome(result, pred, make_preview(frame.rgb, frame.name), title, roi, notes)
 
     # -- a DDTI case XML -------------------------------------------------------------------------
-    def classify_case(self, run: str | None, xml: str | Path | None, images: Sequence | None,
-                      frame: int | float | None = None, region: int | float | None = 0,
-                      xml_name: str | None = None) -> Outcome:
+    def classify_case(
+        self,
+        run: str | None,
+        xml: str | Path | None,
+        images: Sequence | None,
+        frame: int | float | None = None,
+        region: int | float | None = 0,
+        xml_name: str | None = None,
+    ) -> Outcome:
         """P(malignant) of one nodule outline of a DDTI case: ``xml`` (``N.xml``) read by the
         project's DDTI reader with the run's options, its frame images ``N_k.jpg`` uploaded
         beside it (paths or ``(path, original name)``); ``frame`` (default: the first with an
@@ -101,12 +109,15 @@ class Classifier:
             notes = [_scrub(n, tmp) for n in notes]
             hint = None
             if any("missing-image" in n for n in notes):
-                frames_missing = sorted({int(m) for m in re.findall(r"refers to frame (\d+), no such image", " ".join(notes))})
+                frames_missing = sorted(
+                    {int(m) for m in re.findall(r"refers to frame (\d+), no such image", " ".join(notes))}
+                )
                 names = ", ".join(f"{target.stem}_{k}.jpg" for k in frames_missing) or f"{target.stem}_1.jpg"
                 hint = f"upload the case's frame images with the XML, named as in DDTI: {names}"
             if errors:
-                raise HfcnError("; ".join(_scrub(e, tmp) for e in errors) + (f" ({'; '.join(notes)})" if notes else ""),
-                                hint=hint)
+                raise HfcnError(
+                    "; ".join(_scrub(e, tmp) for e in errors) + (f" ({'; '.join(notes)})" if notes else ""), hint=hint
+                )
             samples = [s for _, s in items]
             if not samples:
                 raise HfcnError(f"{target.name}: no ROI to classify" + (f" ({'; '.join(notes)})" if notes else ""))
@@ -114,28 +125,44 @@ class Classifier:
             want = frames[0] if frame is None or str(frame).strip() == "" else _as_int(frame, "frame")
             in_frame = [s for s in samples if s.frame == want]
             if not in_frame:
-                raise HfcnError(f"case {samples[0].case_id} has no nodule outline in frame {want}; frames with one: "
-                                f"{', '.join(map(str, frames))}" + (f" ({'; '.join(notes)})" if notes else ""),
-                                hint=hint)
+                raise HfcnError(
+                    f"case {samples[0].case_id} has no nodule outline in frame {want}; frames with one: "
+                    f"{', '.join(map(str, frames))}" + (f" ({'; '.join(notes)})" if notes else ""),
+                    hint=hint,
+                )
             reg = 0 if region is None or str(region).strip() == "" else _as_int(region, "region")
             chosen = [s for s in in_frame if s.region == reg]
             if not chosen:
-                raise HfcnError(f"frame {want} of case {in_frame[0].case_id} has outline(s) "
-                                f"{', '.join(str(s.region) for s in in_frame)}, not {reg}")
+                raise HfcnError(
+                    f"frame {want} of case {in_frame[0].case_id} has outline(s) "
+                    f"{', '.join(str(s.region) for s in in_frame)}, not {reg}"
+                )
             sample = chosen[0]
             pred = self._predict(loaded, sample)
             shown = read_frame(sample.image_path)
             roi = None if pred.explain else _display_roi(shown.rgb, pred.roi_box or sample.bbox)
-        title = (f"case {sample.case_id}, frame {sample.frame}, outline {sample.region}"
-                 + (f", TI-RADS {sample.tirads} (a proxy label, not pathology)" if sample.tirads else "")
-                 + f" ({loaded.name})")
-        image = {"name": Path(sample.image_path).name, "format": "JPEG", "width": shown.size[0],
-                 "height": shown.size[1]}
+        title = (
+            f"case {sample.case_id}, frame {sample.frame}, outline {sample.region}"
+            + (f", TI-RADS {sample.tirads} (a proxy label, not pathology)" if sample.tirads else "")
+            + f" ({loaded.name})"
+        )
+        image = {
+            "name": Path(sample.image_path).name,
+            "format": "JPEG",
+            "width": shown.size[0],
+            "height": shown.size[1],
+        }
         result = self._result(loaded, pred, notes, image=image)
-        result.update({"case_id": sample.case_id, "frame": sample.frame, "region": sample.region,
-                       "tirads": sample.tirads,
-                       "tirads_label": None if sample.label is None else ("benign", "malignant")[int(sample.label)],
-                       "other_outlines": [s.region for s in in_frame if s.region != sample.region]})
+        result.update(
+            {
+                "case_id": sample.case_id,
+                "frame": sample.frame,
+                "region": sample.region,
+                "tirads": sample.tirads,
+                "tirads_label": None if sample.label is None else ("benign", "malignant")[int(sample.label)],
+                "other_outlines": [s.region for s in in_frame if s.region != sample.region],
+            }
+        )
         return Outcome(result, pred, make_preview(shown.rgb, image["name"]), title, roi, notes)
 
     # -- shared ------------------------------------------------------------------------------------
@@ -161,18 +188,27 @@ class Classifier:
         s = pred.sample
         info = pred.explain or {}
         res = {
-            "prob": float(pred.prob), "label": pred.call, "threshold": float(pred.threshold),
-            "run": loaded.name, "system": loaded.system,
-            "box": [int(v) for v in s.bbox], "roi_box": [int(v) for v in (pred.roi_box or s.bbox)],
-            "roi_kind": s.roi_kind, "image": image,
+            "prob": float(pred.prob),
+            "label": pred.call,
+            "threshold": float(pred.threshold),
+            "run": loaded.name,
+            "system": loaded.system,
+            "box": [int(v) for v in s.bbox],
+            "roi_box": [int(v) for v in (pred.roi_box or s.bbox)],
+            "roi_kind": s.roi_kind,
+            "image": image,
             "outputs": {k: float(v) for k, v in pred.outputs.items()},
             "label_rule": loaded.run.manifest.label_rule,
             "label_caveat": LABEL_CAVEAT if loaded.run.manifest.label_rule in ("tirads", "mccnn") else None,
-            "gradcam": info.get("cam") is not None, "notes": list(notes), "notice": NOTICE,
+            "gradcam": info.get("cam") is not None,
+            "notes": list(notes),
+            "notice": NOTICE,
         }
         if pred.roi_box and tuple(pred.roi_box) != tuple(s.bbox):
-            res["notes"].append(f"{loaded.system} classified the box it localised itself ({', '.join(map(str, pred.roi_box))}), "
-                                "the one that overlaps the given box most")
+            res["notes"].append(
+                f"{loaded.system} classified the box it localised itself ({', '.join(map(str, pred.roi_box))}), "
+                "the one that overlaps the given box most"
+            )
         for key in ("global_prob", "crop_prob", "crop_probs"):
             if key in pred.extra:
                 res[key] = pred.extra[key]

@@ -85,11 +85,15 @@ def read_dicom(path: str | Path, name: str | None = None, max_pixels: int = MAX_
     if rows < 1 or cols < 1:
         raise HfcnError(f"{name}: DICOM image of {cols}x{rows} pixels")
     if rows * cols > max_pixels:
-        raise HfcnError(f"{name}: refused: {cols}x{rows} = {rows * cols / 1e6:.1f} megapixels exceeds the "
-                        f"{max_pixels / 1e6:.0f}-megapixel cap (decompression-bomb guard)")
+        raise HfcnError(
+            f"{name}: refused: {cols}x{rows} = {rows * cols / 1e6:.1f} megapixels exceeds the "
+            f"{max_pixels / 1e6:.0f}-megapixel cap (decompression-bomb guard)"
+        )
     if pi not in SUPPORTED_PHOTOMETRIC:
-        raise HfcnError(f"{name}: unsupported DICOM photometric interpretation {pi!r} (supported: "
-                        f"{', '.join(SUPPORTED_PHOTOMETRIC)})")
+        raise HfcnError(
+            f"{name}: unsupported DICOM photometric interpretation {pi!r} (supported: "
+            f"{', '.join(SUPPORTED_PHOTOMETRIC)})"
+        )
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     ts_name = getattr(ts, "name", str(ts)) if ts is not None else "unknown"
     from pydicom.pixels import pixel_array
@@ -100,8 +104,9 @@ def read_dicom(path: str | Path, name: str | None = None, max_pixels: int = MAX_
         src = path if is_dicom(path) else ds
         arr = pixel_array(src, index=0 if frames > 1 else None)
     except Exception as exc:  # noqa: BLE001 - a missing decoder plugin, a truncated frame, bad values
-        raise HfcnError(f"{name}: cannot decode the DICOM pixel data (transfer syntax {ts_name}): "
-                        f"{_first_line(exc)}") from None
+        raise HfcnError(
+            f"{name}: cannot decode the DICOM pixel data (transfer syntax {ts_name}): {_first_line(exc)}"
+        ) from None
     notes: list[str] = []
     try:
         rgb = _to_rgb(arr, ds, pi, notes)
@@ -111,8 +116,16 @@ def read_dicom(path: str | Path, name: str | None = None, max_pixels: int = MAX_
         raise HfcnError(f"{name}: cannot display this DICOM frame ({type(exc).__name__}: {_first_line(exc)})") from None
     if frames > 1:
         notes.insert(0, f"{name} is a multi-frame DICOM ({frames} frames): the first frame was classified")
-    info = {"format": "dicom", "photometric": pi, "frames": frames, "frame_used": 0, "transfer_syntax": ts_name,
-            "modality": str(ds.get("Modality", "")) or None, "width": cols, "height": rows}
+    info = {
+        "format": "dicom",
+        "photometric": pi,
+        "frames": frames,
+        "frame_used": 0,
+        "transfer_syntax": ts_name,
+        "modality": str(ds.get("Modality", "")) or None,
+        "width": cols,
+        "height": rows,
+    }
     return DicomFrame(rgb, info, notes)
 
 
@@ -152,8 +165,11 @@ def _window(arr: np.ndarray, ds, bits: int, notes: list[str]) -> np.ndarray:
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width >= 1:
         # LINEAR VOI function, DICOM PS3.3 C.11.2.1.2.1
-        y = np.clip(((values - (center - 0.5)) / (width - 1) + 0.5), 0.0, 1.0) if width > 1 else \
-            (values > center - 0.5).astype(np.float64)
+        y = (
+            np.clip(((values - (center - 0.5)) / (width - 1) + 0.5), 0.0, 1.0)
+            if width > 1
+            else (values > center - 0.5).astype(np.float64)
+        )
         return np.round(y * 255).astype(np.uint8)
     if "VOILUTSequence" in ds:
         values = apply_voi_lut(arr, ds).astype(np.float64)
@@ -171,7 +187,7 @@ def _window(arr: np.ndarray, ds, bits: int, notes: list[str]) -> np.ndarray:
 def _scale_to_8bit(arr: np.ndarray, bits: int) -> np.ndarray:
     if arr.dtype == np.uint8 or bits <= 8:
         return np.clip(arr, 0, 255).astype(np.uint8)
-    return np.round(arr.astype(np.float64) / (2 ** bits - 1) * 255).clip(0, 255).astype(np.uint8)
+    return np.round(arr.astype(np.float64) / (2**bits - 1) * 255).clip(0, 255).astype(np.uint8)
 
 
 def _first(value) -> float | None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -26,8 +26,16 @@ from ..data.rois import MAX_IMAGE_PIXELS, MIN_ROI_SIDE, UnreadableImage, open_im
 from ..errors import HfcnError
 from .dicom import is_dicom, read_dicom
 
-__all__ = ["MAX_UPLOAD_MB", "IMAGE_FORMATS", "Frame", "read_frame", "write_frame", "stage_case", "safe_name",
-           "limits_text"]
+__all__ = [
+    "MAX_UPLOAD_MB",
+    "IMAGE_FORMATS",
+    "Frame",
+    "read_frame",
+    "write_frame",
+    "stage_case",
+    "safe_name",
+    "limits_text",
+]
 
 # Ultrasound cine loops exported as multi-frame DICOM reach a few hundred MB; a single 40 MP
 # frame as an uncompressed RGB DICOM is 120 MB. Anything above this is refused by the server.
@@ -39,8 +47,10 @@ IMAGE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "TIF
 
 
 def limits_text() -> str:
-    return (f"images and DICOM frames up to {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, uploads up to "
-            f"{MAX_UPLOAD_MB} MB, nodule boxes at least {MIN_ROI_SIDE} px a side and inside the image")
+    return (
+        f"images and DICOM frames up to {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, uploads up to "
+        f"{MAX_UPLOAD_MB} MB, nodule boxes at least {MIN_ROI_SIDE} px a side and inside the image"
+    )
 
 
 @dataclass
@@ -87,8 +97,10 @@ def read_frame(path: str | Path | None, name: str | None = None) -> Frame:
         with open_image(path) as im:
             fmt = IMAGE_FORMATS.get(str(im.format).upper())
             if fmt is None:
-                raise HfcnError(f"{name}: {im.format} images are not supported: give a PNG, JPEG (or BMP, TIFF) "
-                                "image or a DICOM file")
+                raise HfcnError(
+                    f"{name}: {im.format} images are not supported: give a PNG, JPEG (or BMP, TIFF) "
+                    "image or a DICOM file"
+                )
             notes = []
             if getattr(im, "n_frames", 1) > 1:
                 notes.append(f"{name} holds {im.n_frames} pictures: the first one was classified")
@@ -145,8 +157,12 @@ def write_frame(frame: Frame, folder: Path) -> Path:
     return out
 
 
-def stage_case(xml: str | Path | None, images: Sequence[str | Path | tuple[str | Path, str]] | None,
-               folder: Path, xml_name: str | None = None) -> Path:
+def stage_case(
+    xml: str | Path | None,
+    images: Sequence[str | Path | tuple[str | Path, str]] | None,
+    folder: Path,
+    xml_name: str | None = None,
+) -> Path:
     """Copy an uploaded DDTI case XML and its frame images into ``folder`` under their own
     names (the flat DDTI layout: ``N.xml`` beside ``N_1.jpg``, ``N_2.jpg``), so that the DDTI
     reader finds them. ``images`` are paths or ``(path, original name)``. Returns the XML's
@@ -162,7 +178,7 @@ def stage_case(xml: str | Path | None, images: Sequence[str | Path | tuple[str |
     target = folder / name
     shutil.copyfile(xml, target)
     for item in images or []:
-        src, orig = (item if isinstance(item, tuple) else (item, Path(item).name))
+        src, orig = item if isinstance(item, tuple) else (item, Path(item).name)
         img = safe_name(orig, "frame.jpg")
         if img.lower().endswith(".xml"):
             continue

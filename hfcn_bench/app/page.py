@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import HfcnError
-from .classify import Classifier, Outcome
 from .card import NOTICE, card_markdown
+from .classify import Classifier, Outcome
 from .inputs import MAX_UPLOAD_MB, limits_text, read_frame
 from .picture import draw_preview, make_preview, result_markdown, result_picture
 
@@ -160,8 +160,10 @@ class _Page:
             view = make_preview(frame.rgb, frame.name)
             w, h = frame.size
             notes = "".join(f"\n\n- note: {n}" for n in frame.notes)
-            msg = (f"{frame.name}: {frame.format}, {w}x{h} px. Click two opposite corners of the nodule on the "
-                   f"image, or type the box.{notes}")
+            msg = (
+                f"{frame.name}: {frame.format}, {w}x{h} px. Click two opposite corners of the nodule on the "
+                f"image, or type the box.{notes}"
+            )
             return draw_preview(view), view, None, msg
 
     def on_click(self, view, corner, box, evt):
@@ -192,8 +194,7 @@ class _Page:
         return draw_preview(view, box=b)
 
 
-def build_app(classifier: Classifier, *, concurrency: int = DEFAULT_CONCURRENCY,
-              queue_size: int = DEFAULT_QUEUE_SIZE):
+def build_app(classifier: Classifier, *, concurrency: int = DEFAULT_CONCURRENCY, queue_size: int = DEFAULT_QUEUE_SIZE):
     """The ``gr.Blocks`` app over ``classifier``'s runs (not launched; see :func:`serve`)."""
     gr = _gradio()
     page = _Page(classifier, gr)
@@ -221,45 +222,71 @@ def build_app(classifier: Classifier, *, concurrency: int = DEFAULT_CONCURRENCY,
         """The model card of a run (the default run for an empty name)."""
         return page.model_card(run)
 
-    with gr.Blocks(title="hfcn-bench: classify one thyroid nodule", analytics_enabled=False,
-                   delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# hfcn-bench: classify one thyroid nodule\n\n"
-                    "P(malignant) of one nodule from a run trained with `hfcn-bench train`: HFCN (Song et al., IEEE "
-                    "Access 2020) or one of the comparator systems.")
+    with gr.Blocks(
+        title="hfcn-bench: classify one thyroid nodule", analytics_enabled=False, delete_cache=(3600, 3600)
+    ) as demo:
+        gr.Markdown(
+            "# hfcn-bench: classify one thyroid nodule\n\n"
+            "P(malignant) of one nodule from a run trained with `hfcn-bench train`: HFCN (Song et al., IEEE "
+            "Access 2020) or one of the comparator systems."
+        )
         gr.Markdown(f"**{NOTICE}**", elem_id="notice")
-        run = gr.Dropdown(names, value=cat.default, label="Run", visible=len(names) > 1, interactive=True,
-                          elem_id="run")
+        run = gr.Dropdown(
+            names, value=cat.default, label="Run", visible=len(names) > 1, interactive=True, elem_id="run"
+        )
         view = gr.State(None)
         corner = gr.State(None)
         outcome = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
                 with gr.Tab("Image + box", id="image-tab"):
-                    image = gr.File(label="Ultrasound image (PNG, JPEG or DICOM)", type="filepath",
-                                    elem_id="image-file")
-                    preview = gr.Image(label="The frame: click two opposite corners of the nodule", type="numpy",
-                                       interactive=False, format="png", elem_id="preview", buttons=["fullscreen"],
-                                       show_label=False)
+                    image = gr.File(
+                        label="Ultrasound image (PNG, JPEG or DICOM)", type="filepath", elem_id="image-file"
+                    )
+                    preview = gr.Image(
+                        label="The frame: click two opposite corners of the nodule",
+                        type="numpy",
+                        interactive=False,
+                        format="png",
+                        elem_id="preview",
+                        buttons=["fullscreen"],
+                        show_label=False,
+                    )
                     upload_info = gr.Markdown("", elem_id="upload-info")
-                    box = gr.Textbox(label="Nodule box x0,y0,x1,y1 (frame pixels; empty = the whole image)",
-                                     placeholder="e.g. 120,80,260,200", elem_id="box")
+                    box = gr.Textbox(
+                        label="Nodule box x0,y0,x1,y1 (frame pixels; empty = the whole image)",
+                        placeholder="e.g. 120,80,260,200",
+                        elem_id="box",
+                    )
                     go = gr.Button("Classify", variant="primary", elem_id="classify")
                 with gr.Tab("DDTI case XML", id="case-tab"):
                     xml = gr.File(label="Case XML (N.xml)", type="filepath", elem_id="case-xml")
-                    frames = gr.File(label="Its frame images (N_1.jpg, N_2.jpg, ...)", file_count="multiple",
-                                     type="filepath", elem_id="case-frames")
+                    frames = gr.File(
+                        label="Its frame images (N_1.jpg, N_2.jpg, ...)",
+                        file_count="multiple",
+                        type="filepath",
+                        elem_id="case-frames",
+                    )
                     with gr.Row():
-                        frame_no = gr.Number(None, label="Frame (empty: the first with an outline)", precision=0,
-                                             elem_id="case-frame")
-                        region_no = gr.Number(0, label="Outline within the frame", precision=0,
-                                              elem_id="case-region")
+                        frame_no = gr.Number(
+                            None, label="Frame (empty: the first with an outline)", precision=0, elem_id="case-frame"
+                        )
+                        region_no = gr.Number(0, label="Outline within the frame", precision=0, elem_id="case-region")
                     go_case = gr.Button("Classify case", variant="primary", elem_id="classify-case")
                 gr.Markdown(f"Limits: {limits_text()}.")
             with gr.Column(scale=1):
-                result_md = gr.Markdown("Upload an image and give the nodule box, then press Classify.",
-                                        elem_id="result")
-                picture = gr.Image(label="What the model looked at", type="numpy", interactive=False, format="png",
-                                   elem_id="picture", buttons=["download", "fullscreen"], show_label=False)
+                result_md = gr.Markdown(
+                    "Upload an image and give the nodule box, then press Classify.", elem_id="result"
+                )
+                picture = gr.Image(
+                    label="What the model looked at",
+                    type="numpy",
+                    interactive=False,
+                    format="png",
+                    elem_id="picture",
+                    buttons=["download", "fullscreen"],
+                    show_label=False,
+                )
                 with gr.Accordion("The result as the API returns it (JSON)", open=False):
                     result_json = gr.JSON(label="Result", elem_id="result-json")
         with gr.Accordion("Model card", open=True):
@@ -277,8 +304,9 @@ def build_app(classifier: Classifier, *, concurrency: int = DEFAULT_CONCURRENCY,
         ev = go.click(classify, [image, box, run], [result_json, outcome], api_name="classify")
         ev.success(page.show, [outcome], [result_md, picture, preview, view], api_visibility="private")
         ev.failure(last_error, None, [result_md], api_visibility="private")
-        ev = go_case.click(classify_case, [xml, frames, frame_no, region_no, run], [result_json, outcome],
-                           api_name="classify_case")
+        ev = go_case.click(
+            classify_case, [xml, frames, frame_no, region_no, run], [result_json, outcome], api_name="classify_case"
+        )
         ev.success(page.show_case, [outcome], [result_md, picture], api_visibility="private")
         ev.failure(last_error, None, [result_md], api_visibility="private")
         gr.api(model_card, api_name="model_card")
@@ -290,9 +318,21 @@ def build_app(classifier: Classifier, *, concurrency: int = DEFAULT_CONCURRENCY,
 def serve(demo, host: str = "127.0.0.1", port: int = 7860, quiet: bool = True) -> str:
     """Start ``demo`` in a background thread and return its URL (``demo.close()`` stops it)."""
     _, url, _ = demo.launch(
-        server_name=host, server_port=int(port), prevent_thread_lock=True, quiet=quiet, share=False,
-        inbrowser=False, show_error=False, footer_links=["api"], run_history=False, enable_monitoring=False,
-        max_file_size=f"{MAX_UPLOAD_MB}mb", ssr_mode=False, mcp_server=False, pwa=False,
-        state_session_capacity=SESSION_CAPACITY, css=CSS,
+        server_name=host,
+        server_port=int(port),
+        prevent_thread_lock=True,
+        quiet=quiet,
+        share=False,
+        inbrowser=False,
+        show_error=False,
+        footer_links=["api"],
+        run_history=False,
+        enable_monitoring=False,
+        max_file_size=f"{MAX_UPLOAD_MB}mb",
+        ssr_mode=False,
+        mcp_server=False,
+        pwa=False,
+        state_session_capacity=SESSION_CAPACITY,
+        css=CSS,
     )
     return url

@@ -14,8 +14,8 @@ __all__ = ["PREVIEW_SIDE", "Preview", "make_preview", "draw_preview", "result_pi
 # sent back to the browser in full. Clicks are mapped back to frame pixels by the scale.
 PREVIEW_SIDE = 1024
 
-USER_BOX = (255, 214, 0)     # the box the user gave
-MODEL_BOX = (0, 200, 255)    # the box a cascade system localised itself
+USER_BOX = (255, 214, 0)  # the box the user gave
+MODEL_BOX = (0, 200, 255)  # the box a cascade system localised itself
 CORNER = (255, 64, 64)
 
 
@@ -28,8 +28,13 @@ class Preview(dict):
 def make_preview(rgb: np.ndarray, name: str) -> Preview:
     h, w = rgb.shape[:2]
     scale = min(1.0, PREVIEW_SIDE / max(w, h))
-    base = rgb if scale == 1.0 else np.asarray(
-        Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+    base = (
+        rgb
+        if scale == 1.0
+        else np.asarray(
+            Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+        )
+    )
     return Preview(base=np.ascontiguousarray(base), scale=scale, size=(int(w), int(h)), name=name)
 
 
@@ -62,9 +67,11 @@ def result_picture(outcome) -> np.ndarray:
 def result_markdown(res: dict) -> str:
     """The result in words: P(malignant) against the run's threshold, the label, HFCN's branch
     and window probabilities, the notes and the label caveat."""
-    lines = [f"## P(malignant) = {res['prob']:.3f} → {res['label']}",
-             f"Decision threshold **{res['threshold']:.3f}** (the run's own, chosen on its training side); "
-             f"run `{res['run']}` (system `{res['system']}`), ROI {', '.join(map(str, res['roi_box']))}."]
+    lines = [
+        f"## P(malignant) = {res['prob']:.3f} → {res['label']}",
+        f"Decision threshold **{res['threshold']:.3f}** (the run's own, chosen on its training side); "
+        f"run `{res['run']}` (system `{res['system']}`), ROI {', '.join(map(str, res['roi_box']))}.",
+    ]
     if res.get("global_prob") is not None:
         parts = [f"global branch {res['global_prob']:.3f}"]
         if res.get("crop_prob") is not None:
@@ -73,11 +80,15 @@ def result_markdown(res: dict) -> str:
         if res.get("crop_probs"):
             lines.append("Crop windows' P(malignant): " + ", ".join(f"{p:.3f}" for p in res["crop_probs"]) + ".")
     if res.get("tirads"):
-        lines.append(f"The case's TI-RADS: {res['tirads']} ({res.get('tirads_label') or 'excluded by the rule'} "
-                     "under the run's label rule).")
+        lines.append(
+            f"The case's TI-RADS: {res['tirads']} ({res.get('tirads_label') or 'excluded by the rule'} "
+            "under the run's label rule)."
+        )
     if not res.get("gradcam"):
-        lines.append(f"No Grad-CAM: system `{res['system']}` does not classify the ROI with a CNN whose map can be "
-                     "explained here.")
+        lines.append(
+            f"No Grad-CAM: system `{res['system']}` does not classify the ROI with a CNN whose map can be "
+            "explained here."
+        )
     for n in res.get("notes") or []:
         lines.append(f"- note: {n}")
     if res.get("label_caveat"):

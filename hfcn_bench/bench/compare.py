@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -17,8 +17,16 @@ from . import op_speed
 from .rank import localisation
 from .report import PAPER_TABLE4, environment
 
-__all__ = ["CompareOptions", "PRESETS", "run_compare", "check_options", "model_cost_checks", "SECTIONS",
-           "hfcn_config", "system_config"]
+__all__ = [
+    "CompareOptions",
+    "PRESETS",
+    "run_compare",
+    "check_options",
+    "model_cost_checks",
+    "SECTIONS",
+    "hfcn_config",
+    "system_config",
+]
 
 SECTIONS = ("speed", "model", "metrics")
 
@@ -161,9 +169,17 @@ def hfcn_config(preset: dict, backbone: str, crop: str, alpha: float | None, dev
     """The HFCN config of one metrics row: the preset's training preset plus its overrides."""
     from ..systems import get_system
 
-    return get_system("hfcn").configure(preset["train_preset"], {
-        "backbone": backbone, "crop": crop, "device": device, **preset.get("train_overrides", {}),
-        **({"alpha": alpha} if alpha is not None else {})}, seed=seed)
+    return get_system("hfcn").configure(
+        preset["train_preset"],
+        {
+            "backbone": backbone,
+            "crop": crop,
+            "device": device,
+            **preset.get("train_overrides", {}),
+            **({"alpha": alpha} if alpha is not None else {}),
+        },
+        seed=seed,
+    )
 
 
 def system_config(name: str, preset: dict, seed: int):
@@ -196,8 +212,11 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
     )
     rows, curves, baselines = [], {}, []
     # The same split (or the same k folds) for every row: HFCN's and the comparators'.
-    splits = kfold(ds, k=opts.folds, seed=opts.seed) if opts.folds and opts.folds > 1 else [
-        split_train_test(ds, test_fraction=0.25, seed=opts.seed)]
+    splits = (
+        kfold(ds, k=opts.folds, seed=opts.seed)
+        if opts.folds and opts.folds > 1
+        else [split_train_test(ds, test_fraction=0.25, seed=opts.seed)]
+    )
     combos = [(b, c, None) for b in opts.backbones for c in opts.crops]
     combos += [(b, "bfc", a) for b in opts.backbones for a in opts.alphas]
     for backbone, crop, alpha in combos:
@@ -238,14 +257,31 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
             warnings.warn(f"comparator {name} failed: {msg}", RuntimeWarning, stacklevel=2)
             rows.append({"system": name, "error": msg})
             continue
-        rows.append({"system": name, "backbone": None, "crop": None, "alpha": None,
-                     **_metric_cells(res, time.perf_counter() - start), "localisation": localisation(res),
-                     "limitations": "; ".join(res.get("limitations", []))})
+        rows.append(
+            {
+                "system": name,
+                "backbone": None,
+                "crop": None,
+                "alpha": None,
+                **_metric_cells(res, time.perf_counter() - start),
+                "localisation": localisation(res),
+                "limitations": "; ".join(res.get("limitations", [])),
+            }
+        )
         if res.get("roc"):
             curves[name] = (res["roc"]["fpr"], res["roc"]["tpr"], res["metrics"].get("auc"))
         for vname, var in (res.get("variants") or {}).items():
-            rows.append({"system": f"{name}/{vname}", "backbone": None, "crop": None, "alpha": None,
-                         **_metric_cells(var, 0.0), "train_s": None, "localisation": var.get("description")})
+            rows.append(
+                {
+                    "system": f"{name}/{vname}",
+                    "backbone": None,
+                    "crop": None,
+                    "alpha": None,
+                    **_metric_cells(var, 0.0),
+                    "train_s": None,
+                    "localisation": var.get("description"),
+                }
+            )
     return {"rows": rows, "baseline": baselines, "roc": curves}
 
 
@@ -327,9 +363,12 @@ def run_compare(
         peak, how = op_speed.peak_bandwidth(opts.device)
         report["notes"].append(
             "GB/s: the bytes each direction must move (input + output) over its median; device peak "
-            + (f"{peak:.0f} GB/s ({how})." if peak else f"unknown ({how}); set HFCN_PEAK_GBPS."))
+            + (f"{peak:.0f} GB/s ({how})." if peak else f"unknown ({how}); set HFCN_PEAK_GBPS.")
+        )
     if backend == "reference":
-        report["notes"].append(f"The C++ extension is not in use ({ops.extension_error()}): 'fused' rows run the reference.")
+        report["notes"].append(
+            f"The C++ extension is not in use ({ops.extension_error()}): 'fused' rows run the reference."
+        )
     for section in SECTIONS:
         if section not in opts.only:
             continue

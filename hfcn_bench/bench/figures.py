@@ -25,9 +25,19 @@ from matplotlib.figure import Figure
 
 from ..atomic import atomic_write
 
-__all__ = ["plot_roc_curves", "plot_speed_bars", "plot_alpha_sweep", "plot_forest", "plot_reliability",
-           "plot_prediction", "prediction_figure", "figure_rgb", "plot_alpha_curve", "plot_differences",
-           "plot_accuracy_cost"]
+__all__ = [
+    "plot_roc_curves",
+    "plot_speed_bars",
+    "plot_alpha_sweep",
+    "plot_forest",
+    "plot_reliability",
+    "plot_prediction",
+    "prediction_figure",
+    "figure_rgb",
+    "plot_alpha_curve",
+    "plot_differences",
+    "plot_accuracy_cost",
+]
 
 _DPI = 120
 
@@ -220,15 +230,25 @@ def plot_forest(
             ci = row.get(f"{key}_ci")
             if ci:
                 ax.plot([ci[0], ci[1]], [y, y], color="0.35", linewidth=1.6)
-            ax.plot([v], [y], "o", color="tab:blue" if not str(row.get("name", "")).startswith("HFCN")
-                    else "tab:red", markersize=6)
+            ax.plot(
+                [v],
+                [y],
+                "o",
+                color="tab:blue" if not str(row.get("name", "")).startswith("HFCN") else "tab:red",
+                markersize=6,
+            )
         base_key = key.removeprefix("internal_")
         if base_key == "auc":
             ax.axvline(0.5, linestyle="--", color="0.6", linewidth=1, label="chance")
-        if (baseline and baseline.get(base_key) is not None and not (base_key == "auc" and baseline[base_key] == 0.5)
-                and not key.startswith("internal_")):
-            ax.axvline(float(baseline[base_key]), linestyle=":", color="tab:green", linewidth=1.4,
-                       label="majority baseline")
+        if (
+            baseline
+            and baseline.get(base_key) is not None
+            and not (base_key == "auc" and baseline[base_key] == 0.5)
+            and not key.startswith("internal_")
+        ):
+            ax.axvline(
+                float(baseline[base_key]), linestyle=":", color="tab:green", linewidth=1.4, label="majority baseline"
+            )
         ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -239,8 +259,9 @@ def plot_forest(
     return _save_atomic(fig, path)
 
 
-def plot_reliability(calibration: Mapping[str, Any], path: str | os.PathLike,
-                     title: str = "Reliability (calibration) diagram") -> Path:
+def plot_reliability(
+    calibration: Mapping[str, Any], path: str | os.PathLike, title: str = "Reliability (calibration) diagram"
+) -> Path:
     """Observed malignant fraction against the mean predicted probability per bin (the
     diagonal is perfect calibration), with each bin's count as a bar; the Brier score and the
     expected calibration error in the title. ``calibration`` is ``protocol.calibration``'s."""
@@ -256,11 +277,16 @@ def plot_reliability(calibration: Mapping[str, Any], path: str | os.PathLike,
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="upper left")
-    ax.set_title(f"{title}\nBrier {calibration['brier']:.3f}, ECE {calibration['ece']:.3f}, n = {calibration['n']}",
-                 fontsize=10)
+    ax.set_title(
+        f"{title}\nBrier {calibration['brier']:.3f}, ECE {calibration['ece']:.3f}, n = {calibration['n']}", fontsize=10
+    )
     all_bins = calibration["bins"]
-    hist.bar([(b["low"] + b["high"]) / 2 for b in all_bins], [b["n"] for b in all_bins],
-             width=[(b["high"] - b["low"]) * 0.9 for b in all_bins], color="0.6")
+    hist.bar(
+        [(b["low"] + b["high"]) / 2 for b in all_bins],
+        [b["n"] for b in all_bins],
+        width=[(b["high"] - b["low"]) * 0.9 for b in all_bins],
+        color="0.6",
+    )
     hist.set_xlabel("predicted P(malignant)")
     hist.set_ylabel("ROIs")
     return _save_atomic(fig, path)
@@ -342,22 +368,39 @@ def _draw_crop_windows(ax, info: dict, display: int) -> None:
         sy, sx = display / fh, display / fw
     cmap = colormaps["RdYlGn_r"]
     n = len(info["boxes"])
-    for k, ((t, l, h, w), p) in enumerate(zip(info["boxes"], info["crop_probs"])):
+    for k, ((t, left, h, w), p) in enumerate(zip(info["boxes"], info["crop_probs"])):
         inset = 1.5 * (k + 1)  # overlapping windows stay distinguishable
-        ax.add_patch(Rectangle((l * sx + inset, t * sy + inset), w * sx - 2 * inset, h * sy - 2 * inset,
-                               fill=False, edgecolor=cmap(p), linewidth=2))
-        cx, cy = (l + w / 2) * sx, (t + h / 2) * sy
+        ax.add_patch(
+            Rectangle(
+                (left * sx + inset, t * sy + inset),
+                w * sx - 2 * inset,
+                h * sy - 2 * inset,
+                fill=False,
+                edgecolor=cmap(p),
+                linewidth=2,
+            )
+        )
+        cx, cy = (left + w / 2) * sx, (t + h / 2) * sy
         # Label each window towards its own corner (the centre window in the middle).
         if n == 5 and info["crop"] in ("bfc", "image") and k < 4:
-            cx = (l * sx + 12) if k in (0, 2) else ((l + w) * sx - 12)
+            cx = (left * sx + 12) if k in (0, 2) else ((left + w) * sx - 12)
             cy = (t * sy + 14) if k in (0, 1) else ((t + h) * sy - 14)
-        ax.text(cx, cy, f"{p:.2f}", color="white", fontsize=9, ha="center", va="center",
-                bbox=dict(boxstyle="round,pad=0.2", fc=cmap(p), ec="none", alpha=0.85))
+        ax.text(
+            cx,
+            cy,
+            f"{p:.2f}",
+            color="white",
+            fontsize=9,
+            ha="center",
+            va="center",
+            bbox=dict(boxstyle="round,pad=0.2", fc=cmap(p), ec="none", alpha=0.85),
+        )
     ax.set_title("crop windows: P(malignant) per crop" if n else "global branch only", fontsize=9)
 
 
-def plot_alpha_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                     title: str = "Choice of alpha (paper Table 3)") -> Path:
+def plot_alpha_curve(
+    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "Choice of alpha (paper Table 3)"
+) -> Path:
     """ROC-AUC against alpha with its 95 % interval as a band, accuracy and F1 beside it, and
     the paper's accuracy/F1 (``paper_accuracy``/``paper_f1`` in %) where given. ``rows``: one
     per alpha with ``alpha``, ``auc``, ``auc_ci``, ``accuracy``, ``f1``."""
@@ -373,10 +416,22 @@ def plot_alpha_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     ax.plot(a, [r.get("accuracy") for r in rows], "s--", color="tab:blue", label="accuracy")
     ax.plot(a, [r.get("f1") for r in rows], "^--", color="tab:green", label="F1")
     if any(r.get("paper_accuracy") for r in rows):
-        ax.plot(a, [None if r.get("paper_accuracy") is None else r["paper_accuracy"] / 100 for r in rows], "s:",
-                color="tab:blue", alpha=0.5, label="paper accuracy")
-        ax.plot(a, [None if r.get("paper_f1") is None else r["paper_f1"] / 100 for r in rows], "^:",
-                color="tab:green", alpha=0.5, label="paper F1")
+        ax.plot(
+            a,
+            [None if r.get("paper_accuracy") is None else r["paper_accuracy"] / 100 for r in rows],
+            "s:",
+            color="tab:blue",
+            alpha=0.5,
+            label="paper accuracy",
+        )
+        ax.plot(
+            a,
+            [None if r.get("paper_f1") is None else r["paper_f1"] / 100 for r in rows],
+            "^:",
+            color="tab:green",
+            alpha=0.5,
+            label="paper F1",
+        )
     ax.axhline(0.5, linestyle="--", color="0.6", linewidth=1)
     ax.set_xlabel("alpha (window side / map side; 1.0 = Global)")
     ax.set_ylabel("value")
@@ -386,8 +441,11 @@ def plot_alpha_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     return _save_atomic(fig, path)
 
 
-def plot_differences(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                     title: str = "Paired ROC-AUC differences (95% paired case-bootstrap CI)") -> Path:
+def plot_differences(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    title: str = "Paired ROC-AUC differences (95% paired case-bootstrap CI)",
+) -> Path:
     """A forest plot of paired AUC differences: one line per ``backbone: comparison`` with
     ``diff``, ``low``, ``high`` and the DeLong p-value in the label; 0 (no difference) drawn."""
     if not rows:
@@ -400,8 +458,13 @@ def plot_differences(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
         ax.plot([r["diff"]], [y], "o", color="tab:red" if r["diff"] > 0 else "tab:blue", markersize=6)
     ax.axvline(0.0, linestyle="--", color="0.6", linewidth=1)
     p = [r.get("delong_p") for r in rows]
-    ax.set_yticks(pos, [f"{r['backbone']}: {r['comparison']} (DeLong p {'—' if v is None or v != v else f'{v:.3f}'})"
-                        for r, v in zip(rows, p)])
+    ax.set_yticks(
+        pos,
+        [
+            f"{r['backbone']}: {r['comparison']} (DeLong p {'—' if v is None or v != v else f'{v:.3f}'})"
+            for r, v in zip(rows, p)
+        ],
+    )
     ax.invert_yaxis()
     ax.set_xlabel("ROC-AUC difference")
     ax.grid(axis="x", alpha=0.3)
@@ -409,8 +472,9 @@ def plot_differences(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
     return _save_atomic(fig, path)
 
 
-def plot_accuracy_cost(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                       title: str = "Accuracy against training cost (Table 5)") -> Path:
+def plot_accuracy_cost(
+    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str = "Accuracy against training cost (Table 5)"
+) -> Path:
     """The frontier of Table 5: ROC-AUC with its 95% interval (``auc``, ``auc_ci``) against the
     training cost per image (``cost.train_per_image_s``, log axis); one point per architecture
     (labelled), one colour per backbone."""
@@ -423,10 +487,12 @@ def plot_accuracy_cost(rows: Sequence[Mapping[str, Any]], path: str | os.PathLik
     for r in rows:
         x, y = r["cost"]["train_per_image_s"], r["auc"]
         ci = r.get("auc_ci") or (y, y)
-        ax.errorbar([x], [y], yerr=[[y - ci[0]], [ci[1] - y]], fmt="o", color=colours[r["backbone"]],
-                    capsize=3, markersize=6)
-        ax.annotate(r["architecture"].replace("Global + ", "+ "), (x, y), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        ax.errorbar(
+            [x], [y], yerr=[[y - ci[0]], [ci[1] - y]], fmt="o", color=colours[r["backbone"]], capsize=3, markersize=6
+        )
+        ax.annotate(
+            r["architecture"].replace("Global + ", "+ "), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8
+        )
     for b in backbones:
         ax.plot([], [], "o", color=colours[b], label=b)
     ax.set_xscale("log")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -132,17 +132,19 @@ def check_parity(fused: HFCN, naive: HFCN, x: torch.Tensor) -> float:
                 continue
             if name == "boxes":
                 if u.tolist() != v.tolist():
-                    raise HfcnError(f"parity check: fused and naive models used different windows {u.tolist()} vs {v.tolist()}")
+                    raise HfcnError(
+                        f"parity check: fused and naive models used different windows {u.tolist()} vs {v.tolist()}"
+                    )
                 continue
             try:
                 torch.testing.assert_close(u, v)
             except AssertionError as exc:
-                detail = "; ".join(
-                    ln.strip() for ln in str(exc).splitlines() if ln.startswith(("Mismatched", "Greatest"))
-                ) or str(exc).strip().splitlines()[0]
+                detail = (
+                    "; ".join(ln.strip() for ln in str(exc).splitlines() if ln.startswith(("Mismatched", "Greatest")))
+                    or str(exc).strip().splitlines()[0]
+                )
                 raise HfcnError(
-                    f"parity check failed for {fused.config.crop!r}: fused and naive outputs "
-                    f"differ in {name}: {detail}"
+                    f"parity check failed for {fused.config.crop!r}: fused and naive outputs differ in {name}: {detail}"
                 ) from None
             worst = max(worst, float((u - v).abs().max()))
     finally:
@@ -157,12 +159,15 @@ def _op_runner(x: torch.Tensor, boxes: torch.Tensor, impl: str, grad: torch.Tens
     dev_boxes = boxes.to(x.device)
     if impl == "fused":
         if ops.load_extension():
+
             def fwd():
                 return ops.CropResizeFunction.apply(x, dev_boxes, h, w)
         else:
+
             def fwd():
                 return ops.crop_resize_reference(x, dev_boxes, (h, w))
     elif impl == "naive":
+
         def fwd():
             return naive_crop_resize(x, rows, (h, w))
     else:

@@ -8,7 +8,8 @@ the output pixels whose source lies inside the crop (where the conventions agree
 full-map difference is reported beside it.
 
 Timing: ``torch.utils.benchmark.Timer.blocked_autorange`` in round-robin rounds over the
-methods (median and IQR over all blocks), CUDA synchronised inside the timed statement. Memory: on CUDA the peak allocated bytes above
+methods (median and IQR over all blocks), CUDA synchronised inside the timed statement.
+Memory: on CUDA the peak allocated bytes above
 the inputs (``torch.cuda.max_memory_allocated``); on the CPU the peak growth of the resident
 set (RSS, sampled from ``/proc/self/statm`` by a thread while the method runs once, after
 ``malloc_trim`` returned freed heap pages), labelled as such in every row.
@@ -21,8 +22,8 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,8 +32,17 @@ from torch.utils import benchmark as tbench
 
 from .. import ops
 
-__all__ = ["OpShape", "PAPER_SHAPE", "LARGE_SHAPE", "GPU_SHAPE", "measure_op_speed", "op_speed_checks",
-           "available_methods", "peak_bandwidth", "peak_memory"]
+__all__ = [
+    "OpShape",
+    "PAPER_SHAPE",
+    "LARGE_SHAPE",
+    "GPU_SHAPE",
+    "measure_op_speed",
+    "op_speed_checks",
+    "available_methods",
+    "peak_bandwidth",
+    "peak_memory",
+]
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,7 @@ def peak_bandwidth(device: str | torch.device) -> tuple[float | None, str]:
     gbps = 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9
     return gbps, f"2 x {clock_khz / 1e3:.0f} MHz x {bus_bits} bit (device properties)"
 
+
 _FLOAT_TOL = 1e-5
 
 
@@ -100,8 +111,8 @@ def _sync(device: torch.device) -> None:
 
 def _roi_boxes(boxes: torch.Tensor, batch: int, dtype, device) -> torch.Tensor:
     """(top, left, h, w) -> roi_align's [K, 5] (batch index, x1, y1, x2, y2) in pixel edges."""
-    t, l, h, w = boxes.to(torch.float64).unbind(1)
-    per = torch.stack([l, t, l + w, t + h], dim=1)
+    t, left, h, w = boxes.to(torch.float64).unbind(1)
+    per = torch.stack([left, t, left + w, t + h], dim=1)
     idx = torch.arange(batch, dtype=torch.float64).repeat_interleave(len(boxes))[:, None]
     return torch.cat([idx, per.repeat(batch, 1)], dim=1).to(device=device, dtype=dtype)
 
@@ -110,9 +121,9 @@ def _grid(boxes: torch.Tensor, shape: OpShape, dtype, device) -> torch.Tensor:
     """affine_grid sampling the window's pixel area (align_corners=False) of each crop."""
     H, W = shape.height, shape.width
     theta = torch.zeros(len(boxes), 2, 3, dtype=torch.float64)
-    for n, (t, l, h, w) in enumerate(boxes.tolist()):
+    for n, (t, left, h, w) in enumerate(boxes.tolist()):
         theta[n, 0, 0] = w / W
-        theta[n, 0, 2] = (2 * l + w) / W - 1
+        theta[n, 0, 2] = (2 * left + w) / W - 1
         theta[n, 1, 1] = h / H
         theta[n, 1, 2] = (2 * t + h) / H - 1
     grid = F.affine_grid(theta, (len(boxes), 1, shape.out, shape.out), align_corners=False)
@@ -161,8 +172,10 @@ def _make_method(name: str, shape: OpShape, boxes: torch.Tensor, device: torch.d
         return run
     if name == "floor":
         # The memory floor: materialising the output's bytes once (read + write of a copy).
-        def run(x, _like=torch.empty(B, N, shape.channels, out, out, device=device)):
-            return _like.clone().requires_grad_(x.requires_grad)
+        like = torch.empty(B, N, shape.channels, out, out, device=device)
+
+        def run(x):
+            return like.clone().requires_grad_(x.requires_grad)
 
         return run
     raise ValueError(f"unknown op method {name!r}; known: {', '.join(available_methods())}")
@@ -224,6 +237,7 @@ def _statement(fn: Callable, inp: torch.Tensor, direction: str) -> Callable[[], 
     or both."""
     xin = inp.detach().clone().requires_grad_(direction != "forward")
     if direction == "forward":
+
         def stmt():
             with torch.no_grad():
                 return fn(xin)
@@ -238,17 +252,20 @@ def _statement(fn: Callable, inp: torch.Tensor, direction: str) -> Callable[[], 
 
         def stmt():
             return torch.autograd.grad(fn(xin), xin, gg)
+
     return stmt
 
 
-def _time_interleaved(stmts: dict[str, Callable], device: torch.device, min_run_time: float,
-                      rounds: int = 5) -> dict[str, tuple[float, float]]:
+def _time_interleaved(
+    stmts: dict[str, Callable], device: torch.device, min_run_time: float, rounds: int = 5
+) -> dict[str, tuple[float, float]]:
     """(median, IQR) seconds per statement, measured in ``rounds`` round-robin rounds of
     ``blocked_autorange``: drift of a shared machine (memory bandwidth, other jobs) then hits
     every method alike instead of biasing the ratios of whichever ran in a bad moment."""
     blocks: dict[str, list[float]] = {name: [] for name in stmts}
     for _ in range(rounds):
         for name, stmt in stmts.items():
+
             def timed(stmt=stmt):
                 stmt()
                 _sync(device)
@@ -366,7 +383,11 @@ def measure_op_speed(
             boxes = ops.boundary_boxes(shape.height, shape.width, shape.alpha).to(device)
             x = torch.randn(shape.batch, shape.channels, shape.height, shape.width, generator=gen).to(device)
             out_numel = shape.batch * len(boxes) * shape.channels * shape.out**2
-            grad = torch.randn(out_numel, generator=gen).view(shape.batch, len(boxes), shape.channels, shape.out, shape.out).to(device)
+            grad = (
+                torch.randn(out_numel, generator=gen)
+                .view(shape.batch, len(boxes), shape.channels, shape.out, shape.out)
+                .to(device)
+            )
             ready: dict[str, tuple] = {}
             for name in methods:
                 if name == "image-multicrop" and shape not in image_multicrop_shapes:
@@ -375,15 +396,23 @@ def measure_op_speed(
                 try:
                     if name == "image-multicrop":
                         fn, inp = _image_multicrop(shape, device)
-                        check = {"parity": "n/a (different computation: backbone per image crop)", "parity_ok": True, "max_abs_err": None}
+                        check = {
+                            "parity": "n/a (different computation: backbone per image crop)",
+                            "parity_ok": True,
+                            "max_abs_err": None,
+                        }
                     else:
                         fn, inp = _make_method(name, shape, boxes, device), x
                         check = _parity(name, fn, x, boxes, shape.out)
                 except Exception as exc:  # a peer that cannot run here is reported, not fatal
-                    rows.append({**base, "direction": "-", "threads": None, "status": f"not run: {exc}", "parity_ok": False})
+                    rows.append(
+                        {**base, "direction": "-", "threads": None, "status": f"not run: {exc}", "parity_ok": False}
+                    )
                     continue
                 if not check["parity_ok"]:
-                    rows.append({**base, **check, "direction": "-", "threads": None, "status": "failed parity: not timed"})
+                    rows.append(
+                        {**base, **check, "direction": "-", "threads": None, "status": "failed parity: not timed"}
+                    )
                     continue
                 if name == "image-multicrop":
                     rows.extend(_time_image_multicrop(fn, inp, base, check, device, progress))
@@ -426,7 +455,11 @@ def measure_op_speed(
     for r in rows:
         if r.get("gbps") and r.get("peak_gbps"):
             r["pct_of_peak"] = 100.0 * r["gbps"] / r["peak_gbps"]
-    naive = {(r["shape"], r["direction"], r["threads"]): r["median_s"] for r in rows if r["method"] == "naive" and r["status"] == "ok"}
+    naive = {
+        (r["shape"], r["direction"], r["threads"]): r["median_s"]
+        for r in rows
+        if r["method"] == "naive" and r["status"] == "ok"
+    }
     for r in rows:
         ref = naive.get((r["shape"], r["direction"], r["threads"]))
         r["speedup"] = ref / r["median_s"] if ref and r.get("median_s") else None
@@ -458,18 +491,26 @@ def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE, gpu_shape: O
 
     def add(name, value, minimum, target, higher_is_better=True):
         if value is None:
-            checks.append({"check": name, "value": None, "minimum": minimum, "target": target, "passed": None, "met_target": None})
+            checks.append(
+                {"check": name, "value": None, "minimum": minimum, "target": target, "passed": None, "met_target": None}
+            )
             return
         ok = None if minimum is None else (value >= minimum if higher_is_better else value <= minimum)
         tgt = value >= target if higher_is_better else value <= target
-        checks.append({"check": name, "value": value, "minimum": minimum, "target": target, "passed": ok, "met_target": tgt})
+        checks.append(
+            {"check": name, "value": value, "minimum": minimum, "target": target, "passed": ok, "met_target": tgt}
+        )
 
     devices = {r.get("device", "cpu").split(":")[0] for r in rows if r.get("status") == "ok"}
     if "cuda" in devices:
         fused = _find(rows, shape=gpu_shape.label, method="fused", direction="forward")
         value = fused.get("pct_of_peak") / 100.0 if fused and fused.get("pct_of_peak") else None
-        add(f"fused forward bandwidth / device peak ({gpu_shape.label})", value, GPU_BANDWIDTH_SHARE,
-            GPU_BANDWIDTH_SHARE)
+        add(
+            f"fused forward bandwidth / device peak ({gpu_shape.label})",
+            value,
+            GPU_BANDWIDTH_SHARE,
+            GPU_BANDWIDTH_SHARE,
+        )
         fused = _find(rows, shape=label, method="fused", direction="forward")
         naive = _find(rows, shape=label, method="naive", direction="forward")
         add("forward speed-up vs naive (CUDA)", ratio(naive, fused), 1.0, 8.0)
@@ -486,10 +527,19 @@ def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE, gpu_shape: O
         # the same aims (naive slicing scales as well as the op does, so they move little).
         must = 1 if t == 1 else None
         add(f"forward speed-up vs naive ({t} thread{plural})", ratio(naive_f, fused_f), 8.0 if must else 4.0, 8.0)
-        add(f"forward time / memory floor ({t} thread{plural})", ratio(fused_f, floor_f), 2.0 if must else 4.0, 2.0,
-            higher_is_better=False)
-        add(f"forward+backward speed-up vs naive ({t} thread{plural})", ratio(naive_fb, fused_fb),
-            8.0 if must else 4.0, 8.0)
+        add(
+            f"forward time / memory floor ({t} thread{plural})",
+            ratio(fused_f, floor_f),
+            2.0 if must else 4.0,
+            2.0,
+            higher_is_better=False,
+        )
+        add(
+            f"forward+backward speed-up vs naive ({t} thread{plural})",
+            ratio(naive_fb, fused_fb),
+            8.0 if must else 4.0,
+            8.0,
+        )
         if roi_f:
             add(f"forward speed-up vs roi_align ({t} thread{plural})", ratio(roi_f, fused_f), 1.0, 1.0)
     one = _find(rows, shape=label, method="fused", direction="forward", threads=1)
@@ -501,4 +551,3 @@ def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE, gpu_shape: O
     two = _find(rows, shape=label, method="fused", direction="forward+backward", threads=2)
     add("fused forward+backward, 2 threads vs 1", ratio(one, two), 1.8, 1.8)
     return checks
-

@@ -14,8 +14,8 @@ majority-class baseline closes the table.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..atomic import read_json
 from ..errors import HfcnError
@@ -38,11 +38,17 @@ def load_run(run_dir: str | os.PathLike) -> dict:
     d = Path(run_dir)
     run = read_run(d)
     if not (d / "metrics.json").is_file():
-        raise HfcnError(run.progress_note() or f"{d} holds no finished run (no metrics.json)",
-                        hint=f"resume it (hfcn-bench train --resume --out {d}) before ranking it")
+        raise HfcnError(
+            run.progress_note() or f"{d} holds no finished run (no metrics.json)",
+            hint=f"resume it (hfcn-bench train --resume --out {d}) before ranking it",
+        )
     report = _json(d / "metrics.json", "metrics report")
-    return {"dir": str(d), "report": report, "splits": [sorted(s.test) for s in run.manifest.splits],
-            "label_rule": run.manifest.label_rule}
+    return {
+        "dir": str(d),
+        "report": report,
+        "splits": [sorted(s.test) for s in run.manifest.splits],
+        "label_rule": run.manifest.label_rule,
+    }
 
 
 def load_eval(path: str | os.PathLike) -> dict:
@@ -51,8 +57,10 @@ def load_eval(path: str | os.PathLike) -> dict:
     p = p / "eval_report.json" if p.is_dir() else p
     rep = _json(p, "evaluation report")
     if not rep.get("external"):
-        raise HfcnError(f"{p} is not an external evaluation (it re-scores the run's own cases)",
-                        hint="rank takes run folders and reports of `hfcn-bench eval --data OTHER --out DIR`")
+        raise HfcnError(
+            f"{p} is not an external evaluation (it re-scores the run's own cases)",
+            hint="rank takes run folders and reports of `hfcn-bench eval --data OTHER --out DIR`",
+        )
     return {"path": str(p), "report": rep}
 
 
@@ -82,10 +90,21 @@ def _threshold_part(protocol: str | None) -> str:
 def _row(name: str, rep: dict, run: str, note: str | None) -> dict:
     m = rep["metrics"]
     ci = m.get("ci") or {}
-    return {"name": name, "threshold": _threshold_part(rep.get("protocol")), "auc": rep.get("auc"),
-            "auc_ci": ci.get("auc"), "f1": m.get("f1"), "f1_ci": ci.get("f1"),
-            "accuracy": m.get("accuracy"), "precision": m.get("precision"), "recall": m.get("recall"),
-            "specificity": m.get("specificity"), "n_samples": rep.get("n_samples"), "note": note, "run": run}
+    return {
+        "name": name,
+        "threshold": _threshold_part(rep.get("protocol")),
+        "auc": rep.get("auc"),
+        "auc_ci": ci.get("auc"),
+        "f1": m.get("f1"),
+        "f1_ci": ci.get("f1"),
+        "accuracy": m.get("accuracy"),
+        "precision": m.get("precision"),
+        "recall": m.get("recall"),
+        "specificity": m.get("specificity"),
+        "n_samples": rep.get("n_samples"),
+        "note": note,
+        "run": run,
+    }
 
 
 def localisation(rep: dict) -> str | None:
@@ -104,16 +123,21 @@ def _check_comparable(runs: list[dict]) -> None:
     for r in runs[1:]:
         a, b = ref["report"]["data"], r["report"]["data"]
         if a.get("fingerprint") != b.get("fingerprint"):
-            raise HfcnError(f"{r['dir']} was scored on other data than {ref['dir']} (fingerprint "
-                            f"{str(b.get('fingerprint'))[:12]}… vs {str(a.get('fingerprint'))[:12]}…)")
+            raise HfcnError(
+                f"{r['dir']} was scored on other data than {ref['dir']} (fingerprint "
+                f"{str(b.get('fingerprint'))[:12]}… vs {str(a.get('fingerprint'))[:12]}…)"
+            )
         if r["label_rule"] != ref["label_rule"]:
             raise HfcnError(f"{r['dir']} uses label rule {r['label_rule']!r}, {ref['dir']} {ref['label_rule']!r}")
         if r["splits"] != ref["splits"]:
-            raise HfcnError(f"{r['dir']} held out other cases than {ref['dir']}",
-                            hint="train every run with the same --folds/--test-fraction and --seed")
+            raise HfcnError(
+                f"{r['dir']} held out other cases than {ref['dir']}",
+                hint="train every run with the same --folds/--test-fraction and --seed",
+            )
         if r["report"].get("level") != ref["report"].get("level"):
-            raise HfcnError(f"{r['dir']} is scored per {r['report'].get('level')}, {ref['dir']} per "
-                            f"{ref['report'].get('level')}")
+            raise HfcnError(
+                f"{r['dir']} is scored per {r['report'].get('level')}, {ref['dir']} per {ref['report'].get('level')}"
+            )
 
 
 def _common_protocol(reports: list[dict]) -> str:
@@ -155,20 +179,30 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True) -> dict
             pairs = [(name, rep, internal, localisation(rep))]
             if variants:
                 for vname, v in (rep.get("variants") or {}).items():
-                    pairs.append((f"{name}/{vname}", v, (internal.get("variants") or {}).get(vname, {}),
-                                  v.get("description")))
+                    pairs.append(
+                        (f"{name}/{vname}", v, (internal.get("variants") or {}).get(vname, {}), v.get("description"))
+                    )
             for n, ext, inn, note in pairs:
                 row = _row(n, ext, rep["run"], note)
                 im = inn.get("metrics") or {}
                 ici = im.get("ci") or {}
-                row.update({"internal_auc": inn.get("auc"), "internal_auc_ci": ici.get("auc"),
-                            "internal_f1": im.get("f1"), "internal_f1_ci": ici.get("f1")})
+                row.update(
+                    {
+                        "internal_auc": inn.get("auc"),
+                        "internal_auc_ci": ici.get("auc"),
+                        "internal_f1": im.get("f1"),
+                        "internal_f1_ci": ici.get("f1"),
+                    }
+                )
                 rows.append(row)
         base = evals[0]["report"].get("majority_baseline") or {}
         protocol = _common_protocol([e["report"] for e in evals])
         data = evals[0]["report"]["data"]
-        external = {"data": data, "prevalence": evals[0]["report"].get("prevalence"),
-                    "internal_protocol": _common_protocol([r["report"] for r in runs])}
+        external = {
+            "data": data,
+            "prevalence": evals[0]["report"].get("prevalence"),
+            "internal_protocol": _common_protocol([r["report"] for r in runs]),
+        }
     else:
         for r in runs:
             rep = r["report"]
@@ -186,8 +220,15 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True) -> dict
     if dup:
         raise HfcnError(f"two runs of the same model: {', '.join(dup)}", hint="rank one run per model")
     rows.sort(key=lambda row: (-(row["auc"] if row["auc"] is not None else -1.0), row["name"]))
-    return {"rows": rows, "baseline": base, "protocol": protocol, "data": data, "label_rule": runs[0]["label_rule"],
-            "runs": [r["dir"] for r in runs], "external": external}
+    return {
+        "rows": rows,
+        "baseline": base,
+        "protocol": protocol,
+        "data": data,
+        "label_rule": runs[0]["label_rule"],
+        "runs": [r["dir"] for r in runs],
+        "external": external,
+    }
 
 
 def _ci(c) -> str:
@@ -202,41 +243,58 @@ def markdown(result: dict) -> str:
     """The ranking as a Markdown table (with the baseline row and the protocol)."""
     ext = result.get("external")
     if ext:
-        lines = ["| rank | model | internal CV ROC-AUC [95% CI] | external ROC-AUC [95% CI] | internal F1 | "
-                 "external F1 [95% CI] | threshold | note |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines = [
+            "| rank | model | internal CV ROC-AUC [95% CI] | external ROC-AUC [95% CI] | internal F1 | "
+            "external F1 [95% CI] | threshold | note |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for i, r in enumerate(result["rows"], 1):
-            lines.append(f"| {i} | {r['name']} | {_f(r['internal_auc'])} {_ci(r['internal_auc_ci'])} | "
-                         f"{_f(r['auc'])} {_ci(r['auc_ci'])} | {_f(r['internal_f1'])} | {_f(r['f1'])} {_ci(r['f1_ci'])} "
-                         f"| {r['threshold']} | {r['note'] or ''} |")
+            lines.append(
+                f"| {i} | {r['name']} | {_f(r['internal_auc'])} {_ci(r['internal_auc_ci'])} | "
+                f"{_f(r['auc'])} {_ci(r['auc_ci'])} | {_f(r['internal_f1'])} | {_f(r['f1'])} {_ci(r['f1_ci'])} "
+                f"| {r['threshold']} | {r['note'] or ''} |"
+            )
     else:
-        lines = ["| rank | model | ROC-AUC [95% CI] | F1 [95% CI] | accuracy | precision | recall | specificity | "
-                 "threshold | note |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines = [
+            "| rank | model | ROC-AUC [95% CI] | F1 [95% CI] | accuracy | precision | recall | specificity | "
+            "threshold | note |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for i, r in enumerate(result["rows"], 1):
-            lines.append(f"| {i} | {r['name']} | {_f(r['auc'])} {_ci(r['auc_ci'])} | {_f(r['f1'])} {_ci(r['f1_ci'])} | "
-                         f"{_f(r['accuracy'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['specificity'])} | "
-                         f"{r['threshold']} | {r['note'] or ''} |")
+            lines.append(
+                f"| {i} | {r['name']} | {_f(r['auc'])} {_ci(r['auc_ci'])} | {_f(r['f1'])} {_ci(r['f1_ci'])} | "
+                f"{_f(r['accuracy'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['specificity'])} | "
+                f"{r['threshold']} | {r['note'] or ''} |"
+            )
     b = result["baseline"]
     if b:
         who = ("benign", "malignant")[b.get("majority_class", 1)]
         if ext:
-            lines.append(f"| — | always {who} (majority baseline, external set) | | {_f(b.get('auc'))} | | "
-                         f"{_f(b.get('f1'))} | | |")
+            lines.append(
+                f"| — | always {who} (majority baseline, external set) | | {_f(b.get('auc'))} | | "
+                f"{_f(b.get('f1'))} | | |"
+            )
         else:
-            lines.append(f"| — | always {who} (majority baseline) | {_f(b.get('auc'))} | {_f(b.get('f1'))} | "
-                         f"{_f(b.get('accuracy'))} | {_f(b.get('precision'))} | {_f(b.get('recall'))} | "
-                         f"{_f(b.get('specificity'))} | | |")
+            lines.append(
+                f"| — | always {who} (majority baseline) | {_f(b.get('auc'))} | {_f(b.get('f1'))} | "
+                f"{_f(b.get('accuracy'))} | {_f(b.get('precision'))} | {_f(b.get('recall'))} | "
+                f"{_f(b.get('specificity'))} | | |"
+            )
     d = result["data"]
     lines.append("")
     rule = result["label_rule"]
     proxy = " (a TI-RADS proxy, not pathology)" if rule in ("tirads", "mccnn") else ""
     if ext:
         p = ext.get("prevalence") or {}
-        lines.append(f"External set: {d.get('samples')} ROIs of {d.get('cases')} cases, data fingerprint "
-                     f"{str(d.get('fingerprint'))[:12]}…; {result['protocol']}. Internal estimates: "
-                     f"{ext['internal_protocol']}. {rule} labels{proxy}; malignant prevalence training "
-                     f"{_f(p.get('training'))}, external {_f(p.get('external'))}.")
+        lines.append(
+            f"External set: {d.get('samples')} ROIs of {d.get('cases')} cases, data fingerprint "
+            f"{str(d.get('fingerprint'))[:12]}…; {result['protocol']}. Internal estimates: "
+            f"{ext['internal_protocol']}. {rule} labels{proxy}; malignant prevalence training "
+            f"{_f(p.get('training'))}, external {_f(p.get('external'))}."
+        )
     else:
-        lines.append(f"Protocol: {result['protocol']}; {d.get('samples')} ROIs of {d.get('cases')} cases, "
-                     f"{rule} labels{proxy}, data fingerprint {str(d.get('fingerprint'))[:12]}….")
+        lines.append(
+            f"Protocol: {result['protocol']}; {d.get('samples')} ROIs of {d.get('cases')} cases, "
+            f"{rule} labels{proxy}, data fingerprint {str(d.get('fingerprint'))[:12]}…."
+        )
     return "\n".join(lines) + "\n"

@@ -13,9 +13,10 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -192,7 +193,11 @@ TABLES: dict[tuple[str, str], tuple[str, tuple[str, ...], list[Column]]] = {
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -259,7 +264,10 @@ def render_markdown(report: dict) -> str:
     )
     if report.get("data"):
         d = report["data"]
-        out.write(f"Data: {d.get('source')} ({d.get('path')}), label rule `{d.get('label_rule')}`, fingerprint `{d.get('fingerprint')}`\n\n")
+        out.write(
+            f"Data: {d.get('source')} ({d.get('path')}), label rule `{d.get('label_rule')}`, "
+            f"fingerprint `{d.get('fingerprint')}`\n\n"
+        )
     for _, _, title, _, columns, rows in _tables(report):
         out.write(f"## {title}\n\n")
         out.write("| " + " | ".join(c.header for c in columns) + " |\n")
@@ -342,7 +350,9 @@ def load_report(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise HfcnError(f"{p}: no such report", hint="give a report.json written by `hfcn-bench compare`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HfcnError(f"{p}: not a JSON report ({exc})", hint="give a report.json written by `hfcn-bench compare`") from None
+        raise HfcnError(
+            f"{p}: not a JSON report ({exc})", hint="give a report.json written by `hfcn-bench compare`"
+        ) from None
     if not isinstance(data, dict) or "environment" not in data:
         raise HfcnError(f"{p}: not an hfcn-bench report (no 'environment' section)")
     return data
@@ -395,11 +405,15 @@ def render_against(rows: list[dict], console) -> None:
     style = {"regression": "bold red", "improvement": "green", "same": "dim"}
     for r in rows:
         table.add_row(
-            r["table"], r["row"], r["figure"], f"{r['old']:.4g}", f"{r['new']:.4g}", f"{r['ratio']:.2f}",
+            r["table"],
+            r["row"],
+            r["figure"],
+            f"{r['old']:.4g}",
+            f"{r['new']:.4g}",
+            f"{r['ratio']:.2f}",
             f"[{style[r['verdict']]}]{r['verdict']}[/{style[r['verdict']]}]",
         )
     console.print(table)
-
 
 
 def _eval_rows(report: dict) -> list[dict]:
@@ -409,19 +423,34 @@ def _eval_rows(report: dict) -> list[dict]:
         ci = m.get("ci") or {}
         cal = rep.get("calibration") or {}
         base = rep.get("majority_baseline") or {}
-        rows.append({"output": name, "n_rois": rep.get("n_samples"), "n_cases": rep.get("n_cases"),
-                     "auc": rep.get("auc"), "auc_low": (ci.get("auc") or [None, None])[0],
-                     "auc_high": (ci.get("auc") or [None, None])[1], "accuracy": m.get("accuracy"),
-                     "precision": m.get("precision"), "recall": m.get("recall"), "f1": m.get("f1"),
-                     "f1_low": (ci.get("f1") or [None, None])[0], "f1_high": (ci.get("f1") or [None, None])[1],
-                     "specificity": m.get("specificity"), "threshold": rep.get("threshold"),
-                     "brier": cal.get("brier"), "ece": cal.get("ece"),
-                     "majority_f1": base.get("f1"), "majority_accuracy": base.get("accuracy")})
+        rows.append(
+            {
+                "output": name,
+                "n_rois": rep.get("n_samples"),
+                "n_cases": rep.get("n_cases"),
+                "auc": rep.get("auc"),
+                "auc_low": (ci.get("auc") or [None, None])[0],
+                "auc_high": (ci.get("auc") or [None, None])[1],
+                "accuracy": m.get("accuracy"),
+                "precision": m.get("precision"),
+                "recall": m.get("recall"),
+                "f1": m.get("f1"),
+                "f1_low": (ci.get("f1") or [None, None])[0],
+                "f1_high": (ci.get("f1") or [None, None])[1],
+                "specificity": m.get("specificity"),
+                "threshold": rep.get("threshold"),
+                "brier": cal.get("brier"),
+                "ece": cal.get("ece"),
+                "majority_f1": base.get("f1"),
+                "majority_accuracy": base.get("accuracy"),
+            }
+        )
     return rows
 
 
 def render_eval_markdown(report: dict) -> str:
     """An ``eval`` report as Markdown: what was scored, on what, and the numbers."""
+
     def f(v, d=3):
         return "—" if v is None else f"{v:.{d}f}"
 
@@ -430,27 +459,37 @@ def render_eval_markdown(report: dict) -> str:
     sysname = report["system"]["name"]
     out.write(f"# hfcn-bench eval: {sysname}, {kind}\n\n")
     d = report.get("data") or {}
-    out.write(f"Run `{report.get('run')}` ({report.get('checkpoint')} weights). Data: {d.get('format')} at "
-              f"`{d.get('root')}`, {d.get('samples')} ROIs of {d.get('cases')} cases, label rule `{d.get('label_rule')}`"
-              + (" (a TI-RADS proxy, not pathology)" if d.get("label_rule") in ("tirads", "mccnn") else "")
-              + f", fingerprint `{str(d.get('fingerprint'))[:16]}`.\n\n")
+    out.write(
+        f"Run `{report.get('run')}` ({report.get('checkpoint')} weights). Data: {d.get('format')} at "
+        f"`{d.get('root')}`, {d.get('samples')} ROIs of {d.get('cases')} cases, label rule `{d.get('label_rule')}`"
+        + (" (a TI-RADS proxy, not pathology)" if d.get("label_rule") in ("tirads", "mccnn") else "")
+        + f", fingerprint `{str(d.get('fingerprint'))[:16]}`.\n\n"
+    )
     out.write(f"Protocol: {report.get('protocol')}.\n\n")
     if report.get("external"):
         p = report["prevalence"]
-        out.write(f"Prevalence (malignant share of ROIs): training {f(p['training'])} ({p['training_rois']} ROIs), "
-                  f"external {f(p['external'])} ({p['external_rois']} ROIs). {report.get('ensemble')}.\n\n")
-    out.write("| output | ROIs | ROC-AUC [95% CI] | F1 [95% CI] | accuracy | precision | recall | specificity | "
-              "threshold | Brier | majority F1 |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+        out.write(
+            f"Prevalence (malignant share of ROIs): training {f(p['training'])} ({p['training_rois']} ROIs), "
+            f"external {f(p['external'])} ({p['external_rois']} ROIs). {report.get('ensemble')}.\n\n"
+        )
+    out.write(
+        "| output | ROIs | ROC-AUC [95% CI] | F1 [95% CI] | accuracy | precision | recall | specificity | "
+        "threshold | Brier | majority F1 |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     for r in _eval_rows(report):
-        out.write(f"| {r['output']} | {r['n_rois']} | {f(r['auc'])} [{f(r['auc_low'])}, {f(r['auc_high'])}] | "
-                  f"{f(r['f1'])} [{f(r['f1_low'])}, {f(r['f1_high'])}] | {f(r['accuracy'])} | {f(r['precision'])} | "
-                  f"{f(r['recall'])} | {f(r['specificity'])} | {f(r['threshold'], 4)} | {f(r['brier'])} | "
-                  f"{f(r['majority_f1'])} |\n")
+        out.write(
+            f"| {r['output']} | {r['n_rois']} | {f(r['auc'])} [{f(r['auc_low'])}, {f(r['auc_high'])}] | "
+            f"{f(r['f1'])} [{f(r['f1_low'])}, {f(r['f1_high'])}] | {f(r['accuracy'])} | {f(r['precision'])} | "
+            f"{f(r['recall'])} | {f(r['specificity'])} | {f(r['threshold'], 4)} | {f(r['brier'])} | "
+            f"{f(r['majority_f1'])} |\n"
+        )
     for lim in report.get("limitations") or []:
         out.write(f"\n- limitation: {lim}")
     if report.get("overlap"):
-        out.write(f"\n\n{len(report['overlap'])} image(s) of this set are training images of the run (scored with "
-                  "--allow-overlap).\n")
+        out.write(
+            f"\n\n{len(report['overlap'])} image(s) of this set are training images of the run (scored with "
+            "--allow-overlap).\n"
+        )
     return out.getvalue() + "\n"
 
 
@@ -460,8 +499,10 @@ def write_eval_report(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     from . import figures
 
     out = Path(out_dir)
-    written = [write_text_atomic(out / "eval_report.json", json.dumps(_jsonable(report), indent=1) + "\n"),
-               write_text_atomic(out / "eval_report.md", render_eval_markdown(report))]
+    written = [
+        write_text_atomic(out / "eval_report.json", json.dumps(_jsonable(report), indent=1) + "\n"),
+        write_text_atomic(out / "eval_report.md", render_eval_markdown(report)),
+    ]
     rows = _eval_rows(report)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -470,8 +511,11 @@ def write_eval_report(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     written.append(write_text_atomic(out / "eval_report.csv", buf.getvalue()))
     if (report.get("calibration") or {}).get("bins"):
         try:
-            written.append(figures.plot_reliability(report["calibration"], out / "reliability.png",
-                                                    title=f"{report['system']['name']}: reliability"))
+            written.append(
+                figures.plot_reliability(
+                    report["calibration"], out / "reliability.png", title=f"{report['system']['name']}: reliability"
+                )
+            )
         except ValueError:
             pass  # no filled bin (never for a scored report); the numbers are written either way
     return written

@@ -1,7 +1,7 @@
 """``hfcn-bench`` command line. Each sub-command lives in a module of this package that exposes
 ``register(subparsers)``; handlers return an exit code. Known errors (``HfcnError`` and bad
-input: ``ValueError``, ``OSError`` (a file-system fault names its file), ``TypeError``, ``KeyError``) become one red line
-with a hint; the traceback is shown only with ``--debug``."""
+input: ``ValueError``, ``OSError`` (a file-system fault names its file), ``TypeError``, ``KeyError``) become
+one red line with a hint; the traceback is shown only with ``--debug``."""
 
 from __future__ import annotations
 

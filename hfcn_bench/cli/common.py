@@ -47,8 +47,9 @@ def load_data(console, path, label_rule: str, margin: float, quiet: bool, classe
         for w in caught:
             console.print(f"[yellow]warning:[/yellow] {w.message}", highlight=False)
     if len(ds) == 0:
-        raise HfcnError(f"no labelled ROI in {path} under rule {label_rule!r}",
-                        hint="check the folder with `hfcn-bench data check`")
+        raise HfcnError(
+            f"no labelled ROI in {path} under rule {label_rule!r}", hint="check the folder with `hfcn-bench data check`"
+        )
     return ds
 
 
@@ -62,8 +63,13 @@ def progress_bars(console, enabled: bool = True):
     if not enabled:
         yield None
         return
-    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn())
+    cols = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*cols, console=console, transient=True) as bar:
         tasks: dict[str, int] = {}
 
@@ -87,25 +93,35 @@ def progress_bars(console, enabled: bool = True):
                 tid = task("batch", "batches", total)
                 if done == 1:
                     bar.reset(tid, total=total)
-                bar.update(tid, completed=done, description=f"epoch {info.get('epoch')}" + (
-                    f" loss {info['loss']:.3f}" if info.get("loss") is not None else ""))
+                bar.update(
+                    tid,
+                    completed=done,
+                    description=f"epoch {info.get('epoch')}"
+                    + (f" loss {info['loss']:.3f}" if info.get("loss") is not None else ""),
+                )
             elif kind.endswith("epoch"):
                 stage = _STAGES.get(kind, kind.replace("_epoch", " ") if kind != "epoch" else "")
                 tid = task(kind, f"{stage}epochs", total)
                 bar.update(tid, completed=done, total=total)
-                vals = "  ".join(f"{k} {fmt(v, 4) if isinstance(v, float) else v}" for k, v in info.items()
-                                 if k.startswith("val_"))
+                vals = "  ".join(
+                    f"{k} {fmt(v, 4) if isinstance(v, float) else v}" for k, v in info.items() if k.startswith("val_")
+                )
                 star = "  [green]* best[/green]" if info.get("best") and vals else ""
                 lr = f"  lr {info['lr']:.2e}" if "lr" in info else ""
-                bar.console.print(f"{stage}epoch {done}/{total}  loss {info.get('train_loss', 0):.4f}  {vals}{lr}  "
-                                  f"{info.get('seconds', 0):.1f} s{star}", highlight=False)
+                bar.console.print(
+                    f"{stage}epoch {done}/{total}  loss {info.get('train_loss', 0):.4f}  {vals}{lr}  "
+                    f"{info.get('seconds', 0):.1f} s{star}",
+                    highlight=False,
+                )
                 if done == total:
                     bar.reset(tid)
             elif kind == "fold":
                 tid = task("fold", "folds", total)
                 bar.update(tid, completed=done, total=total)
-                bar.console.print(f"[bold]fold {info['fold']}[/bold]: test ROC-AUC {fmt(info.get('auc'))}, "
-                                  f"F1 {fmt(info.get('f1'))}", highlight=False)
+                bar.console.print(
+                    f"[bold]fold {info['fold']}[/bold]: test ROC-AUC {fmt(info.get('auc'))}, F1 {fmt(info.get('f1'))}",
+                    highlight=False,
+                )
             elif kind == "predict":
                 tid = task("predict", "predicting", total)
                 bar.update(tid, completed=done, total=total)
@@ -125,15 +141,19 @@ def metrics_tables(report: dict, title: str = "test metrics") -> list[Table]:
     m = report["metrics"]
     base = report.get("majority_baseline") or {}
     level = report.get("level", "roi")
-    size = (f"{report['n_cases']} cases" if level.startswith("case")
-            else f"{report['n_samples']} ROIs of {report['n_cases']} cases")
+    size = (
+        f"{report['n_cases']} cases"
+        if level.startswith("case")
+        else f"{report['n_samples']} ROIs of {report['n_cases']} cases"
+    )
     t = Table(title=f"{title} ({size}; malignant = positive)", title_justify="left")
     t.add_column("metric")
     t.add_column("model", justify="right")
     t.add_column(f"{int(round(100 * report.get('ci_level', 0.95)))}% CI (case bootstrap)", justify="right")
     maj = base.get("majority_class")
-    t.add_column("majority baseline" + ("" if maj is None else f" (always {('benign', 'malignant')[maj]})"),
-                 justify="right")
+    t.add_column(
+        "majority baseline" + ("" if maj is None else f" (always {('benign', 'malignant')[maj]})"), justify="right"
+    )
     sens = report.get("sens_at_spec") or {}
     cal = report.get("calibration") or {}
     rows = [
@@ -150,8 +170,12 @@ def metrics_tables(report: dict, title: str = "test metrics") -> list[Table]:
     for name, val, ci, b in rows:
         t.add_row(name, fmt(val), ci, fmt(b))
     src = report.get("threshold_source", "")
-    t.add_row("decision threshold", fmt(report["threshold"], 4),
-              f"{report.get('threshold_rule', '')} on {src}" if src else report.get("scores", ""), "")
+    t.add_row(
+        "decision threshold",
+        fmt(report["threshold"], 4),
+        f"{report.get('threshold_rule', '')} on {src}" if src else report.get("scores", ""),
+        "",
+    )
     cm = Table(title="confusion matrix (rows: truth)", title_justify="left")
     cm.add_column("")
     cm.add_column("predicted benign", justify="right")
@@ -168,11 +192,25 @@ def _fold_table(report: dict) -> Table:
     for f in report["folds"]:
         tr = f.get("training") or {}
         best = tr.get("best_epoch", (tr.get("classifier") or {}).get("best_epoch", "—"))
-        t.add_row(str(f["fold"]), str(f["n_cases"]), fmt(f["auc"]), fmt(f["metrics"]["f1"]),
-                  fmt(f["threshold"], 4), str(best), fmt((f.get("timings") or {}).get("train_s"), 1))
+        t.add_row(
+            str(f["fold"]),
+            str(f["n_cases"]),
+            fmt(f["auc"]),
+            fmt(f["metrics"]["f1"]),
+            fmt(f["threshold"], 4),
+            str(best),
+            fmt((f.get("timings") or {}).get("train_s"), 1),
+        )
     s = report["fold_summary"]
-    t.add_row("mean ± sd", "", f"{fmt(s['auc']['mean'])} ± {fmt(s['auc']['sd'])}",
-              f"{fmt(s['f1']['mean'])} ± {fmt(s['f1']['sd'])}", "", "", "")
+    t.add_row(
+        "mean ± sd",
+        "",
+        f"{fmt(s['auc']['mean'])} ± {fmt(s['auc']['sd'])}",
+        f"{fmt(s['f1']['mean'])} ± {fmt(s['f1']['sd'])}",
+        "",
+        "",
+        "",
+    )
     return t
 
 
@@ -188,27 +226,45 @@ def print_report(console, report: dict, title: str) -> None:
         console.print(metrics_tables(v, f"variant {name}: {v.get('description', '')}")[0])
     for key in ("detection", "segmentation", "pairing"):
         if isinstance(report.get(key), dict):
-            vals = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                             for k, v in report[key].items() if k != "per_fold")
+            vals = ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in report[key].items()
+                if k != "per_fold"
+            )
             console.print(f"{key}: {vals}", highlight=False)
     data = report.get("data") or {}
     split = report.get("split") or {}
     if split.get("description"):
         sides = data.get("given_split") or {}
-        counts = "; ".join(f"{side}/: {c['cases']} cases, {c['benign']} benign / {c['malignant']} malignant ROIs"
-                           for side, c in sides.items()) if split.get("method") == "given" else ""
-        console.print(f"split: {split['description']}" + (f" ({counts})" if counts else ""), highlight=False,
-                      markup=False)
+        counts = (
+            "; ".join(
+                f"{side}/: {c['cases']} cases, {c['benign']} benign / {c['malignant']} malignant ROIs"
+                for side, c in sides.items()
+            )
+            if split.get("method") == "given"
+            else ""
+        )
+        console.print(
+            f"split: {split['description']}" + (f" ({counts})" if counts else ""), highlight=False, markup=False
+        )
     classes = (data.get("options") or {}).get("classes")
     if classes:
-        console.print("class folders: " + ", ".join(f"{k}/ = {v}" for k, v in classes.items()), highlight=False,
-                      markup=False)
-    console.print(f"labels: {data.get('label_rule')} rule ({data.get('format')} data at {data.get('root')}, "
-                  f"fingerprint {str(data.get('fingerprint', ''))[:12]}…); level: {report.get('level')}",
-                  highlight=False, markup=False)
+        console.print(
+            "class folders: " + ", ".join(f"{k}/ = {v}" for k, v in classes.items()), highlight=False, markup=False
+        )
+    console.print(
+        f"labels: {data.get('label_rule')} rule ({data.get('format')} data at {data.get('root')}, "
+        f"fingerprint {str(data.get('fingerprint', ''))[:12]}…); level: {report.get('level')}",
+        highlight=False,
+        markup=False,
+    )
     if data.get("label_rule") in ("tirads", "mccnn"):
-        console.print("DDTI labels are a TI-RADS proxy, not pathology: every number above is agreement with the "
-                      "radiologists' TI-RADS category", highlight=False, markup=False)
+        console.print(
+            "DDTI labels are a TI-RADS proxy, not pathology: every number above is agreement with the "
+            "radiologists' TI-RADS category",
+            highlight=False,
+            markup=False,
+        )
     for lim in report.get("limitations") or []:
         console.print(f"[dim]limitation:[/dim] {lim}", highlight=False)
     for msg in report.get("skipped") or []:

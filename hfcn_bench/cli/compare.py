@@ -37,15 +37,23 @@ def register(sub) -> None:
         "report.json, report.md, CSVs and PNG figures into --out (default reports/<timestamp>/).",
     )
     p.add_argument("--data", help="DDTI folder (raw/ or flat) or folder format; default: embedded synthetic phantoms")
-    p.add_argument("--preset", default="quick", help="quick (default, ~5 min on 2 cores), paper (paper settings; long) or smoke (seconds; checks an install)")
+    p.add_argument(
+        "--preset",
+        default="quick",
+        help="quick (default, ~5 min on 2 cores), paper (paper settings; long) or smoke (seconds; checks an install)",
+    )
     p.add_argument("--folds", type=int, default=0, help="k-fold case-level cross-validation (default: one 3:1 split)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", default="1,2", help="thread counts to time, comma-separated (default 1,2)")
     p.add_argument("--only", default="speed,model,metrics", help="sections: speed, model, metrics")
     p.add_argument("--backbones", default="paper", help="backbones for the metrics section (e.g. paper,resnet50)")
     p.add_argument("--crops", default="none,rfc,bfc", help="crop modes for the metrics section")
-    p.add_argument("--systems", default="", help="comparator systems scored on the same split, e.g. "
-                   "shape_rf,transfer_svm, or all (every registered system)")
+    p.add_argument(
+        "--systems",
+        default="",
+        help="comparator systems scored on the same split, e.g. "
+        "shape_rf,transfer_svm, or all (every registered system)",
+    )
     p.add_argument("--alphas", default="", help="alpha sweep of BFC like the paper's Table 3, e.g. 0.5,0.6,0.7")
     p.add_argument("--label-rule", default="tirads", help="tirads (default) or mccnn")
     p.add_argument("--seed", type=int, default=0)
@@ -69,12 +77,20 @@ def _figures(report: dict, out: Path) -> list[str]:
             rows = [
                 {"name": r["method"], "median_s": r["median_s"], "iqr_s": r.get("iqr_s") or 0.0}
                 for r in ok
-                if r["shape"] == first_shape and r["direction"] == direction and r["threads"] == threads
+                if r["shape"] == first_shape
+                and r["direction"] == direction
+                and r["threads"] == threads
                 and r["method"] != "image-multicrop"
             ]
             if rows:
                 name = "speed_forward.png" if direction == "forward" else "speed_forward_backward.png"
-                made.append(str(figures.plot_speed_bars(rows, out / name, title=f"crop+resize {direction}, {first_shape}, {threads} thread(s)")))
+                made.append(
+                    str(
+                        figures.plot_speed_bars(
+                            rows, out / name, title=f"crop+resize {direction}, {first_shape}, {threads} thread(s)"
+                        )
+                    )
+                )
     model = (report.get("model_cost") or {}).get("rows") or []
     if model:
         threads = max(r["threads"] for r in model)
@@ -83,7 +99,15 @@ def _figures(report: dict, out: Path) -> list[str]:
             for r in model
             if r["threads"] == threads
         ]
-        made.append(str(figures.plot_speed_bars(rows, out / "model_train_step.png", title=f"training step, batch {model[0]['batch']} at {model[0]['size']} px, {threads} thread(s)")))
+        made.append(
+            str(
+                figures.plot_speed_bars(
+                    rows,
+                    out / "model_train_step.png",
+                    title=f"training step, batch {model[0]['batch']} at {model[0]['size']} px, {threads} thread(s)",
+                )
+            )
+        )
     metrics = report.get("metrics") or {}
     if metrics.get("roc"):
         curves = {k: (v[0], v[1], v[2]) for k, v in metrics["roc"].items()}
@@ -92,7 +116,9 @@ def _figures(report: dict, out: Path) -> list[str]:
     alphas = sorted({r["alpha"] for r in sweep})
     if len(alphas) > 1:
         by = {a: next(r for r in sweep if r["alpha"] == a) for a in alphas}
-        values = {k: [by[a][k] if by[a][k] is not None else float("nan") for a in alphas] for k in ("accuracy", "f1", "auc")}
+        values = {
+            k: [by[a][k] if by[a][k] is not None else float("nan") for a in alphas] for k in ("accuracy", "f1", "auc")
+        }
         made.append(str(figures.plot_alpha_sweep(alphas, values, out / "alpha_sweep.png")))
     return made
 
@@ -100,10 +126,8 @@ def _figures(report: dict, out: Path) -> list[str]:
 def run(args, console) -> int:
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from ..bench.compare import SECTIONS, CompareOptions, run_compare
+    from ..bench.compare import SECTIONS, CompareOptions, check_options, run_compare
     from ..bench.report import compare_reports, load_report, render_against, render_rich, write_report
-
-    from ..bench.compare import check_options
     from .common import check_out_dir
 
     old = load_report(args.against) if args.against else None  # fail early on a bad --against
@@ -123,15 +147,22 @@ def run(args, console) -> int:
         n_boot=args.n_boot,
     )
     if args.data and not Path(args.data).exists():
-        raise HfcnError(f"--data {args.data}: no such folder", hint="point it at DDTI raw/ or a benign/ + malignant/ folder")
+        raise HfcnError(
+            f"--data {args.data}: no such folder", hint="point it at DDTI raw/ or a benign/ + malignant/ folder"
+        )
     check_options(opts)  # every argument error before any report is written
     out = Path(args.out or Path(DEFAULT_OUT) / time.strftime("%Y%m%d-%H%M%S"))
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
 
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-        console=console, transient=True, disable=args.json,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=args.json,
     ) as bar:
         task = bar.add_task("compare", total=len([s for s in SECTIONS if s in opts.only]))
 
@@ -160,7 +191,10 @@ def run(args, console) -> int:
             render_against(report["against"]["rows"], console)
         for note in report["notes"]:
             console.print(f"[dim]- {note}[/dim]")
-        console.print(f"report written to [bold]{out}[/bold]: " + ", ".join(p.name for p in files + [Path(f) for f in report.get("figures", [])]))
+        console.print(
+            f"report written to [bold]{out}[/bold]: "
+            + ", ".join(p.name for p in files + [Path(f) for f in report.get("figures", [])])
+        )
     for err in report["errors"]:
         console.print(f"[bold red]error:[/bold red] {err}", highlight=False)
     return 1 if report["errors"] else 0

@@ -22,45 +22,96 @@ def register(sub) -> None:
     p.set_defaults(handler=lambda args, console: _missing_action(p, console))
 
     s = dsub.add_parser("synth", help="write synthetic thyroid ultrasound phantoms in DDTI format (XML + JPEG)")
-    s.add_argument("--out", type=Path, default=DEFAULT_SYNTHETIC_DIR,
-                   help=f"output folder; gets xml/ and raw_jpg/ like DDTI's raw/ (default: {DEFAULT_SYNTHETIC_DIR})")
-    s.add_argument("--cases", type=int, default=DEFAULT_SYNTHETIC_CASES,
-                   help=f"number of cases (patients) (default: {DEFAULT_SYNTHETIC_CASES})")
+    s.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_SYNTHETIC_DIR,
+        help=f"output folder; gets xml/ and raw_jpg/ like DDTI's raw/ (default: {DEFAULT_SYNTHETIC_DIR})",
+    )
+    s.add_argument(
+        "--cases",
+        type=int,
+        default=DEFAULT_SYNTHETIC_CASES,
+        help=f"number of cases (patients) (default: {DEFAULT_SYNTHETIC_CASES})",
+    )
     s.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
-    s.add_argument("--label-noise", type=float, default=DEFAULT_LABEL_NOISE, metavar="P",
-                   help="probability that a case's recorded TI-RADS class is flipped (default: "
-                   f"{DEFAULT_LABEL_NOISE:g}, as in the embedded default set)")
-    s.add_argument("--difficulty", choices=DIFFICULTIES, default="realistic",
-                   help="realistic: TI-RADS cues drawn with class-dependent probabilities that overlap "
-                   "between the classes, B-mode speckle (the embedded default); easy: strong cues any "
-                   "model learns, for checks that need a clear signal (default: realistic)")
-    s.add_argument("--malignant-fraction", type=float, default=0.6, metavar="F",
-                   help="fraction of malignant cases (default: 0.6)")
-    s.add_argument("--unlabelled-fraction", type=float, default=0.1, metavar="F",
-                   help="fraction of cases with an empty TI-RADS (default: 0.1)")
-    s.add_argument("--warts", action="store_true", help="inject each DDTI wart once (truncated/empty outlines, "
-                   "duplicate/missing/unreadable images, malformed XML)")
+    s.add_argument(
+        "--label-noise",
+        type=float,
+        default=DEFAULT_LABEL_NOISE,
+        metavar="P",
+        help="probability that a case's recorded TI-RADS class is flipped (default: "
+        f"{DEFAULT_LABEL_NOISE:g}, as in the embedded default set)",
+    )
+    s.add_argument(
+        "--difficulty",
+        choices=DIFFICULTIES,
+        default="realistic",
+        help="realistic: TI-RADS cues drawn with class-dependent probabilities that overlap "
+        "between the classes, B-mode speckle (the embedded default); easy: strong cues any "
+        "model learns, for checks that need a clear signal (default: realistic)",
+    )
+    s.add_argument(
+        "--malignant-fraction", type=float, default=0.6, metavar="F", help="fraction of malignant cases (default: 0.6)"
+    )
+    s.add_argument(
+        "--unlabelled-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="fraction of cases with an empty TI-RADS (default: 0.1)",
+    )
+    s.add_argument(
+        "--warts",
+        action="store_true",
+        help="inject each DDTI wart once (truncated/empty outlines, "
+        "duplicate/missing/unreadable images, malformed XML)",
+    )
     s.add_argument("--force", action="store_true", help="replace an earlier output in --out")
     s.set_defaults(handler=run_synth)
 
     c = dsub.add_parser("check", help="count cases, frames, ROIs and labels; list every wart")
-    c.add_argument("dir", nargs="?", type=Path, default=None,
-                   help="DDTI raw/ (xml/ + raw_jpg/), a flat *.xml + *.jpg folder, synthetic output, or a "
-                   "benign/ + malignant/ folder (default: $HFCN_DDTI_DIR)")
-    c.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads",
-                   help="tirads: 2-3 benign, 4a-5 malignant; mccnn: 2-3 vs 4c-5 (default: tirads)")
+    c.add_argument(
+        "dir",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="DDTI raw/ (xml/ + raw_jpg/), a flat *.xml + *.jpg folder, synthetic output, or a "
+        "benign/ + malignant/ folder (default: $HFCN_DDTI_DIR)",
+    )
+    c.add_argument(
+        "--label-rule",
+        choices=("tirads", "mccnn"),
+        default="tirads",
+        help="tirads: 2-3 benign, 4a-5 malignant; mccnn: 2-3 vs 4c-5 (default: tirads)",
+    )
     c.add_argument("--margin", type=float, default=0.0, help="ROI margin, fraction of the nodule box per side")
-    c.add_argument("--empty-outline", choices=("skip", "full-frame"), default="skip",
-                   help="frames without an outline: skip them or use the whole frame (default: skip)")
-    c.add_argument("--truncated", choices=("salvage", "skip"), default="salvage",
-                   help="truncated outline JSON: salvage the points before the cut, or skip the mark")
-    c.add_argument("--classes", default=None, metavar="FOLDER=CLASS,...",
-                   help="folder format: which folders hold which class, e.g. benin=benign,malin=malignant")
+    c.add_argument(
+        "--empty-outline",
+        choices=("skip", "full-frame"),
+        default="skip",
+        help="frames without an outline: skip them or use the whole frame (default: skip)",
+    )
+    c.add_argument(
+        "--truncated",
+        choices=("salvage", "skip"),
+        default="salvage",
+        help="truncated outline JSON: salvage the points before the cut, or skip the mark",
+    )
+    c.add_argument(
+        "--classes",
+        default=None,
+        metavar="FOLDER=CLASS,...",
+        help="folder format: which folders hold which class, e.g. benin=benign,malin=malignant",
+    )
     c.add_argument("--json", action="store_true", help="print the load report as JSON instead of tables")
     c.set_defaults(handler=run_check)
 
-    h = dsub.add_parser("holdout", help="copy a dataset into a development part and a held-out part (case-disjoint, "
-                        "stratified) for external validation when there is no second dataset")
+    h = dsub.add_parser(
+        "holdout",
+        help="copy a dataset into a development part and a held-out part (case-disjoint, "
+        "stratified) for external validation when there is no second dataset",
+    )
     h.add_argument("dir", type=Path, help="the dataset folder (DDTI or benign/ + malignant/)")
     h.add_argument("--out", type=Path, required=True, help="writes OUT/development and OUT/holdout")
     h.add_argument("--fraction", type=float, default=0.2, help="share of the labelled cases held out (default 0.2)")
@@ -69,17 +120,25 @@ def register(sub) -> None:
     h.add_argument("--force", action="store_true", help="replace an earlier output in --out")
     h.set_defaults(handler=run_holdout)
 
-    o = dsub.add_parser("overlap", help="near-duplicate images (re-encoded, resized, cropped, pane cuts, brightness, "
-                        "grey/RGB): every image of B with a twin in A, or the groups inside A alone",
-                        description="Find near-duplicate images. With A and B: every image of B that is a "
-                        "near-duplicate of an image of A, with its twin(s). With A alone: the groups of "
-                        "near-duplicates inside A. Images are found recursively (jpg, jpeg, png, bmp, tif); masks "
-                        "(*_mask.*, masks/) are skipped. Exit 0 whatever is found.")
+    o = dsub.add_parser(
+        "overlap",
+        help="near-duplicate images (re-encoded, resized, cropped, pane cuts, brightness, "
+        "grey/RGB): every image of B with a twin in A, or the groups inside A alone",
+        description="Find near-duplicate images. With A and B: every image of B that is a "
+        "near-duplicate of an image of A, with its twin(s). With A alone: the groups of "
+        "near-duplicates inside A. Images are found recursively (jpg, jpeg, png, bmp, tif); masks "
+        "(*_mask.*, masks/) are skipped. Exit 0 whatever is found.",
+    )
     o.add_argument("a", type=Path, metavar="A", help="a folder of images (searched recursively)")
     o.add_argument("b", type=Path, metavar="B", nargs="?", default=None, help="a second folder (optional)")
-    o.add_argument("--threshold", type=float, default=None, metavar="T",
-                   help="score (detail correlation of the aligned images, 0-1) a pair needs (default: "
-                   "hfcn_bench.data.neardup.DEFAULT_THRESHOLD, 0.85)")
+    o.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="score (detail correlation of the aligned images, 0-1) a pair needs (default: "
+        "hfcn_bench.data.neardup.DEFAULT_THRESHOLD, 0.85)",
+    )
     o.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     o.set_defaults(handler=run_overlap)
 
@@ -95,8 +154,9 @@ def _progress(console, what: str, enabled: bool = True):
     if not enabled:
         yield None
         return
-    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
+    with Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+    ) as bar:
         task = bar.add_task(what, total=None)
 
         def update(done: int, total: int) -> None:
@@ -112,17 +172,28 @@ def run_synth(args, console) -> int:
     check_out_dir(args.out)
     start = time.perf_counter()
     with _progress(console, "writing phantoms") as update:
-        out = write_synthetic_ddti(args.out, n_cases=args.cases, seed=args.seed, label_noise=args.label_noise,
-                                   warts=args.warts, malignant_fraction=args.malignant_fraction,
-                                   unlabelled_fraction=args.unlabelled_fraction, overwrite=args.force,
-                                   progress=update, difficulty=args.difficulty)
+        out = write_synthetic_ddti(
+            args.out,
+            n_cases=args.cases,
+            seed=args.seed,
+            label_noise=args.label_noise,
+            warts=args.warts,
+            malignant_fraction=args.malignant_fraction,
+            unlabelled_fraction=args.unlabelled_fraction,
+            overwrite=args.force,
+            progress=update,
+            difficulty=args.difficulty,
+        )
     elapsed = time.perf_counter() - start
     truth = json.loads((out / "synthetic.json").read_text(encoding="utf-8"))
     n_frames = sum(len(c["frames"]) for c in truth["cases"].values())
     flips = sum(c["flipped"] for c in truth["cases"].values())
-    console.print(f"wrote {args.cases} cases, {n_frames} frames to [bold]{out}[/bold] in {elapsed:.1f} s "
-                  f"({args.difficulty}, seed {args.seed}, label noise {args.label_noise:g}: {flips} flipped"
-                  f"{', warts injected: ' + str(len(truth['warts'])) if args.warts else ''})", highlight=False)
+    console.print(
+        f"wrote {args.cases} cases, {n_frames} frames to [bold]{out}[/bold] in {elapsed:.1f} s "
+        f"({args.difficulty}, seed {args.seed}, label noise {args.label_noise:g}: {flips} flipped"
+        f"{', warts injected: ' + str(len(truth['warts'])) if args.warts else ''})",
+        highlight=False,
+    )
     console.print(f"next: hfcn-bench data check {out}", highlight=False, markup=False)
     return 0
 
@@ -132,16 +203,23 @@ def _report_tables(ds) -> list[Table]:
     overview = Table(title=f"{r.format} data at {r.root}", show_header=False, title_justify="left")
     overview.add_column(style="bold")
     overview.add_column()
-    overview.add_row("cases", f"{r.case_files} case file(s): {r.cases} read" + (
-        f", {r.cases_skipped} skipped (malformed or duplicate id)" if r.cases_skipped else ""))
+    overview.add_row(
+        "cases",
+        f"{r.case_files} case file(s): {r.cases} read"
+        + (f", {r.cases_skipped} skipped (malformed or duplicate id)" if r.cases_skipped else ""),
+    )
     overview.add_row("frames", f"{r.frames} ({r.frames_usable} with a usable ROI after de-duplication)")
     if r.format == "ddti":
-        overview.add_row("outlines", f"{r.outlines} (+{r.arrows} arrow regions, not outlines); "
-                         f"{r.dual_view_frames} dual-view frames")
+        overview.add_row(
+            "outlines", f"{r.outlines} (+{r.arrows} arrow regions, not outlines); {r.dual_view_frames} dual-view frames"
+        )
     opts = ", ".join(f"{k}={v}" for k, v in r.options.items())
     overview.add_row("options", opts)
-    overview.add_row(f"ROIs ({r.label_rule})", f"{r.samples} labelled ROIs from {r.sample_cases} cases: "
-                     f"{r.samples_by_label['benign']} benign / {r.samples_by_label['malignant']} malignant")
+    overview.add_row(
+        f"ROIs ({r.label_rule})",
+        f"{r.samples} labelled ROIs from {r.sample_cases} cases: "
+        f"{r.samples_by_label['benign']} benign / {r.samples_by_label['malignant']} malignant",
+    )
     overview.add_row("fingerprint", ds.fingerprint[:16] + "… (sha256 of the files used; full in --json)")
 
     labels = Table(title="labels per rule (frames and ROIs before de-duplication)", title_justify="left")
@@ -150,8 +228,14 @@ def _report_tables(ds) -> list[Table]:
     for name, counts in r.by_rule.items():
         shown = f"[bold]{name}[/bold] (active)" if name == r.label_rule else name
         for i, (level, d) in enumerate((("cases", counts.cases), ("frames", counts.frames), ("ROIs", counts.rois))):
-            labels.add_row(shown if i == 0 else "", level, str(d["benign"]), str(d["malignant"]), str(d["excluded"]),
-                           end_section=i == 2)
+            labels.add_row(
+                shown if i == 0 else "",
+                level,
+                str(d["benign"]),
+                str(d["malignant"]),
+                str(d["excluded"]),
+                end_section=i == 2,
+            )
 
     tables = [overview, labels]
     if r.warts:
@@ -180,9 +264,15 @@ def run_check(args, console) -> int:
         # The report below lists every wart; the one-line summary warning would repeat it.
         warnings.simplefilter("ignore")
         with _progress(console, "reading cases", enabled=not args.json) as update:
-            ds = load_dataset(path, label_rule=args.label_rule, margin=args.margin,
-                              empty_outline=args.empty_outline, truncated=args.truncated, progress=update,
-                              classes=args.classes)
+            ds = load_dataset(
+                path,
+                label_rule=args.label_rule,
+                margin=args.margin,
+                empty_outline=args.empty_outline,
+                truncated=args.truncated,
+                progress=update,
+                classes=args.classes,
+            )
     r = ds.report
     if args.json:
         out = r.to_dict()
@@ -192,13 +282,15 @@ def run_check(args, console) -> int:
         for table in _report_tables(ds):
             console.print(table)
     if not r.usable:
-        console.print(f"[bold red]no usable labelled ROI[/bold red] in {r.root} under rule {r.label_rule!r}",
-                      highlight=False)
+        console.print(
+            f"[bold red]no usable labelled ROI[/bold red] in {r.root} under rule {r.label_rule!r}", highlight=False
+        )
         return 1
     if not args.json:
         counts = ", ".join(f"{n} {k}" for k, n in r.wart_counts().items()) or "none"
-        console.print(f"[green]usable:[/green] {r.samples} ROIs from {r.sample_cases} cases; warts: {counts}",
-                      highlight=False)
+        console.print(
+            f"[green]usable:[/green] {r.samples} ROIs from {r.sample_cases} cases; warts: {counts}", highlight=False
+        )
     return 0
 
 
@@ -214,11 +306,16 @@ def run_holdout(args, console) -> int:
         warnings.simplefilter("ignore")
         ds = load_dataset(args.dir, label_rule=args.label_rule)
     res = write_holdout(ds, args.out, fraction=args.fraction, seed=args.seed, overwrite=args.force)
-    console.print(f"{len(res['development'])} labelled cases in {args.out / 'development'}, {len(res['holdout'])} held "
-                  f"out in {args.out / 'holdout'} (stratified by the {ds.label_rule} rule, seed {args.seed})",
-                  highlight=False)
-    console.print(f"next: train on the development part, then hfcn-bench eval --run RUN --data {args.out / 'holdout'}",
-                  highlight=False, markup=False)
+    console.print(
+        f"{len(res['development'])} labelled cases in {args.out / 'development'}, {len(res['holdout'])} held "
+        f"out in {args.out / 'holdout'} (stratified by the {ds.label_rule} rule, seed {args.seed})",
+        highlight=False,
+    )
+    console.print(
+        f"next: train on the development part, then hfcn-bench eval --run RUN --data {args.out / 'holdout'}",
+        highlight=False,
+        markup=False,
+    )
     return 0
 
 
@@ -234,8 +331,10 @@ def _hash_folder(console, folder: Path, label: str, show: bool):
         raise HfcnError(f"{folder} is not a folder", hint="give a folder of images (searched recursively)")
     paths = find_images(folder)
     if not paths:
-        raise HfcnError(f"no images in {folder}", hint="looked for *.jpg, *.jpeg, *.png, *.bmp, *.tif, *.tiff "
-                        "(recursively; masks skipped)")
+        raise HfcnError(
+            f"no images in {folder}",
+            hint="looked for *.jpg, *.jpeg, *.png, *.bmp, *.tif, *.tiff (recursively; masks skipped)",
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every unreadable file is in .errors and printed below
         with _progress(console, f"hashing {label}", enabled=show) as update:
@@ -253,8 +352,10 @@ def run_overlap(args, console) -> int:
 
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     if not 0.0 < threshold <= 1.0:
-        raise HfcnError(f"--threshold must be in (0, 1], got {threshold:g}",
-                        hint=f"the score is a correlation; the default is {DEFAULT_THRESHOLD}")
+        raise HfcnError(
+            f"--threshold must be in (0, 1], got {threshold:g}",
+            hint=f"the score is a correlation; the default is {DEFAULT_THRESHOLD}",
+        )
     show = not args.json
     ia = _hash_folder(console, args.a, "A", show)
     ib = _hash_folder(console, args.b, "B", show) if args.b is not None else None
@@ -269,8 +370,10 @@ def run_overlap(args, console) -> int:
         by_b: dict[str, list] = {}
         for m in matches:
             by_b.setdefault(m.b, []).append(m)
-        out["images"] = [{"b": b, "twins": [{k: v for k, v in m.to_dict().items() if k != "b"} for m in ms]}
-                         for b, ms in by_b.items()]
+        out["images"] = [
+            {"b": b, "twins": [{k: v for k, v in m.to_dict().items() if k != "b"} for m in ms]}
+            for b, ms in by_b.items()
+        ]
         kinds = Counter(m.kind for m in matches)
         out["summary"] = {"b_with_twin": len(by_b), "b_images": len(ib), "pairs": len(matches), "kinds": dict(kinds)}
         if args.json:
@@ -278,26 +381,41 @@ def run_overlap(args, console) -> int:
             return 0
         if by_b:
             t = Table(title=f"images of B ({args.b}) with a near-duplicate in A ({args.a})", title_justify="left")
-            for col, just in (("image of B", "left"), ("twin in A", "left"), ("score", "right"), ("bits", "right"),
-                              ("class", "left")):
+            for col, just in (
+                ("image of B", "left"),
+                ("twin in A", "left"),
+                ("score", "right"),
+                ("bits", "right"),
+                ("class", "left"),
+            ):
                 t.add_column(col, justify=just, overflow="fold")
             for b, ms in by_b.items():
                 for k, m in enumerate(ms):
-                    t.add_row(b if k == 0 else "", m.a, f"{m.score:.3f}", str(m.hamming), m.kind,
-                              end_section=k == len(ms) - 1)
+                    t.add_row(
+                        b if k == 0 else "", m.a, f"{m.score:.3f}", str(m.hamming), m.kind, end_section=k == len(ms) - 1
+                    )
             console.print(t)
             parts = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
-            console.print(f"{len(by_b)} of {len(ib)} images of B have a near-duplicate in A ({len(matches)} pairs: "
-                          f"{parts}; threshold {threshold:g})", highlight=False)
+            console.print(
+                f"{len(by_b)} of {len(ib)} images of B have a near-duplicate in A ({len(matches)} pairs: "
+                f"{parts}; threshold {threshold:g})",
+                highlight=False,
+            )
         else:
-            console.print(f"no image of B is a near-duplicate of an image of A ({len(ib)} against {len(ia)} images; "
-                          f"threshold {threshold:g})", highlight=False)
+            console.print(
+                f"no image of B is a near-duplicate of an image of A ({len(ib)} against {len(ia)} images; "
+                f"threshold {threshold:g})",
+                highlight=False,
+            )
         return 0
 
     out["groups"] = [g.to_dict() for g in groups]
     beyond = [g for g in groups if any(m.kind != "identical-file" for m in g.matches)]
-    out["summary"] = {"groups": len(groups), "images_in_groups": sum(len(g.members) for g in groups),
-                      "groups_beyond_identical_files": len(beyond)}
+    out["summary"] = {
+        "groups": len(groups),
+        "images_in_groups": sum(len(g.members) for g in groups),
+        "groups_beyond_identical_files": len(beyond),
+    }
     if args.json:
         console.print_json(json.dumps(out))
         return 0
@@ -306,11 +424,19 @@ def run_overlap(args, console) -> int:
         for col, just in (("group", "right"), ("images", "left"), ("classes", "left"), ("lowest score", "right")):
             t.add_column(col, justify=just, overflow="fold")
         for n, g in enumerate(groups, start=1):
-            t.add_row(str(n), "\n".join(g.members), ", ".join(sorted({m.kind for m in g.matches})),
-                      f"{min(m.score for m in g.matches):.3f}", end_section=True)
+            t.add_row(
+                str(n),
+                "\n".join(g.members),
+                ", ".join(sorted({m.kind for m in g.matches})),
+                f"{min(m.score for m in g.matches):.3f}",
+                end_section=True,
+            )
         console.print(t)
-        console.print(f"{len(groups)} groups of near-duplicates ({out['summary']['images_in_groups']} of {len(ia)} "
-                      f"images; {len(beyond)} beyond byte-identical files; threshold {threshold:g})", highlight=False)
+        console.print(
+            f"{len(groups)} groups of near-duplicates ({out['summary']['images_in_groups']} of {len(ia)} "
+            f"images; {len(beyond)} beyond byte-identical files; threshold {threshold:g})",
+            highlight=False,
+        )
     else:
         console.print(f"no near-duplicates among the {len(ia)} images (threshold {threshold:g})", highlight=False)
     return 0

@@ -15,15 +15,22 @@ __all__ = ["register"]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", help="P(malignant) per ROI of DDTI case XMLs or images, with a picture of what "
-                       "the model looked at")
+    p = sub.add_parser(
+        "predict", help="P(malignant) per ROI of DDTI case XMLs or images, with a picture of what the model looked at"
+    )
     p.add_argument("--run", type=Path, required=True, help="run folder written by `hfcn-bench train`")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE_OR_XML",
-                   help="DDTI case XMLs (read by the DDTI reader with the run's options: the ROIs training would "
-                   "have; images beside the XML or in ../raw_jpg) or image files (the whole image is the ROI)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE_OR_XML",
+        help="DDTI case XMLs (read by the DDTI reader with the run's options: the ROIs training would "
+        "have; images beside the XML or in ../raw_jpg) or image files (the whole image is the ROI)",
+    )
     p.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: RUN/predictions)")
-    p.add_argument("--fold", type=int, default=None,
-                   help="one fold's model of a k-fold run (default: the mean of all fold models)")
+    p.add_argument(
+        "--fold", type=int, default=None, help="one fold's model of a k-fold run (default: the mean of all fold models)"
+    )
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-png", action="store_true", help="skip the pictures")
@@ -33,11 +40,24 @@ def register(sub) -> None:
 
 def _row(path: Path, r, png: Path | None) -> dict:
     s = r.sample
-    return {"input": str(path), "image": str(s.image_path), "case_id": s.case_id, "frame": s.frame,
-            "region": s.region, "kind": s.roi_kind, "bbox": list(s.bbox),
-            "roi_box": list(r.roi_box) if r.roi_box else list(s.bbox), "tirads": s.tirads,
-            "label": s.label, "prob": r.prob, "threshold": r.threshold, "pred": r.call, "outputs": r.outputs,
-            **{k: v for k, v in r.extra.items()}, "png": None if png is None else str(png)}
+    return {
+        "input": str(path),
+        "image": str(s.image_path),
+        "case_id": s.case_id,
+        "frame": s.frame,
+        "region": s.region,
+        "kind": s.roi_kind,
+        "bbox": list(s.bbox),
+        "roi_box": list(r.roi_box) if r.roi_box else list(s.bbox),
+        "tirads": s.tirads,
+        "label": s.label,
+        "prob": r.prob,
+        "threshold": r.threshold,
+        "pred": r.call,
+        "outputs": r.outputs,
+        **{k: v for k, v in r.extra.items()},
+        "png": None if png is None else str(png),
+    }
 
 
 def run_predict(args, console) -> int:
@@ -47,8 +67,14 @@ def run_predict(args, console) -> int:
     check_out_dir(args.out)
     out = args.out if args.out is not None else args.run / "predictions"
     with console.status("predicting..."):
-        items, errors, notes = predict_inputs(args.run, args.inputs, fold=args.fold, checkpoint=args.checkpoint,
-                                              device=args.device, explain=not args.no_png)
+        items, errors, notes = predict_inputs(
+            args.run,
+            args.inputs,
+            fold=args.fold,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            explain=not args.no_png,
+        )
     rows = []
     for path, r in items:
         png = None
@@ -67,15 +93,22 @@ def run_predict(args, console) -> int:
         for c in ("input", "frame", "ROI", "P(mal.)", "call", "TI-RADS", "picture"):
             t.add_column(c, justify="right" if c in ("frame", "ROI", "P(mal.)") else "left", overflow="fold")
         for r in rows:
-            t.add_row(Path(r["input"]).name, str(r["frame"]), str(r["region"]) + ("" if r["kind"] == "outline"
-                                                                                 else f" ({r['kind']})"),
-                      fmt(r["prob"]),
-                      f"[red]{r['pred']}[/red]" if r["pred"] == "malignant" else f"[green]{r['pred']}[/green]",
-                      r["tirads"] or "", Path(r["png"]).name if r["png"] else "")
+            t.add_row(
+                Path(r["input"]).name,
+                str(r["frame"]),
+                str(r["region"]) + ("" if r["kind"] == "outline" else f" ({r['kind']})"),
+                fmt(r["prob"]),
+                f"[red]{r['pred']}[/red]" if r["pred"] == "malignant" else f"[green]{r['pred']}[/green]",
+                r["tirads"] or "",
+                Path(r["png"]).name if r["png"] else "",
+            )
         console.print(t)
         if rows:
-            console.print(f"decision threshold {rows[0]['threshold']:.4f} (chosen on the run's training side)"
-                          + (f"; pictures in {out}" if not args.no_png else ""), highlight=False)
+            console.print(
+                f"decision threshold {rows[0]['threshold']:.4f} (chosen on the run's training side)"
+                + (f"; pictures in {out}" if not args.no_png else ""),
+                highlight=False,
+            )
         for n in notes:
             console.print(f"[yellow]note:[/yellow] {n}", highlight=False)
         for e in errors:

@@ -12,15 +12,23 @@ __all__ = ["register"]
 
 
 def register(sub) -> None:
-    r = sub.add_parser("rank", help="rank finished runs of any system on the same split by ROC-AUC (with external "
-                       "evaluations beside their internal CV estimates)",
-                       description="Read the metrics.json + split.json of each run folder, check that all were "
-                       "scored on the same data, labels and held-out cases, and print one table ranked by "
-                       "ROC-AUC with 95%% case-bootstrap intervals for AUC and F1 and the majority baseline. "
-                       "Reports of `hfcn-bench eval --data OTHER --out DIR` (the folder or its eval_report.json) "
-                       "rank by their external AUC, each beside its run's internal CV estimate.")
-    r.add_argument("runs", nargs="+", type=Path, metavar="RUN_OR_EVAL",
-                   help="run folders of `hfcn-bench train`, or external eval reports")
+    r = sub.add_parser(
+        "rank",
+        help="rank finished runs of any system on the same split by ROC-AUC (with external "
+        "evaluations beside their internal CV estimates)",
+        description="Read the metrics.json + split.json of each run folder, check that all were "
+        "scored on the same data, labels and held-out cases, and print one table ranked by "
+        "ROC-AUC with 95%% case-bootstrap intervals for AUC and F1 and the majority baseline. "
+        "Reports of `hfcn-bench eval --data OTHER --out DIR` (the folder or its eval_report.json) "
+        "rank by their external AUC, each beside its run's internal CV estimate.",
+    )
+    r.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        metavar="RUN_OR_EVAL",
+        help="run folders of `hfcn-bench train`, or external eval reports",
+    )
     r.add_argument("--out", type=Path, default=None, help="also write rank.md, rank.json and rank.png here")
     r.add_argument("--no-variants", action="store_true", help="leave out the comparators' variant rows")
     r.add_argument("--json", action="store_true", help="print the ranking as JSON")
@@ -31,7 +39,6 @@ def run_rank(args, console) -> int:
     from ..atomic import write_json_atomic, write_text_atomic
     from ..bench.figures import plot_forest
     from ..bench.rank import markdown, rank_runs
-
     from .common import check_out_dir
 
     check_out_dir(args.out)
@@ -41,11 +48,20 @@ def run_rank(args, console) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.out / "rank.json", result)
         write_text_atomic(args.out / "rank.md", markdown(result))
-        panels = ((("internal_auc", "internal CV ROC-AUC"), ("auc", "external ROC-AUC")) if ext else
-                  (("auc", "ROC-AUC"), ("f1", "F1 (malignant positive)")))
-        plot_forest(result["rows"], args.out / "rank.png", baseline=result["baseline"], panels=panels,
-                    title="Ranked by external ROC-AUC, beside the internal CV estimate (95% case-bootstrap intervals)"
-                    if ext else "Models ranked by ROC-AUC (95% case-bootstrap intervals)")
+        panels = (
+            (("internal_auc", "internal CV ROC-AUC"), ("auc", "external ROC-AUC"))
+            if ext
+            else (("auc", "ROC-AUC"), ("f1", "F1 (malignant positive)"))
+        )
+        plot_forest(
+            result["rows"],
+            args.out / "rank.png",
+            baseline=result["baseline"],
+            panels=panels,
+            title="Ranked by external ROC-AUC, beside the internal CV estimate (95% case-bootstrap intervals)"
+            if ext
+            else "Models ranked by ROC-AUC (95% case-bootstrap intervals)",
+        )
     if args.json:
         console.print_json(json.dumps(result))
         return 0
@@ -62,21 +78,45 @@ def run_rank(args, console) -> int:
         for c in ("#", "model", "internal AUC", "95% CI", "external AUC", "95% CI ", "external F1", "note"):
             t.add_column(c, justify="left" if c in ("model", "note") else "right", overflow="fold")
         for i, row in enumerate(result["rows"], 1):
-            t.add_row(str(i), row["name"], f(row["internal_auc"]), ci(row["internal_auc_ci"]), f(row["auc"]),
-                      ci(row["auc_ci"]), f(row["f1"]), row["note"] or "")
+            t.add_row(
+                str(i),
+                row["name"],
+                f(row["internal_auc"]),
+                ci(row["internal_auc_ci"]),
+                f(row["auc"]),
+                ci(row["auc_ci"]),
+                f(row["f1"]),
+                row["note"] or "",
+            )
         if b:
-            t.add_row("—", f"always {('benign', 'malignant')[b.get('majority_class', 1)]} (majority baseline)",
-                      "", "", f(b.get("auc")), "", f(b.get("f1")), "")
+            t.add_row(
+                "—",
+                f"always {('benign', 'malignant')[b.get('majority_class', 1)]} (majority baseline)",
+                "",
+                "",
+                f(b.get("auc")),
+                "",
+                f(b.get("f1")),
+                "",
+            )
     else:
         t = Table(title=f"ranked by ROC-AUC: {result['protocol']}", title_justify="left")
         for c in ("#", "model", "ROC-AUC", "95% CI", "F1", "95% CI ", "note"):
             t.add_column(c, justify="left" if c in ("model", "note") else "right", overflow="fold")
         for i, row in enumerate(result["rows"], 1):
-            t.add_row(str(i), row["name"], f(row["auc"]), ci(row["auc_ci"]), f(row["f1"]), ci(row["f1_ci"]),
-                      row["note"] or "")
+            t.add_row(
+                str(i), row["name"], f(row["auc"]), ci(row["auc_ci"]), f(row["f1"]), ci(row["f1_ci"]), row["note"] or ""
+            )
         if b:
-            t.add_row("—", f"always {('benign', 'malignant')[b.get('majority_class', 1)]} (majority baseline)",
-                      f(b.get("auc")), "", f(b.get("f1")), "", "")
+            t.add_row(
+                "—",
+                f"always {('benign', 'malignant')[b.get('majority_class', 1)]} (majority baseline)",
+                f(b.get("auc")),
+                "",
+                f(b.get("f1")),
+                "",
+                "",
+            )
     console.print(t)
     if args.out is not None:
         console.print(f"wrote {args.out / 'rank.md'}, rank.json, rank.png", highlight=False)

@@ -11,9 +11,9 @@ from rich.live import Live
 from rich.table import Table
 
 from ..errors import HfcnError
-from .common import fmt
 from ..reproduce.engines import terminate_as_interrupt
 from ..reproduce.runner import PRESETS
+from .common import fmt
 
 __all__ = ["register"]
 
@@ -33,41 +33,69 @@ def _floats(text):
 
 
 def register(sub) -> None:
-    r = sub.add_parser("reproduce", help="the paper's Tables 3 and 4 (and 5: feature vs image cropping) under "
-                       "case-level CV: a grid of cached cells on Ray (or in-process), with the report beside the paper's figures",
-                       description="Builds the grid backbone x architecture x alpha x fold; each cell is a run folder "
-                       "under OUT/cells/<key>/. Finished cells are skipped, interrupted ones resume, a failing one "
-                       "becomes an error row pointing at its log. Writes OUT/report.md, report.json and figures.")
+    r = sub.add_parser(
+        "reproduce",
+        help="the paper's Tables 3 and 4 (and 5: feature vs image cropping) under "
+        "case-level CV: a grid of cached cells on Ray (or in-process), with the report beside the paper's figures",
+        description="Builds the grid backbone x architecture x alpha x fold; each cell is a run folder "
+        "under OUT/cells/<key>/. Finished cells are skipped, interrupted ones resume, a failing one "
+        "becomes an error row pointing at its log. Writes OUT/report.md, report.json and figures.",
+    )
     r.add_argument("--table", choices=("3", "4", "5", "all"), default="all")
     r.add_argument("--data", default=None, help="dataset folder (default: the embedded phantoms)")
     r.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads")
     r.add_argument("--folds", type=int, default=5, help="k of the case-level k-fold CV (default 5)")
-    r.add_argument("--backbones", default=None, help="comma-separated (default: paper for Table 3; paper and "
-                   "efficientnet_lite0 (ImageNet) for Table 4)")
+    r.add_argument(
+        "--backbones",
+        default=None,
+        help="comma-separated (default: paper for Table 3; paper and efficientnet_lite0 (ImageNet) for Table 4)",
+    )
     r.add_argument("--alphas", default=None, help="Table 3's alphas (default 0.5,0.6,0.7,0.8,0.9; 1.0 = Global)")
-    r.add_argument("--preset", choices=PRESETS, default="cpu",
-                   help="HFCN training preset of every cell: paper (SGD lr 1e-5, 100 epochs at 224 px: GPU), cpu "
-                   "(224 px, 12 epochs, AdamW), quick (48 px, 8 epochs: engine benchmarks), smoke (seconds) (default cpu)")
-    r.add_argument("--engine", choices=("ray", "local"), default="ray",
-                   help="ray (default: a local Ray instance, or --address) or local (in this process, no Ray)")
+    r.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="cpu",
+        help="HFCN training preset of every cell: paper (SGD lr 1e-5, 100 epochs at 224 px: GPU), cpu "
+        "(224 px, 12 epochs, AdamW), quick (48 px, 8 epochs: engine benchmarks), smoke (seconds) (default cpu)",
+    )
+    r.add_argument(
+        "--engine",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray (default: a local Ray instance, or --address) or local (in this process, no Ray)",
+    )
     r.add_argument("--workers", type=int, default=None, help="cells at a time (default: CPUs / threads)")
     r.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
     r.add_argument("--address", default=None, help="join a running Ray cluster: auto or HOST:PORT")
     r.add_argument("--device", default="cpu", help="cpu or cuda (each cell then asks Ray for a GPU fraction)")
     r.add_argument("--gpus-per-cell", type=float, default=None, help="GPU fraction per cell (default 1/workers)")
     r.add_argument("--seed", type=int, default=0, help="seed of the folds and of every cell's training (default 0)")
-    r.add_argument("--seeds", default=None, help="comma-separated extra training seeds: the cells are repeated with "
-                   "each on the same folds (keys end in -s<seed>), and the report gives every row's and every paired "
-                   "difference's spread over seeds (e.g. 0,1,2)")
-    r.add_argument("--seed-architectures", default=None, help="which architectures --seeds repeats: comma-separated "
-                   "of none (Global), rfc, bfc, image (default: all of the table)")
+    r.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated extra training seeds: the cells are repeated with "
+        "each on the same folds (keys end in -s<seed>), and the report gives every row's and every paired "
+        "difference's spread over seeds (e.g. 0,1,2)",
+    )
+    r.add_argument(
+        "--seed-architectures",
+        default=None,
+        help="which architectures --seeds repeats: comma-separated "
+        "of none (Global), rfc, bfc, image (default: all of the table)",
+    )
     r.add_argument("--n-boot", type=int, default=1000)
     r.add_argument("--out", type=Path, required=True, help="grid folder (cells/, report.md, report.json)")
-    r.add_argument("--report-only", action="store_true",
-                   help="write OUT/report.md, report.json and the figures from the finished cells; run nothing (e.g. "
-                   "while other machines run the rest)")
-    r.add_argument("--dry-run", action="store_true", help="print the grid with a cost estimate per cell from a short "
-                   "measured step time; run nothing")
+    r.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write OUT/report.md, report.json and the figures from the finished cells; run nothing (e.g. "
+        "while other machines run the rest)",
+    )
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the grid with a cost estimate per cell from a short measured step time; run nothing",
+    )
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.set_defaults(handler=run_reproduce)
 
@@ -109,8 +137,15 @@ class _View:
         t = Table(title=f"reproduce: {self.total} cells", title_justify="left", show_header=True)
         for c in ("done", "cached", "running", "failed", "queued", "elapsed", "ETA"):
             t.add_column(c, justify="right")
-        t.add_row(str(self.done), str(self.cached), str(len(self.running)), str(self.failed), str(queued),
-                  f"{time.perf_counter() - self.t0:.0f} s", "—" if eta is None else f"{eta / 60:.1f} min")
+        t.add_row(
+            str(self.done),
+            str(self.cached),
+            str(len(self.running)),
+            str(self.failed),
+            str(queued),
+            f"{time.perf_counter() - self.t0:.0f} s",
+            "—" if eta is None else f"{eta / 60:.1f} min",
+        )
         for line in self.last:
             t.add_row(line, "", "", "", "", "", "")
         return t
@@ -120,16 +155,29 @@ def run_reproduce(args, console) -> int:
     from ..reproduce import ReproduceOptions, reproduce
 
     opts = ReproduceOptions(
-        table=args.table, data=args.data, folds=args.folds,
+        table=args.table,
+        data=args.data,
+        folds=args.folds,
         backbones=tuple(b.strip() for b in args.backbones.split(",") if b.strip()) if args.backbones else None,
-        alphas=_floats(args.alphas) if args.alphas else None, preset=args.preset, workers=args.workers,
-        threads=args.threads, engine=args.engine, address=args.address, device=args.device, out=str(args.out),
-        seed=args.seed, n_boot=args.n_boot, label_rule=args.label_rule, dry_run=args.dry_run,
+        alphas=_floats(args.alphas) if args.alphas else None,
+        preset=args.preset,
+        workers=args.workers,
+        threads=args.threads,
+        engine=args.engine,
+        address=args.address,
+        device=args.device,
+        out=str(args.out),
+        seed=args.seed,
+        n_boot=args.n_boot,
+        label_rule=args.label_rule,
+        dry_run=args.dry_run,
         report_only=args.report_only,
         gpus_per_cell=args.gpus_per_cell,
         seeds=_ints(args.seeds) if args.seeds else (),
         seed_architectures=tuple(a.strip() for a in args.seed_architectures.split(",") if a.strip())
-        if args.seed_architectures else None)
+        if args.seed_architectures
+        else None,
+    )
     if args.dry_run:
         with console.status("measuring a training step of each model..."):
             plan = reproduce(opts)
@@ -140,19 +188,36 @@ def run_reproduce(args, console) -> int:
         for c in ("cell", "done", "step s", "batches/epoch", "epochs", "input pipeline", "estimate"):
             t.add_column(c, justify="left" if c == "cell" else "right")
         for c in plan["cells"]:
-            t.add_row(c["key"], "yes" if c["done"] else "", f"{c['step_s']:.2f}", str(c["batches_per_epoch"]),
-                      str(c["epochs"]), f"{c['data_s'] / 60:.1f} min", f"{c['estimate_s'] / 60:.1f} min")
+            t.add_row(
+                c["key"],
+                "yes" if c["done"] else "",
+                f"{c['step_s']:.2f}",
+                str(c["batches_per_epoch"]),
+                str(c["epochs"]),
+                f"{c['data_s'] / 60:.1f} min",
+                f"{c['estimate_s'] / 60:.1f} min",
+            )
         console.print(t)
-        console.print(f"estimate: {plan['total_s'] / 3600:.2f} h of cell time in all, {plan['remaining_s'] / 3600:.2f} h "
-                      f"left; {plan['remaining_wall_s'] / 3600:.2f} h wall with {plan['workers']} worker(s) x "
-                      f"{plan['threads']} thread(s)", highlight=False)
+        console.print(
+            f"estimate: {plan['total_s'] / 3600:.2f} h of cell time in all, {plan['remaining_s'] / 3600:.2f} h "
+            f"left; {plan['remaining_wall_s'] / 3600:.2f} h wall with {plan['workers']} worker(s) x "
+            f"{plan['threads']} thread(s)",
+            highlight=False,
+        )
         return 0
     import os
 
     from ..reproduce import build_cells, build_configs
 
-    total = len(build_cells(build_configs(opts.table, opts.backbones, opts.alphas), opts.folds, opts.seeds, opts.seed,
-                            opts.seed_architectures))
+    total = len(
+        build_cells(
+            build_configs(opts.table, opts.backbones, opts.alphas),
+            opts.folds,
+            opts.seeds,
+            opts.seed,
+            opts.seed_architectures,
+        )
+    )
     view = _View(total, opts.workers or max(1, (os.cpu_count() or 1) // opts.threads))
     interrupted = False
     try:
@@ -161,6 +226,7 @@ def run_reproduce(args, console) -> int:
                 report = reproduce(opts)
             else:
                 with Live(view.render(), console=console, refresh_per_second=2, transient=False) as live:
+
                     def progress(kind, spec, res):
                         view.event(kind, spec, res)
                         live.update(view.render())
@@ -169,17 +235,22 @@ def run_reproduce(args, console) -> int:
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:
-        console.print(f"[yellow]interrupted[/yellow]: finished cells are kept and the report in {args.out} covers "
-                      "them; run the same command again to go on", highlight=False)
+        console.print(
+            f"[yellow]interrupted[/yellow]: finished cells are kept and the report in {args.out} covers "
+            "them; run the same command again to go on",
+            highlight=False,
+        )
         return 130
     if args.json:
         console.print_json(json.dumps(report))
         return 1 if report["summary"]["failed"] else 0
     s = report["summary"]
-    console.print(f"cells: {s['done']}/{s['cells']} done, {s['failed']} failed; report: {args.out / 'report.md'}",
-                  highlight=False)
+    console.print(
+        f"cells: {s['done']}/{s['cells']} done, {s['failed']} failed; report: {args.out / 'report.md'}", highlight=False
+    )
     for r in report["cells"]:
         if r["status"] == "error":
-            console.print(f"[bold red]error:[/bold red] cell {r['key']}: {r.get('error')} (log: {r.get('log')})",
-                          highlight=False)
+            console.print(
+                f"[bold red]error:[/bold red] cell {r['key']}: {r.get('error')} (log: {r.get('log')})", highlight=False
+            )
     return 1 if s["failed"] else 0

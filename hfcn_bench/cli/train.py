@@ -66,57 +66,107 @@ def register(sub) -> None:
     from ..train import TrainConfig
 
     t = sub.add_parser(
-        "train", help="train HFCN or a comparator system on a case-level split (or k-fold CV) and score the test side",
+        "train",
+        help="train HFCN or a comparator system on a case-level split (or k-fold CV) and score the test side",
         description="Train on the training cases (a validation part of them picks the epoch and the decision "
         "threshold), then score the held-out cases: accuracy, precision, recall, F1 (paper eqs. 9-12), "
         "specificity, ROC-AUC, PR-AUC, sensitivity at 90% specificity, case-bootstrap 95% intervals, "
-        "calibration and the majority-class baseline. DDTI labels are a TI-RADS proxy, not pathology.")
-    t.add_argument("--system", default="hfcn", metavar="NAME",
-                   help=f"what to train: {', '.join(available_systems())} (default: hfcn)")
-    t.add_argument("--data", type=Path, default=None,
-                   help="dataset: DDTI raw/ (xml/ + raw_jpg/), a flat DDTI folder, or benign/ + malignant/ folders "
-                   "(default: the embedded synthetic phantoms in data/synthetic, generated when missing), or the "
-                   "same class folders under train/ and test/ (a dataset's own split, see --split)")
-    t.add_argument("--classes", default=None, metavar="FOLDER=CLASS,...",
-                   help="folder format: which folders hold which class, e.g. benin=benign,malin=malignant "
-                   "(default: benign/ and malignant/); recorded in the run folder")
-    t.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads",
-                   help="DDTI labels are TI-RADS proxies: tirads = 2-3 benign, 4a-5 malignant (default); "
-                   "mccnn = 2-3 vs 4c-5")
-    t.add_argument("--margin", type=float, default=0.0, help="ROI margin, fraction of the nodule box per side "
-                   "(default 0: the paper's tight box)")
+        "calibration and the majority-class baseline. DDTI labels are a TI-RADS proxy, not pathology.",
+    )
+    t.add_argument(
+        "--system",
+        default="hfcn",
+        metavar="NAME",
+        help=f"what to train: {', '.join(available_systems())} (default: hfcn)",
+    )
+    t.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset: DDTI raw/ (xml/ + raw_jpg/), a flat DDTI folder, or benign/ + malignant/ folders "
+        "(default: the embedded synthetic phantoms in data/synthetic, generated when missing), or the "
+        "same class folders under train/ and test/ (a dataset's own split, see --split)",
+    )
+    t.add_argument(
+        "--classes",
+        default=None,
+        metavar="FOLDER=CLASS,...",
+        help="folder format: which folders hold which class, e.g. benin=benign,malin=malignant "
+        "(default: benign/ and malignant/); recorded in the run folder",
+    )
+    t.add_argument(
+        "--label-rule",
+        choices=("tirads", "mccnn"),
+        default="tirads",
+        help="DDTI labels are TI-RADS proxies: tirads = 2-3 benign, 4a-5 malignant (default); mccnn = 2-3 vs 4c-5",
+    )
+    t.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="ROI margin, fraction of the nodule box per side (default 0: the paper's tight box)",
+    )
     t.add_argument("--out", type=Path, required=True, help="run folder (runs/NAME)")
-    t.add_argument("--preset", default="default",
-                   help="the system's named settings: HFCN has paper (the paper's SGD at 224 px; long), cpu (224 px, "
-                   "12 epochs), default (64 px, 15 epochs), quick (48 px, 8 epochs), smoke (seconds); every "
-                   "comparator has default, quick (its CPU-minutes setting) and smoke")
-    t.add_argument("--set", dest="system_set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field of the system's config, e.g. --set n_estimators=500 --set "
-                   "frame_size=128,192 (fields: hfcn_bench.systems.SYSTEMS[name].config_cls)")
+    t.add_argument(
+        "--preset",
+        default="default",
+        help="the system's named settings: HFCN has paper (the paper's SGD at 224 px; long), cpu (224 px, "
+        "12 epochs), default (64 px, 15 epochs), quick (48 px, 8 epochs), smoke (seconds); every "
+        "comparator has default, quick (its CPU-minutes setting) and smoke",
+    )
+    t.add_argument(
+        "--set",
+        dest="system_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field of the system's config, e.g. --set n_estimators=500 --set "
+        "frame_size=128,192 (fields: hfcn_bench.systems.SYSTEMS[name].config_cls)",
+    )
     t.add_argument("--seed", type=int, default=None, help="seed of the system and of the split (default 0)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    t.add_argument("--weights", default=None, metavar="PATH",
-                   help="pretrained weights for the system's trunk or backbone: a local state dict (.pt, e.g. "
-                   "torch.save(model.state_dict(), PATH)), or 'imagenet' for efficientnet_lite0 (shipped in a "
-                   "package); nothing is downloaded")
+    t.add_argument(
+        "--weights",
+        default=None,
+        metavar="PATH",
+        help="pretrained weights for the system's trunk or backbone: a local state dict (.pt, e.g. "
+        "torch.save(model.state_dict(), PATH)), or 'imagenet' for efficientnet_lite0 (shipped in a "
+        "package); nothing is downloaded",
+    )
     g = t.add_argument_group("HFCN (the fields of its config; for other systems use --set)")
     types = typing.get_type_hints(TrainConfig)
     for f in hfcn_flags():
         _add_field_flag(g, f, types[f.name])
     e = t.add_argument_group("protocol")
-    e.add_argument("--split", choices=("cases", "given"), default="cases",
-                   help="cases: a case-level split (or --folds K) of all images, both sides of a train/ + test/ "
-                   "dataset pooled (default); given: train on exactly the dataset's train/ and score exactly its "
-                   "test/ (the validation cases are carved out of train/ by case)")
+    e.add_argument(
+        "--split",
+        choices=("cases", "given"),
+        default="cases",
+        help="cases: a case-level split (or --folds K) of all images, both sides of a train/ + test/ "
+        "dataset pooled (default); given: train on exactly the dataset's train/ and score exactly its "
+        "test/ (the validation cases are carved out of train/ by case)",
+    )
     e.add_argument("--test-fraction", type=float, default=0.25, help="test cases per class (default 0.25: 3:1)")
-    e.add_argument("--folds", type=int, default=None, metavar="K",
-                   help="k-fold case-level cross-validation instead of one train/test split")
-    e.add_argument("--per-case", choices=("mean", "max"), default=None,
-                   help="score per case (mean or max of its ROIs' probabilities) instead of per ROI")
+    e.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="k-fold case-level cross-validation instead of one train/test split",
+    )
+    e.add_argument(
+        "--per-case",
+        choices=("mean", "max"),
+        default=None,
+        help="score per case (mean or max of its ROIs' probabilities) instead of per ROI",
+    )
     e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of cases (default 1000)")
-    t.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run in --out from its checkpoints (only epochs, threads, device "
-                   "and eval_batch_size may change)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its checkpoints (only epochs, threads, device "
+        "and eval_batch_size may change)",
+    )
     t.add_argument("--force", action="store_true", help="train into an --out that already holds a run")
     t.add_argument("--json", action="store_true", help="print the metrics as JSON instead of tables")
     t.set_defaults(handler=run_train)
@@ -142,16 +192,18 @@ def system_config(system, preset: str, args, base: dict | None = None):
     values = _parse_set(args.system_set)
     for key in values:
         if key not in fields:
-            raise HfcnError(f"--set {key}=...: {system.name} has no field {key!r}",
-                            hint=f"its fields: {', '.join(sorted(fields))}")
+            raise HfcnError(
+                f"--set {key}=...: {system.name} has no field {key!r}", hint=f"its fields: {', '.join(sorted(fields))}"
+            )
     for f in hfcn_flags():
         v = getattr(args, f"field_{f.name}", None)
         if v is None:
             continue
         if system.name != "hfcn":
-            raise HfcnError(f"--{f.name.replace('_', '-')} sets HFCN's training, not {system.name}'s",
-                            hint=f"override the system's config with --set KEY=VALUE (its fields: "
-                            f"{', '.join(sorted(fields))})")
+            raise HfcnError(
+                f"--{f.name.replace('_', '-')} sets HFCN's training, not {system.name}'s",
+                hint=f"override the system's config with --set KEY=VALUE (its fields: {', '.join(sorted(fields))})",
+            )
         if f.name in values:
             raise HfcnError(f"--{f.name.replace('_', '-')} and --set {f.name}=... both given; keep one")
         values[f.name] = v
@@ -164,8 +216,10 @@ def system_config(system, preset: str, args, base: dict | None = None):
                 from ..systems import SYSTEMS
 
                 have = sorted(n for n, s in SYSTEMS.items() if "weights" in field_types(s.config_cls))
-                raise HfcnError(f"--weights: {system.name} has no pretrained trunk to load weights into",
-                                hint="systems with a trunk: " + ", ".join(have))
+                raise HfcnError(
+                    f"--weights: {system.name} has no pretrained trunk to load weights into",
+                    hint="systems with a trunk: " + ", ".join(have),
+                )
             continue
         if name in values:
             raise HfcnError(f"--{name} and --set {name}=... both given; keep one")
@@ -181,11 +235,14 @@ def _resume_config(system, run, args):
 
     saved = config_from_dict(system.config_cls, run.config)
     cfg = system_config(system, "default", args, base=config_to_dict(saved))
-    changed = sorted(k for k, v in config_to_dict(cfg).items()
-                     if k not in RESUMABLE and v != config_to_dict(saved).get(k))
+    changed = sorted(
+        k for k, v in config_to_dict(cfg).items() if k not in RESUMABLE and v != config_to_dict(saved).get(k)
+    )
     if changed:
-        raise HfcnError(f"--resume keeps the run's settings; these options differ: {', '.join(changed)}",
-                        hint=f"only {', '.join(RESUMABLE)} may change on resume")
+        raise HfcnError(
+            f"--resume keeps the run's settings; these options differ: {', '.join(changed)}",
+            hint=f"only {', '.join(RESUMABLE)} may change on resume",
+        )
     return cfg
 
 
@@ -202,8 +259,10 @@ def run_train(args, console) -> int:
     if args.folds is not None and args.folds < 2:
         raise HfcnError(f"--folds must be at least 2, got {args.folds}", hint="drop --folds for one 3:1 split")
     if args.split == "given" and args.folds is not None:
-        raise HfcnError("--split given trains on the dataset's own train/ and scores its test/: --folds does not "
-                        "apply", hint="drop --folds, or drop --split given for k-fold CV over all images")
+        raise HfcnError(
+            "--split given trains on the dataset's own train/ and scores its test/: --folds does not apply",
+            hint="drop --folds, or drop --split given for k-fold CV over all images",
+        )
     if args.resume:
         if not (out / "config.json").is_file():
             raise HfcnError(f"nothing to resume in {out} (no config.json)", hint="start it without --resume")
@@ -241,23 +300,42 @@ def run_train(args, console) -> int:
             splits = [split_train_test(ds, test_fraction=args.test_fraction, seed=seed)]
     if not quiet:
         counts = ds.class_counts()
-        what = (f"model {config.backbone}+{config.crop}, {config.image_size} px, {config.epochs} epochs"
-                if system.name == "hfcn" else f"system {system.name}")
-        console.print(f"{len(ds)} ROIs from {len(ds.case_labels())} cases ({counts['benign']} benign / "
-                      f"{counts['malignant']} malignant ROIs, {ds.label_rule} rule); {what}, preset {preset}",
-                      highlight=False)
+        what = (
+            f"model {config.backbone}+{config.crop}, {config.image_size} px, {config.epochs} epochs"
+            if system.name == "hfcn"
+            else f"system {system.name}"
+        )
+        console.print(
+            f"{len(ds)} ROIs from {len(ds.case_labels())} cases ({counts['benign']} benign / "
+            f"{counts['malignant']} malignant ROIs, {ds.label_rule} rule); {what}, preset {preset}",
+            highlight=False,
+        )
     start = time.perf_counter()
     with progress_bars(console, enabled=not quiet) as progress:
-        report = train_run(system, config, ds, splits, out_dir=out, n_boot=n_boot, aggregate=aggregate,
-                           progress=progress, resume=args.resume, header={"preset": preset})
+        report = train_run(
+            system,
+            config,
+            ds,
+            splits,
+            out_dir=out,
+            n_boot=n_boot,
+            aggregate=aggregate,
+            progress=progress,
+            resume=args.resume,
+            header={"preset": preset},
+        )
     wall = time.perf_counter() - start
     if args.json:
         console.print_json(json.dumps(report))
         return 0
     title = (f"{config.backbone}+{config.crop}" if system.name == "hfcn" else system.name) + " on held-out cases"
     print_report(console, report, title)
-    console.print(f"run folder: [bold]{out}[/bold] (config.json, split.json, fitted models, metrics.json, "
-                  f"predictions.csv); wall time {wall:.1f} s", highlight=False)
-    console.print(f"next: hfcn-bench eval --run {out}   (or --data OTHER for external validation)", highlight=False,
-                  markup=False)
+    console.print(
+        f"run folder: [bold]{out}[/bold] (config.json, split.json, fitted models, metrics.json, "
+        f"predictions.csv); wall time {wall:.1f} s",
+        highlight=False,
+    )
+    console.print(
+        f"next: hfcn-bench eval --run {out}   (or --data OTHER for external validation)", highlight=False, markup=False
+    )
     return 0

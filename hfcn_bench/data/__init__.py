@@ -18,8 +18,8 @@ carries its ``label_rule``. ``RoiDataset`` is imported lazily so that the reader
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import HfcnError
 from .collection import BENIGN, LABEL_NAMES, MALIGNANT, CaseInfo, LoadedDataset, data_fingerprint
@@ -27,8 +27,17 @@ from .ddti import LABEL_RULES, label_for, load_ddti, normalize_field, parse_case
 from .folder import format_classes, is_folder_dataset, load_folder, parse_classes, unmapped_folder_error
 from .report import WART_KINDS, DataWarning, LoadReport, RuleCounts, Wart
 from .rois import Sample, crop_roi, expand_box, load_roi, polygon_bbox
-from .splits import (GIVEN_SPLIT, Manifest, Split, given_split, kfold, read_manifest, split_train_test, verify_manifest,
-                     write_manifest)
+from .splits import (
+    GIVEN_SPLIT,
+    Manifest,
+    Split,
+    given_split,
+    kfold,
+    read_manifest,
+    split_train_test,
+    verify_manifest,
+    write_manifest,
+)
 from .synthetic import DEFAULT_SYNTHETIC_DIR, ensure_synthetic, write_synthetic_ddti
 
 __all__ = [
@@ -81,9 +90,11 @@ def detect_format(path: str | Path, classes=None) -> str:
     folder format: with ``classes`` the answer is ``folder``."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise HfcnError(f"{p} does not exist",
-                        hint="give a DDTI folder (raw/ with xml/ + raw_jpg/, or flat *.xml + *.jpg), a folder with "
-                        "benign/ and malignant/, or create phantoms with `hfcn-bench data synth --out DIR`")
+        raise HfcnError(
+            f"{p} does not exist",
+            hint="give a DDTI folder (raw/ with xml/ + raw_jpg/, or flat *.xml + *.jpg), a folder with "
+            "benign/ and malignant/, or create phantoms with `hfcn-bench data synth --out DIR`",
+        )
     if not p.is_dir():
         raise HfcnError(f"{p} is not a directory")
     return "folder" if classes is not None or is_folder_dataset(p) else "ddti"
@@ -111,11 +122,27 @@ def load_dataset(
     """
     fmt = detect_format(path, classes)
     if fmt == "folder":
-        return load_folder(path, margin=margin, empty_outline=empty_outline, verify_images=verify_images,
-                           warn=warn, progress=progress, classes=classes)
+        return load_folder(
+            path,
+            margin=margin,
+            empty_outline=empty_outline,
+            verify_images=verify_images,
+            warn=warn,
+            progress=progress,
+            classes=classes,
+        )
     try:
-        return load_ddti(path, label_rule=label_rule, margin=margin, empty_outline=empty_outline, truncated=truncated,
-                         verify_images=verify_images, warn=warn, progress=progress, keep_unlabelled=keep_unlabelled)
+        return load_ddti(
+            path,
+            label_rule=label_rule,
+            margin=margin,
+            empty_outline=empty_outline,
+            truncated=truncated,
+            verify_images=verify_images,
+            warn=warn,
+            progress=progress,
+            keep_unlabelled=keep_unlabelled,
+        )
     except HfcnError as exc:
         # class folders under other names (benin/, malin/): say so, not "no DDTI case XMLs"
         folder_error = unmapped_folder_error(path) if str(exc).startswith("no DDTI case XMLs") else None

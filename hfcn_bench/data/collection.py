@@ -7,15 +7,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from .report import LoadReport
 from .rois import Sample
 
-__all__ = ["CaseInfo", "LoadedDataset", "data_fingerprint", "link_groups", "assign_units", "case_sort_key",
-           "LABEL_NAMES", "BENIGN", "MALIGNANT"]
+__all__ = [
+    "CaseInfo",
+    "LoadedDataset",
+    "data_fingerprint",
+    "link_groups",
+    "assign_units",
+    "case_sort_key",
+    "LABEL_NAMES",
+    "BENIGN",
+    "MALIGNANT",
+]
 
 # Malignant is the positive class, as in the paper's metrics (eqs. 9-12) and loss weights.
 BENIGN, MALIGNANT = 0, 1
@@ -182,8 +191,10 @@ class LoadedDataset:
         out: dict[str, dict[str, int]] = {}
         for side in dict.fromkeys(s.side for s in self.samples if s.side is not None):
             mine = [s for s in self.samples if s.side == side]
-            out[side] = {"cases": len({s.case_id for s in mine}),
-                         **{n: sum(1 for s in mine if s.label == i) for i, n in enumerate(LABEL_NAMES)}}
+            out[side] = {
+                "cases": len({s.case_id for s in mine}),
+                **{n: sum(1 for s in mine if s.label == i) for i, n in enumerate(LABEL_NAMES)},
+            }
         return out
 
     def describe(self) -> dict:

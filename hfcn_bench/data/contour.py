@@ -81,7 +81,8 @@ def _drop_collinear(pts: list[tuple[int, int]]) -> list[tuple[int, int]]:
     for i in range(n):
         a, b, c = pts[i - 1], pts[i], pts[(i + 1) % n]
         if (b[0] - a[0]) * (c[1] - b[1]) - (b[1] - a[1]) * (c[0] - b[0]) != 0 or (
-                (b[0] - a[0]) * (c[0] - b[0]) + (b[1] - a[1]) * (c[1] - b[1]) < 0):
+            (b[0] - a[0]) * (c[0] - b[0]) + (b[1] - a[1]) * (c[1] - b[1]) < 0
+        ):
             out.append(b)  # a turn, or a spike that doubles back (a one-pixel-wide arm)
     return out if len(out) >= 3 else pts
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -36,9 +36,17 @@ class RoiDataset(Dataset):
     ``set_epoch`` each epoch to get new draws.
     """
 
-    def __init__(self, samples: Sequence[Sample] | LoadedDataset, size: int = 224, letterbox: bool = False,
-                 augment: bool = False, normalize: str | tuple | None = None, cache: bool = True, seed: int = 0,
-                 max_shift: float = 0.06):
+    def __init__(
+        self,
+        samples: Sequence[Sample] | LoadedDataset,
+        size: int = 224,
+        letterbox: bool = False,
+        augment: bool = False,
+        normalize: str | tuple | None = None,
+        cache: bool = True,
+        seed: int = 0,
+        max_shift: float = 0.06,
+    ):
         self.samples = list(samples.samples if isinstance(samples, LoadedDataset) else samples)
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
@@ -90,7 +98,9 @@ class RoiDataset(Dataset):
         if s > 0:
             dy, dx = (int(v) for v in rng.integers(-s, s + 1, size=2))
             # Edge padding, not zeros: a black band would be a new, label-free edge to learn.
-            x = np.pad(x, ((s, s), (s, s), (0, 0)), mode="edge")[s + dy:s + dy + self.size, s + dx:s + dx + self.size]
+            x = np.pad(x, ((s, s), (s, s), (0, 0)), mode="edge")[
+                s + dy : s + dy + self.size, s + dx : s + dx + self.size
+            ]
         c, b = rng.uniform(0.9, 1.1, size=2)
         mean = x.mean()
         return np.clip((x - mean) * c + mean * b, 0.0, 1.0)

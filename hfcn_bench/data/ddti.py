@@ -29,17 +29,27 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from lxml import etree
 
 from ..errors import HfcnError
 from .collection import LABEL_NAMES, CaseInfo, LoadedDataset, assign_units, case_sort_key, link_groups
 from .report import LoadReport, RuleCounts
-from .rois import (MIN_ROI_SIDE, Box, Sample, UnreadableImage, expand_box, is_dual_view, is_outline,
-                   outline_inside_fraction, polygon_bbox, read_image)
+from .rois import (
+    MIN_ROI_SIDE,
+    Box,
+    Sample,
+    UnreadableImage,
+    expand_box,
+    is_dual_view,
+    is_outline,
+    outline_inside_fraction,
+    polygon_bbox,
+    read_image,
+)
 
 __all__ = [
     "LABEL_RULES",
@@ -89,6 +99,7 @@ def label_for(tirads: str | None, rule: str = "tirads") -> int | None:
 # Vocabulary. DDTI spells the same finding several ways ("microcalcification(s)", "ill- defined",
 # "non"); keys below are matched after lower-casing and collapsing spaces/hyphens.
 
+
 def _key(text: str) -> str:
     return re.sub(r"[\s\-_]+", " ", text.strip().lower()).strip()
 
@@ -103,25 +114,38 @@ _VOCAB: dict[str, dict[str, str | None]] = {
         "dense": "dense",
     },
     "echogenicity": {
-        "isoechogenicity": "isoechoic", "isoechoic": "isoechoic", "isoechogenic": "isoechoic",
-        "hypoechogenicity": "hypoechoic", "hypoechoic": "hypoechoic", "hypoechogenic": "hypoechoic",
-        "hyperechogenicity": "hyperechoic", "hyperechoic": "hyperechoic", "hyperechogenic": "hyperechoic",
-        "marked hypoechogenicity": "markedly hypoechoic", "markedly hypoechoic": "markedly hypoechoic",
+        "isoechogenicity": "isoechoic",
+        "isoechoic": "isoechoic",
+        "isoechogenic": "isoechoic",
+        "hypoechogenicity": "hypoechoic",
+        "hypoechoic": "hypoechoic",
+        "hypoechogenic": "hypoechoic",
+        "hyperechogenicity": "hyperechoic",
+        "hyperechoic": "hyperechoic",
+        "hyperechogenic": "hyperechoic",
+        "marked hypoechogenicity": "markedly hypoechoic",
+        "markedly hypoechoic": "markedly hypoechoic",
         "marked hypoechoic": "markedly hypoechoic",
     },
     # "well defined smooth" is merged with "well defined": TI-RADS (Kwak et al. 2011) scores
     # a smooth, well-defined margin as one non-suspicious category. The raw string is kept.
     "margins": {
-        "well defined": "well-defined", "well defined smooth": "well-defined", "smooth": "well-defined",
+        "well defined": "well-defined",
+        "well defined smooth": "well-defined",
+        "smooth": "well-defined",
         "ill defined": "ill-defined",
         "microlobulated": "microlobulated",
         "macrolobulated": "macrolobulated",
         "spiculated": "spiculated",
     },
     "calcifications": {
-        "microcalcifications": "microcalcifications", "microcalcification": "microcalcifications",
-        "macrocalcifications": "macrocalcifications", "macrocalcification": "macrocalcifications",
-        "non": "none", "none": "none", "no": "none",
+        "microcalcifications": "microcalcifications",
+        "microcalcification": "microcalcifications",
+        "macrocalcifications": "macrocalcifications",
+        "macrocalcification": "macrocalcifications",
+        "non": "none",
+        "none": "none",
+        "no": "none",
     },
     # "u" (unknown) is a value DDTI uses on purpose, not a typo: it maps to None quietly.
     "sex": {"f": "F", "m": "M", "u": None, "unknown": None},
@@ -290,8 +314,13 @@ def parse_case_xml(path: str | Path, report: LoadReport | None = None, rel: str 
 
     number = (root.findtext("number") or "").strip()
     if number and number != case_id:
-        report.add("case-number-mismatch", rel, f"<number>{number}</number> in {path.name}",
-                   f"case id {case_id!r} (the file name) used", case=case_id)
+        report.add(
+            "case-number-mismatch",
+            rel,
+            f"<number>{number}</number> in {path.name}",
+            f"case id {case_id!r} (the file name) used",
+            case=case_id,
+        )
     case = Case(case_id, path, hashlib.sha1(data).hexdigest(), number or case_id)
     for name in _FIELDS:
         text = root.findtext(name)
@@ -299,8 +328,7 @@ def parse_case_xml(path: str | Path, report: LoadReport | None = None, rel: str 
         value, ok = normalize_field(name, text)
         if not ok:
             action = "case left unlabelled" if name == "tirads" else "field treated as empty"
-            report.add("unknown-value", rel, f"<{name}> {text.strip()!r} is not a known value", action,
-                       case=case_id)
+            report.add("unknown-value", rel, f"<{name}> {text.strip()!r} is not a known value", action, case=case_id)
         case.fields[name] = value
     case.report_eco = (root.findtext("reporteco") or "").strip()
 
@@ -313,8 +341,14 @@ def parse_case_xml(path: str | Path, report: LoadReport | None = None, rel: str 
             report.add("bad-mark", rel, f"<mark> #{m} has <image>{image!r}</image>", "mark skipped", case=case_id)
             continue
         if index in seen:
-            report.add("bad-mark", rel, f"<mark> #{m} repeats <image>{index}</image>", "mark skipped",
-                       case=case_id, frame=index)
+            report.add(
+                "bad-mark",
+                rel,
+                f"<mark> #{m} repeats <image>{index}</image>",
+                "mark skipped",
+                case=case_id,
+                frame=index,
+            )
             continue
         seen.add(index)
         case.frames.append(Frame(index, parse_svg(mark.findtext("svg"))))
@@ -336,15 +370,19 @@ def find_ddti_layout(root: str | Path) -> tuple[Path, Path, Path]:
     download and the Kaggle mirror (``{case}.xml`` next to ``{case}_{k}.jpg``)."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise HfcnError(f"{root} is not a directory",
-                        hint="point at DDTI's raw/ folder (xml/ + raw_jpg/) or a flat folder of *.xml + *.jpg")
+        raise HfcnError(
+            f"{root} is not a directory",
+            hint="point at DDTI's raw/ folder (xml/ + raw_jpg/) or a flat folder of *.xml + *.jpg",
+        )
     for base in (root, root / "raw"):
         if (base / "xml").is_dir():
             return base, base / "xml", _image_dir(base)
         if base.is_dir() and any(p.suffix.lower() == ".xml" for p in base.iterdir()):
             return base, base, base
-    raise HfcnError(f"no DDTI case XMLs in {root}",
-                    hint="expected raw/ with xml/ and raw_jpg/, or a flat folder of {case}.xml + {case}_{k}.jpg")
+    raise HfcnError(
+        f"no DDTI case XMLs in {root}",
+        hint="expected raw/ with xml/ and raw_jpg/, or a flat folder of {case}.xml + {case}_{k}.jpg",
+    )
 
 
 def _image_dir(base: Path) -> Path:
@@ -400,8 +438,14 @@ def _scan_images(img_dir: Path, base: Path, report: LoadReport) -> dict[tuple[st
         try:
             is_file = entry.is_file()
         except OSError as exc:
-            report.add("unreadable-image", _rel(Path(entry.path), base), f"cannot read: {exc.strerror or exc}",
-                       "frame skipped", case=key[0], frame=key[1])
+            report.add(
+                "unreadable-image",
+                _rel(Path(entry.path), base),
+                f"cannot read: {exc.strerror or exc}",
+                "frame skipped",
+                case=key[0],
+                frame=key[1],
+            )
             continue
         if is_file:
             images.setdefault(key, Path(entry.path))
@@ -456,8 +500,10 @@ def load_ddti(
     report = LoadReport(str(base), "ddti", label_rule, options=options)
     images = _scan_images(img_dir, base, report)
 
-    xml_paths = sorted((p for p in xml_dir.iterdir() if p.suffix.lower() == ".xml" and p.is_file()),
-                       key=lambda p: (_sort_key(p.stem), p.name))
+    xml_paths = sorted(
+        (p for p in xml_dir.iterdir() if p.suffix.lower() == ".xml" and p.is_file()),
+        key=lambda p: (_sort_key(p.stem), p.name),
+    )
     if only is not None:
         wanted = {Path(p).name for p in only}
         xml_paths = [p for p in xml_paths if p.name in wanted]
@@ -477,13 +523,19 @@ def load_ddti(
             if first is not None:
                 report.cases_skipped += 1
                 what = "case id" if first.case_id == case.case_id else f"<number>{case.number}</number>"
-                report.add("duplicate-case", _rel(xml_path, base), f"same {what} as {_rel(first.xml_path, base)}",
-                           f"skipped; kept {_rel(first.xml_path, base)}", case=case.case_id)
+                report.add(
+                    "duplicate-case",
+                    _rel(xml_path, base),
+                    f"same {what} as {_rel(first.xml_path, base)}",
+                    f"skipped; kept {_rel(first.xml_path, base)}",
+                    case=case.case_id,
+                )
             else:
                 by_id[case.case_id] = by_number[case.number] = case
                 cases.append(case)
-                frames.extend(_read_frames(case, images, base, img_dir, report, margin, empty_outline, truncated,
-                                           verify_images))
+                frames.extend(
+                    _read_frames(case, images, base, img_dir, report, margin, empty_outline, truncated, verify_images)
+                )
         if progress:
             progress(n, len(xml_paths))
     report.cases = len(cases)
@@ -493,8 +545,14 @@ def load_ddti(
         referenced = {(c.case_id, f.index) for c in cases for f in c.frames}
         for key, path in sorted(images.items(), key=lambda kv: (_sort_key(kv[0][0]), kv[0][1])):
             if key not in referenced and key[0] not in skipped_ids:
-                report.add("orphan-image", _rel(path, base), "no case XML refers to this image", "ignored",
-                           case=key[0], frame=key[1])
+                report.add(
+                    "orphan-image",
+                    _rel(path, base),
+                    "no case XML refers to this image",
+                    "ignored",
+                    case=key[0],
+                    frame=key[1],
+                )
 
     for rule in LABEL_RULES:
         counts = RuleCounts(rule)
@@ -516,15 +574,33 @@ def load_ddti(
         if (label is None and not keep_unlabelled) or not f.rois:
             continue
         for polygon, box, region, kind, salvaged in f.rois:
-            samples.append(Sample(f.case.case_id, f.index, f.path, polygon, box, label, label_rule, f.size,
-                                  region, kind, f.case.tirads, salvaged))
+            samples.append(
+                Sample(
+                    f.case.case_id,
+                    f.index,
+                    f.path,
+                    polygon,
+                    box,
+                    label,
+                    label_rule,
+                    f.size,
+                    region,
+                    kind,
+                    f.case.tirads,
+                    salvaged,
+                )
+            )
         files[f.path.name] = f.sha1
         files[f.case.xml_path.name] = f.case.sha1
     samples, links = assign_units(samples, link_groups(shared))
     for group in links:
-        report.add("linked-cases", ", ".join(f"{c}.xml" for c in group),
-                   f"cases {', '.join(group)} share image bytes (one patient filed under {len(group)} case ids?)",
-                   "kept on one side of every split", case=group[0])
+        report.add(
+            "linked-cases",
+            ", ".join(f"{c}.xml" for c in group),
+            f"cases {', '.join(group)} share image bytes (one patient filed under {len(group)} case ids?)",
+            "kept on one side of every split",
+            case=group[0],
+        )
 
     labelled = [s for s in samples if s.label is not None]
     report.samples = len(labelled)
@@ -532,8 +608,9 @@ def load_ddti(
         report.samples_by_label[LABEL_NAMES[s.label]] += 1
     report.sample_cases = len({s.case_id for s in labelled})
     infos = {
-        c.case_id: CaseInfo(c.case_id, c.label(label_rule), c.tirads, dict(c.fields), dict(c.raw),
-                            _rel(c.xml_path, base), len(c.frames))
+        c.case_id: CaseInfo(
+            c.case_id, c.label(label_rule), c.tirads, dict(c.fields), dict(c.raw), _rel(c.xml_path, base), len(c.frames)
+        )
         for c in cases
     }
     if warn:
@@ -545,31 +622,66 @@ def _label_name(label: int | None) -> str:
     return "excluded" if label is None else LABEL_NAMES[label]
 
 
-def _outline_geometry(r: Region, size: tuple[int, int], margin: float, xml_rel: str, case: Case, frame: int,
-                      region: int, report: LoadReport) -> Box | None:
+def _outline_geometry(
+    r: Region,
+    size: tuple[int, int],
+    margin: float,
+    xml_rel: str,
+    case: Case,
+    frame: int,
+    region: int,
+    report: LoadReport,
+) -> Box | None:
     """The ROI box of one outline, or ``None`` (with a wart) when the outline is mostly outside
     the frame or its box is too small to classify."""
     raw_box = polygon_bbox(r.points)
     inside = outline_inside_fraction(r.points, size)
     where = f"outline {region} ({len(r.points)} points, box x {raw_box[0]}..{raw_box[2]}, y {raw_box[1]}..{raw_box[3]})"
     if inside < 0.5:
-        report.add("outline-outside-frame", xml_rel, f"{where}: {100 * (1 - inside):.0f}% of its area lies outside "
-                   f"the {size[0]}x{size[1]} frame", "ROI skipped", case=case.case_id, frame=frame)
+        report.add(
+            "outline-outside-frame",
+            xml_rel,
+            f"{where}: {100 * (1 - inside):.0f}% of its area lies outside the {size[0]}x{size[1]} frame",
+            "ROI skipped",
+            case=case.case_id,
+            frame=frame,
+        )
         return None
     if inside < 0.9:
-        report.add("outline-outside-frame", xml_rel, f"{where}: {100 * (1 - inside):.0f}% of its area lies outside "
-                   f"the {size[0]}x{size[1]} frame", "clipped to the frame", case=case.case_id, frame=frame)
+        report.add(
+            "outline-outside-frame",
+            xml_rel,
+            f"{where}: {100 * (1 - inside):.0f}% of its area lies outside the {size[0]}x{size[1]} frame",
+            "clipped to the frame",
+            case=case.case_id,
+            frame=frame,
+        )
     box = expand_box(raw_box, margin, size)
     w, h = box[2] - box[0], box[3] - box[1]
     if min(w, h) < MIN_ROI_SIDE:
-        report.add("tiny-roi", xml_rel, f"{where}: ROI box {w}x{h} px in the frame, under the {MIN_ROI_SIDE}-px "
-                   "minimum side", "ROI skipped", case=case.case_id, frame=frame)
+        report.add(
+            "tiny-roi",
+            xml_rel,
+            f"{where}: ROI box {w}x{h} px in the frame, under the {MIN_ROI_SIDE}-px minimum side",
+            "ROI skipped",
+            case=case.case_id,
+            frame=frame,
+        )
         return None
     return box
 
 
-def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadReport, margin: float, empty_outline: str,
-                 truncated: str, verify: bool) -> list[_FrameEntry]:
+def _read_frames(
+    case: Case,
+    images,
+    base: Path,
+    img_dir: Path,
+    report: LoadReport,
+    margin: float,
+    empty_outline: str,
+    truncated: str,
+    verify: bool,
+) -> list[_FrameEntry]:
     out = []
     xml_rel = _rel(case.xml_path, base)
     for frame in case.frames:
@@ -578,9 +690,14 @@ def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadRepo
             missing = img_dir / f"{case.case_id}_{frame.index}.jpg"
             if report.warts_of_file(_rel(missing, base)):
                 continue  # already reported as unreadable by the scan (e.g. a symlink loop)
-            report.add("missing-image", _rel(missing, base),
-                       f"{xml_rel} refers to frame {frame.index}, no such image file", "frame skipped",
-                       case=case.case_id, frame=frame.index)
+            report.add(
+                "missing-image",
+                _rel(missing, base),
+                f"{xml_rel} refers to frame {frame.index}, no such image file",
+                "frame skipped",
+                case=case.case_id,
+                frame=frame.index,
+            )
             continue
         rel = _rel(path, base)
         try:
@@ -593,8 +710,14 @@ def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadRepo
         report.arrows += sum(1 for r in svg.regions if r.region_type.lower() == "arrow")
         for r in svg.regions:
             if r.region_type.lower() != "arrow" and len(r.points) < 3 and r.complete:
-                report.add("short-outline", xml_rel, f"a {r.region_type} region with {len(r.points)} point(s)",
-                           "region ignored", case=case.case_id, frame=frame.index)
+                report.add(
+                    "short-outline",
+                    xml_rel,
+                    f"a {r.region_type} region with {len(r.points)} point(s)",
+                    "region ignored",
+                    case=case.case_id,
+                    frame=frame.index,
+                )
         # DDTI repeats an outline verbatim in a few frames (up to 4 copies in 348_1); identical
         # samples would only over-weight that nodule, so one copy is kept.
         outlines, copies = [], {}
@@ -605,23 +728,47 @@ def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadRepo
                 copies[r.points] = copies.get(r.points, 0) + 1
         for r in outlines:
             if copies[r.points] > 1:
-                report.add("duplicate-outline", xml_rel, f"an outline of {len(r.points)} points appears "
-                           f"{copies[r.points]} times", "one copy kept", case=case.case_id, frame=frame.index)
+                report.add(
+                    "duplicate-outline",
+                    xml_rel,
+                    f"an outline of {len(r.points)} points appears {copies[r.points]} times",
+                    "one copy kept",
+                    case=case.case_id,
+                    frame=frame.index,
+                )
         if svg.status == "truncated":
             n_pts = sum(len(r.points) for r in outlines)
             msg = f"<svg> JSON is cut after {svg.chars} characters"
             if truncated == "skip":
-                report.add("truncated-outline", xml_rel, msg, "mark skipped (truncated='skip')",
-                           case=case.case_id, frame=frame.index)
+                report.add(
+                    "truncated-outline",
+                    xml_rel,
+                    msg,
+                    "mark skipped (truncated='skip')",
+                    case=case.case_id,
+                    frame=frame.index,
+                )
                 outlines = []
             elif outlines:
                 partial = sum(1 for r in outlines if not r.complete)
-                report.add("truncated-outline", xml_rel, msg,
-                           f"salvaged {len(outlines)} outline(s), {n_pts} points"
-                           + (f"; {partial} cut short" if partial else ""), case=case.case_id, frame=frame.index)
+                report.add(
+                    "truncated-outline",
+                    xml_rel,
+                    msg,
+                    f"salvaged {len(outlines)} outline(s), {n_pts} points"
+                    + (f"; {partial} cut short" if partial else ""),
+                    case=case.case_id,
+                    frame=frame.index,
+                )
             else:
-                report.add("truncated-outline", xml_rel, msg, "mark skipped (no outline of >= 3 points before the cut)",
-                           case=case.case_id, frame=frame.index)
+                report.add(
+                    "truncated-outline",
+                    xml_rel,
+                    msg,
+                    "mark skipped (no outline of >= 3 points before the cut)",
+                    case=case.case_id,
+                    frame=frame.index,
+                )
             if not outlines:
                 out.append(entry)
                 continue
@@ -641,14 +788,16 @@ def _read_frames(case: Case, images, base: Path, img_dir: Path, report: LoadRepo
                 action = "whole frame used as ROI (empty_outline='full-frame')"
             else:
                 action = "frame skipped (empty_outline='skip')"
-            report.add("empty-outline", xml_rel, f"{what}, no nodule outline", action,
-                       case=case.case_id, frame=frame.index)
+            report.add(
+                "empty-outline", xml_rel, f"{what}, no nodule outline", action, case=case.case_id, frame=frame.index
+            )
         out.append(entry)
     return out
 
 
-def _deduplicate(frames: list[_FrameEntry], label_rule: str, report: LoadReport
-                 ) -> tuple[list[_FrameEntry], list[list[str]]]:
+def _deduplicate(
+    frames: list[_FrameEntry], label_rule: str, report: LoadReport
+) -> tuple[list[_FrameEntry], list[list[str]]]:
     """Keep one frame per distinct image bytes; return the kept frames and, per distinct
     image held by several cases, the ids of those cases (what links them).
 
@@ -677,13 +826,25 @@ def _deduplicate(frames: list[_FrameEntry], label_rule: str, report: LoadReport
             names = ", ".join(f"{f.rel} ({_label_name(f.case.label(label_rule))})" for f in copies)
             for f in copies:
                 dropped.add(id(f))
-                report.add("label-conflict", f.rel, f"the same image bytes are labelled benign and malignant: {names}",
-                           "every copy dropped", case=f.case.case_id, frame=f.index)
+                report.add(
+                    "label-conflict",
+                    f.rel,
+                    f"the same image bytes are labelled benign and malignant: {names}",
+                    "every copy dropped",
+                    case=f.case.case_id,
+                    frame=f.index,
+                )
             continue
         keep = copies[0]
         for f in copies[1:]:
             dropped.add(id(f))
             tag = "labelled" if f.case.label(label_rule) is not None else "unlabelled"
-            report.add("duplicate-image", f.rel, f"same bytes as {keep.rel} ({tag} case {f.case.case_id})",
-                       f"dropped; kept {keep.rel}", case=f.case.case_id, frame=f.index)
+            report.add(
+                "duplicate-image",
+                f.rel,
+                f"same bytes as {keep.rel} ({tag} case {f.case.case_id})",
+                f"dropped; kept {keep.rel}",
+                case=f.case.case_id,
+                frame=f.index,
+            )
     return [f for f in frames if id(f) not in dropped], shared

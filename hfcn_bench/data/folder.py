@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -46,8 +46,18 @@ from .contour import mask_outline_polygon
 from .report import DataWarning, LoadReport, RuleCounts
 from .rois import MIN_ROI_SIDE, Sample, UnreadableImage, expand_box, open_image, polygon_bbox, read_image
 
-__all__ = ["CLASS_DIRS", "IMAGE_EXTS", "SIDES", "is_folder_dataset", "load_folder", "mask_bbox", "parse_classes",
-           "format_classes", "has_class_folders", "unmapped_folder_error"]
+__all__ = [
+    "CLASS_DIRS",
+    "IMAGE_EXTS",
+    "SIDES",
+    "is_folder_dataset",
+    "load_folder",
+    "mask_bbox",
+    "parse_classes",
+    "format_classes",
+    "has_class_folders",
+    "unmapped_folder_error",
+]
 
 CLASS_DIRS = {"benign": 0, "malignant": 1}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -77,8 +87,7 @@ def parse_classes(spec: str | Mapping[str, str] | None) -> dict[str, str] | None
                 continue
             src, sep, dst = item.partition("=")
             if not sep or not src.strip() or not dst.strip():
-                raise HfcnError(f"--classes {shown!r}: {item.strip()!r} is not FOLDER=CLASS",
-                                hint=f"e.g. {_EXAMPLE}")
+                raise HfcnError(f"--classes {shown!r}: {item.strip()!r} is not FOLDER=CLASS", hint=f"e.g. {_EXAMPLE}")
             pairs.append((src.strip(), dst.strip()))
     elif isinstance(spec, Mapping):
         pairs = [(str(k).strip(), str(v).strip()) for k, v in spec.items()]
@@ -90,17 +99,23 @@ def parse_classes(spec: str | Mapping[str, str] | None) -> dict[str, str] | None
     for src, dst in pairs:
         target = dst.lower()
         if target not in CLASS_DIRS:
-            raise HfcnError(f"--classes {shown!r}: {src}={dst} names an unknown class {dst!r}",
-                            hint="a folder maps to benign or malignant, e.g. " + _EXAMPLE)
+            raise HfcnError(
+                f"--classes {shown!r}: {src}={dst} names an unknown class {dst!r}",
+                hint="a folder maps to benign or malignant, e.g. " + _EXAMPLE,
+            )
         if "/" in src or "\\" in src or src in (".", ".."):
             raise HfcnError(f"--classes {shown!r}: {src!r} is not a folder name (give the class folder's own name)")
         key = src.lower()
         if key in SIDES:
-            raise HfcnError(f"--classes {shown!r}: {src}/ is a split folder, not a class folder",
-                            hint="map the class folders inside train/ and test/")
+            raise HfcnError(
+                f"--classes {shown!r}: {src}/ is a split folder, not a class folder",
+                hint="map the class folders inside train/ and test/",
+            )
         if key in out:
-            raise HfcnError(f"--classes {shown!r}: folder {src!r} is mapped twice (to {out[key]} and to {target})",
-                            hint="name each class folder once")
+            raise HfcnError(
+                f"--classes {shown!r}: folder {src!r} is mapped twice (to {out[key]} and to {target})",
+                hint="name each class folder once",
+            )
         out[key] = target
     return out
 
@@ -201,11 +216,17 @@ def _no_class_folder(root: Path, classes: dict[str, str] | None, sides: dict[str
     place = str(root) if sides is None else f"{root}/train and {root}/test"
     expected = "benign/ or malignant/" if classes is None else ", ".join(f"{k}/" for k in classes)
     found = f"; sub-folders found: {', '.join(s + '/' for s in seen)}" if seen else " (no sub-folder at all)"
-    hint = ("folder format: root/benign/* and root/malignant/* (optional masks/), or the same under root/train "
-            "and root/test")
+    hint = (
+        "folder format: root/benign/* and root/malignant/* (optional masks/), or the same under root/train "
+        "and root/test"
+    )
     if seen and classes is None:
-        hint = (f"map the class folders to benign/malignant, e.g. --classes {seen[0]}=benign"
-                + (f",{seen[1]}=malignant" if len(seen) > 1 else "") + "; " + hint)
+        hint = (
+            f"map the class folders to benign/malignant, e.g. --classes {seen[0]}=benign"
+            + (f",{seen[1]}=malignant" if len(seen) > 1 else "")
+            + "; "
+            + hint
+        )
     return HfcnError(f"{place} has no class folder ({expected}){found}", hint=hint)
 
 
@@ -262,8 +283,10 @@ def load_folder(
         missing = [k for k in classes if not any(k in d for d in dirs.values())]
         if missing and any(dirs.values()):
             where = str(root) if sides is None else f"{root}/train or {root}/test"
-            raise HfcnError(f"--classes {format_classes(classes)}: no {', '.join(m + '/' for m in missing)} folder in "
-                            f"{where}", hint="map only folders that exist (names are matched ignoring case)")
+            raise HfcnError(
+                f"--classes {format_classes(classes)}: no {', '.join(m + '/' for m in missing)} folder in {where}",
+                hint="map only folders that exist (names are matched ignoring case)",
+            )
     if not any(dirs.values()):
         raise _no_class_folder(root, classes, sides)
     shown = ", ".join(f"{k}/" for k in names)
@@ -273,10 +296,15 @@ def load_folder(
     report = LoadReport(str(root), "folder", "folder", options=options)
     for p in _subdirs(root):
         if p.name.lower() not in names and (sides is None or p.name.lower() not in SIDES):
-            report.add("ignored-folder", p.name + "/", f"{p.name}/ is not a class folder ({shown})"
-                       + ("" if sides is None else " nor a split folder (train/, test/)"), "not read")
+            report.add(
+                "ignored-folder",
+                p.name + "/",
+                f"{p.name}/ is not a class folder ({shown})"
+                + ("" if sides is None else " nor a split folder (train/, test/)"),
+                "not read",
+            )
     if sides is not None:
-        for side, folder in sides.items():
+        for folder in sides.values():
             for p in _subdirs(folder):
                 if p.name.lower() not in names:
                     rel = p.relative_to(root).as_posix() + "/"
@@ -314,8 +342,18 @@ def load_folder(
                 report.add("unreadable-image", rel, str(exc), "image skipped", case=case_id, frame=frame)
                 continue
             counts.frames[name] += 1
-            entries.append({"case": case_id, "label": label, "side": side, "frame": frame, "path": path,
-                            "rel": rel, "sha1": sha1, "size": size})
+            entries.append(
+                {
+                    "case": case_id,
+                    "label": label,
+                    "side": side,
+                    "frame": frame,
+                    "path": path,
+                    "rel": rel,
+                    "sha1": sha1,
+                    "size": size,
+                }
+            )
         if progress:
             progress(n, len(cases))
 
@@ -332,14 +370,26 @@ def load_folder(
             names_ = ", ".join(e["rel"] for e in copies)
             for e in copies:
                 dropped.add(id(e))
-                report.add("label-conflict", e["rel"], f"the same image bytes are filed as benign and malignant: "
-                           f"{names_}", "every copy dropped", case=e["case"], frame=e["frame"])
+                report.add(
+                    "label-conflict",
+                    e["rel"],
+                    f"the same image bytes are filed as benign and malignant: {names_}",
+                    "every copy dropped",
+                    case=e["case"],
+                    frame=e["frame"],
+                )
             continue
         shared.append(list(dict.fromkeys(e["case"] for e in copies)))
         for e in copies[1:]:
             dropped.add(id(e))
-            report.add("duplicate-image", e["rel"], f"same bytes as {copies[0]['rel']}",
-                       f"dropped; kept {copies[0]['rel']}", case=e["case"], frame=e["frame"])
+            report.add(
+                "duplicate-image",
+                e["rel"],
+                f"same bytes as {copies[0]['rel']}",
+                f"dropped; kept {copies[0]['rel']}",
+                case=e["case"],
+                frame=e["frame"],
+            )
 
     samples: list[Sample] = []
     files: dict[str, str] = {}
@@ -377,8 +427,14 @@ def load_folder(
                     kind, polygon = "mask", outline if len(outline) >= 3 else None
                     bw, bh = box[2] - box[0], box[3] - box[1]
                     if min(bw, bh) < MIN_ROI_SIDE:
-                        report.add("tiny-roi", mrel, f"mask outline box {bw}x{bh} px, under the {MIN_ROI_SIDE}-px "
-                                   "minimum side", "image skipped", case=case_id, frame=frame)
+                        report.add(
+                            "tiny-roi",
+                            mrel,
+                            f"mask outline box {bw}x{bh} px, under the {MIN_ROI_SIDE}-px minimum side",
+                            "image skipped",
+                            case=case_id,
+                            frame=frame,
+                        )
                         continue
                     files[mrel] = hashlib.sha1(mask_path.read_bytes()).hexdigest()
         report.frames_usable += 1
@@ -387,8 +443,13 @@ def load_folder(
         files[rel] = e["sha1"]
     samples, links = assign_units(samples, link_groups(shared))
     for group in links:
-        report.add("linked-cases", ", ".join(group), f"cases {', '.join(group)} share image bytes",
-                   "kept on one side of every split", case=group[0])
+        report.add(
+            "linked-cases",
+            ", ".join(group),
+            f"cases {', '.join(group)} share image bytes",
+            "kept on one side of every split",
+            case=group[0],
+        )
 
     report.case_files = report.cases = len(cases)
     report.by_rule["folder"] = counts
@@ -401,7 +462,11 @@ def load_folder(
     if warn:
         if bad_masks:
             shown_masks = "; ".join(bad_masks[:5]) + (f"; and {len(bad_masks) - 5} more" if len(bad_masks) > 5 else "")
-            warnings.warn(f"{root}: {len(bad_masks)} mask(s) unusable, their images are used whole without an outline: "
-                          f"{shown_masks}", DataWarning, stacklevel=2)
+            warnings.warn(
+                f"{root}: {len(bad_masks)} mask(s) unusable, their images are used whole without an outline: "
+                f"{shown_masks}",
+                DataWarning,
+                stacklevel=2,
+            )
         report.warn_summary(stacklevel=3)
     return ds

@@ -21,8 +21,9 @@ from .splits import split_train_test
 __all__ = ["write_holdout"]
 
 
-def write_holdout(dataset: LoadedDataset, out_dir: str | Path, fraction: float = 0.2, seed: int = 0,
-                  overwrite: bool = False) -> dict:
+def write_holdout(
+    dataset: LoadedDataset, out_dir: str | Path, fraction: float = 0.2, seed: int = 0, overwrite: bool = False
+) -> dict:
     """Copy ``dataset`` into ``out_dir/development`` and ``out_dir/holdout`` (a stratified
     ``fraction`` of the labelled cases; unlabelled cases stay in development, where the label
     rule leaves them out anyway). Returns the case ids of each side."""

@@ -59,10 +59,10 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -89,8 +89,16 @@ __all__ = [
 ]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-KINDS = ("identical-file", "identical-pixels", "re-encoded", "resized", "cropped", "pane", "brightness/contrast",
-         "grey/rgb")
+KINDS = (
+    "identical-file",
+    "identical-pixels",
+    "re-encoded",
+    "resized",
+    "cropped",
+    "pane",
+    "brightness/contrast",
+    "grey/rgb",
+)
 
 THUMB = 256  # stored thumbnail side (the image squashed to a square); 128 and 64 are its means
 HASH_SIDE = 64  # hashing thumbnail side: windows of 44-64 px, each resized to 32x32 by the pHash
@@ -118,6 +126,7 @@ _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "La"
 
 # ---------------------------------------------------------------------------------------------
 # pHash, as imagehash computes it, with the resampling written as matrices.
+
 
 def _lanczos(x: float) -> float:
     def sinc(v: float) -> float:
@@ -248,8 +257,9 @@ def window_hashes(thumb: np.ndarray) -> np.ndarray:
         raise ValueError(f"window_hashes needs a {HASH_SIDE}x{HASH_SIDE} thumbnail, got {t.shape}")
     # Horizontal pass of every x-range at once, 8-bit rounded as in Pillow: (nx, side, 32).
     tmp = _round8(t @ p.kx.T).reshape(HASH_SIDE, p.nx, 32).transpose(1, 0, 2)
-    blocks = np.concatenate([np.matmul(p.ky[y], tmp[xs, a:b, :]) for y, ((a, b), xs) in
-                             enumerate(zip(p.y_ranges, p.x_of_y))])
+    blocks = np.concatenate(
+        [np.matmul(p.ky[y], tmp[xs, a:b, :]) for y, ((a, b), xs) in enumerate(zip(p.y_ranges, p.x_of_y))]
+    )
     _round8(blocks)
     d = _dct8()
     return _bits_to_u64((d @ blocks @ d.T).reshape(-1, 64))
@@ -257,6 +267,7 @@ def window_hashes(thumb: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Reading images into an index.
+
 
 def find_images(root: str | Path) -> list[Path]:
     """Image files under ``root``, recursively and sorted (jpg/jpeg/png/bmp/tif), without
@@ -295,8 +306,12 @@ class HashIndex:
         return len(self.names)
 
     def summary(self) -> dict:
-        return {"root": self.root, "images": len(self), "errors": [{"image": n, "error": e} for n, e in self.errors],
-                "hash_seconds": round(self.seconds, 3)}
+        return {
+            "root": self.root,
+            "images": len(self),
+            "errors": [{"image": n, "error": e} for n, e in self.errors],
+            "hash_seconds": round(self.seconds, 3),
+        }
 
 
 def _read(path: Path) -> tuple[np.ndarray, str, tuple[int, int], str, str]:
@@ -322,8 +337,9 @@ def _thumbs(luma: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.asarray(big), np.asarray(big.reduce(2)), np.asarray(big.reduce(4))  # box means
 
 
-def hash_images(paths: Iterable[str | Path], root: str | Path | None = None,
-                progress: Callable[[int, int], None] | None = None) -> HashIndex:
+def hash_images(
+    paths: Iterable[str | Path], root: str | Path | None = None, progress: Callable[[int, int], None] | None = None
+) -> HashIndex:
     """Read and hash every image of ``paths``. A file that cannot be read or decoded is
     listed in ``.errors`` with the reason and announced by a ``DataWarning`` naming it; the
     others are hashed. ``progress(done, total)`` is called as images are done."""
@@ -346,8 +362,11 @@ def _hash_images(paths: list[Path], root, progress) -> HashIndex:
     thumbs: tuple[list, list, list] = ([], [], [])
     start = time.perf_counter()
     for i, p in enumerate(paths, start=1):
-        name = p.relative_to(root_path).as_posix() if root_path is not None and p.is_relative_to(root_path) \
+        name = (
+            p.relative_to(root_path).as_posix()
+            if root_path is not None and p.is_relative_to(root_path)
             else p.as_posix()
+        )
         why = None
         try:
             luma, mode, size, sha, pix = _read(p)
@@ -374,16 +393,25 @@ def _hash_images(paths: list[Path], root, progress) -> HashIndex:
             progress(i, len(paths))
     n_win = len(_plan().boxes)
     return HashIndex(
-        root=None if root is None else str(root), names=names,
-        sizes=np.array(sizes, dtype=np.int64).reshape(-1, 2), modes=modes, sha256=shas, pixels=pixels,
+        root=None if root is None else str(root),
+        names=names,
+        sizes=np.array(sizes, dtype=np.int64).reshape(-1, 2),
+        modes=modes,
+        sha256=shas,
+        pixels=pixels,
         hashes=np.stack(hashes) if hashes else np.zeros((0, n_win), np.uint64),
-        **{name: np.stack(t) if t else np.zeros((0, n, n), np.uint8)
-           for name, t, n in zip(("thumbs", "thumbs_128", "thumbs_64"), thumbs, (THUMB, THUMB // 2, THUMB // 4))},
-        errors=errors, seconds=time.perf_counter() - start)
+        **{
+            name: np.stack(t) if t else np.zeros((0, n, n), np.uint8)
+            for name, t, n in zip(("thumbs", "thumbs_128", "thumbs_64"), thumbs, (THUMB, THUMB // 2, THUMB // 4))
+        },
+        errors=errors,
+        seconds=time.perf_counter() - start,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Candidates: multi-index hashing.
+
 
 def _band_keys(h: np.ndarray) -> np.ndarray:
     """(BANDS, n) int64 keys: band b holds bits b, b + BANDS, ... (bit 0 = the MSB)."""
@@ -398,8 +426,9 @@ def _popcount(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x)
 
 
-def _join(q: np.ndarray, e: np.ndarray, radius: int,
-          chunk: int = 4_000_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _join(
+    q: np.ndarray, e: np.ndarray, radius: int, chunk: int = 4_000_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (query index, entry index, distance) of hashes that share a band and are within
     ``radius`` bits. A pair found on several bands comes once per band (deduplicated later)."""
     qk, ek = _band_keys(q), _band_keys(e)
@@ -481,6 +510,7 @@ def _candidates(ia: HashIndex, ib: HashIndex, radius: int, same: bool, per_image
 # ---------------------------------------------------------------------------------------------
 # Verification: align the window, then normalised cross-correlation.
 
+
 def _sampling(lo: np.ndarray, hi: np.ndarray, n: int, r: int) -> np.ndarray:
     """(..., r, n) matrices that sample the interval [lo, hi] (fractions) of an n-pixel axis
     at r points with a triangle (area-like) filter, built from its few taps per row."""
@@ -535,8 +565,9 @@ def _features(x: np.ndarray, detail: bool) -> np.ndarray:
     return _normalise(_detail(x) if detail else x)
 
 
-def _refine(tc: np.ndarray, target: np.ndarray, box: np.ndarray, step0: float, min_step: float,
-            max_iter: int = 60) -> tuple[np.ndarray, np.ndarray]:
+def _refine(
+    tc: np.ndarray, target: np.ndarray, box: np.ndarray, step0: float, min_step: float, max_iter: int = 60
+) -> tuple[np.ndarray, np.ndarray]:
     """Pattern search: move the edges of ``box`` in the container thumbnails ``tc`` (K, n, n)
     to maximise the NCC of its samples with ``target`` (K, r, r, normalised). Returns (ncc,
     box). Each round tries every edge one step in and out and takes the best move; no gain
@@ -619,8 +650,11 @@ class Group:
     matches: list[Match]
 
     def to_dict(self) -> dict:
-        return {"members": self.members, "kinds": sorted({m.kind for m in self.matches}),
-                "matches": [m.to_dict() for m in self.matches]}
+        return {
+            "members": self.members,
+            "kinds": sorted({m.kind for m in self.matches}),
+            "matches": [m.to_dict() for m in self.matches],
+        }
 
 
 def _kind(box, size_a, size_b, mode_a, mode_b, gain, offset) -> str:
@@ -642,8 +676,16 @@ def _kind(box, size_a, size_b, mode_a, mode_b, gain, offset) -> str:
     return "re-encoded"
 
 
-def _match_sets(ia: HashIndex, ib: HashIndex, threshold: float, radius: int, same: bool,
-                progress: Callable[[int, int], None] | None, per_image: int = 32, chunk: int = 64) -> list[Match]:
+def _match_sets(
+    ia: HashIndex,
+    ib: HashIndex,
+    threshold: float,
+    radius: int,
+    same: bool,
+    progress: Callable[[int, int], None] | None,
+    per_image: int = 32,
+    chunk: int = 64,
+) -> list[Match]:
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if not 0 <= radius <= 64:
@@ -670,8 +712,9 @@ def _match_sets_inner(ia, ib, threshold, radius, same, progress, per_image, chun
                     continue
                 exact.add((i, j))
                 k = kind if kind == "identical-file" or ia.modes[i] == ib.modes[j] else "grey/rgb"
-                matches.append(Match(ia.names[i], ib.names[j], 1.0, 1.0, whole_d(i, j), k, "a",
-                                     (0.0, 0.0, 1.0, 1.0), 1.0, 0.0))
+                matches.append(
+                    Match(ia.names[i], ib.names[j], 1.0, 1.0, whole_d(i, j), k, "a", (0.0, 0.0, 1.0, 1.0), 1.0, 0.0)
+                )
 
     c = _candidates(ia, ib, radius, same, per_image)
     pair = c["a"] * (len(ib) + 1) + c["b"]
@@ -680,15 +723,16 @@ def _match_sets_inner(ia, ib, threshold, radius, same, progress, per_image, chun
     boxes = window_boxes()
     wholes = (_Wholes(ia), _Wholes(ib))
     for start in range(0, pairs.size, chunk):
-        sel = np.nonzero(np.isin(pair, pairs[start:start + chunk]) & todo)[0]
+        sel = np.nonzero(np.isin(pair, pairs[start : start + chunk]) & todo)[0]
         a, b, side, win, d = (c[k][sel] for k in ("a", "b", "side", "win", "d"))
         in_a = side == 0  # the window is in A, the whole of B is the target; else the other way
 
-        def container(name: str, rows):
+        def container(name: str, rows, in_a=in_a, a=a, b=b):
             return np.where(in_a[rows, None, None], getattr(ia, name)[a[rows]], getattr(ib, name)[b[rows]]).astype(
-                np.float32)
+                np.float32
+            )
 
-        def target(level: int, rows) -> np.ndarray:
+        def target(level: int, rows, in_a=in_a, a=a, b=b) -> np.ndarray:
             fa, fb = wholes[0].get(a[rows], level), wholes[1].get(b[rows], level)
             return np.where(in_a[rows, None, None], fb, fa)
 
@@ -721,8 +765,20 @@ def _match_sets_inner(ia, ib, threshold, radius, same, progress, per_image, chun
                 part = np.array([bx[2] - bx[0], bx[3] - bx[1]])
                 size_a, size_b = (ia.sizes[i] * part, ib.sizes[j]) if s == 0 else (ia.sizes[i], ib.sizes[j] * part)
                 kind = _kind(bx, size_a, size_b, ia.modes[i], ib.modes[j], gain, offset)
-                matches.append(Match(ia.names[i], ib.names[j], float(np.clip(det[n], 0, 1)), float(ncc[n]),
-                                     int(d[h]), kind, "a" if s == 0 else "b", bx, gain, offset))
+                matches.append(
+                    Match(
+                        ia.names[i],
+                        ib.names[j],
+                        float(np.clip(det[n], 0, 1)),
+                        float(ncc[n]),
+                        int(d[h]),
+                        kind,
+                        "a" if s == 0 else "b",
+                        bx,
+                        gain,
+                        offset,
+                    )
+                )
         if progress:
             progress(min(start + chunk, pairs.size), pairs.size)
     return sorted(matches, key=lambda m: (m.b, -m.score, m.a))
@@ -743,23 +799,36 @@ class _Wholes:
             ix = self.index
             m = np.array(missing)
             raw48 = _whole(ix.thumbs_128[m].astype(np.float32), 48)
-            made = (_features(_whole(ix.thumbs_64[m].astype(np.float32), 24), False), _features(raw48, False),
-                    _features(_whole(ix.thumbs[m].astype(np.float32), 96), True), raw48)
+            made = (
+                _features(_whole(ix.thumbs_64[m].astype(np.float32), 24), False),
+                _features(raw48, False),
+                _features(_whole(ix.thumbs[m].astype(np.float32), 96), True),
+                raw48,
+            )
             for lv, arr in zip(self.levels, made):
                 lv.update(zip(missing, arr))
         return np.stack([self.levels[level][int(i)] for i in rows])
 
 
-def find_overlap(index_a: HashIndex, index_b: HashIndex, threshold: float = DEFAULT_THRESHOLD,
-                 radius: int = DEFAULT_RADIUS, progress: Callable[[int, int], None] | None = None) -> list[Match]:
+def find_overlap(
+    index_a: HashIndex,
+    index_b: HashIndex,
+    threshold: float = DEFAULT_THRESHOLD,
+    radius: int = DEFAULT_RADIUS,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Match]:
     """Every pair (image of A, image of B) that are near-duplicates, sorted by B's name then
     score. ``threshold``: the NCC a verified pair needs; ``radius``: the largest pHash
     distance (bits) of a candidate; ``progress(done, total)`` over the candidates verified."""
     return _match_sets(index_a, index_b, threshold, radius, False, progress)
 
 
-def find_groups(index: HashIndex, threshold: float = DEFAULT_THRESHOLD, radius: int = DEFAULT_RADIUS,
-                progress: Callable[[int, int], None] | None = None) -> list[Group]:
+def find_groups(
+    index: HashIndex,
+    threshold: float = DEFAULT_THRESHOLD,
+    radius: int = DEFAULT_RADIUS,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Group]:
     """Near-duplicate groups inside one set (union-find over the matched pairs), largest
     first; images without a near-duplicate are in no group."""
     matches = _match_sets(index, index, threshold, radius, True, progress)
@@ -784,7 +853,7 @@ def find_groups(index: HashIndex, threshold: float = DEFAULT_THRESHOLD, radius: 
         if root(i) in members:
             members[root(i)].append(n)
     groups = []
-    for r, names in members.items():
+    for names in members.values():
         inside = set(names)
         groups.append(Group(sorted(names, key=pos.get), [m for m in matches if m.a in inside]))
     return sorted(groups, key=lambda g: (-len(g.members), pos[g.members[0]]))

@@ -35,12 +35,11 @@ WART_KINDS: dict[str, str] = {
     "orphan-image": "an image no case refers to; ignored",
     "empty-mask": "a folder-format mask with no foreground; the image is used whole, without an outline",
     "unreadable-mask": "a folder-format mask that cannot be decoded or whose size differs from its image's; the "
-                       "image is used whole, without an outline",
+    "image is used whole, without an outline",
     "outline-outside-frame": "an outline lies partly outside its frame: clipped when most of it is inside, "
-                             "its ROI skipped when most of it is outside",
+    "its ROI skipped when most of it is outside",
     "tiny-roi": "an ROI box with a side under the stated minimum (data.rois.MIN_ROI_SIDE); the ROI is skipped",
-    "duplicate-case": "two case files with one case id (13.xml beside 13.XML, or the same <number>); the first "
-                      "is kept",
+    "duplicate-case": "two case files with one case id (13.xml beside 13.XML, or the same <number>); the first is kept",
     "label-conflict": "the same image bytes under both labels; every copy is dropped",
     "linked-cases": "cases that share an image (one patient under two case ids): kept on one side of every split",
     "ignored-folder": "a sub-folder that is not a class folder (benign/, malignant/); not read",
@@ -123,8 +122,9 @@ class LoadReport:
     sides: dict = field(default_factory=dict)
     _seen: set = field(default_factory=set, repr=False, compare=False)
 
-    def add(self, kind: str, file: str, message: str, action: str, case: str | None = None,
-            frame: int | None = None) -> bool:
+    def add(
+        self, kind: str, file: str, message: str, action: str, case: str | None = None, frame: int | None = None
+    ) -> bool:
         """Record a wart unless the same one (kind, file, case, frame, message) was already
         recorded, so that a defect met twice (e.g. by two passes) is reported once. True if
         recorded."""

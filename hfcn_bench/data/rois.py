@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from PIL import Image
 
@@ -193,8 +193,10 @@ def open_image(path: str | Path | io.BytesIO, max_pixels: int = MAX_IMAGE_PIXELS
     try:
         w, h = im.size
         if w * h > max_pixels:
-            raise UnreadableImage(f"refused: {w}x{h} = {w * h / 1e6:.1f} megapixels exceeds the "
-                                  f"{max_pixels / 1e6:.0f}-megapixel cap (decompression-bomb guard)")
+            raise UnreadableImage(
+                f"refused: {w}x{h} = {w * h / 1e6:.1f} megapixels exceeds the "
+                f"{max_pixels / 1e6:.0f}-megapixel cap (decompression-bomb guard)"
+            )
         yield im
     finally:
         im.close()
@@ -251,17 +253,20 @@ def _clip_polygon(points: Sequence[tuple[float, float]], width: float, height: f
     for axis, bound, keep_low in ((0, 0.0, False), (0, float(width), True), (1, 0.0, False), (1, float(height), True)):
         if not out:
             break
-        inside = (lambda p: p[axis] <= bound) if keep_low else (lambda p: p[axis] >= bound)
         src, out = out, []
         for i, cur in enumerate(src):
             prev = src[i - 1]
-            if inside(cur):
-                if not inside(prev):
+            if _inside(cur, axis, bound, keep_low):
+                if not _inside(prev, axis, bound, keep_low):
                     out.append(_cross(prev, cur, axis, bound))
                 out.append(cur)
-            elif inside(prev):
+            elif _inside(prev, axis, bound, keep_low):
                 out.append(_cross(prev, cur, axis, bound))
     return out
+
+
+def _inside(p, axis: int, bound: float, keep_low: bool) -> bool:
+    return p[axis] <= bound if keep_low else p[axis] >= bound
 
 
 def _cross(a, b, axis: int, bound: float) -> tuple[float, float]:
@@ -271,8 +276,9 @@ def _cross(a, b, axis: int, bound: float) -> tuple[float, float]:
 
 def _area(points) -> float:
     n = len(points)
-    return abs(sum(points[i][0] * points[(i + 1) % n][1] - points[(i + 1) % n][0] * points[i][1]
-                   for i in range(n))) / 2.0
+    return (
+        abs(sum(points[i][0] * points[(i + 1) % n][1] - points[(i + 1) % n][0] * points[i][1] for i in range(n))) / 2.0
+    )
 
 
 def outline_inside_fraction(points: Sequence[Point], frame_size: tuple[int, int]) -> float:
@@ -292,8 +298,9 @@ def outline_inside_fraction(points: Sequence[Point], frame_size: tuple[int, int]
     return min(1.0, _area(clipped) / total) if len(clipped) >= 3 else 0.0
 
 
-def crop_roi(image: Image.Image, box: Box, size: int | tuple[int, int] = 224, letterbox: bool = False,
-             fill: int = 0) -> Image.Image:
+def crop_roi(
+    image: Image.Image, box: Box, size: int | tuple[int, int] = 224, letterbox: bool = False, fill: int = 0
+) -> Image.Image:
     """Crop ``box`` from ``image`` and resize it to ``size`` (RGB).
 
     ``letterbox=False`` squashes the crop to the target shape, as the paper does;

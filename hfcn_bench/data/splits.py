@@ -23,9 +23,9 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..atomic import read_json, write_json_atomic
 from ..errors import HfcnError
@@ -55,8 +55,11 @@ MANIFEST_VERSION = 1
 
 GIVEN_SPLIT = "the dataset's own train/test split"
 # What each split method is, in words (reports and the console say it).
-SPLIT_DESCRIPTIONS = {"train_test": "case-level split", "kfold": "case-level k-fold cross-validation",
-                      "given": GIVEN_SPLIT}
+SPLIT_DESCRIPTIONS = {
+    "train_test": "case-level split",
+    "kfold": "case-level k-fold cross-validation",
+    "given": GIVEN_SPLIT,
+}
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,10 @@ class Split:
         """Positions of the train and test samples in ``samples``."""
         samples = _samples(samples)
         tr, te = set(self.train), set(self.test)
-        return ([i for i, s in enumerate(samples) if s.case_id in tr],
-                [i for i, s in enumerate(samples) if s.case_id in te])
+        return (
+            [i for i, s in enumerate(samples) if s.case_id in tr],
+            [i for i, s in enumerate(samples) if s.case_id in te],
+        )
 
     def select(self, samples: Sequence[Sample] | LoadedDataset) -> tuple[list[Sample], list[Sample]]:
         """The train and test samples, in dataset order."""
@@ -111,7 +116,7 @@ def split_units(samples: Iterable[Sample] | LoadedDataset) -> dict[str, tuple[in
 
 
 def _order_key(seed: int, case_id: str) -> str:
-    return hashlib.sha256(f"{int(seed)}\0{case_id}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{int(seed)}\0{case_id}".encode()).hexdigest()
 
 
 def _by_class(units: dict[str, tuple[int, tuple[str, ...]]], seed: int) -> dict[int, list[str]]:
@@ -121,8 +126,7 @@ def _by_class(units: dict[str, tuple[int, tuple[str, ...]]], seed: int) -> dict[
     return {lab: sorted(ids, key=lambda u: _order_key(seed, u)) for lab, ids in sorted(groups.items())}
 
 
-def split_train_test(samples: Sequence[Sample] | LoadedDataset, test_fraction: float = 0.25,
-                     seed: int = 0) -> Split:
+def split_train_test(samples: Sequence[Sample] | LoadedDataset, test_fraction: float = 0.25, seed: int = 0) -> Split:
     """Stratified train/test split of the cases (default 3:1, as in the paper).
 
     Each class sends ``round(n * test_fraction)`` of its units (cases, or linked cases) to
@@ -140,12 +144,18 @@ def split_train_test(samples: Sequence[Sample] | LoadedDataset, test_fraction: f
             n_test = min(max(n_test, 1), len(ids) - 1)
         test.extend(c for u in ids[:n_test] for c in units[u][1])
         train.extend(c for u in ids[n_test:] for c in units[u][1])
-    return Split(tuple(sorted(train, key=_id_key)), tuple(sorted(test, key=_id_key)), "train_test", int(seed),
-                 {"test_fraction": float(test_fraction)})
+    return Split(
+        tuple(sorted(train, key=_id_key)),
+        tuple(sorted(test, key=_id_key)),
+        "train_test",
+        int(seed),
+        {"test_fraction": float(test_fraction)},
+    )
 
 
-def inner_split(samples: Sequence[Sample], fraction: float, seed: int, min_cases: int = 4
-                ) -> tuple[list[Sample], list[Sample]]:
+def inner_split(
+    samples: Sequence[Sample], fraction: float, seed: int, min_cases: int = 4
+) -> tuple[list[Sample], list[Sample]]:
     """The validation cases carved out of a split's training side (by case, stratified, linked
     cases kept together): ``(fit samples, validation samples)``. With ``fraction <= 0`` or
     fewer than ``min_cases`` cases there is no validation part."""
@@ -171,8 +181,9 @@ def kfold(samples: Sequence[Sample] | LoadedDataset, k: int = 5, seed: int = 0) 
     pos = 0
     for lab, ids in _by_class(units, seed).items():
         if len(ids) < k:
-            warnings.warn(f"only {len(ids)} {LABEL_NAMES[lab]} case(s) for {k} folds: some test folds have none",
-                          stacklevel=2)
+            warnings.warn(
+                f"only {len(ids)} {LABEL_NAMES[lab]} case(s) for {k} folds: some test folds have none", stacklevel=2
+            )
         for uid in ids:
             folds[pos % k].extend(units[uid][1])
             pos += 1
@@ -180,8 +191,16 @@ def kfold(samples: Sequence[Sample] | LoadedDataset, k: int = 5, seed: int = 0) 
     out = []
     for i, test in enumerate(folds):
         test_set = set(test)
-        out.append(Split(tuple(c for c in all_ids if c not in test_set), tuple(sorted(test, key=_id_key)), "kfold",
-                         int(seed), {"k": int(k)}, fold=i))
+        out.append(
+            Split(
+                tuple(c for c in all_ids if c not in test_set),
+                tuple(sorted(test, key=_id_key)),
+                "kfold",
+                int(seed),
+                {"k": int(k)},
+                fold=i,
+            )
+        )
     return out
 
 
@@ -198,21 +217,27 @@ def given_split(samples: Sequence[Sample] | LoadedDataset, seed: int = 0) -> Spl
     for s in samples:
         side_of.setdefault(s.case_id, s.side)
     if not samples or not any(side_of.values()):
-        raise HfcnError("the dataset ships no train/test split of its own (no train/ and test/ folders)",
-                        hint="drop --split given for a case-level split of all images (or --folds K), or lay the "
-                        "data out as ROOT/train/<class>/ and ROOT/test/<class>/")
+        raise HfcnError(
+            "the dataset ships no train/test split of its own (no train/ and test/ folders)",
+            hint="drop --split given for a case-level split of all images (or --folds K), or lay the "
+            "data out as ROOT/train/<class>/ and ROOT/test/<class>/",
+        )
     odd = sorted(c for c, v in side_of.items() if v not in ("train", "test"))
     if odd:
         raise HfcnError(f"{len(odd)} case(s) belong to neither train/ nor test/: {odd[:5]}")
     train = tuple(sorted((c for c, v in side_of.items() if v == "train"), key=_id_key))
     test = tuple(sorted((c for c, v in side_of.items() if v == "test"), key=_id_key))
     if not train or not test:
-        raise HfcnError(f"the dataset's own split has {len(train)} train and {len(test)} test case(s) with samples; "
-                        "it needs both")
+        raise HfcnError(
+            f"the dataset's own split has {len(train)} train and {len(test)} test case(s) with samples; it needs both"
+        )
     across = [ids for _, ids in split_units(samples).values() if len({side_of[c] for c in ids}) > 1]
     if across:
-        warnings.warn(f"{len(across)} group(s) of cases linked by a shared image lie on both sides of the dataset's "
-                      f"own split (e.g. {', '.join(across[0])}); kept as given", stacklevel=2)
+        warnings.warn(
+            f"{len(across)} group(s) of cases linked by a shared image lie on both sides of the dataset's "
+            f"own split (e.g. {', '.join(across[0])}); kept as given",
+            stacklevel=2,
+        )
     return Split(train, test, "given", int(seed), {"source": GIVEN_SPLIT})
 
 
@@ -277,13 +302,15 @@ def write_manifest(path: str | Path, dataset: LoadedDataset, splits: Split | Seq
     folds = []
     for s in split_list:
         tr, te = s.select(dataset)
-        folds.append({
-            "fold": s.fold,
-            "train": list(s.train),
-            "test": list(s.test),
-            "train_rois": {n: sum(1 for x in tr if x.label == i) for i, n in enumerate(LABEL_NAMES)},
-            "test_rois": {n: sum(1 for x in te if x.label == i) for i, n in enumerate(LABEL_NAMES)},
-        })
+        folds.append(
+            {
+                "fold": s.fold,
+                "train": list(s.train),
+                "test": list(s.test),
+                "train_rois": {n: sum(1 for x in tr if x.label == i) for i, n in enumerate(LABEL_NAMES)},
+                "test_rois": {n: sum(1 for x in te if x.label == i) for i, n in enumerate(LABEL_NAMES)},
+            }
+        )
     from .. import __version__
 
     obj = {
@@ -326,12 +353,26 @@ def read_manifest(path: str | Path) -> Manifest:
     if obj.get("version") != MANIFEST_VERSION:
         raise HfcnError(f"{path}: manifest version {obj.get('version')} is not supported (expected {MANIFEST_VERSION})")
     try:
-        splits = [Split(tuple(f["train"]), tuple(f["test"]), obj["method"], int(obj["seed"]), dict(obj["params"]),
-                        f.get("fold")) for f in obj["splits"]]
-        return Manifest(obj["method"], int(obj["seed"]), dict(obj["params"]), obj["label_rule"],
-                        obj["data"]["fingerprint"], dict(obj["data"]), dict(obj.get("files", {})), splits,
-                        list(obj.get("links", [])), dict(obj.get("images", {})), dict(obj.get("case_labels", {})),
-                        list(obj["splits"]))
+        splits = [
+            Split(
+                tuple(f["train"]), tuple(f["test"]), obj["method"], int(obj["seed"]), dict(obj["params"]), f.get("fold")
+            )
+            for f in obj["splits"]
+        ]
+        return Manifest(
+            obj["method"],
+            int(obj["seed"]),
+            dict(obj["params"]),
+            obj["label_rule"],
+            obj["data"]["fingerprint"],
+            dict(obj["data"]),
+            dict(obj.get("files", {})),
+            splits,
+            list(obj.get("links", [])),
+            dict(obj.get("images", {})),
+            dict(obj.get("case_labels", {})),
+            list(obj["splits"]),
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise HfcnError(f"{path}: damaged manifest ({exc!r})") from None
 
@@ -340,14 +381,18 @@ def verify_manifest(manifest: Manifest, dataset: LoadedDataset) -> None:
     """Raise ``HfcnError`` unless ``dataset`` is the data the manifest was written for: same
     label rule, same fingerprint (the hint names files that differ), all cases present."""
     if manifest.label_rule != dataset.label_rule:
-        raise HfcnError(f"the manifest uses label rule {manifest.label_rule!r}, the data was loaded with "
-                        f"{dataset.label_rule!r}", hint=f"load with label_rule={manifest.label_rule!r}")
+        raise HfcnError(
+            f"the manifest uses label rule {manifest.label_rule!r}, the data was loaded with {dataset.label_rule!r}",
+            hint=f"load with label_rule={manifest.label_rule!r}",
+        )
     if manifest.fingerprint != dataset.fingerprint:
         old, new = manifest.files, dataset.files
         changed = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
         raise HfcnError(
             f"data fingerprint differs from the manifest ({len(changed)} file(s) added, removed or changed)",
-            hint="changed: " + ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "")
+            hint="changed: "
+            + ", ".join(changed[:8])
+            + (" ..." if len(changed) > 8 else "")
             + f"; loader options in the manifest: {manifest.data.get('options')}",
         )
     labels = case_labels(dataset)
@@ -355,11 +400,14 @@ def verify_manifest(manifest: Manifest, dataset: LoadedDataset) -> None:
     if missing:
         raise HfcnError(f"{len(missing)} case(s) of the manifest have no samples: {missing[:5]}")
     # Same bytes, other labels: a folder dataset loaded with another class mapping.
-    flipped = sorted((c for c, lab in manifest.case_labels.items() if c in labels and int(lab) != labels[c]),
-                     key=_id_key)
+    flipped = sorted(
+        (c for c, lab in manifest.case_labels.items() if c in labels and int(lab) != labels[c]), key=_id_key
+    )
     if flipped:
         c = flipped[0]
-        raise HfcnError(f"{len(flipped)} case(s) have other labels than the manifest records (e.g. {c}: "
-                        f"{LABEL_NAMES[int(manifest.case_labels[c])]} in the manifest, {LABEL_NAMES[labels[c]]} now)",
-                        hint="load the data as the run did; its loader options (class mapping included): "
-                        f"{manifest.data.get('options')}")
+        raise HfcnError(
+            f"{len(flipped)} case(s) have other labels than the manifest records (e.g. {c}: "
+            f"{LABEL_NAMES[int(manifest.case_labels[c])]} in the manifest, {LABEL_NAMES[labels[c]]} now)",
+            hint="load the data as the run did; its loader options (class mapping included): "
+            f"{manifest.data.get('options')}",
+        )

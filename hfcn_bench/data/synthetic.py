@@ -45,9 +45,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from lxml import etree
@@ -94,6 +94,7 @@ _MALIGNANT_TIRADS = ("4a", "4b", "4c", "5")
 
 # ---------------------------------------------------------------------------------------------
 # Image synthesis.
+
 
 def _box_blur(a: np.ndarray, r: int) -> np.ndarray:
     """Separable box blur of radius r (edge-padded) via cumulative sums: O(pixels), no scipy."""
@@ -153,7 +154,9 @@ class _Look:
     lookalike: bool = False  # drawn from the other class's typical appearance
 
 
-def _tissue(rng: np.random.Generator, w: int, h: int, level: tuple[float, float] = (0.55, 0.68)) -> tuple[np.ndarray, float]:
+def _tissue(
+    rng: np.random.Generator, w: int, h: int, level: tuple[float, float] = (0.55, 0.68)
+) -> tuple[np.ndarray, float]:
     """The scan area's mean brightness without the nodule (h, w) and the thyroid's level:
     skin, strap muscles, thyroid, deep tissue, depth attenuation and a carotid artery."""
     y = np.arange(h, dtype=np.float32)[:, None] / h
@@ -198,8 +201,9 @@ class _Placed:
     gy: np.ndarray
 
 
-def _place_nodule(rng: np.random.Generator, look: _Look, w: int, h: int,
-                  outline: Callable[[float, float], np.ndarray]) -> _Placed:
+def _place_nodule(
+    rng: np.random.Generator, look: _Look, w: int, h: int, outline: Callable[[float, float], np.ndarray]
+) -> _Placed:
     """Size, outline (``outline(a, b)``, centred at 0) and position of the nodule of ``look``.
     Its size is defined for a full-depth pane and scaled to this one; the second view of a case
     differs a little in size and shape, like a second plane would. Drawing everything about the
@@ -241,7 +245,9 @@ def _draw_pane_easy(rng: np.random.Generator, look: _Look, w: int, h: int):
 
     inside = np.full_like(sub, thyroid_level * look.echo)
     if look.cystic:
-        n_cyst, r_lo, r_hi = (rng.integers(1, 3), 0.25, 0.5) if look.cystic == "cystic" else (rng.integers(8, 18), 0.06, 0.12)
+        n_cyst, r_lo, r_hi = (
+            (rng.integers(1, 3), 0.25, 0.5) if look.cystic == "cystic" else (rng.integers(8, 18), 0.06, 0.12)
+        )
         for _ in range(n_cyst):
             ccx = px + rng.uniform(-0.4, 0.4) * a
             ccy = py + rng.uniform(-0.4, 0.4) * b
@@ -270,7 +276,7 @@ def _draw_pane_easy(rng: np.random.Generator, look: _Look, w: int, h: int):
     speckle /= speckle.mean()
     speckle = 1 + 1.6 * (speckle - 1)
     img = np.clip(e * np.clip(speckle, 0.05, None), 0, 1.4) / 1.4
-    img = 0.9 * img ** 0.9
+    img = 0.9 * img**0.9
 
     # Microcalcifications: punctate echogenic foci (< 1 mm), drawn after the speckle so they
     # stay bright. Only where the nodule is solid (the hard mask, away from the margin).
@@ -281,10 +287,10 @@ def _draw_pane_easy(rng: np.random.Generator, look: _Look, w: int, h: int):
             for i in rng.choice(xs.size, size=min(look.micro, xs.size), replace=False):
                 rr = rng.uniform(0.8, 1.6)
                 yy, xx = np.ogrid[-2:3, -2:3]
-                dot = (xx ** 2 + yy ** 2) <= rr ** 2
+                dot = (xx**2 + yy**2) <= rr**2
                 y0, x0 = ys[i] - 2, xs[i] - 2
                 if 0 <= y0 and y0 + 5 <= h and 0 <= x0 and x0 + 5 <= w:
-                    patch = img[y0:y0 + 5, x0:x0 + 5]
+                    patch = img[y0 : y0 + 5, x0 : x0 + 5]
                     patch[dot] = rng.uniform(0.9, 1.0)
     return img.astype(np.float32), poly
 
@@ -336,11 +342,11 @@ def _separable(a: np.ndarray, ky: np.ndarray, kx: np.ndarray) -> np.ndarray:
     p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(ry, ry), (0, 0)], mode="edge")
     acc = p[..., 0:h, :] * ky[0]
     for k in range(1, len(ky)):
-        acc += p[..., k:k + h, :] * ky[k]
+        acc += p[..., k : k + h, :] * ky[k]
     p = np.pad(acc, [(0, 0)] * (a.ndim - 2) + [(0, 0), (rx, rx)], mode="edge")
     out = p[..., 0:w] * kx[0]
     for k in range(1, len(kx)):
-        out += p[..., k:k + w] * kx[k]
+        out += p[..., k : k + w] * kx[k]
     return out
 
 
@@ -401,8 +407,11 @@ def _draw_pane_realistic(rng: np.random.Generator, look: _Look, w: int, h: int):
     inside = thyroid_level * look.echo * np.exp(-0.35 * gy / h) * (1 + texture)
     fluid = np.zeros(hard.shape, dtype=bool)
     if look.cystic:
-        n_cyst, r_lo, r_hi = {"mixed": (rng.integers(1, 4), 0.15, 0.35), "cystic": (1, 0.6, 0.8),
-                              "spongiform": (rng.integers(8, 18), 0.06, 0.12)}[look.cystic]
+        n_cyst, r_lo, r_hi = {
+            "mixed": (rng.integers(1, 4), 0.15, 0.35),
+            "cystic": (1, 0.6, 0.8),
+            "spongiform": (rng.integers(8, 18), 0.06, 0.12),
+        }[look.cystic]
         for _ in range(int(n_cyst)):
             spread = 0.15 if look.cystic == "cystic" else 0.4
             ccx = px + rng.uniform(-spread, spread) * a
@@ -443,7 +452,7 @@ def _draw_pane_realistic(rng: np.random.Generator, look: _Look, w: int, h: int):
             for i in rng.choice(xs_c.size, size=min(look.comet, xs_c.size), replace=False):
                 strength = rng.uniform(3.0, 7.0)
                 for k in range(int(rng.integers(3, 7))):
-                    targets.append((ys_c[i] + wy0 + 2 * k, xs_c[i] + wx0, strength * 0.7 ** k))
+                    targets.append((ys_c[i] + wy0 + 2 * k, xs_c[i] + wx0, strength * 0.7**k))
 
     # The scanner: reflectivity -> scatterers -> PSF -> envelope -> log compression.
     # In-phase and quadrature parts of each pixel's scatterer: uniform in [-1/2, 1/2) (variance
@@ -473,8 +482,15 @@ def _draw_pane_realistic(rng: np.random.Generator, look: _Look, w: int, h: int):
 def _burn_text(draw: ImageDraw.ImageDraw, rng: np.random.Generator, dual: bool) -> None:
     """Scanner annotations like DDTI's (probe, depth, frame rate, side label). Nothing here
     depends on the label: the phantoms must not leak it the way some DDTI frames do."""
-    lines = ["P100", "12L6", f"{rng.choice([4.0, 5.0, 6.0, 9.0]):.1f}", f"{rng.integers(18, 40)}fps",
-             f"DR{rng.integers(55, 75)}", "2DG", str(rng.integers(60, 95))]
+    lines = [
+        "P100",
+        "12L6",
+        f"{rng.choice([4.0, 5.0, 6.0, 9.0]):.1f}",
+        f"{rng.integers(18, 40)}fps",
+        f"DR{rng.integers(55, 75)}",
+        "2DG",
+        str(rng.integers(60, 95)),
+    ]
     for i, line in enumerate(lines):
         draw.text((522, 6 + 12 * i), line, fill=(200, 200, 200))
     draw.text((80, 330), "DER" if rng.uniform() < 0.5 else "IZQ", fill=(210, 210, 210))
@@ -490,15 +506,16 @@ def _render_frame(rng: np.random.Generator, look: _Look, dual: bool, n_outline: 
     for x0, y0, pw, ph in _DUAL_PANES if dual else (_SINGLE_PANE,):
         draw = _draw_pane_realistic if look.difficulty == "realistic" else _draw_pane_easy
         pane, poly = draw(rng, look, pw, ph)
-        frame[y0:y0 + ph, x0:x0 + pw] = pane
+        frame[y0 : y0 + ph, x0 : x0 + pw] = pane
         # A radiologist's trace: fewer vertices than the rendered polygon, a pixel of jitter.
         idx = np.linspace(0, len(poly), n_outline, endpoint=False).astype(int)
         pts = poly[idx] + rng.normal(0, 0.6, size=(n_outline, 2)) + np.array([x0, y0])
         pts = np.rint(pts).astype(int)
         pts[:, 0] = np.clip(pts[:, 0], x0, x0 + pw - 1)
         pts[:, 1] = np.clip(pts[:, 1], y0, y0 + ph - 1)
-        regions.append({"points": [{"x": int(px), "y": int(py)} for px, py in pts], "annotation": {},
-                        "regionType": "freehand"})
+        regions.append(
+            {"points": [{"x": int(px), "y": int(py)} for px, py in pts], "annotation": {}, "regionType": "freehand"}
+        )
     grey = (np.clip(frame, 0, 1) * 255).astype(np.uint8)
     im = Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
     _burn_text(ImageDraw.Draw(im), rng, dual)
@@ -509,6 +526,7 @@ def _render_frame(rng: np.random.Generator, look: _Look, dual: bool, n_outline: 
 
 # ---------------------------------------------------------------------------------------------
 # Clinical fields in DDTI's own vocabulary, spelling variants included on purpose.
+
 
 def _pick(rng, options, p=None):
     return options[int(rng.choice(len(options), p=p))]
@@ -533,14 +551,24 @@ def _clinical_fields(rng: np.random.Generator, composition: str, echo: str, marg
 
 def _clinical_realistic(rng: np.random.Generator, look: _Look) -> dict:
     """The report fields of a realistic phantom: what was drawn, whatever the class."""
-    composition = {"": _pick(rng, ["solid", "dense"], [0.9, 0.1]), "mixed": "predominantly solid",
-                   "cystic": _pick(rng, ["predominantly cystic", "cystic"], [0.8, 0.2]),
-                   "spongiform": "spongiform"}[look.cystic]
-    echo = {"marked": "marked hypoechogenicity", "hypo": "hypoechogenicity", "iso": "isoechogenicity",
-            "hyper": "hyperechogenicity"}[look.echo_class]
-    margins = {"smooth": _pick(rng, ["well defined", "well defined smooth"]),
-               "ill-defined": _pick(rng, ["ill defined", "ill- defined"]),
-               "lobulated": _pick(rng, ["microlobulated", "macrolobulated"]), "spiculated": "spiculated"}[look.margin]
+    composition = {
+        "": _pick(rng, ["solid", "dense"], [0.9, 0.1]),
+        "mixed": "predominantly solid",
+        "cystic": _pick(rng, ["predominantly cystic", "cystic"], [0.8, 0.2]),
+        "spongiform": "spongiform",
+    }[look.cystic]
+    echo = {
+        "marked": "marked hypoechogenicity",
+        "hypo": "hypoechogenicity",
+        "iso": "isoechogenicity",
+        "hyper": "hyperechogenicity",
+    }[look.echo_class]
+    margins = {
+        "smooth": _pick(rng, ["well defined", "well defined smooth"]),
+        "ill-defined": _pick(rng, ["ill defined", "ill- defined"]),
+        "lobulated": _pick(rng, ["microlobulated", "macrolobulated"]),
+        "spiculated": "spiculated",
+    }[look.margin]
     if look.micro:
         calc = _pick(rng, ["microcalcifications", "microcalcification"])
     elif look.macro:
@@ -559,9 +587,18 @@ def _clinical(rng: np.random.Generator, look: _Look) -> dict:
     elif look.cystic == "cystic":
         composition = _pick(rng, ["predominantly cystic", "cystic"], [0.8, 0.2])
     else:
-        composition = _pick(rng, ["solid", "predominantly solid", "dense"], [0.7, 0.2, 0.1] if not m else [0.8, 0.2, 0.0])
-    echo = ("marked hypoechogenicity" if look.echo < 0.32 else "hypoechogenicity" if look.echo < 0.88
-            else "isoechogenicity" if look.echo < 1.1 else "hyperechogenicity")
+        composition = _pick(
+            rng, ["solid", "predominantly solid", "dense"], [0.7, 0.2, 0.1] if not m else [0.8, 0.2, 0.0]
+        )
+    echo = (
+        "marked hypoechogenicity"
+        if look.echo < 0.32
+        else "hypoechogenicity"
+        if look.echo < 0.88
+        else "isoechogenicity"
+        if look.echo < 1.1
+        else "hyperechogenicity"
+    )
     if m:
         margins = _pick(rng, ["ill defined", "ill- defined", "microlobulated", "spiculated", "macrolobulated"])
         calc = _pick(rng, ["microcalcifications", "microcalcification"]) if look.micro else "non"
@@ -606,12 +643,18 @@ def _clinical(rng: np.random.Generator, look: _Look) -> dict:
 # coherent typical appearances it learns the typical cases and the look-alikes set the AUC.
 _CUES = {
     # cue: (typical cancer, typical benign nodule); composition "" is solid
-    "composition": ({"": 0.93, "mixed": 0.07, "cystic": 0.00, "spongiform": 0.00},
-                    {"": 0.35, "mixed": 0.30, "cystic": 0.17, "spongiform": 0.18}),
-    "echo": ({"marked": 0.25, "hypo": 0.70, "iso": 0.05, "hyper": 0.00},
-             {"marked": 0.00, "hypo": 0.10, "iso": 0.65, "hyper": 0.25}),
-    "margin": ({"smooth": 0.20, "ill-defined": 0.20, "lobulated": 0.25, "spiculated": 0.35},
-               {"smooth": 0.75, "ill-defined": 0.17, "lobulated": 0.06, "spiculated": 0.02}),
+    "composition": (
+        {"": 0.93, "mixed": 0.07, "cystic": 0.00, "spongiform": 0.00},
+        {"": 0.35, "mixed": 0.30, "cystic": 0.17, "spongiform": 0.18},
+    ),
+    "echo": (
+        {"marked": 0.25, "hypo": 0.70, "iso": 0.05, "hyper": 0.00},
+        {"marked": 0.00, "hypo": 0.10, "iso": 0.65, "hyper": 0.25},
+    ),
+    "margin": (
+        {"smooth": 0.20, "ill-defined": 0.20, "lobulated": 0.25, "spiculated": 0.35},
+        {"smooth": 0.75, "ill-defined": 0.17, "lobulated": 0.06, "spiculated": 0.02},
+    ),
     "taller": (0.45, 0.04),
     "micro": (0.60, 0.03),
     "comet": (0.03, 0.18),
@@ -660,12 +703,28 @@ def _look(rng: np.random.Generator, malignant: bool, difficulty: str = "easy") -
     if malignant:
         echo = _pick(rng, [rng.uniform(0.22, 0.30), rng.uniform(0.35, 0.6), rng.uniform(0.8, 1.0)], [0.2, 0.65, 0.15])
         aspect = rng.uniform(1.1, 1.5) if rng.uniform() < 0.8 else rng.uniform(0.75, 1.0)
-        return _Look(True, echo, aspect, rng.uniform(18, 34), False, "",
-                     int(rng.integers(4, 14)) if rng.uniform() < 0.7 else 0, False)
+        return _Look(
+            True,
+            echo,
+            aspect,
+            rng.uniform(18, 34),
+            False,
+            "",
+            int(rng.integers(4, 14)) if rng.uniform() < 0.7 else 0,
+            False,
+        )
     cystic = _pick(rng, ["", "cystic", "spongiform"], [0.6, 0.2, 0.2])
     echo = rng.uniform(0.95, 1.3) if rng.uniform() < 0.8 else rng.uniform(0.55, 0.85)
-    return _Look(False, echo, rng.uniform(0.55, 0.85), rng.uniform(24, 50),
-                 rng.uniform() < 0.4, cystic, 0, cystic == "" and rng.uniform() < 0.2)
+    return _Look(
+        False,
+        echo,
+        rng.uniform(0.55, 0.85),
+        rng.uniform(24, 50),
+        rng.uniform() < 0.4,
+        cystic,
+        0,
+        cystic == "" and rng.uniform() < 0.2,
+    )
 
 
 def _case_xml(number: str, fields: dict, tirads: str, marks: list[tuple[int, str]], report_eco: str = "") -> bytes:
@@ -723,8 +782,11 @@ def write_synthetic_ddti(
         raise HfcnError(f"n_cases must be >= 1, got {n_cases}")
     if warts and n_cases < MIN_CASES_WITH_WARTS:
         raise HfcnError(f"warts=True needs at least {MIN_CASES_WITH_WARTS} cases, got {n_cases}")
-    for name, p in (("label_noise", label_noise), ("malignant_fraction", malignant_fraction),
-                    ("unlabelled_fraction", unlabelled_fraction)):
+    for name, p in (
+        ("label_noise", label_noise),
+        ("malignant_fraction", malignant_fraction),
+        ("unlabelled_fraction", unlabelled_fraction),
+    ):
         if not 0.0 <= p <= 1.0:
             raise HfcnError(f"{name} must be in [0, 1], got {p}")
     out = Path(out_dir).expanduser()
@@ -732,8 +794,10 @@ def write_synthetic_ddti(
     existing = [p for p in (xml_dir, img_dir, out / SYNTHETIC_MANIFEST) if p.exists()]
     if existing:
         if not overwrite:
-            raise HfcnError(f"{out} already holds a dataset ({', '.join(p.name for p in existing)})",
-                            hint="choose another --out, or pass --force / overwrite=True to replace it")
+            raise HfcnError(
+                f"{out} already holds a dataset ({', '.join(p.name for p in existing)})",
+                hint="choose another --out, or pass --force / overwrite=True to replace it",
+            )
         for p in existing:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
     xml_dir.mkdir(parents=True, exist_ok=True)
@@ -750,15 +814,32 @@ def write_synthetic_ddti(
     # Wart targets: fixed positions counted from the end, so they do not depend on the seed.
     plan: dict[str, int] = {}
     if warts:
-        names = ["truncated-salvage", "truncated-skip", "empty-outline", "duplicate-outline", "duplicate-cross",
-                 "duplicate-within", "missing-image", "unreadable-image", "malformed-xml"]
+        names = [
+            "truncated-salvage",
+            "truncated-skip",
+            "empty-outline",
+            "duplicate-outline",
+            "duplicate-cross",
+            "duplicate-within",
+            "missing-image",
+            "unreadable-image",
+            "malformed-xml",
+        ]
         plan = {name: n_cases - 1 - i for i, name in enumerate(names)}
     target = {v: k for k, v in plan.items()}
 
-    truth = {"generator": "hfcn_bench.data.synthetic", "version": GENERATOR_VERSION, "difficulty": difficulty,
-             "seed": seed, "n_cases": n_cases, "label_noise": label_noise,
-             "malignant_fraction": malignant_fraction, "unlabelled_fraction": unlabelled_fraction, "warts": [],
-             "cases": {}}
+    truth = {
+        "generator": "hfcn_bench.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "difficulty": difficulty,
+        "seed": seed,
+        "n_cases": n_cases,
+        "label_noise": label_noise,
+        "malignant_fraction": malignant_fraction,
+        "unlabelled_fraction": unlabelled_fraction,
+        "warts": [],
+        "cases": {},
+    }
     first_jpeg: bytes | None = None
     for i in range(n_cases):
         number = str(i + 1)
@@ -786,8 +867,13 @@ def write_synthetic_ddti(
             if crng.uniform() < 0.06:
                 # DDTI marks findings with 2-point arrows; they are not outlines.
                 ax, ay = regions[0]["points"][0]["x"], regions[0]["points"][0]["y"]
-                regions.append({"points": [{"x": ax - 30, "y": ay - 20}, {"x": ax - 4, "y": ay - 3}],
-                                "annotation": {}, "regionType": "arrow"})
+                regions.append(
+                    {
+                        "points": [{"x": ax - 30, "y": ay - 20}, {"x": ax - 4, "y": ay - 3}],
+                        "annotation": {},
+                        "regionType": "arrow",
+                    }
+                )
             svg = _svg_text(regions)
             write_image: bytes | None = jpeg
             if k == 1 and wart == "truncated-salvage":
@@ -795,7 +881,7 @@ def write_synthetic_ddti(
                 truth["warts"].append({"kind": "truncated-outline", "case": number, "frame": k, "salvageable": True})
             elif k == 1 and wart == "truncated-skip":
                 second = svg.index('{"x"', svg.index('{"x"') + 1)
-                svg = svg[:second + 8]  # cut inside the second point: nothing left to bound a nodule
+                svg = svg[: second + 8]  # cut inside the second point: nothing left to bound a nodule
                 truth["warts"].append({"kind": "truncated-outline", "case": number, "frame": k, "salvageable": False})
             elif k == 2 and wart == "empty-outline":
                 svg = ""
@@ -822,8 +908,13 @@ def write_synthetic_ddti(
             if write_image is not None:
                 (img_dir / f"{number}_{k}.jpg").write_bytes(write_image)
             marks.append((k, svg))
-            frame_info.append({"frame": k, "dual_view": dual, "outlines": len(regions) - sum(
-                r["regionType"] == "arrow" for r in regions)})
+            frame_info.append(
+                {
+                    "frame": k,
+                    "dual_view": dual,
+                    "outlines": len(regions) - sum(r["regionType"] == "arrow" for r in regions),
+                }
+            )
         if difficulty == "realistic":
             eco = "taller than wide" if look.taller and crng.uniform() < 0.3 else ""
         else:
@@ -833,13 +924,24 @@ def write_synthetic_ddti(
             data = data.replace(b"</tirads>", b"</tirad>", 1)
             truth["warts"].append({"kind": "malformed-xml", "case": number})
         (xml_dir / f"{number}.xml").write_bytes(data)
-        truth["cases"][number] = {"true_class": "malignant" if look.malignant else "benign", "tirads": tirads,
-                                  "flipped": bool(flipped), "frames": frame_info}
+        truth["cases"][number] = {
+            "true_class": "malignant" if look.malignant else "benign",
+            "tirads": tirads,
+            "flipped": bool(flipped),
+            "frames": frame_info,
+        }
         if difficulty == "realistic":
             truth["cases"][number]["cues"] = {
-                "composition": look.cystic or "solid", "echogenicity": look.echo_class, "margin": look.margin,
-                "taller_than_wide": look.taller, "microcalcifications": look.micro, "comet_tail": look.comet,
-                "macrocalcification": look.macro, "halo": look.halo, "lookalike": look.lookalike}
+                "composition": look.cystic or "solid",
+                "echogenicity": look.echo_class,
+                "margin": look.margin,
+                "taller_than_wide": look.taller,
+                "microcalcifications": look.micro,
+                "comet_tail": look.comet,
+                "macrocalcification": look.macro,
+                "halo": look.halo,
+                "lookalike": look.lookalike,
+            }
         if progress:
             progress(i + 1, n_cases)
     (out / SYNTHETIC_MANIFEST).write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
@@ -863,11 +965,24 @@ def ensure_synthetic(
     The recorded arguments include the generator's ``version`` and the ``difficulty``, so a
     set written by an older generator (version 1 recorded neither) is regenerated."""
     out = Path(out_dir).expanduser()
-    wanted = {"generator": "hfcn_bench.data.synthetic", "version": GENERATOR_VERSION, "difficulty": difficulty,
-              "seed": seed, "n_cases": n_cases, "label_noise": label_noise,
-              "malignant_fraction": malignant_fraction, "unlabelled_fraction": unlabelled_fraction, "warts": []}
-    args = dict(label_noise=label_noise, malignant_fraction=malignant_fraction,
-                unlabelled_fraction=unlabelled_fraction, progress=progress, difficulty=difficulty)
+    wanted = {
+        "generator": "hfcn_bench.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "difficulty": difficulty,
+        "seed": seed,
+        "n_cases": n_cases,
+        "label_noise": label_noise,
+        "malignant_fraction": malignant_fraction,
+        "unlabelled_fraction": unlabelled_fraction,
+        "warts": [],
+    }
+    args = dict(
+        label_noise=label_noise,
+        malignant_fraction=malignant_fraction,
+        unlabelled_fraction=unlabelled_fraction,
+        progress=progress,
+        difficulty=difficulty,
+    )
     manifest = out / SYNTHETIC_MANIFEST
     if manifest.is_file():
         try:
@@ -878,6 +993,8 @@ def ensure_synthetic(
             return out
         return write_synthetic_ddti(out, n_cases, seed, overwrite=True, **args)
     if out.exists() and any(out.iterdir()):
-        raise HfcnError(f"{out} is not empty and holds no phantoms ({SYNTHETIC_MANIFEST} missing)",
-                        hint="point at an empty or new folder for the synthetic data")
+        raise HfcnError(
+            f"{out} is not empty and holds no phantoms ({SYNTHETIC_MANIFEST} missing)",
+            hint="point at an empty or new folder for the synthetic data",
+        )
     return write_synthetic_ddti(out, n_cases, seed, **args)

@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -39,8 +40,20 @@ from .. import ops
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import HfcnError
 
-__all__ = ["LoopSettings", "Task", "LoopResult", "fit_loop", "epoch_order", "batch_starts", "OPTIMIZERS",
-           "SCHEDULES", "RESUMABLE", "better", "device_of", "torch_threads"]
+__all__ = [
+    "LoopSettings",
+    "Task",
+    "LoopResult",
+    "fit_loop",
+    "epoch_order",
+    "batch_starts",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "RESUMABLE",
+    "better",
+    "device_of",
+    "torch_threads",
+]
 
 # Settings that may differ between a checkpoint and the run resuming it: they change neither
 # the model nor the optimisation trajectory of the epochs already run.
@@ -74,8 +87,9 @@ class LoopSettings:
         if self.schedule not in SCHEDULES:
             raise HfcnError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise HfcnError(f"epochs and batch_size must be >= 1 and lr > 0 (got {self.epochs}, {self.batch_size}, "
-                            f"{self.lr})")
+            raise HfcnError(
+                f"epochs and batch_size must be >= 1 and lr > 0 (got {self.epochs}, {self.batch_size}, {self.lr})"
+            )
 
 
 class Task(Protocol):
@@ -115,8 +129,13 @@ class LoopResult:
     checkpoints: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"best_epoch": self.best_epoch, "best_score": self.best_score, "epochs_run": len(self.history),
-                "resumed_from": self.resumed_from, "history": self.history}
+        return {
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "epochs_run": len(self.history),
+            "resumed_from": self.resumed_from,
+            "history": self.history,
+        }
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -161,7 +180,8 @@ def _scheduler(settings: LoopSettings, opt: torch.optim.Optimizer):
     # Cosine to 5 % of the initial lr, stepped per epoch: the last epochs refine instead of
     # bouncing, which makes "best on validation" less of a lottery on small data.
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda e: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(e, total) / total)))
+        opt, lambda e: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(e, total) / total))
+    )
 
 
 def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
@@ -189,9 +209,11 @@ def _check_resume(saved: dict, config: dict, path: Path, resumable: tuple[str, .
     diff = [k for k in config if k not in resumable and saved.get(k) != config[k]]
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in diff[:6])
-        raise HfcnError(f"cannot resume {path}: the configuration differs ({shown})",
-                        hint=f"resume with the run's own settings (only {', '.join(resumable)} may change), or "
-                        "start a new run folder")
+        raise HfcnError(
+            f"cannot resume {path}: the configuration differs ({shown})",
+            hint=f"resume with the run's own settings (only {', '.join(resumable)} may change), or "
+            "start a new run folder",
+        )
 
 
 def _cpu_state(model: torch.nn.Module) -> dict:
@@ -244,8 +266,9 @@ def fit_loop(
         try:
             model.load_state_dict(ck["model"])
         except RuntimeError as exc:
-            raise HfcnError(f"cannot resume {last_path}: its weights do not fit the model "
-                            f"({str(exc).splitlines()[0][:200]})") from None
+            raise HfcnError(
+                f"cannot resume {last_path}: its weights do not fit the model ({str(exc).splitlines()[0][:200]})"
+            ) from None
         if ck.get("optimizer") is not None:
             opt.load_state_dict(ck["optimizer"])
         if sched is not None and ck.get("scheduler") is not None:
@@ -270,8 +293,9 @@ def fit_loop(
             model.eval()
             done = list(saved.get("history", []))
             # resumed_from counts the epochs earlier runs trained: here all of them.
-            return LoopResult(done, int(ck["epoch"]), saved.get("best_score"),
-                              time.perf_counter() - t0, len(done), ["best.pt"])
+            return LoopResult(
+                done, int(ck["epoch"]), saved.get("best_score"), time.perf_counter() - t0, len(done), ["best.pt"]
+            )
     n = int(task.n)
     if n < 1:
         raise HfcnError("no training items")
@@ -328,8 +352,9 @@ def fit_loop(
             # the resumed epoch rewrites the same best.pt.
             if improved:
                 save_checkpoint(best_path, model, None, epoch + 1, config, {"val_score": score}, extra=state)
-            save_checkpoint(last_path, model, opt, epoch + 1, config, dict(row), scheduler=sched,
-                            rng=_rng_state(gens), extra=state)
+            save_checkpoint(
+                last_path, model, opt, epoch + 1, config, dict(row), scheduler=sched, rng=_rng_state(gens), extra=state
+            )
         if progress is not None:
             progress(stage, epoch + 1, settings.epochs, dict(row))
     if best_state is None:
@@ -365,10 +390,8 @@ def device_of(name: str) -> torch.device:
     except RuntimeError:
         raise HfcnError(f"device {name!r} is not a device name", hint="use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HfcnError(f"device {name!r} requested but torch sees no CUDA GPU",
-                        hint="use --device cpu (or auto)")
+        raise HfcnError(f"device {name!r} requested but torch sees no CUDA GPU", hint="use --device cpu (or auto)")
     return dev
-
 
 
 @contextmanager

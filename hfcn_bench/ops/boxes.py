@@ -78,9 +78,7 @@ def random_boxes(
     w = window_size(width, alpha)
     tops = torch.randint(0, height - h + 1, (n,), generator=generator)
     lefts = torch.randint(0, width - w + 1, (n,), generator=generator)
-    return torch.stack(
-        [tops, lefts, torch.full_like(tops, h), torch.full_like(tops, w)], dim=1
-    ).to(torch.int64)
+    return torch.stack([tops, lefts, torch.full_like(tops, h), torch.full_like(tops, w)], dim=1).to(torch.int64)
 
 
 def check_boxes(boxes: torch.Tensor, batch: int, height: int, width: int) -> None:
@@ -97,16 +95,14 @@ def check_boxes(boxes: torch.Tensor, batch: int, height: int, width: int) -> Non
         (boxes.dim() == 2 and boxes.shape[1] == 4)
         or (boxes.dim() == 3 and boxes.shape[0] == batch and boxes.shape[2] == 4)
     ):
-        raise ValueError(
-            f"boxes must have shape [N, 4] or [B={batch}, N, 4], got {list(boxes.shape)}"
-        )
+        raise ValueError(f"boxes must have shape [N, 4] or [B={batch}, N, 4], got {list(boxes.shape)}")
     flat = boxes.reshape(-1, 4).tolist()
     n = boxes.shape[-2]
-    for k, (t, l, h, w) in enumerate(flat):
-        if h < 1 or w < 1 or t < 0 or l < 0 or t + h > height or l + w > width:
+    for k, (t, left, h, w) in enumerate(flat):
+        if h < 1 or w < 1 or t < 0 or left < 0 or t + h > height or left + w > width:
             where = f"box {k % n}" if boxes.dim() == 2 else f"box [{k // n}, {k % n}]"
             raise ValueError(
-                f"{where} (top={t}, left={l}, height={h}, width={w}) does not fit a "
+                f"{where} (top={t}, left={left}, height={h}, width={w}) does not fit a "
                 f"{height}x{width} feature map: it needs height, width >= 1 and "
                 f"0 <= top, top + height <= {height}, 0 <= left, left + width <= {width}"
             )

@@ -64,7 +64,7 @@ def slice_resize(x: torch.Tensor, rows, size: tuple[int, int]) -> torch.Tensor:
     ``[B, N, C, oh, ow]``. For callers whose windows are already checked host integers (reading
     boxes back from a CUDA tensor on every call would sync the device)."""
     crops = [
-        F.interpolate(x[:, :, t : t + h, l : l + w], size=size, mode="bilinear", align_corners=False)
-        for t, l, h, w in rows
+        F.interpolate(x[:, :, t : t + h, left : left + w], size=size, mode="bilinear", align_corners=False)
+        for t, left, h, w in rows
     ]
     return torch.stack(crops, dim=1)

@@ -10,8 +10,8 @@ The same rule averages k fold models on new data (:func:`ensemble`): the decisio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -67,12 +67,15 @@ def pool_timings(per_fold: list[dict]) -> dict:
 
 def kfold_protocol(k: int, threshold_rule: str, threshold_source: str, aggregate: str | None) -> str:
     level = "ROI" if aggregate is None else f"case ({aggregate})"
-    return (f"{k}-fold case-level CV, pooled out-of-fold, each fold's threshold by {threshold_rule} on its "
-            f"{threshold_source} predictions, scored per {level}")
+    return (
+        f"{k}-fold case-level CV, pooled out-of-fold, each fold's threshold by {threshold_rule} on its "
+        f"{threshold_source} predictions, scored per {level}"
+    )
 
 
-def pool_folds(folds: Sequence[FoldResult], *, seed: int, threshold_rule: str, aggregate: str | None = None,
-               n_boot: int = 1000) -> dict:
+def pool_folds(
+    folds: Sequence[FoldResult], *, seed: int, threshold_rule: str, aggregate: str | None = None, n_boot: int = 1000
+) -> dict:
     """Score the pooled out-of-fold predictions of a cross-validation (see the module
     docstring). ``folds`` in the result holds each fold's own report (raw probabilities),
     ``fold_summary`` the mean and standard deviation of AUC and F1 over folds; calibration is
@@ -97,17 +100,32 @@ def pool_folds(folds: Sequence[FoldResult], *, seed: int, threshold_rule: str, a
     pooled = Predictions(p, y, ids, [])
     source = folds[0].report.get("threshold_source", "validation") if folds else "validation"
     source = source.split(" (")[0]
-    report = score_predictions(pooled, 0.0, y_train=list(train_cases.values()) if aggregate else y_train_all,
-                               seed=seed, n_boot=n_boot, threshold_source=source, threshold_rule=threshold_rule)
+    report = score_predictions(
+        pooled,
+        0.0,
+        y_train=list(train_cases.values()) if aggregate else y_train_all,
+        seed=seed,
+        n_boot=n_boot,
+        threshold_source=source,
+        threshold_rule=threshold_rule,
+    )
     report["calibration"] = calibration(y, raw)
-    report.update({
-        "kind": "kfold", "k": len(folds), "level": level_name(aggregate),
-        "scores": "prob - fold threshold (decision >= 0)", "roc": roc_points(y, p), "folds": fold_reports,
-        "fold_summary": {name: mean_sd([r["auc"] if name == "auc" else r["metrics"]["f1"] for r in fold_reports])
-                         for name in ("auc", "f1")},
-        "skipped": [m for r in fold_reports for m in r.get("skipped", [])],
-        "protocol": kfold_protocol(len(folds), threshold_rule, source, aggregate),
-    })
+    report.update(
+        {
+            "kind": "kfold",
+            "k": len(folds),
+            "level": level_name(aggregate),
+            "scores": "prob - fold threshold (decision >= 0)",
+            "roc": roc_points(y, p),
+            "folds": fold_reports,
+            "fold_summary": {
+                name: mean_sd([r["auc"] if name == "auc" else r["metrics"]["f1"] for r in fold_reports])
+                for name in ("auc", "f1")
+            },
+            "skipped": [m for r in fold_reports for m in r.get("skipped", [])],
+            "protocol": kfold_protocol(len(folds), threshold_rule, source, aggregate),
+        }
+    )
     return report
 
 
@@ -122,8 +140,11 @@ def ensemble(per_fold: Sequence[Predictions], thresholds: Sequence[float]) -> tu
         if other.keys != first.keys:
             raise ValueError("fold predictions cover different samples")
     prob = np.mean([p.prob for p in per_fold], axis=0)
-    extra = {k: np.mean([p.extra[k] for p in per_fold], axis=0) for k in first.extra
-             if all(k in p.extra for p in per_fold)}
+    extra = {
+        k: np.mean([p.extra[k] for p in per_fold], axis=0) for k in first.extra if all(k in p.extra for p in per_fold)
+    }
     skipped = list(dict.fromkeys(m for p in per_fold for m in p.skipped))
-    return (Predictions(prob, first.labels, first.case_ids, list(first.samples), extra, skipped),
-            float(np.mean(thresholds)))
+    return (
+        Predictions(prob, first.labels, first.case_ids, list(first.samples), extra, skipped),
+        float(np.mean(thresholds)),
+    )

@@ -8,8 +8,8 @@ any variants). Only ``prob`` (P(malignant), or any score that ranks like it), ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -41,15 +41,21 @@ class Predictions:
     skipped: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, samples: Sequence[Sample], prob, skipped: Sequence[str] = (), **extra) -> "Predictions":
+    def of(cls, samples: Sequence[Sample], prob, skipped: Sequence[str] = (), **extra) -> Predictions:
         """Predictions for ``samples`` (their labels and case ids) with scores ``prob``."""
         samples = list(samples)
         prob = np.asarray(prob, dtype=np.float64).reshape(-1)
         if prob.size != len(samples):
             raise ValueError(f"{prob.size} scores for {len(samples)} samples")
         labels = np.asarray([UNKNOWN_LABEL if s.label is None else s.label for s in samples], dtype=np.int64)
-        return cls(prob, labels, np.asarray([s.case_id for s in samples], dtype=object), samples,
-                   {k: np.asarray(v, dtype=np.float64) for k, v in extra.items() if v is not None}, list(skipped))
+        return cls(
+            prob,
+            labels,
+            np.asarray([s.case_id for s in samples], dtype=object),
+            samples,
+            {k: np.asarray(v, dtype=np.float64) for k, v in extra.items() if v is not None},
+            list(skipped),
+        )
 
     def __len__(self) -> int:
         return int(self.prob.size)
@@ -65,7 +71,7 @@ class Predictions:
         ids, p, y = M.aggregate_by_case(self.case_ids, self.prob, self.labels, how=aggregate)
         return p, y, ids
 
-    def labelled(self) -> "Predictions":
+    def labelled(self) -> Predictions:
         """The rows whose label is known."""
         keep = self.labels != UNKNOWN_LABEL
         if keep.all():
@@ -73,18 +79,28 @@ class Predictions:
         idx = np.flatnonzero(keep)
         return self.take(idx)
 
-    def take(self, idx) -> "Predictions":
+    def take(self, idx) -> Predictions:
         idx = np.asarray(idx, dtype=np.int64)
-        return Predictions(self.prob[idx], self.labels[idx], self.case_ids[idx], [self.samples[i] for i in idx],
-                           {k: v[idx] for k, v in self.extra.items()}, list(self.skipped))
+        return Predictions(
+            self.prob[idx],
+            self.labels[idx],
+            self.case_ids[idx],
+            [self.samples[i] for i in idx],
+            {k: v[idx] for k, v in self.extra.items()},
+            list(self.skipped),
+        )
 
     def to_json(self) -> dict:
         """A compact JSON form (what a fitted model stores of its threshold predictions)."""
-        return {"prob": [float(v) for v in self.prob], "labels": [int(v) for v in self.labels],
-                "case_ids": [str(c) for c in self.case_ids], "keys": self.keys}
+        return {
+            "prob": [float(v) for v in self.prob],
+            "labels": [int(v) for v in self.labels],
+            "case_ids": [str(c) for c in self.case_ids],
+            "keys": self.keys,
+        }
 
     @classmethod
-    def from_json(cls, obj: dict) -> "Predictions":
+    def from_json(cls, obj: dict) -> Predictions:
         """Inverse of :meth:`to_json` (no samples: scoring and thresholds need none)."""
         prob = np.asarray(obj["prob"], dtype=np.float64)
         return cls(prob, np.asarray(obj["labels"], dtype=np.int64), np.asarray(obj["case_ids"], dtype=object), [])

@@ -35,9 +35,22 @@ from ..data.splits import Manifest, read_manifest
 from ..errors import HfcnError
 
 __all__ = [
-    "RUN_FORMAT", "RUN_VERSION", "FITTED_FORMAT", "FITTED_VERSION", "RunFolder", "read_run", "write_header",
-    "mark_finished", "fit_dir", "write_fitted", "read_fitted", "sha256_file", "verify_files", "remove_stray_temps",
-    "check_reusable", "has_state",
+    "RUN_FORMAT",
+    "RUN_VERSION",
+    "FITTED_FORMAT",
+    "FITTED_VERSION",
+    "RunFolder",
+    "read_run",
+    "write_header",
+    "mark_finished",
+    "fit_dir",
+    "write_fitted",
+    "read_fitted",
+    "sha256_file",
+    "verify_files",
+    "remove_stray_temps",
+    "check_reusable",
+    "has_state",
 ]
 
 RUN_FORMAT = "hfcn-bench/run"
@@ -56,8 +69,14 @@ def fit_dir(run_dir: str | os.PathLike, fold: int | None) -> Path:
 def write_header(run_dir: str | os.PathLike, header: dict) -> Path:
     from .. import __version__
 
-    obj = {"format": RUN_FORMAT, "version": RUN_VERSION, "created_by": f"hfcn-bench {__version__}",
-           "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **header}
+    obj = {
+        "format": RUN_FORMAT,
+        "version": RUN_VERSION,
+        "created_by": f"hfcn-bench {__version__}",
+        "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **header,
+    }
     return write_json_atomic(Path(run_dir) / HEADER, obj)
 
 
@@ -127,17 +146,21 @@ def read_run(run_dir: str | os.PathLike) -> RunFolder:
     path = Path(run_dir)
     cfg_path = path / HEADER
     if not path.is_dir():
-        raise HfcnError(f"{path} is not a run folder (not a directory)",
-                        hint="give the --out folder of an `hfcn-bench train` run")
+        raise HfcnError(
+            f"{path} is not a run folder (not a directory)", hint="give the --out folder of an `hfcn-bench train` run"
+        )
     if not cfg_path.is_file():
-        raise HfcnError(f"{path} is not a run folder (no {HEADER})",
-                        hint="give the --out folder of an `hfcn-bench train` run")
+        raise HfcnError(
+            f"{path} is not a run folder (no {HEADER})", hint="give the --out folder of an `hfcn-bench train` run"
+        )
     header = read_json(cfg_path)
     if not isinstance(header, dict) or header.get("format") != RUN_FORMAT:
         raise HfcnError(f"{cfg_path} is not an hfcn-bench run header")
     if header.get("version") != RUN_VERSION:
-        raise HfcnError(f"{cfg_path}: run format version {header.get('version')!r}; this hfcn-bench reads version "
-                        f"{RUN_VERSION}", hint="retrain the run with this version of hfcn-bench")
+        raise HfcnError(
+            f"{cfg_path}: run format version {header.get('version')!r}; this hfcn-bench reads version {RUN_VERSION}",
+            hint="retrain the run with this version of hfcn-bench",
+        )
     for key in ("system", "config", "split", "protocol"):
         if key not in header:
             raise HfcnError(f"{cfg_path}: damaged run header (no {key!r})")
@@ -163,7 +186,9 @@ def check_reusable(run_dir: str | os.PathLike, force: bool, resume: bool) -> Non
     if force or resume or not path.exists():
         return
     if (path / "metrics.json").is_file():
-        raise HfcnError(f"{path} already holds a finished run", hint="--force to train over it, or choose another --out")
+        raise HfcnError(
+            f"{path} already holds a finished run", hint="--force to train over it, or choose another --out"
+        )
     if has_state(path):
         raise HfcnError(f"{path} holds an interrupted run", hint="--resume to continue it, --force to start over")
 
@@ -178,8 +203,11 @@ def write_fitted(directory: str | os.PathLike, obj: dict, files: list[str]) -> P
 
 def read_fitted(directory: str | os.PathLike) -> dict:
     path = Path(directory) / FITTED
-    obj = read_json(path, f"{Path(directory)} holds no fitted model ({FITTED} missing: training did not finish?)",
-                    hint="resume the run (hfcn-bench train --resume --out RUN) or retrain it")
+    obj = read_json(
+        path,
+        f"{Path(directory)} holds no fitted model ({FITTED} missing: training did not finish?)",
+        hint="resume the run (hfcn-bench train --resume --out RUN) or retrain it",
+    )
     if not isinstance(obj, dict) or obj.get("format") != FITTED_FORMAT or obj.get("version") != FITTED_VERSION:
         raise HfcnError(f"{path} is not an hfcn-bench fitted-model record (version {FITTED_VERSION})")
     return obj
@@ -204,8 +232,10 @@ def verify_files(directory: str | os.PathLike, recorded: dict[str, str], only: l
         if not path.is_file():
             raise HfcnError(f"{path}: model file missing", hint="retrain the run (hfcn-bench train --force)")
         if sha256_file(path) != digest:
-            raise HfcnError(f"{path}: model file is damaged (its sha256 differs from the one recorded when it was "
-                            "written)", hint="use --checkpoint last if the run kept it, or retrain the run")
+            raise HfcnError(
+                f"{path}: model file is damaged (its sha256 differs from the one recorded when it was written)",
+                hint="use --checkpoint last if the run kept it, or retrain the run",
+            )
 
 
 def remove_stray_temps(run_dir: str | os.PathLike) -> list[Path]:

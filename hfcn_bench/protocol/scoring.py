@@ -16,7 +16,7 @@ Everything takes plain arguments (a seed, a threshold rule), never a model's con
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,8 +24,16 @@ from .. import metrics as M
 from ..errors import HfcnError
 from .predictions import Predictions
 
-__all__ = ["THRESHOLD_RULES", "AGGREGATES", "choose_threshold", "score_predictions", "calibration", "roc_points",
-           "protocol_line", "level_name"]
+__all__ = [
+    "THRESHOLD_RULES",
+    "AGGREGATES",
+    "choose_threshold",
+    "score_predictions",
+    "calibration",
+    "roc_points",
+    "protocol_line",
+    "level_name",
+]
 
 THRESHOLD_RULES = ("youden", "f1", "fixed")
 AGGREGATES = (None, "mean", "max")
@@ -36,8 +44,9 @@ def check_aggregate(aggregate) -> None:
         raise HfcnError(f"aggregate must be None, 'mean' or 'max', got {aggregate!r}")
 
 
-def choose_threshold(pred: Predictions, rule: str, aggregate: str | None = None,
-                     source: str = "validation") -> tuple[float, str]:
+def choose_threshold(
+    pred: Predictions, rule: str, aggregate: str | None = None, source: str = "validation"
+) -> tuple[float, str]:
     """``(threshold, source)`` chosen with ``rule`` on training-side predictions ``pred``, at
     ROI or case level. A one-class set cannot place a data-driven threshold: the softmax argmax
     rule (0.5) is used and the source says so."""
@@ -83,9 +92,15 @@ def calibration(y, p, bins: int = 10) -> dict | None:
     for b in range(bins):
         m = idx == b
         n = int(m.sum())
-        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n,
-                      "mean_prob": float(p[m].mean()) if n else None,
-                      "observed": float(y[m].mean()) if n else None})
+        table.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "n": n,
+                "mean_prob": float(p[m].mean()) if n else None,
+                "observed": float(y[m].mean()) if n else None,
+            }
+        )
     ece = sum(r["n"] * abs(r["mean_prob"] - r["observed"]) for r in table if r["n"]) / y.size
     return {"brier": float(np.mean((p - y) ** 2)), "ece": float(ece), "bins": table, "n": int(y.size)}
 

@@ -5,5 +5,14 @@ that sets the paper's figures beside ours."""
 from .grid import Cell, Config, build_cells, build_configs
 from .runner import PRESETS, ReproduceOptions, estimate_costs, plan, reproduce
 
-__all__ = ["Cell", "Config", "PRESETS", "ReproduceOptions", "build_cells", "build_configs", "estimate_costs", "plan",
-           "reproduce"]
+__all__ = [
+    "Cell",
+    "Config",
+    "PRESETS",
+    "ReproduceOptions",
+    "build_cells",
+    "build_configs",
+    "estimate_costs",
+    "plan",
+    "reproduce",
+]

@@ -43,12 +43,23 @@ def cell_seconds(metrics: dict) -> tuple[float | None, bool]:
     before = train.get("resumed_from")
     if before is None or total is None:
         return total, False
-    earlier = (train.get("history") or [])[:int(before)]
+    earlier = (train.get("history") or [])[: int(before)]
     return float(total) + sum(float(h.get("seconds") or 0.0) for h in earlier), True
 
 
-def cell_spec(cell, out_dir: Path, *, data: str, label_rule: str, preset: str, seed: int, threads: int,
-              device: str, n_boot: int, overrides: dict | None = None) -> dict:
+def cell_spec(
+    cell,
+    out_dir: Path,
+    *,
+    data: str,
+    label_rule: str,
+    preset: str,
+    seed: int,
+    threads: int,
+    device: str,
+    n_boot: int,
+    overrides: dict | None = None,
+) -> dict:
     """Everything a worker needs to run ``cell`` (plain JSON values)."""
     from .grid import config_overrides
 
@@ -56,12 +67,22 @@ def cell_spec(cell, out_dir: Path, *, data: str, label_rule: str, preset: str, s
     # order, the augmentation and the validation cases: the grid's seed too, unless the cell is a
     # repeat under another training seed (same folds).
     train_seed = int(seed) if cell.seed is None else int(cell.seed)
-    return {"key": cell.key, "config_key": cell.config.key, "fold": cell.fold, "k": cell.k, "data": str(data),
-            "label_rule": label_rule, "preset": preset, "seed": int(seed), "train_seed": train_seed,
-            "threads": int(threads),
-            "device": device, "n_boot": int(n_boot),
-            "overrides": {**config_overrides(cell.config), **(overrides or {})},
-            "out": str(Path(out_dir) / "cells" / cell.key)}
+    return {
+        "key": cell.key,
+        "config_key": cell.config.key,
+        "fold": cell.fold,
+        "k": cell.k,
+        "data": str(data),
+        "label_rule": label_rule,
+        "preset": preset,
+        "seed": int(seed),
+        "train_seed": train_seed,
+        "threads": int(threads),
+        "device": device,
+        "n_boot": int(n_boot),
+        "overrides": {**config_overrides(cell.config), **(overrides or {})},
+        "out": str(Path(out_dir) / "cells" / cell.key),
+    }
 
 
 def _host(device: str) -> dict:
@@ -78,8 +99,13 @@ def _host(device: str) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         index = torch.device(device).index
         gpu = torch.cuda.get_device_name(torch.cuda.current_device() if index is None else index)
-    return {"node": platform.node(), "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "gpu": gpu,
-            "torch": torch.__version__}
+    return {
+        "node": platform.node(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+    }
 
 
 def _log(path: Path, text: str) -> None:
@@ -93,8 +119,13 @@ def run_cell(spec: dict) -> dict:
     out = Path(spec["out"])
     if cell_done(out):
         m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-        return {"key": spec["key"], "status": "cached", "wall_s": 0.0, "auc": m.get("auc"),
-                "cell_s": cell_seconds(m)[0]}
+        return {
+            "key": spec["key"],
+            "status": "cached",
+            "wall_s": 0.0,
+            "auc": m.get("auc"),
+            "cell_s": cell_seconds(m)[0],
+        }
     out.mkdir(parents=True, exist_ok=True)
     log = out / "cell.log"
     t0 = time.perf_counter()
@@ -111,33 +142,60 @@ def run_cell(spec: dict) -> dict:
         # training finished (best.pt final, last.pt already dropped) only predicts and scores,
         # and one with no checkpoint starts afresh.
         resume = any(out.glob("**/*.pt"))
-        _log(log, f"{time.strftime('%Y-%m-%d %H:%M:%S')} cell {spec['key']} ({'resume' if resume else 'start'}), "
-                  f"{spec['threads']} thread(s), device {spec['device']}")
+        _log(
+            log,
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} cell {spec['key']} ({'resume' if resume else 'start'}), "
+            f"{spec['threads']} thread(s), device {spec['device']}",
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)
             ds = load_dataset(spec["data"], label_rule=spec["label_rule"])
         splits = kfold(ds, k=int(spec["k"]), seed=int(spec["seed"]))
         system = get_system("hfcn")
-        cfg = system.configure(spec["preset"], {**spec["overrides"], "threads": int(spec["threads"]),
-                                                "device": spec["device"]},
-                               seed=int(spec.get("train_seed", spec["seed"])))
+        cfg = system.configure(
+            spec["preset"],
+            {**spec["overrides"], "threads": int(spec["threads"]), "device": spec["device"]},
+            seed=int(spec.get("train_seed", spec["seed"])),
+        )
 
         def progress(kind, done, total, info):
             if kind == "epoch":
-                _log(log, f"epoch {done}/{total} loss {info.get('train_loss', 0):.4f} val_auc {info.get('val_auc')} "
-                          f"{info.get('seconds', 0):.1f} s")
+                _log(
+                    log,
+                    f"epoch {done}/{total} loss {info.get('train_loss', 0):.4f} val_auc {info.get('val_auc')} "
+                    f"{info.get('seconds', 0):.1f} s",
+                )
 
         # keep_last=False: last.pt only serves a resume; a finished cell keeps best.pt alone.
-        report = train_run(system, cfg, ds, [splits[int(spec["fold"])]], out_dir=out, n_boot=int(spec["n_boot"]),
-                           progress=progress, resume=True, keep_last=False,
-                           header={"preset": spec["preset"], "host": _host(spec["device"]),
-                                   "cell": {**{k: spec[k] for k in ("key", "config_key", "fold", "k")},
-                                            "train_seed": int(spec.get("train_seed", spec["seed"]))}})
+        report = train_run(
+            system,
+            cfg,
+            ds,
+            [splits[int(spec["fold"])]],
+            out_dir=out,
+            n_boot=int(spec["n_boot"]),
+            progress=progress,
+            resume=True,
+            keep_last=False,
+            header={
+                "preset": spec["preset"],
+                "host": _host(spec["device"]),
+                "cell": {
+                    **{k: spec[k] for k in ("key", "config_key", "fold", "k")},
+                    "train_seed": int(spec.get("train_seed", spec["seed"])),
+                },
+            },
+        )
         wall = time.perf_counter() - t0
         _log(log, f"finished in {wall:.1f} s: test ROC-AUC {report.get('auc')}")
         (out / "error.json").unlink(missing_ok=True)
-        return {"key": spec["key"], "status": "done", "wall_s": wall, "auc": report.get("auc"),
-                "cell_s": cell_seconds(report)[0]}
+        return {
+            "key": spec["key"],
+            "status": "done",
+            "wall_s": wall,
+            "auc": report.get("auc"),
+            "cell_s": cell_seconds(report)[0],
+        }
     except KeyboardInterrupt:
         _log(log, "interrupted; the next run resumes this cell from its checkpoints")
         raise

@@ -32,9 +32,18 @@ def cost_settings(backbone: str, crops: list[str], opts) -> dict:
     from ..systems import get_system
 
     cfg = get_system("hfcn").configure(opts.preset, {"backbone": backbone}, seed=opts.seed)
-    return {"backbone": backbone, "crops": sorted(crops), "preset": opts.preset, "batch": int(cfg.batch_size),
-            "size": int(cfg.image_size), "threads": int(opts.threads), "device": str(opts.device),
-            "repeats": COST_REPEATS, "cpu": _cpu_model(), "torch": torch.__version__}
+    return {
+        "backbone": backbone,
+        "crops": sorted(crops),
+        "preset": opts.preset,
+        "batch": int(cfg.batch_size),
+        "size": int(cfg.image_size),
+        "threads": int(opts.threads),
+        "device": str(opts.device),
+        "repeats": COST_REPEATS,
+        "cpu": _cpu_model(),
+        "torch": torch.__version__,
+    }
 
 
 def measure_costs(backbone: str, crops: list[str], opts) -> dict:
@@ -42,28 +51,50 @@ def measure_costs(backbone: str, crops: list[str], opts) -> dict:
     peak training memory, and each one's ratio to Global (``crop = none``, always measured)."""
     from ..bench.model_cost import compare_model_costs
     from ..systems import get_system
-    from .grid import config_overrides, Config
+    from .grid import Config, config_overrides
 
     modes = ["none"] + [c for c in ("rfc", "bfc", "image") if c in crops]
     # The cell's own model configuration (weights included: the ImageNet trunk's cost is the
     # trunk's), at the grid's alpha 0.6 and w 0.5.
-    cfg = get_system("hfcn").configure(opts.preset, config_overrides(Config(backbone, "bfc", 0.6, 0.5, ("5",))),
-                                       seed=opts.seed)
-    rows = compare_model_costs(modes, backbone=backbone, alpha=0.6, batch=cfg.batch_size, size=cfg.image_size,
-                               threads=opts.threads, repeats=COST_REPEATS, warmup=1, inference=True,
-                               op_repeats=5, device=opts.device, seed=opts.seed, base=cfg.model_config(),
-                               memory=True)
+    cfg = get_system("hfcn").configure(
+        opts.preset, config_overrides(Config(backbone, "bfc", 0.6, 0.5, ("5",))), seed=opts.seed
+    )
+    rows = compare_model_costs(
+        modes,
+        backbone=backbone,
+        alpha=0.6,
+        batch=cfg.batch_size,
+        size=cfg.image_size,
+        threads=opts.threads,
+        repeats=COST_REPEATS,
+        warmup=1,
+        inference=True,
+        op_repeats=5,
+        device=opts.device,
+        seed=opts.seed,
+        base=cfg.model_config(),
+        memory=True,
+    )
     out = {}
     for r in rows:
         b = r["batch"]
         out[r["crop"]] = {
-            "train_step_s": r["train_median_s"], "train_step_iqr_s": r["train_iqr_s"],
-            "train_per_image_s": r["train_median_s"] / b, "infer_per_roi_s": r["infer_median_s"] / b,
-            "peak_mib": r.get("train_peak_mib"), "peak_how": r.get("peak_memory_how"),
-            "train_ratio": r.get("train_ratio"), "infer_ratio": r.get("infer_ratio"),
-            "memory_ratio": r.get("memory_ratio"), "backbone_passes": r["backbone_passes"], "batch": b,
-            "size": r["size"], "threads": r["threads"], "device": r["device"],
-            "parity_max_abs_diff": r.get("parity_max_abs_diff")}
+            "train_step_s": r["train_median_s"],
+            "train_step_iqr_s": r["train_iqr_s"],
+            "train_per_image_s": r["train_median_s"] / b,
+            "infer_per_roi_s": r["infer_median_s"] / b,
+            "peak_mib": r.get("train_peak_mib"),
+            "peak_how": r.get("peak_memory_how"),
+            "train_ratio": r.get("train_ratio"),
+            "infer_ratio": r.get("infer_ratio"),
+            "memory_ratio": r.get("memory_ratio"),
+            "backbone_passes": r["backbone_passes"],
+            "batch": b,
+            "size": r["size"],
+            "threads": r["threads"],
+            "device": r["device"],
+            "parity_max_abs_diff": r.get("parity_max_abs_diff"),
+        }
     return out
 
 

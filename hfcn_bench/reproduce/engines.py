@@ -17,8 +17,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 from ..errors import HfcnError
 from .cells import run_cell
@@ -69,8 +69,15 @@ def run_local(specs: list[dict], on_event: OnEvent, **_) -> dict:
     return {"engine": "local", "workers": 1}
 
 
-def run_ray(specs: list[dict], on_event: OnEvent, *, workers: int, threads: int, address: str | None = None,
-            gpus_per_cell: float = 0.0) -> dict:
+def run_ray(
+    specs: list[dict],
+    on_event: OnEvent,
+    *,
+    workers: int,
+    threads: int,
+    address: str | None = None,
+    gpus_per_cell: float = 0.0,
+) -> dict:
     """The cells as Ray tasks, each asking for ``threads`` CPUs (and ``gpus_per_cell`` GPUs).
 
     ``address=None`` starts a local instance sized ``workers * threads`` CPUs; ``"auto"`` or
@@ -90,15 +97,19 @@ def run_ray(specs: list[dict], on_event: OnEvent, *, workers: int, threads: int,
                     import sys
 
                     # The workers import this package as the driver does (a checkout on PYTHONPATH).
-                    kw.update(num_cpus=workers * threads, num_gpus=None if gpus_per_cell else 0,
-                              object_store_memory=200 * 1024 * 1024,
-                              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
+                    kw.update(
+                        num_cpus=workers * threads,
+                        num_gpus=None if gpus_per_cell else 0,
+                        object_store_memory=200 * 1024 * 1024,
+                        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}},
+                    )
                     ray.init(**kw)
                 else:
                     ray.init(address=address, **kw)
                 rearm()
-            return _run_tasks(ray, specs, on_event, workers=workers, threads=threads, address=address,
-                              gpus_per_cell=gpus_per_cell)
+            return _run_tasks(
+                ray, specs, on_event, workers=workers, threads=threads, address=address, gpus_per_cell=gpus_per_cell
+            )
         finally:
             if started:
                 ray.shutdown()
@@ -126,9 +137,13 @@ def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell
                 try:
                     res = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a worker that died: an error row
-                    res = {"key": spec["key"], "status": "error", "wall_s": 0.0,
-                           "error": f"the Ray task failed: {type(exc).__name__}: {str(exc)[:300]}",
-                           "log": spec["out"] + "/cell.log"}
+                    res = {
+                        "key": spec["key"],
+                        "status": "error",
+                        "wall_s": 0.0,
+                        "error": f"the Ray task failed: {type(exc).__name__}: {str(exc)[:300]}",
+                        "log": spec["out"] + "/cell.log",
+                    }
                 res["driver_s"] = time.perf_counter() - t_submit
                 on_event("result", spec, res)
             submit()

@@ -26,15 +26,29 @@ from dataclasses import dataclass
 
 from ..errors import HfcnError
 
-__all__ = ["Config", "Cell", "PAPER_TABLE3", "TABLES", "DEFAULT_BACKBONES", "DEFAULT_ALPHAS", "build_configs",
-           "build_cells", "config_overrides"]
+__all__ = [
+    "Config",
+    "Cell",
+    "PAPER_TABLE3",
+    "TABLES",
+    "DEFAULT_BACKBONES",
+    "DEFAULT_ALPHAS",
+    "build_configs",
+    "build_cells",
+    "config_overrides",
+]
 
 # Song et al. 2020, Table 3 (BFC branch, proposed CNN): alpha -> (accuracy %, F1 %).
-PAPER_TABLE3 = {0.5: (92.27, 90.54), 0.6: (95.03, 93.88), 0.7: (94.48, 93.24), 0.8: (93.37, 91.89),
-                0.9: (93.37, 91.89), 1.0: (89.50, 87.07)}
+PAPER_TABLE3 = {
+    0.5: (92.27, 90.54),
+    0.6: (95.03, 93.88),
+    0.7: (94.48, 93.24),
+    0.8: (93.37, 91.89),
+    0.9: (93.37, 91.89),
+    1.0: (89.50, 87.07),
+}
 TABLES = ("3", "4", "5", "all")
-DEFAULT_BACKBONES = {"3": ("paper",), "4": ("paper", "efficientnet_lite0"),
-                     "5": ("paper", "efficientnet_lite0")}
+DEFAULT_BACKBONES = {"3": ("paper",), "4": ("paper", "efficientnet_lite0"), "5": ("paper", "efficientnet_lite0")}
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 ARCH = {"none": "Global", "rfc": "Global + RFC", "bfc": "Global + BFC", "image": "Global + Image crops"}
 
@@ -79,8 +93,9 @@ class Cell:
         return f"{self.config.key}-f{self.fold}" + ("" if self.seed is None else f"-s{self.seed}")
 
 
-def build_configs(table: str, backbones: tuple[str, ...] | None = None, alphas: tuple[float, ...] | None = None
-                  ) -> list[Config]:
+def build_configs(
+    table: str, backbones: tuple[str, ...] | None = None, alphas: tuple[float, ...] | None = None
+) -> list[Config]:
     """The configurations of ``table`` ("3", "4", "5" or "all"), each once (a configuration two
     tables share, like Global, carries both tags)."""
     if table not in TABLES:
@@ -96,8 +111,9 @@ def build_configs(table: str, backbones: tuple[str, ...] | None = None, alphas: 
 
     def add(cfg: Config) -> None:
         old = found.get(cfg.key)
-        found[cfg.key] = cfg if old is None else dataclasses.replace(old, tables=tuple(sorted(set(old.tables) |
-                                                                                             set(cfg.tables))))
+        found[cfg.key] = (
+            cfg if old is None else dataclasses.replace(old, tables=tuple(sorted(set(old.tables) | set(cfg.tables))))
+        )
 
     for t in wanted:
         bbs = tuple(DEFAULT_BACKBONES[t] if backbones is None else backbones)
@@ -119,8 +135,13 @@ def build_configs(table: str, backbones: tuple[str, ...] | None = None, alphas: 
     return list(found.values())
 
 
-def build_cells(configs: list[Config], k: int, seeds: tuple[int, ...] = (), grid_seed: int = 0,
-                seed_crops: tuple[str, ...] | None = None) -> list[Cell]:
+def build_cells(
+    configs: list[Config],
+    k: int,
+    seeds: tuple[int, ...] = (),
+    grid_seed: int = 0,
+    seed_crops: tuple[str, ...] | None = None,
+) -> list[Cell]:
     """Every configuration on every fold, with the grid's seed; then, for each extra training
     seed of ``seeds`` (the grid's own is skipped), the configurations whose crop is in
     ``seed_crops`` (default: all) again on the same folds."""

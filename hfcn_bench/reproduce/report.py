@@ -40,11 +40,18 @@ def _cell_predictions(cell_dir: Path) -> tuple[Predictions, list[str], float, di
     report and its training-side labels (from its manifest)."""
     from ..data.splits import read_manifest
 
-    rows = [r for r in csv.DictReader(io.StringIO((cell_dir / "predictions.csv").read_text(encoding="utf-8")))
-            if r["output"] == "main"]
+    rows = [
+        r
+        for r in csv.DictReader(io.StringIO((cell_dir / "predictions.csv").read_text(encoding="utf-8")))
+        if r["output"] == "main"
+    ]
     report = json.loads((cell_dir / "metrics.json").read_text(encoding="utf-8"))
-    pred = Predictions(np.asarray([float(r["prob"]) for r in rows]), np.asarray([int(r["label"]) for r in rows]),
-                       np.asarray([r["case_id"] for r in rows], dtype=object), [])
+    pred = Predictions(
+        np.asarray([float(r["prob"]) for r in rows]),
+        np.asarray([int(r["label"]) for r in rows]),
+        np.asarray([r["case_id"] for r in rows], dtype=object),
+        [],
+    )
     thr = float(rows[0]["threshold"]) if rows else float(report["threshold"])
     y_train, _ = read_manifest(cell_dir / "split.json").training_labels()
     train = [SimpleNamespace(case_id=f"{cell_dir.name}:{i}", label=v) for i, v in enumerate(y_train)]
@@ -85,13 +92,20 @@ def _paired(a: dict, b: dict, n_boot: int, seed: int) -> dict | None:
     sel_b = np.asarray([ib[k] for k in common])
     y = pa["labels"][sel_a]
     try:
-        boot = M.paired_auc_difference(y, pa["scores"][sel_a], pb["scores"][sel_b], pa["cases"][sel_a],
-                                       n_boot=n_boot, seed=seed)
+        boot = M.paired_auc_difference(
+            y, pa["scores"][sel_a], pb["scores"][sel_b], pa["cases"][sel_a], n_boot=n_boot, seed=seed
+        )
         dl = M.delong_test(y, pa["scores"][sel_a], pb["scores"][sel_b])
     except M.UndefinedMetricError:
         return None
-    return {**boot, "delong_z": dl["z"], "delong_p": dl["p"], "auc_a": dl["auc_a"], "auc_b": dl["auc_b"],
-            "n_rois": len(common)}
+    return {
+        **boot,
+        "delong_z": dl["z"],
+        "delong_p": dl["p"],
+        "auc_a": dl["auc_a"],
+        "auc_b": dl["auc_b"],
+        "n_rois": len(common),
+    }
 
 
 def _aligned(reps: list[dict]):
@@ -107,8 +121,9 @@ def _aligned(reps: list[dict]):
     return first["labels"][sel[0]], first["cases"][sel[0]], [r["_paired"]["scores"][i] for r, i in zip(reps, sel)]
 
 
-def _seed_spread(runs: list[tuple[int, dict]], n_boot: int, seed: int, versus: list[tuple[int, dict]] | None = None
-                 ) -> dict | None:
+def _seed_spread(
+    runs: list[tuple[int, dict]], n_boot: int, seed: int, versus: list[tuple[int, dict]] | None = None
+) -> dict | None:
     """A row's (or with ``versus``, a paired difference's) values over training seeds with the
     seed-pooled case-bootstrap interval; None with fewer than two finished seeds."""
     if versus is not None:
@@ -135,11 +150,21 @@ def _metric_row(rep: dict | None) -> dict:
         return {"done": False}
     m = rep["metrics"]
     ci = m.get("ci") or {}
-    return {"done": True, "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"],
-            "f1": m["f1"], "f1_ci": ci.get("f1"), "auc": rep.get("auc"), "auc_ci": ci.get("auc"),
-            "specificity": m["specificity"], "n_rois": rep.get("n_samples"), "n_cases": rep.get("n_cases"),
-            "majority_f1": (rep.get("majority_baseline") or {}).get("f1"),
-            "brier": (rep.get("calibration") or {}).get("brier")}
+    return {
+        "done": True,
+        "accuracy": m["accuracy"],
+        "precision": m["precision"],
+        "recall": m["recall"],
+        "f1": m["f1"],
+        "f1_ci": ci.get("f1"),
+        "auc": rep.get("auc"),
+        "auc_ci": ci.get("auc"),
+        "specificity": m["specificity"],
+        "n_rois": rep.get("n_samples"),
+        "n_cases": rep.get("n_cases"),
+        "majority_f1": (rep.get("majority_baseline") or {}).get("f1"),
+        "brier": (rep.get("calibration") or {}).get("brier"),
+    }
 
 
 def _best_epoch(metrics: dict):
@@ -171,10 +196,13 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
             configs.setdefault(c.config.key, (c.config, []))[1].append(out / "cells" / c.key)
         else:
             seeded.setdefault((c.config.key, c.seed), []).append(out / "cells" / c.key)
-    pooled = {k: pooled_config(sorted(dirs, key=lambda d: d.name), opts.seed, opts.n_boot)
-              for k, (cfg, dirs) in configs.items()}
-    pooled_seeds = {ks: pooled_config(sorted(dirs, key=lambda d: d.name), opts.seed, opts.n_boot)
-                    for ks, dirs in seeded.items()}
+    pooled = {
+        k: pooled_config(sorted(dirs, key=lambda d: d.name), opts.seed, opts.n_boot)
+        for k, (cfg, dirs) in configs.items()
+    }
+    pooled_seeds = {
+        ks: pooled_config(sorted(dirs, key=lambda d: d.name), opts.seed, opts.n_boot) for ks, dirs in seeded.items()
+    }
 
     def runs(key: str) -> list[tuple[int, dict]]:
         """(training seed, pooled report) of every finished seed of a configuration."""
@@ -187,15 +215,37 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
         if "3" in cfg.tables:
             alpha = 1.0 if cfg.crop == "none" else cfg.alpha
             paper = PAPER_TABLE3.get(round(alpha, 2)) if cfg.backbone == "paper" else None
-            table3.append({"backbone": cfg.backbone, "alpha": alpha, "config": key, **_metric_row(rep),
-                           "paper_accuracy": paper[0] if paper else None, "paper_f1": paper[1] if paper else None})
+            table3.append(
+                {
+                    "backbone": cfg.backbone,
+                    "alpha": alpha,
+                    "config": key,
+                    **_metric_row(rep),
+                    "paper_accuracy": paper[0] if paper else None,
+                    "paper_f1": paper[1] if paper else None,
+                }
+            )
         if "4" in cfg.tables:
             paper = PAPER_TABLE4.get((cfg.crop, cfg.backbone))
-            table4.append({"backbone": cfg.backbone, "architecture": ARCH[cfg.crop], "config": key,
-                           **_metric_row(rep), **({"paper": list(paper)} if paper else {"paper": None})})
+            table4.append(
+                {
+                    "backbone": cfg.backbone,
+                    "architecture": ARCH[cfg.crop],
+                    "config": key,
+                    **_metric_row(rep),
+                    **({"paper": list(paper)} if paper else {"paper": None}),
+                }
+            )
         if "5" in cfg.tables:
-            table5.append({"backbone": cfg.backbone, "architecture": ARCH[cfg.crop], "crop": cfg.crop, "config": key,
-                           **_metric_row(rep)})
+            table5.append(
+                {
+                    "backbone": cfg.backbone,
+                    "architecture": ARCH[cfg.crop],
+                    "crop": cfg.crop,
+                    "config": key,
+                    **_metric_row(rep),
+                }
+            )
     table3.sort(key=lambda r: (r["backbone"], r["alpha"]))
     order = {"Global": 0, "Global + RFC": 1, "Global + BFC": 2, "Global + Image crops": 3}
     table4.sort(key=lambda r: (r["backbone"], order[r["architecture"]]))
@@ -211,10 +261,10 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
         for r in table5:
             r["cost"] = ((costs.get(r["backbone"]) or {}).get("rows") or {}).get(r["crop"])
     pairs = []  # (config a, config b): AUC_a - AUC_b
-    for key, (cfg, _) in configs.items():
+    for cfg, _ in configs.values():
         if cfg.crop != "none":
             pairs.append((cfg, configs.get(f"{cfg.backbone}-global", (None,))[0], "Global"))
-    for key, (cfg, _) in configs.items():
+    for cfg, _ in configs.values():
         if "5" in cfg.tables and cfg.crop in ("bfc", "rfc") and cfg.branch_weight > 0:
             image = next((c for c, _ in configs.values() if c.crop == "image" and c.backbone == cfg.backbone), None)
             pairs.append((cfg, image, "Image"))
@@ -224,9 +274,17 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
         d = _paired(pooled[cfg.key], pooled[ref.key], opts.n_boot, opts.seed)
         if d is not None:
             spread = _seed_spread(runs(cfg.key), opts.n_boot, opts.seed, versus=runs(ref.key))
-            paired.append({"backbone": cfg.backbone, "comparison": _comparison(cfg, versus), "config": cfg.key,
-                           "versus": ref.key, "tables": sorted(set(cfg.tables) | set(ref.tables)), **d,
-                           **({"seeds": spread} if spread else {})})
+            paired.append(
+                {
+                    "backbone": cfg.backbone,
+                    "comparison": _comparison(cfg, versus),
+                    "config": cfg.key,
+                    "versus": ref.key,
+                    "tables": sorted(set(cfg.tables) | set(ref.tables)),
+                    **d,
+                    **({"seeds": spread} if spread else {}),
+                }
+            )
     paired.sort(key=lambda r: (r["backbone"], r["comparison"]))
     seeds = []
     for key, (cfg, _) in configs.items():
@@ -240,8 +298,12 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
         res = results.get(c.key, {})
         # A cell whose result never reached the driver (it finished as the run was stopped) is
         # still finished on disk.
-        row = {"key": c.key, "config": c.config.key, "fold": c.fold,
-               "status": res.get("status") or ("done" if cell_done(d) else "pending")}
+        row = {
+            "key": c.key,
+            "config": c.config.key,
+            "fold": c.fold,
+            "status": res.get("status") or ("done" if cell_done(d) else "pending"),
+        }
         try:
             host = json.loads((d / "config.json").read_text(encoding="utf-8")).get("host") or {}
         except (OSError, json.JSONDecodeError):
@@ -251,8 +313,7 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
         if mpath.is_file():
             m = json.loads(mpath.read_text(encoding="utf-8"))
             cell_s, resumed = cell_seconds(m)
-            row.update({"auc": m.get("auc"), "cell_s": cell_s, "resumed": resumed,
-                        "best_epoch": _best_epoch(m)})
+            row.update({"auc": m.get("auc"), "cell_s": cell_s, "resumed": resumed, "best_epoch": _best_epoch(m)})
         if res.get("status") == "done":
             row["driver_s"] = res.get("driver_s")
             row["run_s"] = res.get("wall_s")
@@ -263,30 +324,52 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
             row.update({"status": "error", "error": err.get("error"), "log": err.get("log")})
         cell_rows.append(row)
     ran = [r for r in cell_rows if r.get("engine_overhead_s") is not None]
-    overhead = {"mean_s": float(np.mean([r["engine_overhead_s"] for r in ran])) if ran else None,
-                "mean_fraction": float(np.mean([r["engine_overhead_s"] / r["run_s"] for r in ran])) if ran else None,
-                "cells": len(ran)}
+    overhead = {
+        "mean_s": float(np.mean([r["engine_overhead_s"] for r in ran])) if ran else None,
+        "mean_fraction": float(np.mean([r["engine_overhead_s"] / r["run_s"] for r in ran])) if ran else None,
+        "cells": len(ran),
+    }
     done = [r for r in cell_rows if r.get("cell_s")]
     return {
-        "format": "hfcn-bench/reproduce-report", "version": 1,
-        "options": {"table": opts.table, "preset": opts.preset, "folds": opts.folds, "seed": opts.seed,
-                    "n_boot": opts.n_boot, "label_rule": opts.label_rule, "data": str(opts.data),
-                    "backbones": list(opts.backbones) if opts.backbones else None,
-                    "alphas": list(opts.alphas) if opts.alphas else None,
-                    "seeds": sorted({int(opts.seed), *(int(v) for v in getattr(opts, "seeds", ()) or ())}),
-                    "seed_architectures": (list(opts.seed_architectures)
-                                           if getattr(opts, "seed_architectures", None) else None)},
+        "format": "hfcn-bench/reproduce-report",
+        "version": 1,
+        "options": {
+            "table": opts.table,
+            "preset": opts.preset,
+            "folds": opts.folds,
+            "seed": opts.seed,
+            "n_boot": opts.n_boot,
+            "label_rule": opts.label_rule,
+            "data": str(opts.data),
+            "backbones": list(opts.backbones) if opts.backbones else None,
+            "alphas": list(opts.alphas) if opts.alphas else None,
+            "seeds": sorted({int(opts.seed), *(int(v) for v in getattr(opts, "seeds", ()) or ())}),
+            "seed_architectures": (
+                list(opts.seed_architectures) if getattr(opts, "seed_architectures", None) else None
+            ),
+        },
         "data": next((json.loads((out / "cells" / r["key"] / "metrics.json").read_text())["data"] for r in done), None),
-        "table3": table3, "table4": table4, "table5": table5, "costs": costs, "seeds": seeds, "paired": paired,
+        "table3": table3,
+        "table4": table4,
+        "table5": table5,
+        "costs": costs,
+        "seeds": seeds,
+        "paired": paired,
         "cells": cell_rows,
-        "summary": {"cells": len(cell_rows), "done": sum(r["status"] in ("done", "cached") for r in cell_rows),
-                    "failed": sum(r["status"] == "error" for r in cell_rows),
-                    "pending": sum(r["status"] == "pending" for r in cell_rows),
-                    "cell_s_total": float(sum(r["cell_s"] for r in done)),
-                    "cell_s_mean": float(np.mean([r["cell_s"] for r in done])) if done else None},
-        "run": {**run_info, "engine_overhead": overhead,
-                # what the engine returned this run (a disk check can see other runs' cells too)
-                "cells_run": sum(results.get(c.key, {}).get("status") in ("done", "error") for c in cells)},
+        "summary": {
+            "cells": len(cell_rows),
+            "done": sum(r["status"] in ("done", "cached") for r in cell_rows),
+            "failed": sum(r["status"] == "error" for r in cell_rows),
+            "pending": sum(r["status"] == "pending" for r in cell_rows),
+            "cell_s_total": float(sum(r["cell_s"] for r in done)),
+            "cell_s_mean": float(np.mean([r["cell_s"] for r in done])) if done else None,
+        },
+        "run": {
+            **run_info,
+            "engine_overhead": overhead,
+            # what the engine returned this run (a disk check can see other runs' cells too)
+            "cells_run": sum(results.get(c.key, {}).get("status") in ("done", "error") for c in cells),
+        },
         "environment": environment(ops.backend(), opts.device, [opts.threads]),
         "notes": [
             "DDTI labels (and the phantoms' TI-RADS values) are a TI-RADS proxy, not pathology.",
@@ -323,91 +406,131 @@ def render_markdown(rep: dict) -> str:
     o = io.StringIO()
     opts = rep["options"]
     d = rep.get("data") or {}
-    o.write("# hfcn-bench reproduce: the paper's Tables 3 and 4 (and Table 5, feature vs image cropping) under "
-            "case-level cross-validation\n\n")
-    o.write(f"Data: {d.get('format')} at `{d.get('root')}`, {d.get('samples')} ROIs of {d.get('cases')} cases, "
-            f"label rule `{opts['label_rule']}` (a TI-RADS proxy, not pathology), fingerprint "
-            f"`{str(d.get('fingerprint'))[:16]}`. Protocol: {opts['folds']}-fold case-level CV (seed {opts['seed']}), "
-            f"each configuration pooled out of fold; preset `{opts['preset']}`.\n\n")
+    o.write(
+        "# hfcn-bench reproduce: the paper's Tables 3 and 4 (and Table 5, feature vs image cropping) under "
+        "case-level cross-validation\n\n"
+    )
+    o.write(
+        f"Data: {d.get('format')} at `{d.get('root')}`, {d.get('samples')} ROIs of {d.get('cases')} cases, "
+        f"label rule `{opts['label_rule']}` (a TI-RADS proxy, not pathology), fingerprint "
+        f"`{str(d.get('fingerprint'))[:16]}`. Protocol: {opts['folds']}-fold case-level CV (seed {opts['seed']}), "
+        f"each configuration pooled out of fold; preset `{opts['preset']}`.\n\n"
+    )
     run = rep["run"]
     s = rep["summary"]
     ran = run.get("cells_run", 0)
-    o.write(f"Engine: `{run.get('engine')}` ({run.get('workers')} worker(s) x {run.get('threads')} thread(s)"
-            f"{', ' + str(run.get('address')) if run.get('address') else ''}); this run ran {ran} cell(s) in "
-            f"{_f(run.get('wall_s'), 1)} s (the others were finished before, failed before or are pending); "
-            f"cells {s['done']}/{s['cells']} done, {s['failed']} failed, {s['pending']} pending.\n\n")
+    o.write(
+        f"Engine: `{run.get('engine')}` ({run.get('workers')} worker(s) x {run.get('threads')} thread(s)"
+        f"{', ' + str(run.get('address')) if run.get('address') else ''}); this run ran {ran} cell(s) in "
+        f"{_f(run.get('wall_s'), 1)} s (the others were finished before, failed before or are pending); "
+        f"cells {s['done']}/{s['cells']} done, {s['failed']} failed, {s['pending']} pending.\n\n"
+    )
     if rep["table3"]:
         o.write("## Table 3: choice of alpha (BFC branch alone; alpha = 1.0 is Global)\n\n")
-        o.write("| backbone | alpha | accuracy % | precision % | recall % | F1 % | ROC-AUC [95% CI] | paper accuracy % | "
-                "paper F1 % |\n|---|---|---|---|---|---|---|---|---|\n")
+        o.write(
+            "| backbone | alpha | accuracy % | precision % | recall % | F1 % | ROC-AUC [95% CI] | paper accuracy % | "
+            "paper F1 % |\n|---|---|---|---|---|---|---|---|---|\n"
+        )
         for r in rep["table3"]:
             if not r["done"]:
-                o.write(f"| {r['backbone']} | {r['alpha']:g} | (cells not finished) | | | | | "
-                        f"{_f(r['paper_accuracy'], 2)} | {_f(r['paper_f1'], 2)} |\n")
+                o.write(
+                    f"| {r['backbone']} | {r['alpha']:g} | (cells not finished) | | | | | "
+                    f"{_f(r['paper_accuracy'], 2)} | {_f(r['paper_f1'], 2)} |\n"
+                )
                 continue
-            o.write(f"| {r['backbone']} | {r['alpha']:g} | {_pct(r['accuracy'])} | {_pct(r['precision'])} | "
-                    f"{_pct(r['recall'])} | {_pct(r['f1'])} | {_f(r['auc'])}{_ci(r['auc_ci'])} | "
-                    f"{_f(r['paper_accuracy'], 2)} | {_f(r['paper_f1'], 2)} |\n")
+            o.write(
+                f"| {r['backbone']} | {r['alpha']:g} | {_pct(r['accuracy'])} | {_pct(r['precision'])} | "
+                f"{_pct(r['recall'])} | {_pct(r['f1'])} | {_f(r['auc'])}{_ci(r['auc_ci'])} | "
+                f"{_f(r['paper_accuracy'], 2)} | {_f(r['paper_f1'], 2)} |\n"
+            )
         o.write("\n![alpha curve](alpha_curve.png)\n\n")
     if rep["table4"]:
         o.write("## Table 4: architectures x feature extraction networks\n\n")
-        o.write("| architecture | backbone | accuracy % | precision % | recall % | F1 % | ROC-AUC [95% CI] | "
-                "paper acc / prec / rec / F1 % |\n|---|---|---|---|---|---|---|---|\n")
+        o.write(
+            "| architecture | backbone | accuracy % | precision % | recall % | F1 % | ROC-AUC [95% CI] | "
+            "paper acc / prec / rec / F1 % |\n|---|---|---|---|---|---|---|---|\n"
+        )
         for r in rep["table4"]:
             paper = " / ".join(f"{v:.2f}" for v in r["paper"]) if r["paper"] else "— (not in the paper)"
             if not r["done"]:
                 o.write(f"| {r['architecture']} | {r['backbone']} | (cells not finished) | | | | | {paper} |\n")
                 continue
-            o.write(f"| {r['architecture']} | {r['backbone']} | {_pct(r['accuracy'])} | {_pct(r['precision'])} | "
-                    f"{_pct(r['recall'])} | {_pct(r['f1'])} | {_f(r['auc'])}{_ci(r['auc_ci'])} | {paper} |\n")
+            o.write(
+                f"| {r['architecture']} | {r['backbone']} | {_pct(r['accuracy'])} | {_pct(r['precision'])} | "
+                f"{_pct(r['recall'])} | {_pct(r['f1'])} | {_f(r['auc'])}{_ci(r['auc_ci'])} | {paper} |\n"
+            )
         o.write("\n")
     if rep.get("table5"):
         _table5(o, rep)
     o.write("## Paired differences in ROC-AUC (same ROIs, same folds)\n\n")
     if rep["paired"]:
-        o.write("| backbone | comparison | AUC difference [95% paired case-bootstrap CI] | DeLong z | DeLong p | ROIs | "
-                "over seeds: mean ± SD (n) [seed-pooled 95% interval] |\n|---|---|---|---|---|---|---|\n")
+        o.write(
+            "| backbone | comparison | AUC difference [95% paired case-bootstrap CI] | DeLong z | DeLong p | ROIs | "
+            "over seeds: mean ± SD (n) [seed-pooled 95% interval] |\n|---|---|---|---|---|---|---|\n"
+        )
         for r in rep["paired"]:
-            o.write(f"| {r['backbone']} | {r['comparison']} | {r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | "
-                    f"{_f(r['delong_z'], 2)} | {_f(r['delong_p'], 3)} | {r['n_rois']} | {_spread(r.get('seeds'), True)} |\n")
+            o.write(
+                f"| {r['backbone']} | {r['comparison']} | {r['diff']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | "
+                f"{_f(r['delong_z'], 2)} | {_f(r['delong_p'], 3)} | {r['n_rois']} | {_spread(r.get('seeds'), True)} |\n"
+            )
         o.write("\n![paired differences](paired_differences.png)\n\n")
     else:
         o.write("(no pair of finished configurations yet)\n\n")
     if rep.get("seeds"):
-        o.write("## Training noise: rows retrained under other seeds (same folds)\n\n"
-                "| backbone | architecture | configuration | seeds | ROC-AUC per seed | mean ± SD | "
-                "seed-pooled 95% interval |\n|---|---|---|---|---|---|---|\n")
+        o.write(
+            "## Training noise: rows retrained under other seeds (same folds)\n\n"
+            "| backbone | architecture | configuration | seeds | ROC-AUC per seed | mean ± SD | "
+            "seed-pooled 95% interval |\n|---|---|---|---|---|---|---|\n"
+        )
         for r in rep["seeds"]:
-            o.write(f"| {r['backbone']} | {r['architecture']} | {r['config']} | {', '.join(map(str, r['seeds']))} | "
-                    f"{', '.join(f'{v:.3f}' for v in r['per_seed'])} | {r['mean']:.3f} ± {_f(r['sd'])} | "
-                    f"[{r['low']:.3f}, {r['high']:.3f}] |\n")
+            o.write(
+                f"| {r['backbone']} | {r['architecture']} | {r['config']} | {', '.join(map(str, r['seeds']))} | "
+                f"{', '.join(f'{v:.3f}' for v in r['per_seed'])} | {r['mean']:.3f} ± {_f(r['sd'])} | "
+                f"[{r['low']:.3f}, {r['high']:.3f}] |\n"
+            )
         o.write("\n")
-    o.write("## Cells\n\n| cell | status | test ROC-AUC | best epoch | cell s | engine overhead s |\n"
-            "|---|---|---|---|---|---|\n")
+    o.write(
+        "## Cells\n\n| cell | status | test ROC-AUC | best epoch | cell s | engine overhead s |\n"
+        "|---|---|---|---|---|---|\n"
+    )
     for r in rep["cells"]:
-        status = r["status"] + (f": {r.get('error')} (log: {r.get('log')})" if r["status"] == "error" else
-                                " (resumed)" if r.get("resumed") else "")
-        o.write(f"| {r['key']} | {status} | {_f(r.get('auc'))} | {r.get('best_epoch', '—')} | {_f(r.get('cell_s'), 1)} | "
-                f"{_f(r.get('engine_overhead_s'), 2)} |\n")
+        status = r["status"] + (
+            f": {r.get('error')} (log: {r.get('log')})"
+            if r["status"] == "error"
+            else " (resumed)"
+            if r.get("resumed")
+            else ""
+        )
+        o.write(
+            f"| {r['key']} | {status} | {_f(r.get('auc'))} | {r.get('best_epoch', '—')} | {_f(r.get('cell_s'), 1)} | "
+            f"{_f(r.get('engine_overhead_s'), 2)} |\n"
+        )
     ov = run.get("engine_overhead") or {}
     resumed = sum(bool(r.get("resumed")) for r in rep["cells"])
-    o.write(f"\nCell time: {_f(s['cell_s_total'], 0)} s in all, {_f(s['cell_s_mean'], 1)} s per cell"
-            + (f" ({resumed} resumed cell(s): their last run plus the epochs earlier runs trained)" if resumed else "")
-            + ". Engine overhead "
-            f"(a cell's submit-to-result time minus its own run time) this run: {_f(ov.get('mean_s'), 2)} s per cell"
-            + (f", {100 * ov['mean_fraction']:.1f} % of a cell" if ov.get("mean_fraction") is not None else "")
-            + f" over {ov.get('cells', 0)} cell(s).\n\n")
+    o.write(
+        f"\nCell time: {_f(s['cell_s_total'], 0)} s in all, {_f(s['cell_s_mean'], 1)} s per cell"
+        + (f" ({resumed} resumed cell(s): their last run plus the epochs earlier runs trained)" if resumed else "")
+        + ". Engine overhead "
+        f"(a cell's submit-to-result time minus its own run time) this run: {_f(ov.get('mean_s'), 2)} s per cell"
+        + (f", {100 * ov['mean_fraction']:.1f} % of a cell" if ov.get("mean_fraction") is not None else "")
+        + f" over {ov.get('cells', 0)} cell(s).\n\n"
+    )
     hosts: dict = {}
     for r in rep["cells"]:
         if r["status"] in ("done", "cached"):
             h = r.get("host") or "not recorded (written before cells recorded their host)"
             hosts[h] = hosts.get(h, 0) + 1
     if hosts:
-        o.write("Where the finished cells ran (their last run): "
-                + "; ".join(f"{h}: {n} cell(s)" for h, n in sorted(hosts.items())) + ".\n\n")
+        o.write(
+            "Where the finished cells ran (their last run): "
+            + "; ".join(f"{h}: {n} cell(s)" for h, n in sorted(hosts.items()))
+            + ".\n\n"
+        )
     env = rep["environment"]
-    o.write(f"Environment: torch {env['torch']}, extension `{env['extension_backend']}`, device {env['device']}, "
-            f"CPU {env['cpu']} ({env['cpu_count']} cores), GPU {env['gpu']}, commit {env['git_commit']}.\n\n")
+    o.write(
+        f"Environment: torch {env['torch']}, extension `{env['extension_backend']}`, device {env['device']}, "
+        f"CPU {env['cpu']} ({env['cpu_count']} cores), GPU {env['gpu']}, commit {env['git_commit']}.\n\n"
+    )
     for n in rep["notes"]:
         o.write(f"- {n}\n")
     return o.getvalue()
@@ -417,8 +540,9 @@ def _spread(sp: dict | None, signed: bool = False) -> str:
     if not sp:
         return "—"
     f = "+.3f" if signed else ".3f"
-    return (f"{format(sp['mean'], f)} ± {_f(sp['sd'])} ({sp['n_seeds']}) "
-            f"[{format(sp['low'], f)}, {format(sp['high'], f)}]")
+    return (
+        f"{format(sp['mean'], f)} ± {_f(sp['sd'])} ({sp['n_seeds']}) [{format(sp['low'], f)}, {format(sp['high'], f)}]"
+    )
 
 
 def _ratio(v) -> str:
@@ -426,27 +550,36 @@ def _ratio(v) -> str:
 
 
 def _table5(o, rep: dict) -> None:
-    o.write("## Table 5: feature cropping vs image cropping (accuracy beside measured cost)\n\n"
-            "Image crops: the five BFC windows of the *image* at alpha 0.6, each resized to the input size and run "
-            "through the backbone (six backbone passes per image), fused with the global branch by w as HFCN does. "
-            "Costs measured in this report at the cells' settings; (x) = ratio to Global.\n\n"
-            "| architecture | backbone | accuracy % | precision % | recall % | F1 % | ROC-AUC [95% CI] | "
-            "training s / image | inference ms / ROI | peak training memory MiB |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    o.write(
+        "## Table 5: feature cropping vs image cropping (accuracy beside measured cost)\n\n"
+        "Image crops: the five BFC windows of the *image* at alpha 0.6, each resized to the input size and run "
+        "through the backbone (six backbone passes per image), fused with the global branch by w as HFCN does. "
+        "Costs measured in this report at the cells' settings; (x) = ratio to Global.\n\n"
+        "| architecture | backbone | accuracy % | precision % | recall % | F1 % | ROC-AUC [95% CI] | "
+        "training s / image | inference ms / ROI | peak training memory MiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     for r in rep["table5"]:
         c = r.get("cost") or {}
-        cost = (f"{_f(c.get('train_per_image_s'), 4)}{_ratio(c.get('train_ratio'))} | "
-                f"{_f(None if c.get('infer_per_roi_s') is None else 1000 * c['infer_per_roi_s'], 2)}"
-                f"{_ratio(c.get('infer_ratio'))} | {_f(c.get('peak_mib'), 0)}{_ratio(c.get('memory_ratio'))}")
+        cost = (
+            f"{_f(c.get('train_per_image_s'), 4)}{_ratio(c.get('train_ratio'))} | "
+            f"{_f(None if c.get('infer_per_roi_s') is None else 1000 * c['infer_per_roi_s'], 2)}"
+            f"{_ratio(c.get('infer_ratio'))} | {_f(c.get('peak_mib'), 0)}{_ratio(c.get('memory_ratio'))}"
+        )
         if not r["done"]:
             o.write(f"| {r['architecture']} | {r['backbone']} | (cells not finished) | | | | | {cost} |\n")
             continue
-        o.write(f"| {r['architecture']} | {r['backbone']} | {_pct(r['accuracy'])} | {_pct(r['precision'])} | "
-                f"{_pct(r['recall'])} | {_pct(r['f1'])} | {_f(r['auc'])}{_ci(r['auc_ci'])} | {cost} |\n")
+        o.write(
+            f"| {r['architecture']} | {r['backbone']} | {_pct(r['accuracy'])} | {_pct(r['precision'])} | "
+            f"{_pct(r['recall'])} | {_pct(r['f1'])} | {_f(r['auc'])}{_ci(r['auc_ci'])} | {cost} |\n"
+        )
     settings = [v.get("settings") or {} for v in (rep.get("costs") or {}).values()]
     for st in settings:
-        o.write(f"\nCost settings ({st.get('backbone')}): batch {st.get('batch')}, {st.get('size')} px, "
-                f"{st.get('threads')} thread(s), {st.get('device')}, median of {st.get('repeats')} steps after one "
-                f"warm-up, CPU {st.get('cpu')}, torch {st.get('torch')}.")
+        o.write(
+            f"\nCost settings ({st.get('backbone')}): batch {st.get('batch')}, {st.get('size')} px, "
+            f"{st.get('threads')} thread(s), {st.get('device')}, median of {st.get('repeats')} steps after one "
+            f"warm-up, CPU {st.get('cpu')}, torch {st.get('torch')}."
+        )
     o.write("\n\n![accuracy against cost](accuracy_cost.png)\n\n")
 
 
@@ -458,9 +591,13 @@ def write_report(rep: dict, out: Path) -> list[Path]:
     for bb in sorted({r["backbone"] for r in rep["table3"]}):
         rows = [r for r in rep["table3"] if r["backbone"] == bb and r["done"]]
         if len(rows) >= 2:
-            written.append(figures.plot_alpha_curve(rows, out / ("alpha_curve.png" if bb == "paper" else
-                                                                 f"alpha_curve_{bb}.png"),
-                                                    title=f"Table 3 on this data: {bb} backbone, BFC branch alone"))
+            written.append(
+                figures.plot_alpha_curve(
+                    rows,
+                    out / ("alpha_curve.png" if bb == "paper" else f"alpha_curve_{bb}.png"),
+                    title=f"Table 3 on this data: {bb} backbone, BFC branch alone",
+                )
+            )
     if rep["paired"]:
         written.append(figures.plot_differences(rep["paired"], out / "paired_differences.png"))
     points = [r for r in rep.get("table5") or [] if r["done"] and (r.get("cost") or {}).get("train_per_image_s")]

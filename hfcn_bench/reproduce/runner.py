@@ -14,9 +14,9 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ..atomic import write_json_atomic
 from ..errors import HfcnError
@@ -24,7 +24,15 @@ from .cells import cell_done, cell_spec
 from .engines import ENGINES, run_local, run_ray
 from .grid import build_cells, build_configs
 
-__all__ = ["ReproduceOptions", "plan", "estimate_costs", "measure_data_cost", "pipeline_seconds", "reproduce", "PRESETS"]
+__all__ = [
+    "ReproduceOptions",
+    "plan",
+    "estimate_costs",
+    "measure_data_cost",
+    "pipeline_seconds",
+    "reproduce",
+    "PRESETS",
+]
 
 PRESETS = ("paper", "cpu", "quick", "smoke")
 
@@ -89,9 +97,17 @@ def _dataset(opts: ReproduceOptions):
 
 
 def _grid_record(opts: ReproduceOptions, ds, path: Path) -> dict:
-    return {"format": "hfcn-bench/reproduce-grid", "version": 1, "data_fingerprint": ds.fingerprint,
-            "data": str(path), "label_rule": ds.label_rule, "preset": opts.preset, "folds": int(opts.folds),
-            "seed": int(opts.seed), "n_boot": int(opts.n_boot)}
+    return {
+        "format": "hfcn-bench/reproduce-grid",
+        "version": 1,
+        "data_fingerprint": ds.fingerprint,
+        "data": str(path),
+        "label_rule": ds.label_rule,
+        "preset": opts.preset,
+        "folds": int(opts.folds),
+        "seed": int(opts.seed),
+        "n_boot": int(opts.n_boot),
+    }
 
 
 def _check_grid(out: Path, record: dict) -> None:
@@ -104,8 +120,10 @@ def _check_grid(out: Path, record: dict) -> None:
         raise HfcnError(f"{path} is damaged", hint="remove it (the cells stay) or choose another --out") from None
     for key in ("data_fingerprint", "label_rule", "preset", "folds", "seed"):
         if old.get(key) != record[key]:
-            raise HfcnError(f"{out} holds a grid with {key} = {old.get(key)!r}, not {record[key]!r}",
-                            hint="choose another --out for another protocol")
+            raise HfcnError(
+                f"{out} holds a grid with {key} = {old.get(key)!r}, not {record[key]!r}",
+                hint="choose another --out for another protocol",
+            )
 
 
 def plan(opts: ReproduceOptions) -> tuple[list, Path, object]:
@@ -116,8 +134,9 @@ def plan(opts: ReproduceOptions) -> tuple[list, Path, object]:
     return cells, path, ds
 
 
-def measure_data_cost(samples, size: int, threads: int = 1, n: int = 16, seed: int = 0,
-                      letterbox: bool = False) -> dict[str, float]:
+def measure_data_cost(
+    samples, size: int, threads: int = 1, n: int = 16, seed: int = 0, letterbox: bool = False
+) -> dict[str, float]:
     """Host seconds per ROI of a cell's input pipeline, which no accelerator takes over: reading
     and resizing a ROI from its frame (once per cell), and turning a cached ROI into a training
     tensor (flip, shift, contrast, normalisation: every epoch) or an evaluation tensor. One
@@ -158,8 +177,9 @@ def measure_data_cost(samples, size: int, threads: int = 1, n: int = 16, seed: i
     return {"decode_s": decode / len(picked), "augment_s": augment, "tensor_s": tensor}
 
 
-def pipeline_seconds(dc: dict[str, float], n_rois: float, fit_rois: float, epochs: int, augment: bool,
-                     validation: bool) -> tuple[float, float]:
+def pipeline_seconds(
+    dc: dict[str, float], n_rois: float, fit_rois: float, epochs: int, augment: bool, validation: bool
+) -> tuple[float, float]:
     """``(cell seconds, of which per epoch)`` of the input pipeline for per-ROI costs ``dc``: all
     ``n_rois`` decoded once; the ``fit_rois`` training ROIs augmented every epoch (or made one
     tensor once, without augmentation); validation and test ROIs made tensors once. Without a
@@ -195,14 +215,23 @@ def estimate_costs(cells, ds, opts: ReproduceOptions, steps: int = 2) -> dict[st
         cfg = system.configure(opts.preset, config_overrides(cell.config), seed=opts.seed)
         key = (cfg.backbone, cfg.crop, cfg.alpha, cfg.image_size, cfg.batch_size)
         if key not in cache:
-            row = measure_train_step(cfg.model_config(), batch=cfg.batch_size, size=cfg.image_size,
-                                     threads=opts.threads, repeats=steps, warmup=1, inference=False,
-                                     device=opts.device, seed=opts.seed)
+            row = measure_train_step(
+                cfg.model_config(),
+                batch=cfg.batch_size,
+                size=cfg.image_size,
+                threads=opts.threads,
+                repeats=steps,
+                warmup=1,
+                inference=False,
+                device=opts.device,
+                seed=opts.seed,
+            )
             cache[key] = row["train_median_s"]
         dkey = (cfg.image_size, cfg.letterbox)
         if dkey not in data_cache:
-            data_cache[dkey] = measure_data_cost(ds.samples, cfg.image_size, opts.threads, seed=opts.seed,
-                                                 letterbox=cfg.letterbox)
+            data_cache[dkey] = measure_data_cost(
+                ds.samples, cfg.image_size, opts.threads, seed=opts.seed, letterbox=cfg.letterbox
+            )
         step, dc = cache[key], data_cache[dkey]
         train_rois = n * (cell.k - 1) / cell.k
         fit_rois = train_rois * (1 - cfg.val_fraction)
@@ -211,8 +240,15 @@ def estimate_costs(cells, ds, opts: ReproduceOptions, steps: int = 2) -> dict[st
         test_batches = n / cell.k / cfg.batch_size
         compute = cfg.epochs * (batches + val_batches / 3) * step + test_batches * step / 3
         data, per_epoch = pipeline_seconds(dc, n, fit_rois, cfg.epochs, cfg.augment, cfg.val_fraction > 0)
-        out[cell.key] = {"step_s": step, "batches_per_epoch": batches, "epochs": cfg.epochs,
-                         "data_s": data, "data_epoch_s": per_epoch, "compute_s": compute, "estimate_s": compute + data}
+        out[cell.key] = {
+            "step_s": step,
+            "batches_per_epoch": batches,
+            "epochs": cfg.epochs,
+            "data_s": data,
+            "data_epoch_s": per_epoch,
+            "compute_s": compute,
+            "estimate_s": compute + data,
+        }
     return out
 
 
@@ -226,16 +262,36 @@ def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = 
     record = _grid_record(opts, ds, path)
     _check_grid(out, record)
     workers = opts.workers or max(1, (os.cpu_count() or 1) // opts.threads)
-    specs = [cell_spec(c, out, data=str(path), label_rule=opts.label_rule, preset=opts.preset, seed=opts.seed,
-                       threads=opts.threads, device=opts.device, n_boot=opts.n_boot) for c in cells]
+    specs = [
+        cell_spec(
+            c,
+            out,
+            data=str(path),
+            label_rule=opts.label_rule,
+            preset=opts.preset,
+            seed=opts.seed,
+            threads=opts.threads,
+            device=opts.device,
+            n_boot=opts.n_boot,
+        )
+        for c in cells
+    ]
     todo = [s for s in specs if not cell_done(s["out"])]
     if opts.dry_run:
         costs = estimate_costs(cells, ds, opts)
         total = sum(c["estimate_s"] for c in costs.values())
         left = sum(costs[s["key"]]["estimate_s"] for s in todo)
-        return {"dry_run": True, "cells": [{"key": s["key"], "done": s not in todo, **costs[s["key"]]} for s in specs],
-                "total_s": total, "remaining_s": left, "workers": workers, "threads": opts.threads,
-                "remaining_wall_s": left / workers, "preset": opts.preset, "data": str(path)}
+        return {
+            "dry_run": True,
+            "cells": [{"key": s["key"], "done": s not in todo, **costs[s["key"]]} for s in specs],
+            "total_s": total,
+            "remaining_s": left,
+            "workers": workers,
+            "threads": opts.threads,
+            "remaining_wall_s": left / workers,
+            "preset": opts.preset,
+            "data": str(path),
+        }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "grid.json", record)
     # Build the extension once here: workers then load it from the cache instead of racing to
@@ -257,8 +313,11 @@ def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = 
             results[s["key"]] = {"key": s["key"], "status": "cached", "wall_s": 0.0}
             if progress is not None:
                 progress("cached", s, results[s["key"]])
-    gpus = opts.gpus_per_cell if opts.gpus_per_cell is not None else (
-        1.0 / workers if opts.device.startswith("cuda") else 0.0)
+    gpus = (
+        opts.gpus_per_cell
+        if opts.gpus_per_cell is not None
+        else (1.0 / workers if opts.device.startswith("cuda") else 0.0)
+    )
     interrupted = False
     info = {"engine": opts.engine, "workers": workers}
     if opts.report_only:  # the report of the finished cells (another process may run the rest)
@@ -269,13 +328,19 @@ def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = 
             if opts.engine == "local":
                 info = run_local(todo, on_event)
             else:
-                info = run_ray(todo, on_event, workers=workers, threads=opts.threads, address=opts.address,
-                               gpus_per_cell=gpus)
+                info = run_ray(
+                    todo, on_event, workers=workers, threads=opts.threads, address=opts.address, gpus_per_cell=gpus
+                )
     except KeyboardInterrupt:
         interrupted = True
     wall = time.perf_counter() - t0
-    report = R.build_report(out, cells, results, opts, {**info, "wall_s": wall, "interrupted": interrupted,
-                                                        "threads": opts.threads, "gpus_per_cell": gpus})
+    report = R.build_report(
+        out,
+        cells,
+        results,
+        opts,
+        {**info, "wall_s": wall, "interrupted": interrupted, "threads": opts.threads, "gpus_per_cell": gpus},
+    )
     R.write_report(report, out)
     if interrupted:
         raise KeyboardInterrupt

@@ -20,8 +20,8 @@ on another labelled dataset (external validation), for any system.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -99,8 +99,12 @@ def near_duplicates_of_training(run: RunFolder, dataset, threshold: float | None
     try:
         train_ds = load_run_data(run)
     except HfcnError as exc:
-        warnings.warn(f"{run.path}: its training images could not be read ({exc}); the external set is checked for "
-                      "byte-identical training images only, not for near-duplicates", DataWarning, stacklevel=2)
+        warnings.warn(
+            f"{run.path}: its training images could not be read ({exc}); the external set is checked for "
+            "byte-identical training images only, not for near-duplicates",
+            DataWarning,
+            stacklevel=2,
+        )
         return []
     train_paths = sorted({str(s.image_path) for s in train_ds.samples if s.case_id in train_cases})
     ext_paths = sorted({str(s.image_path) for s in dataset.samples})
@@ -118,8 +122,10 @@ def near_duplicates_of_training(run: RunFolder, dataset, threshold: float | None
 def fitted_models(run: RunFolder, checkpoint: str = "best", device: str = "cpu", fold: int | None = None):
     """``[(fold, Fitted)]`` of a finished run (one entry, or one per fold)."""
     if not run.finished:
-        raise HfcnError(run.progress_note() or f"{run.path} did not finish",
-                        hint=f"resume it: hfcn-bench train --resume --out {run.path}")
+        raise HfcnError(
+            run.progress_note() or f"{run.path} did not finish",
+            hint=f"resume it: hfcn-bench train --resume --out {run.path}",
+        )
     system = get_system(run.system)
     folds = run.folds
     if fold is not None:
@@ -188,15 +194,25 @@ def _internal(run, system, models, ds, checkpoint, aggregate, n_boot, progress) 
         if checkpoint == "last":
             _retune_last(system, fitted, train_samples)
         out = system.predict(fitted, test_samples, progress=progress)
-        for name, res in score_split(system, fitted, out, train_samples, fold, n_boot=n_boot, aggregate=aggregate,
-                                     kfold=kfold, method=split.method).items():
+        for name, res in score_split(
+            system,
+            fitted,
+            out,
+            train_samples,
+            fold,
+            n_boot=n_boot,
+            aggregate=aggregate,
+            kfold=kfold,
+            method=split.method,
+        ).items():
             folds.setdefault(name, []).append(res)
         summaries.append(out.summaries)
         timings.append({**fitted.timings, "predict_s": out.seconds})
         trainings.append(fitted.training)
     cfg = models[0][1].config
-    report = assemble_report(system, cfg, folds, summaries, timings, trainings, kind=run.manifest.method,
-                             n_boot=n_boot, aggregate=aggregate)
+    report = assemble_report(
+        system, cfg, folds, summaries, timings, trainings, kind=run.manifest.method, n_boot=n_boot, aggregate=aggregate
+    )
     report["data"] = ds.describe()
     report["external"] = False
     return report
@@ -209,16 +225,18 @@ def _external(run, system, models, ds, aggregate, n_boot, allow_overlap, progres
     if (overlap or near) and not allow_overlap:
         both = overlap + near
         shown = "; ".join(both[:8]) + (f" and {len(both) - 8} more" if len(both) > 8 else "")
-        raise HfcnError(f"{len(both)} image(s) of {ds.root} are training images of {run.path} ({len(overlap)} with the "
-                        f"same bytes, {len(near)} near-duplicates): {shown}",
-                        hint="an external set must not contain training images; --allow-overlap scores it anyway")
+        raise HfcnError(
+            f"{len(both)} image(s) of {ds.root} are training images of {run.path} ({len(overlap)} with the "
+            f"same bytes, {len(near)} near-duplicates): {shown}",
+            hint="an external set must not contain training images; --allow-overlap scores it anyway",
+        )
     overlap = overlap + near
     samples = [s for s in ds.samples if s.label is not None]
     if not samples:
         raise HfcnError(f"{ds.root}: no labelled ROI to score")
     per_output: dict[str, list] = {}
     summaries = []
-    for fold, fitted in models:
+    for _fold, fitted in models:
         out = system.predict(fitted, samples, progress=progress)
         summaries.append(out.summaries)
         for name, pred in out.predictions.items():
@@ -237,16 +255,31 @@ def _external(run, system, models, ds, aggregate, n_boot, allow_overlap, progres
         thr_at = [f.threshold(name, aggregate) for f, _ in items]
         ens, thr = ensemble(preds, [t for t, _ in thr_at])
         source = thr_at[0][1]
-        rep = score_predictions(ens, thr, y_train=y_train, seed=cfg.seed, n_boot=n_boot, aggregate=aggregate,
-                                train_case_labels=train_cases,
-                                threshold_source=f"the run's {source}", threshold_rule=cfg.threshold_rule,
-                                split="external set (no re-tuning)")
+        rep = score_predictions(
+            ens,
+            thr,
+            y_train=y_train,
+            seed=cfg.seed,
+            n_boot=n_boot,
+            aggregate=aggregate,
+            train_case_labels=train_cases,
+            threshold_source=f"the run's {source}",
+            threshold_rule=cfg.threshold_rule,
+            split="external set (no re-tuning)",
+        )
         rep["skipped"] = list(ens.skipped)
         if name != "main":
             rep["description"] = system.variants.get(name, name)
-        rep["predictions"] = [{"key": s.key, "image": str(s.image_path), "label": int(ens.labels[i]),
-                               "prob": float(ens.prob[i]), "pred": int(ens.prob[i] >= thr)}
-                              for i, s in enumerate(ens.samples)]
+        rep["predictions"] = [
+            {
+                "key": s.key,
+                "image": str(s.image_path),
+                "label": int(ens.labels[i]),
+                "prob": float(ens.prob[i]),
+                "pred": int(ens.prob[i] >= thr),
+            }
+            for i, s in enumerate(ens.samples)
+        ]
         reports[name] = rep
     report = reports.pop("main")
     if reports:
@@ -255,19 +288,29 @@ def _external(run, system, models, ds, aggregate, n_boot, allow_overlap, progres
         per = [s[key] for s in summaries if key in s]
         report[key] = pool_summary(per, same_frames=True) if len(per) > 1 else per[0]
     ext_y = np.asarray([s.label for s in samples])
-    report.update({
-        "external": True, "kind": "external",
-        "system": {"name": system.name, "paper": system.paper, "description": system.description},
-        "config": config_to_dict(cfg),
-        "limitations": system.limitations(cfg),
-        "models": len(models),
-        "ensemble": (f"mean P(malignant) of the {len(models)} fold models, decision at the mean of their "
-                     "thresholds (each chosen on its fold's training side)") if len(models) > 1 else
-                    "the run's model at its own threshold (chosen on its training side)",
-        "prevalence": {"training": float(np.mean(y_train)) if y_train else None,
-                       "external": float(ext_y.mean()), "training_rois": len(y_train), "external_rois": int(ext_y.size)},
-        "overlap": overlap,
-        "data": ds.describe(),
-        "training_data": run.header.get("data"),
-    })
+    report.update(
+        {
+            "external": True,
+            "kind": "external",
+            "system": {"name": system.name, "paper": system.paper, "description": system.description},
+            "config": config_to_dict(cfg),
+            "limitations": system.limitations(cfg),
+            "models": len(models),
+            "ensemble": (
+                f"mean P(malignant) of the {len(models)} fold models, decision at the mean of their "
+                "thresholds (each chosen on its fold's training side)"
+            )
+            if len(models) > 1
+            else "the run's model at its own threshold (chosen on its training side)",
+            "prevalence": {
+                "training": float(np.mean(y_train)) if y_train else None,
+                "external": float(ext_y.mean()),
+                "training_rois": len(y_train),
+                "external_rois": int(ext_y.size),
+            },
+            "overlap": overlap,
+            "data": ds.describe(),
+            "training_data": run.header.get("data"),
+        }
+    )
     return report

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,8 +29,15 @@ from ..protocol import ensemble, read_run
 from ..systems import get_system
 from .evaluation import fitted_models
 
-__all__ = ["IMAGE_SUFFIXES", "Prediction", "read_inputs", "image_sample", "parse_box", "predict_samples",
-           "predict_inputs"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Prediction",
+    "read_inputs",
+    "image_sample",
+    "parse_box",
+    "predict_samples",
+    "predict_inputs",
+]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -57,8 +64,13 @@ def parse_box(text: str, size: tuple[int, int] | None = None) -> tuple[int, int,
     return box
 
 
-def image_sample(path: str | Path, box: tuple[int, int, int, int] | str | None = None, case_id: str | None = None,
-                 frame: int | None = None, label_rule: str = "tirads") -> Sample:
+def image_sample(
+    path: str | Path,
+    box: tuple[int, int, int, int] | str | None = None,
+    case_id: str | None = None,
+    frame: int | None = None,
+    label_rule: str = "tirads",
+) -> Sample:
     """One unlabelled ROI of an image file: the whole image, or ``box``. Raises
     :class:`HfcnError` for an unreadable image (or one over the pixel cap) and a bad box.
     ``label_rule`` is the run's (a prediction carries the rule of the model that makes it)."""
@@ -74,15 +86,27 @@ def image_sample(path: str | Path, box: tuple[int, int, int, int] | str | None =
     m = re.match(r"^(.+)_(\d+)$", path.stem)
     cid, fr = (m.group(1), int(m.group(2))) if m else (path.stem, 0)
     if box is None:
-        return Sample(case_id or cid, fr if frame is None else frame, path, None, (0, 0, size[0], size[1]), None,
-                      label_rule, size, 0, "whole image")
+        return Sample(
+            case_id or cid,
+            fr if frame is None else frame,
+            path,
+            None,
+            (0, 0, size[0], size[1]),
+            None,
+            label_rule,
+            size,
+            0,
+            "whole image",
+        )
     box = parse_box(box, size) if isinstance(box, str) else parse_box(",".join(map(str, box)), size)
-    return Sample(case_id or cid, fr if frame is None else frame, path, None, box, None, label_rule, size, 0,
-                  "user box")
+    return Sample(
+        case_id or cid, fr if frame is None else frame, path, None, box, None, label_rule, size, 0, "user box"
+    )
 
 
-def read_inputs(paths: Sequence[str | Path], label_rule: str, options: dict) -> tuple[list[tuple[Path, Sample]],
-                                                                                      list[str], list[str]]:
+def read_inputs(
+    paths: Sequence[str | Path], label_rule: str, options: dict
+) -> tuple[list[tuple[Path, Sample]], list[str], list[str]]:
     """``([(input path, sample)], errors, notes)`` for case XMLs and image files; a file that
     cannot be used gives one error line naming it, never an exception."""
     out: list[tuple[Path, Sample]] = []
@@ -104,8 +128,14 @@ def read_inputs(paths: Sequence[str | Path], label_rule: str, options: dict) -> 
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DataWarning)
-                    ds = load_ddti(base, label_rule=label_rule, only=[path], keep_unlabelled=True, warn=False,
-                                   **{k: v for k, v in options.items() if k in ("margin", "empty_outline", "truncated")})
+                    ds = load_ddti(
+                        base,
+                        label_rule=label_rule,
+                        only=[path],
+                        keep_unlabelled=True,
+                        warn=False,
+                        **{k: v for k, v in options.items() if k in ("margin", "empty_outline", "truncated")},
+                    )
             except HfcnError as exc:
                 errors.append(f"{path}: {exc}")
                 continue
@@ -113,8 +143,11 @@ def read_inputs(paths: Sequence[str | Path], label_rule: str, options: dict) -> 
                 line = f"{path}: {w.kind}: {w.message} ({w.action})"
                 (errors if w.kind in ("malformed-xml", "duplicate-case") else notes).append(line)
             if not ds.samples and not any(e.startswith(f"{path}:") for e in errors):
-                errors.append(f"{path}: no ROI to predict (see the notes for why)" if ds.report.warts
-                              else f"{path}: the case has no frames")
+                errors.append(
+                    f"{path}: no ROI to predict (see the notes for why)"
+                    if ds.report.warts
+                    else f"{path}: the case has no frames"
+                )
             out.extend((path, s) for s in ds.samples)
         elif suffix in IMAGE_SUFFIXES:
             try:
@@ -161,9 +194,16 @@ class Prediction:
         return "malignant" if self.prob >= self.threshold else "benign"
 
 
-def predict_samples(run_dir: str | Path, samples: Sequence[Sample], *, fold: int | None = None,
-                    checkpoint: str = "best", device: str = "cpu", explain: bool = True,
-                    models=None) -> tuple[list[Prediction], list[str]]:
+def predict_samples(
+    run_dir: str | Path,
+    samples: Sequence[Sample],
+    *,
+    fold: int | None = None,
+    checkpoint: str = "best",
+    device: str = "cpu",
+    explain: bool = True,
+    models=None,
+) -> tuple[list[Prediction], list[str]]:
     """Predictions for ``samples`` from a finished run (every fold model averaged, or
     ``fold``'s); ``models`` may be given (``evaluation.fitted_models``) to reuse loaded ones.
     Returns ``(predictions, skipped)``: an ROI whose image cannot be read is skipped."""
@@ -189,16 +229,28 @@ def predict_samples(run_dir: str | Path, samples: Sequence[Sample], *, fold: int
     rows = []
     by_key = {name: {k: i for i, k in enumerate(p.keys)} for name, (p, _) in results.items()}
     for i, s in enumerate(main.samples):
-        outputs = {name: float(p.prob[by_key[name][s.key]]) for name, (p, _) in results.items()
-                   if s.key in by_key[name]}
-        extra = {k: (v[i].tolist() if np.ndim(v[i]) else (None if np.isnan(v[i]) else float(v[i])))
-                 for k, v in main.extra.items()}
+        outputs = {
+            name: float(p.prob[by_key[name][s.key]]) for name, (p, _) in results.items() if s.key in by_key[name]
+        }
+        extra = {
+            k: (v[i].tolist() if np.ndim(v[i]) else (None if np.isnan(v[i]) else float(v[i])))
+            for k, v in main.extra.items()
+        }
         info = None
         if explain:
             parts = [system.explain(f, s) for _, f in models]
             info = _mean_explanations([p for p in parts if p is not None])
-        rows.append(Prediction(given.get(s.key, s), float(main.prob[i]), float(thr), outputs, extra, info,
-                               tuple(int(v) for v in s.bbox)))
+        rows.append(
+            Prediction(
+                given.get(s.key, s),
+                float(main.prob[i]),
+                float(thr),
+                outputs,
+                extra,
+                info,
+                tuple(int(v) for v in s.bbox),
+            )
+        )
     return rows, list(main.skipped)
 
 
@@ -221,9 +273,15 @@ def _mean_explanations(parts: list[dict]) -> dict | None:
     return out
 
 
-def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], *, fold: int | None = None,
-                   checkpoint: str = "best", device: str = "cpu", explain: bool = True
-                   ) -> tuple[list[tuple[Path, Prediction]], list[str], list[str]]:
+def predict_inputs(
+    run_dir: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    fold: int | None = None,
+    checkpoint: str = "best",
+    device: str = "cpu",
+    explain: bool = True,
+) -> tuple[list[tuple[Path, Prediction]], list[str], list[str]]:
     """Predictions for every ROI of ``inputs`` (case XMLs, image files). Returns
     ``([(input, prediction)], errors, notes)``."""
     run = read_run(run_dir)
@@ -238,8 +296,9 @@ def predict_inputs(run_dir: str | Path, inputs: Sequence[str | Path], *, fold: i
         else:
             usable.append((path, s))
     items = usable
-    rows, skipped = predict_samples(run_dir, [s for _, s in items], fold=fold, checkpoint=checkpoint, device=device,
-                                    explain=explain)
+    rows, skipped = predict_samples(
+        run_dir, [s for _, s in items], fold=fold, checkpoint=checkpoint, device=device, explain=explain
+    )
     src = {s.key + "@" + str(s.image_path): p for p, s in items}
     errors.extend(skipped)
     return [(src[r.sample.key + "@" + str(r.sample.image_path)], r) for r in rows], errors, notes

@@ -16,8 +16,8 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,14 +26,34 @@ from ..atomic import atomic_write, write_json_atomic
 from ..data.collection import LoadedDataset
 from ..data.splits import SPLIT_DESCRIPTIONS, Split, case_labels, write_manifest
 from ..errors import HfcnError
-from ..protocol import (FoldResult, Predictions, fold_boot, mark_finished, pool_folds, pool_timings,
-                        read_fitted, remove_stray_temps, score_predictions, verify_files, write_fitted, write_header)
+from ..protocol import (
+    FoldResult,
+    Predictions,
+    fold_boot,
+    mark_finished,
+    pool_folds,
+    pool_timings,
+    read_fitted,
+    remove_stray_temps,
+    score_predictions,
+    verify_files,
+    write_fitted,
+    write_header,
+)
 from ..protocol.runfolder import fit_dir
 from ..systems import get_system
 from ..systems.base import Fitted, Output, System, config_from_dict, config_to_dict
 
-__all__ = ["train_run", "fit_split", "load_fitted", "score_split", "assemble_report", "write_predictions_csv",
-           "check_trainable", "pool_summary"]
+__all__ = [
+    "train_run",
+    "fit_split",
+    "load_fitted",
+    "score_split",
+    "assemble_report",
+    "write_predictions_csv",
+    "check_trainable",
+    "pool_summary",
+]
 
 Progress = Callable[[str, int, int, dict], None]
 
@@ -45,26 +65,42 @@ def check_trainable(dataset: LoadedDataset) -> None:
     counts = dataset.class_counts()
     missing = [name for name, n in counts.items() if n == 0]
     if missing:
-        raise HfcnError(f"{dataset.root}: no {' or '.join(missing)} ROI under the {dataset.label_rule!r} rule; "
-                        "training needs both classes",
-                        hint="check the labels with `hfcn-bench data check`")
+        raise HfcnError(
+            f"{dataset.root}: no {' or '.join(missing)} ROI under the {dataset.label_rule!r} rule; "
+            "training needs both classes",
+            hint="check the labels with `hfcn-bench data check`",
+        )
 
 
 def _record(system: System, fitted: Fitted) -> dict:
-    return {"system": system.name, "config": config_to_dict(fitted.config),
-            "threshold_rule": fitted.config.threshold_rule,
-            "threshold_predictions": {k: v.to_json() for k, v in fitted.threshold_predictions.items()},
-            "threshold_source": dict(fitted.threshold_source), "training": fitted.training,
-            "timings": fitted.timings, "skipped": list(fitted.skipped), "val_cases": list(fitted.val_cases),
-            "variants": dict(system.variants)}
+    return {
+        "system": system.name,
+        "config": config_to_dict(fitted.config),
+        "threshold_rule": fitted.config.threshold_rule,
+        "threshold_predictions": {k: v.to_json() for k, v in fitted.threshold_predictions.items()},
+        "threshold_source": dict(fitted.threshold_source),
+        "training": fitted.training,
+        "timings": fitted.timings,
+        "skipped": list(fitted.skipped),
+        "val_cases": list(fitted.val_cases),
+        "variants": dict(system.variants),
+    }
 
 
-def fit_split(system: System, cfg, train_samples: Sequence, out_dir: Path | None = None,
-              progress: Progress | None = None, resume: bool = False, keep_last: bool = True) -> Fitted:
+def fit_split(
+    system: System,
+    cfg,
+    train_samples: Sequence,
+    out_dir: Path | None = None,
+    progress: Progress | None = None,
+    resume: bool = False,
+    keep_last: bool = True,
+) -> Fitted:
     """Fit ``system`` on one split's training cases; with ``out_dir`` its models go there with
     ``fitted.json`` (thresholds' predictions, training summary, sha256 of every model file)."""
-    fitted = system.fit(list(train_samples), cfg, out_dir=out_dir, progress=progress, resume=resume,
-                        keep_last=keep_last)
+    fitted = system.fit(
+        list(train_samples), cfg, out_dir=out_dir, progress=progress, resume=resume, keep_last=keep_last
+    )
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         write_fitted(out_dir, _record(system, fitted), system.save(fitted, Path(out_dir)))
@@ -79,20 +115,41 @@ def load_fitted(system: System, directory: Path, checkpoint: str = "best", devic
     if checkpoint not in ("best", "last"):
         raise HfcnError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     if checkpoint == "last" and not system.has_epochs:
-        raise HfcnError(f"--checkpoint last: {system.name} keeps no per-epoch checkpoints", hint="use --checkpoint best")
+        raise HfcnError(
+            f"--checkpoint last: {system.name} keeps no per-epoch checkpoints", hint="use --checkpoint best"
+        )
     if checkpoint == "last" and not any(Path(f).name == "last.pt" for f in rec.get("files", {})):
         raise HfcnError(f"{directory}: the run did not keep last.pt", hint="use --checkpoint best")
     cfg = config_from_dict(system.config_cls, rec["config"])
     verify_files(directory, rec.get("files", {}), only=system.needed_files(rec, checkpoint))
     models = system.load(cfg, Path(directory), rec, checkpoint, device)
     thr = {k: Predictions.from_json(v) for k, v in rec["threshold_predictions"].items()}
-    fitted = Fitted(system.name, cfg, models, thr, dict(rec["threshold_source"]), rec.get("training", {}),
-                    rec.get("timings", {}), list(rec.get("skipped", [])), list(rec.get("val_cases", [])))
+    fitted = Fitted(
+        system.name,
+        cfg,
+        models,
+        thr,
+        dict(rec["threshold_source"]),
+        rec.get("training", {}),
+        rec.get("timings", {}),
+        list(rec.get("skipped", [])),
+        list(rec.get("val_cases", [])),
+    )
     return fitted, rec
 
 
-def score_split(system: System, fitted: Fitted, output: Output, train_samples: Sequence, fold: int | None, *,
-                n_boot: int, aggregate: str | None, kfold: bool, method: str | None = None) -> dict[str, FoldResult]:
+def score_split(
+    system: System,
+    fitted: Fitted,
+    output: Output,
+    train_samples: Sequence,
+    fold: int | None,
+    *,
+    n_boot: int,
+    aggregate: str | None,
+    kfold: bool,
+    method: str | None = None,
+) -> dict[str, FoldResult]:
     """Each output's test report at its training-side threshold, as :class:`FoldResult`s.
     ``method``: the split's (``given``: the report says it is the dataset's own split)."""
     tr = list(train_samples)
@@ -101,10 +158,18 @@ def score_split(system: System, fitted: Fitted, output: Output, train_samples: S
         thr, source = fitted.threshold(name, aggregate)
         roi_thr = thr if aggregate is None else fitted.threshold(name, None)[0]
         split = SPLIT_DESCRIPTIONS["given"] if method == "given" else "case-level split"
-        rep = score_predictions(pred, thr, y_train=[s.label for s in tr], seed=fitted.config.seed,
-                                n_boot=fold_boot(n_boot) if kfold else n_boot, aggregate=aggregate,
-                                train_case_labels=case_labels(tr), threshold_source=source,
-                                threshold_rule=fitted.config.threshold_rule, split=split)
+        rep = score_predictions(
+            pred,
+            thr,
+            y_train=[s.label for s in tr],
+            seed=fitted.config.seed,
+            n_boot=fold_boot(n_boot) if kfold else n_boot,
+            aggregate=aggregate,
+            train_case_labels=case_labels(tr),
+            threshold_source=source,
+            threshold_rule=fitted.config.threshold_rule,
+            split=split,
+        )
         rep["skipped"] = (list(fitted.skipped) if name == "main" else []) + list(pred.skipped)
         if name != "main":
             rep["description"] = system.variants.get(name, name)
@@ -133,23 +198,39 @@ def _timings(system: System, fitted: Fitted, output: Output) -> dict:
     n = max(len(output.predictions.get("main", [])), 1)
     t = dict(fitted.timings)
     t.setdefault("device", "cpu")
-    t.update({"predict_s": output.seconds, "ms_per_roi": 1e3 * output.seconds / n,
-              "threads": system.threads(fitted.config) or torch.get_num_threads()})
+    t.update(
+        {
+            "predict_s": output.seconds,
+            "ms_per_roi": 1e3 * output.seconds / n,
+            "threads": system.threads(fitted.config) or torch.get_num_threads(),
+        }
+    )
     return t
 
 
-def assemble_report(system: System, cfg, folds: dict[str, list[FoldResult]], summaries: list[dict],
-                    timings: list[dict], trainings: list[dict], *, kind: str, n_boot: int,
-                    aggregate: str | None) -> dict:
+def assemble_report(
+    system: System,
+    cfg,
+    folds: dict[str, list[FoldResult]],
+    summaries: list[dict],
+    timings: list[dict],
+    trainings: list[dict],
+    *,
+    kind: str,
+    n_boot: int,
+    aggregate: str | None,
+) -> dict:
     """One report from the per-split results (pooled when there are several folds)."""
+
     def one(results: list[FoldResult]) -> dict:
         if kind == "kfold":
             for f, tr in zip(results, trainings):
                 f.report.setdefault("training", tr)
             for f, tm in zip(results, timings):
                 f.report.setdefault("timings", tm)
-            return pool_folds(results, seed=cfg.seed, threshold_rule=cfg.threshold_rule, aggregate=aggregate,
-                              n_boot=n_boot)
+            return pool_folds(
+                results, seed=cfg.seed, threshold_rule=cfg.threshold_rule, aggregate=aggregate, n_boot=n_boot
+            )
         return dict(results[0].report)
 
     report = one(folds["main"])
@@ -170,15 +251,33 @@ def assemble_report(system: System, cfg, folds: dict[str, list[FoldResult]], sum
     if kind != "kfold":
         report["training"] = trainings[0]
     report["split"] = {"method": kind, "description": SPLIT_DESCRIPTIONS.get(kind, kind)}
-    report.update({"kind": kind, "system": {"name": system.name, "paper": system.paper,
-                                            "description": system.description},
-                   "config": config_to_dict(cfg), "system_config": config_to_dict(cfg),
-                   "limitations": system.limitations(cfg)})
+    report.update(
+        {
+            "kind": kind,
+            "system": {"name": system.name, "paper": system.paper, "description": system.description},
+            "config": config_to_dict(cfg),
+            "system_config": config_to_dict(cfg),
+            "limitations": system.limitations(cfg),
+        }
+    )
     return report
 
 
-_CSV_COLUMNS = ["output", "fold", "key", "case_id", "frame", "region", "image", "label", "prob", "global_prob",
-                "crop_prob", "threshold", "pred"]
+_CSV_COLUMNS = [
+    "output",
+    "fold",
+    "key",
+    "case_id",
+    "frame",
+    "region",
+    "image",
+    "label",
+    "prob",
+    "global_prob",
+    "crop_prob",
+    "threshold",
+    "pred",
+]
 
 
 def _csv_rows(folds: dict[str, list[FoldResult]], kfold: bool) -> list[dict]:
@@ -188,14 +287,25 @@ def _csv_rows(folds: dict[str, list[FoldResult]], kfold: bool) -> list[dict]:
             pred = f.test
             for i, s in enumerate(pred.samples):
                 ex = {k: v[i] for k, v in pred.extra.items() if v.ndim == 1}
-                rows.append({
-                    "output": name, "fold": f.fold if kfold else "", "key": s.key, "case_id": s.case_id,
-                    "frame": s.frame, "region": s.region, "image": str(s.image_path), "label": int(pred.labels[i]),
-                    "prob": f"{pred.prob[i]:.6f}",
-                    "global_prob": "" if "global_prob" not in ex else f"{ex['global_prob']:.6f}",
-                    "crop_prob": "" if "crop_prob" not in ex or np.isnan(ex["crop_prob"]) else f"{ex['crop_prob']:.6f}",
-                    "threshold": f"{f.roi_threshold:.6f}", "pred": int(pred.prob[i] >= f.roi_threshold),
-                })
+                rows.append(
+                    {
+                        "output": name,
+                        "fold": f.fold if kfold else "",
+                        "key": s.key,
+                        "case_id": s.case_id,
+                        "frame": s.frame,
+                        "region": s.region,
+                        "image": str(s.image_path),
+                        "label": int(pred.labels[i]),
+                        "prob": f"{pred.prob[i]:.6f}",
+                        "global_prob": "" if "global_prob" not in ex else f"{ex['global_prob']:.6f}",
+                        "crop_prob": ""
+                        if "crop_prob" not in ex or np.isnan(ex["crop_prob"])
+                        else f"{ex['crop_prob']:.6f}",
+                        "threshold": f"{f.roi_threshold:.6f}",
+                        "pred": int(pred.prob[i] >= f.roi_threshold),
+                    }
+                )
     return rows
 
 
@@ -248,11 +358,23 @@ def train_run(
     if out is not None:
         remove_stray_temps(out)
         write_manifest(out / "split.json", dataset, splits)
-        split_info = {"method": kind, "description": SPLIT_DESCRIPTIONS.get(kind, kind), "seed": splits[0].seed,
-                      "params": dict(splits[0].params)}
-        write_header(out, {"system": spec.name, "config": config_to_dict(config), "data": dataset.describe(),
-                           "split": split_info, "protocol": {"n_boot": int(n_boot), "aggregate": aggregate,
-                                                             "seed": int(config.seed)}, **(header or {})})
+        split_info = {
+            "method": kind,
+            "description": SPLIT_DESCRIPTIONS.get(kind, kind),
+            "seed": splits[0].seed,
+            "params": dict(splits[0].params),
+        }
+        write_header(
+            out,
+            {
+                "system": spec.name,
+                "config": config_to_dict(config),
+                "data": dataset.describe(),
+                "split": split_info,
+                "protocol": {"n_boot": int(n_boot), "aggregate": aggregate, "seed": int(config.seed)},
+                **(header or {}),
+            },
+        )
     t0 = time.perf_counter()
     folds: dict[str, list[FoldResult]] = {}
     summaries, timings, trainings = [], [], []
@@ -262,23 +384,36 @@ def train_run(
             raise HfcnError(f"split {split.fold if kfold else ''} has no test samples".replace("  ", " "))
         labels = {s.label for s in train_samples}
         if labels != {0, 1}:
-            raise HfcnError(f"the training side of a split holds only class(es) {sorted(labels)}",
-                            hint="use a stratified case-level split (data.split_train_test / data.kfold)")
+            raise HfcnError(
+                f"the training side of a split holds only class(es) {sorted(labels)}",
+                hint="use a stratified case-level split (data.split_train_test / data.kfold)",
+            )
         fd = fit_dir(out, split.fold if kfold else None) if out is not None else None
         fitted = fit_split(spec, config, train_samples, fd, progress, resume, keep_last)
         output = spec.predict(fitted, test_samples, progress=progress)
-        for name, res in score_split(spec, fitted, output, train_samples, split.fold, n_boot=n_boot,
-                                     aggregate=aggregate, kfold=kfold, method=split.method).items():
+        for name, res in score_split(
+            spec,
+            fitted,
+            output,
+            train_samples,
+            split.fold,
+            n_boot=n_boot,
+            aggregate=aggregate,
+            kfold=kfold,
+            method=split.method,
+        ).items():
             folds.setdefault(name, []).append(res)
         summaries.append(output.summaries)
         timings.append(_timings(spec, fitted, output))
         trainings.append(fitted.training)
         if progress is not None and kfold:
             rep = folds["main"][-1].report
-            progress("fold", split.fold + 1, len(splits), {"fold": split.fold, "auc": rep["auc"],
-                                                          "f1": rep["metrics"]["f1"]})
-    report = assemble_report(spec, config, folds, summaries, timings, trainings, kind=kind, n_boot=n_boot,
-                             aggregate=aggregate)
+            progress(
+                "fold", split.fold + 1, len(splits), {"fold": split.fold, "auc": rep["auc"], "f1": rep["metrics"]["f1"]}
+            )
+    report = assemble_report(
+        spec, config, folds, summaries, timings, trainings, kind=kind, n_boot=n_boot, aggregate=aggregate
+    )
     report["timings"]["total_s"] = time.perf_counter() - t0
     report["data"] = dataset.describe()
     if out is not None:

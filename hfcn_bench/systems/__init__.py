@@ -31,16 +31,19 @@ from .two_stage import TwoStage
 
 __all__ = ["SYSTEMS", "System", "Fitted", "Output", "get_system", "available_systems", "resolve_names"]
 
-SYSTEMS: dict[str, System] = {s.name: s for s in (
-    HFCNSystem(),
-    ShapeRF(),
-    TransferSystem("svm", "SVM (RBF)"),
-    TransferSystem("rf", "Random Forest"),
-    TransferSystem("softmax", "softmax (multinomial logistic) head"),
-    MCCNNSPP(),
-    MCCNNCascade(),
-    TwoStage(),
-)}
+SYSTEMS: dict[str, System] = {
+    s.name: s
+    for s in (
+        HFCNSystem(),
+        ShapeRF(),
+        TransferSystem("svm", "SVM (RBF)"),
+        TransferSystem("rf", "Random Forest"),
+        TransferSystem("softmax", "softmax (multinomial logistic) head"),
+        MCCNNSPP(),
+        MCCNNCascade(),
+        TwoStage(),
+    )
+}
 
 
 def available_systems() -> tuple[str, ...]:
@@ -50,8 +53,10 @@ def available_systems() -> tuple[str, ...]:
 
 def get_system(name: str) -> System:
     if name not in SYSTEMS:
-        raise HfcnError(f"unknown system {name!r}; known systems: {', '.join(available_systems())}",
-                        hint="or 'all' for every registered system")
+        raise HfcnError(
+            f"unknown system {name!r}; known systems: {', '.join(available_systems())}",
+            hint="or 'all' for every registered system",
+        )
     return SYSTEMS[name]
 
 
@@ -60,7 +65,7 @@ def resolve_names(names) -> list[str]:
     are an error naming them."""
     out: list[str] = []
     for n in names:
-        for name in (available_systems() if n == "all" else (n,)):
+        for name in available_systems() if n == "all" else (n,):
             get_system(name)
             if name not in out:
                 out.append(name)

@@ -20,16 +20,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..data.rois import Sample
 from ..errors import HfcnError
 from ..protocol import Predictions, choose_threshold
 
-__all__ = ["System", "Fitted", "Output", "coerce_value", "config_to_dict", "config_from_dict", "make_config",
-           "field_types", "ONE_STAGE"]
+__all__ = [
+    "System",
+    "Fitted",
+    "Output",
+    "coerce_value",
+    "config_to_dict",
+    "config_from_dict",
+    "make_config",
+    "field_types",
+    "ONE_STAGE",
+]
 
 Progress = Callable[[str, int, int, dict], None]
 ONE_STAGE = "main"
@@ -56,8 +66,9 @@ class Fitted:
 
     def threshold(self, output: str = ONE_STAGE, aggregate: str | None = None) -> tuple[float, str]:
         """``(threshold, source)`` of ``output`` at ROI (``aggregate=None``) or case level."""
-        return choose_threshold(self.threshold_predictions[output], self.config.threshold_rule, aggregate,
-                                self.threshold_source[output])
+        return choose_threshold(
+            self.threshold_predictions[output], self.config.threshold_rule, aggregate, self.threshold_source[output]
+        )
 
 
 @dataclass
@@ -92,8 +103,9 @@ class System:
     def configure(self, preset: str = "default", overrides: dict | None = None, seed: int | None = None):
         """The config of ``preset`` with ``overrides`` (a dict of field values, already typed)."""
         if preset != "default" and preset not in self.presets:
-            raise HfcnError(f"system {self.name} has no preset {preset!r}; its presets: "
-                            f"{', '.join(self.preset_names())}")
+            raise HfcnError(
+                f"system {self.name} has no preset {preset!r}; its presets: {', '.join(self.preset_names())}"
+            )
         values = dict(self.presets.get(preset, {}))
         if "preset" in field_types(self.config_cls):
             values["preset"] = preset
@@ -110,8 +122,16 @@ class System:
         return getattr(cfg, "threads", None)
 
     # -- the work ---------------------------------------------------------------------------
-    def fit(self, train_samples: Sequence[Sample], cfg, *, out_dir: Path | None = None,
-            progress: Progress | None = None, resume: bool = False, keep_last: bool = True) -> Fitted:
+    def fit(
+        self,
+        train_samples: Sequence[Sample],
+        cfg,
+        *,
+        out_dir: Path | None = None,
+        progress: Progress | None = None,
+        resume: bool = False,
+        keep_last: bool = True,
+    ) -> Fitted:
         raise NotImplementedError
 
     def predict(self, fitted: Fitted, samples: Sequence[Sample], *, progress: Progress | None = None) -> Output:
@@ -163,8 +183,9 @@ def _describe(tp) -> str:
         words = {2: "two", 3: "three", 4: "four"}.get(len(args), str(len(args)))
         kind = {int: "integers", float: "numbers", str: "strings"}.get(args[0], "values")
         return f"{words} {kind} (e.g. 96,144)"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a JSON object"
-            }.get(tp, getattr(tp, "__name__", str(tp)))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a JSON object"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def coerce_value(cls, key: str, raw: Any):
@@ -275,6 +296,8 @@ def config_from_dict(cls, d: dict):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise HfcnError(f"unknown {cls.__name__} option(s) {unknown} in a saved configuration",
-                        hint="the run was written by another hfcn-bench version")
+        raise HfcnError(
+            f"unknown {cls.__name__} option(s) {unknown} in a saved configuration",
+            hint="the run was written by another hfcn-bench version",
+        )
     return make_config(cls, d)

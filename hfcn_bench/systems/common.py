@@ -12,8 +12,8 @@ networks.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -34,16 +34,19 @@ def sklearn():
     try:
         import sklearn as sk  # noqa: F401  (lazy: the rest of hfcn_bench runs without it)
     except ImportError:
-        raise HfcnError("this comparator system needs scikit-learn, which is not installed",
-                        hint="pip install scikit-learn") from None
+        raise HfcnError(
+            "this comparator system needs scikit-learn, which is not installed", hint="pip install scikit-learn"
+        ) from None
     return sk
 
 
 def both_classes(samples: Sequence[Sample], what: str) -> None:
     labels = {s.label for s in samples}
     if labels != {0, 1}:
-        raise HfcnError(f"the {what} side holds only class(es) {sorted(labels)}; a classifier needs benign and "
-                        "malignant samples", hint="use a stratified case-level split (data.split_train_test)")
+        raise HfcnError(
+            f"the {what} side holds only class(es) {sorted(labels)}; a classifier needs benign and malignant samples",
+            hint="use a stratified case-level split (data.split_train_test)",
+        )
 
 
 def warn_skip(sample: Sample, exc: Exception, skipped: list[str]) -> None:
@@ -83,8 +86,9 @@ def group_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> list[tu
     return [(tr, te) for tr, te in cv.split(np.zeros(len(y)), y, groups)]
 
 
-def oof_scores(fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], y: np.ndarray,
-               groups: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+def oof_scores(
+    fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], y: np.ndarray, groups: np.ndarray, k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Out-of-fold P(malignant) on the training side: ``fit_predict(train_idx, test_idx)`` per
     case-grouped fold. Returns ``(scores, mask of scored rows, source label)``; a fold whose
     training part has one class only leaves its rows unscored."""
@@ -122,14 +126,19 @@ def load_sklearn(path: Path):
     try:
         untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in SKOPS_TRUSTED]
     except Exception as exc:  # noqa: BLE001 - a damaged schema: refused, never guessed at
-        raise HfcnError(f"{path}: not a readable skops model file ({type(exc).__name__}: {str(exc)[:200]})",
-                        hint="retrain the run (hfcn-bench train --force)") from None
+        raise HfcnError(
+            f"{path}: not a readable skops model file ({type(exc).__name__}: {str(exc)[:200]})",
+            hint="retrain the run (hfcn-bench train --force)",
+        ) from None
     if untrusted:
-        raise HfcnError(f"{path}: refused to load: the file holds types hfcn-bench does not trust "
-                        f"({', '.join(untrusted[:5])})",
-                        hint="only models written by hfcn-bench load; a tampered model file could run code")
+        raise HfcnError(
+            f"{path}: refused to load: the file holds types hfcn-bench does not trust ({', '.join(untrusted[:5])})",
+            hint="only models written by hfcn-bench load; a tampered model file could run code",
+        )
     try:
         return sio.load(path, trusted=list(SKOPS_TRUSTED))
     except Exception as exc:  # noqa: BLE001
-        raise HfcnError(f"{path}: not a readable skops model file ({type(exc).__name__}: {str(exc)[:200]})",
-                        hint="retrain the run (hfcn-bench train --force)") from None
+        raise HfcnError(
+            f"{path}: not a readable skops model file ({type(exc).__name__}: {str(exc)[:200]})",
+            hint="retrain the run (hfcn-bench train --force)",
+        ) from None

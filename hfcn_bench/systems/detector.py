@@ -34,7 +34,7 @@ box plus the dataset's margin), so a detected box replaces an annotated one dire
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -44,8 +44,15 @@ from torch.nn import functional as F
 from ..errors import HfcnError
 from .frames import FrameTensors, box_iou, nms
 
-__all__ = ["anchor_shapes", "NoduleDetector", "train_detector", "detector_from_state", "detect", "detection_quality",
-           "average_precision"]
+__all__ = [
+    "anchor_shapes",
+    "NoduleDetector",
+    "train_detector",
+    "detector_from_state",
+    "detect",
+    "detection_quality",
+    "average_precision",
+]
 
 STRIDES = (8, 16)
 VARIANCES = (0.1, 0.2)
@@ -81,8 +88,13 @@ def anchor_shapes(boxes: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 class NoduleDetector(nn.Module):
@@ -129,7 +141,7 @@ class NoduleDetector(nn.Module):
         """Anchor boxes [A, 4] (x0, y0, x1, y1) for an input of ``height x width``: centred on
         each cell of each map, cells in row-major order, the map's shapes innermost."""
         out = []
-        shapes = (self.shapes[:self.split[0]], self.shapes[self.split[0]:])
+        shapes = (self.shapes[: self.split[0]], self.shapes[self.split[0] :])
         for stages, wh in zip((3, 4), shapes):  # the stride-8 map after 3 stages, stride 16 after 4
             h, w = _map_size(height, stages), _map_size(width, stages)
             ys = (torch.arange(h, dtype=torch.float32) + 0.5) * (height / h)
@@ -154,8 +166,15 @@ def encode(gt: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     ax, ay = anchors[:, 0] + aw / 2, anchors[:, 1] + ah / 2
     gw, gh = (gt[:, 2] - gt[:, 0]).clamp(min=1e-3), (gt[:, 3] - gt[:, 1]).clamp(min=1e-3)
     gx, gy = gt[:, 0] + gw / 2, gt[:, 1] + gh / 2
-    return torch.stack([(gx - ax) / aw / VARIANCES[0], (gy - ay) / ah / VARIANCES[0],
-                        torch.log(gw / aw) / VARIANCES[1], torch.log(gh / ah) / VARIANCES[1]], 1)
+    return torch.stack(
+        [
+            (gx - ax) / aw / VARIANCES[0],
+            (gy - ay) / ah / VARIANCES[0],
+            torch.log(gw / aw) / VARIANCES[1],
+            torch.log(gh / ah) / VARIANCES[1],
+        ],
+        1,
+    )
 
 
 def decode(off: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -169,8 +188,9 @@ def decode(off: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
 
 
-def match(anchors: torch.Tensor, gt: torch.Tensor, pos_iou: float = 0.5, neg_iou: float = 0.4
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+def match(
+    anchors: torch.Tensor, gt: torch.Tensor, pos_iou: float = 0.5, neg_iou: float = 0.4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SSD matching of ``anchors [A, 4]`` to one frame's nodule boxes ``gt [n, 4]``.
 
     Returns ``(labels [A] in {1 positive, 0 negative, -1 ignored}, matched gt index [A])``."""
@@ -191,8 +211,13 @@ def match(anchors: torch.Tensor, gt: torch.Tensor, pos_iou: float = 0.5, neg_iou
     return labels, idx
 
 
-def detection_loss(logits: torch.Tensor, offsets: torch.Tensor, anchors: torch.Tensor,
-                   targets: Sequence[torch.Tensor], neg_ratio: int = 3) -> torch.Tensor:
+def detection_loss(
+    logits: torch.Tensor,
+    offsets: torch.Tensor,
+    anchors: torch.Tensor,
+    targets: Sequence[torch.Tensor],
+    neg_ratio: int = 3,
+) -> torch.Tensor:
     """SSD loss over a batch: smooth-L1 on positive anchors' offsets + BCE on positives and
     the ``neg_ratio`` hardest negatives per positive, divided by the positives' count."""
     total_box, total_cls, n_pos = logits.new_zeros(()), logits.new_zeros(()), 0
@@ -201,7 +226,9 @@ def detection_loss(logits: torch.Tensor, offsets: torch.Tensor, anchors: torch.T
         pos = labels == 1
         npos = int(pos.sum())
         if npos:
-            total_box = total_box + F.smooth_l1_loss(offsets[b][pos], encode(gt[idx[pos]], anchors[pos]), reduction="sum")
+            total_box = total_box + F.smooth_l1_loss(
+                offsets[b][pos], encode(gt[idx[pos]], anchors[pos]), reduction="sum"
+            )
         cls = F.binary_cross_entropy_with_logits(logits[b], pos.float(), reduction="none")
         neg_loss = cls.detach().clone()
         neg_loss[labels != 0] = -1.0
@@ -213,8 +240,9 @@ def detection_loss(logits: torch.Tensor, offsets: torch.Tensor, anchors: torch.T
 
 
 @torch.no_grad()
-def detect(model: NoduleDetector, data: FrameTensors, nms_iou: float = 0.45, max_det: int = 5,
-           batch: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def detect(
+    model: NoduleDetector, data: FrameTensors, nms_iou: float = 0.45, max_det: int = 5, batch: int = 32
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per frame: ``(boxes [m, 4] at network scale, scores [m])`` after NMS, best first,
     ``1 <= m <= max_det``; boxes clipped to the frame."""
     model.eval()
@@ -234,8 +262,9 @@ def detect(model: NoduleDetector, data: FrameTensors, nms_iou: float = 0.45, max
     return out
 
 
-def average_precision(dets: Sequence[tuple[torch.Tensor, torch.Tensor]], gts: Sequence[torch.Tensor],
-                      iou: float = 0.5) -> float:
+def average_precision(
+    dets: Sequence[tuple[torch.Tensor, torch.Tensor]], gts: Sequence[torch.Tensor], iou: float = 0.5
+) -> float:
     """All-point interpolated AP (PASCAL VOC 2010+) at ``iou`` over frames: detections ranked
     by score across frames; a detection is a true positive when it overlaps a not-yet-claimed
     nodule of its frame at ``>= iou``. NaN when there is no nodule."""
@@ -251,7 +280,7 @@ def average_precision(dets: Sequence[tuple[torch.Tensor, torch.Tensor]], gts: Se
     for r, (_, f, j) in enumerate(records):
         if len(gts[f]) == 0:
             continue
-        ious = box_iou(dets[f][0][j:j + 1], gts[f])[0]
+        ious = box_iou(dets[f][0][j : j + 1], gts[f])[0]
         ious[claimed[f]] = -1.0
         best = int(ious.argmax())
         if float(ious[best]) >= iou:
@@ -282,14 +311,19 @@ def detection_quality(dets, gts, iou: float = 0.5) -> dict:
         best.extend(m.max(dim=0).values.tolist() if len(boxes) else [0.0] * len(g))
         top1.append(bool(len(boxes)) and float(m[0].max()) >= iou)
     best_a = np.asarray(best, dtype=np.float64)
-    return {"frames": len(gts), "nodules": int(best_a.size), "ap50": average_precision(dets, gts, iou),
-            "recall50": float((best_a >= iou).mean()) if best_a.size else float("nan"),
-            "top1_hit": float(np.mean(top1)) if top1 else float("nan"),
-            "mean_best_iou": float(best_a.mean()) if best_a.size else float("nan")}
+    return {
+        "frames": len(gts),
+        "nodules": int(best_a.size),
+        "ap50": average_precision(dets, gts, iou),
+        "recall50": float((best_a >= iou).mean()) if best_a.size else float("nan"),
+        "top1_hit": float(np.mean(top1)) if top1 else float("nan"),
+        "mean_best_iou": float(best_a.mean()) if best_a.size else float("nan"),
+    }
 
 
-def augment(image: torch.Tensor, boxes: torch.Tensor, rng: np.random.Generator, min_zoom: float = 0.6
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    image: torch.Tensor, boxes: torch.Tensor, rng: np.random.Generator, min_zoom: float = 0.6
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SSD-style training augmentation of one frame ``image [1, H, W]`` with ``boxes [n, 4]``:
     with p = 0.5 a random zoom-in (a window of 60-100 % of each side, resized back to H x W;
     boxes cut by the window keep their visible part, and a window that would keep less than
@@ -301,14 +335,21 @@ def augment(image: torch.Tensor, boxes: torch.Tensor, rng: np.random.Generator, 
         cw, ch = max(8, int(round(W * s))), max(8, int(round(H * s)))
         x0, y0 = int(rng.integers(0, W - cw + 1)), int(rng.integers(0, H - ch + 1))
         shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
-        clipped = torch.stack([shifted[:, 0].clamp(0, cw), shifted[:, 1].clamp(0, ch),
-                               shifted[:, 2].clamp(0, cw), shifted[:, 3].clamp(0, ch)], 1)
+        clipped = torch.stack(
+            [
+                shifted[:, 0].clamp(0, cw),
+                shifted[:, 1].clamp(0, ch),
+                shifted[:, 2].clamp(0, cw),
+                shifted[:, 3].clamp(0, ch),
+            ],
+            1,
+        )
 
         def area(b):
             return (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
 
         if bool((area(clipped) >= 0.5 * area(shifted)).all()):
-            crop = image[:, y0:y0 + ch, x0:x0 + cw]
+            crop = image[:, y0 : y0 + ch, x0 : x0 + cw]
             image = F.interpolate(crop[None], size=(H, W), mode="bilinear", align_corners=False)[0]
             boxes = clipped * torch.tensor([W / cw, H / ch, W / cw, H / ch], dtype=boxes.dtype)
     c, b = rng.uniform(0.85, 1.15, size=2)
@@ -345,8 +386,15 @@ class _DetectorTask:
         return {}
 
 
-def train_detector(fit: FrameTensors, val: FrameTensors, cfg, progress=None, ckpt_dir=None, resume: bool = False,
-                   keep_last: bool = True) -> tuple[NoduleDetector, dict]:
+def train_detector(
+    fit: FrameTensors,
+    val: FrameTensors,
+    cfg,
+    progress=None,
+    ckpt_dir=None,
+    resume: bool = False,
+    keep_last: bool = True,
+) -> tuple[NoduleDetector, dict]:
     """Train on ``fit`` frames (horizontal flips, and with ``det_augment`` :func:`augment`, drawn
     from (seed, epoch, frame)) through the shared epoch loop, keeping the epoch with the best
     validation AP@0.5 (the first on ties). ``cfg``: ``n_anchors``, ``det_width``,
@@ -360,18 +408,38 @@ def train_detector(fit: FrameTensors, val: FrameTensors, cfg, progress=None, ckp
     shapes = anchor_shapes(gts, cfg.n_anchors, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = NoduleDetector(shapes, width=cfg.det_width)
-    settings = LoopSettings(epochs=cfg.det_epochs, batch_size=cfg.det_batch, lr=cfg.det_lr, weight_decay=1e-4,
-                            optimizer="adamw", seed=cfg.seed)
+    settings = LoopSettings(
+        epochs=cfg.det_epochs,
+        batch_size=cfg.det_batch,
+        lr=cfg.det_lr,
+        weight_decay=1e-4,
+        optimizer="adamw",
+        seed=cfg.seed,
+    )
     import dataclasses
 
-    loop = fit_loop(model, _DetectorTask(model, fit, val, cfg), settings,
-                    config={**dataclasses.asdict(cfg), "stage": "detector"}, ckpt_dir=ckpt_dir, resume=resume,
-                    progress=progress, stage="det_epoch", keep_last=keep_last)
-    return model, {"anchors_wh": np.round(shapes, 2).tolist(), "best_epoch": loop.best_epoch,
-                   "best_val_ap50": loop.best_score[0] if loop.best_score else float("nan"),
-                   "history": loop.history, "train_s": loop.seconds, "fit_frames": len(fit),
-                   "val_frames": len(val), "parameters": sum(p.numel() for p in model.parameters()),
-                   "files": loop.checkpoints}
+    loop = fit_loop(
+        model,
+        _DetectorTask(model, fit, val, cfg),
+        settings,
+        config={**dataclasses.asdict(cfg), "stage": "detector"},
+        ckpt_dir=ckpt_dir,
+        resume=resume,
+        progress=progress,
+        stage="det_epoch",
+        keep_last=keep_last,
+    )
+    return model, {
+        "anchors_wh": np.round(shapes, 2).tolist(),
+        "best_epoch": loop.best_epoch,
+        "best_val_ap50": loop.best_score[0] if loop.best_score else float("nan"),
+        "history": loop.history,
+        "train_s": loop.seconds,
+        "fit_frames": len(fit),
+        "val_frames": len(val),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "files": loop.checkpoints,
+    }
 
 
 def detector_from_state(state: dict, width: int) -> NoduleDetector:

@@ -15,9 +15,9 @@ need (a few lines of torch; no torchvision needed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,17 @@ from ..data.rois import Sample, open_gray
 from ..errors import HfcnError
 from . import common as C
 
-__all__ = ["Frame", "group_frames", "FrameTensors", "box_iou", "nms", "to_frame_box", "with_box", "localised",
-           "UNLOCALISED"]
+__all__ = [
+    "Frame",
+    "group_frames",
+    "FrameTensors",
+    "box_iou",
+    "nms",
+    "to_frame_box",
+    "with_box",
+    "localised",
+    "UNLOCALISED",
+]
 
 
 @dataclass
@@ -57,8 +66,9 @@ def localised(sample: Sample) -> bool:
     return sample.roi_kind not in UNLOCALISED
 
 
-def group_frames(samples: Sequence[Sample], need_outline: bool = False, what: str = "",
-                 need_box: bool = True) -> list[Frame]:
+def group_frames(
+    samples: Sequence[Sample], need_outline: bool = False, what: str = "", need_box: bool = True
+) -> list[Frame]:
     """The frames of ``samples`` in first-seen order. ``need_outline``: every sample must carry
     its nodule outline (segmentation targets); ``need_box``: every sample must be localised
     (training targets; full-frame ROIs carry no localisation). Prediction passes
@@ -67,10 +77,12 @@ def group_frames(samples: Sequence[Sample], need_outline: bool = False, what: st
     for s in samples:
         if (need_box and not localised(s)) or (need_outline and (not s.polygon or len(s.polygon) < 3)):
             raise HfcnError(
-                f"ROI {s.key} ({s.image_path}) has no nodule {'outline' if need_outline else 'box'}; the {what or 'frame'}"
+                f"ROI {s.key} ({s.image_path}) has no nodule {'outline' if need_outline else 'box'}; "
+                f"the {what or 'frame'}"
                 " stage learns where the nodule is from the annotated outlines",
                 hint="use DDTI-format data (outlines in the case XML), or folder-format images with masks "
-                "(CLASS/masks/NAME.png or CLASS/NAME_mask.png: each mask gives the nodule's outline)")
+                "(CLASS/masks/NAME.png or CLASS/NAME_mask.png: each mask gives the nodule's outline)",
+            )
         f = frames.get(s.image_path)
         if f is None:
             frames[s.image_path] = Frame(s.image_path, s.case_id, s.frame, s.label, s.frame_size, [s])

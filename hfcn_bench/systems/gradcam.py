@@ -15,7 +15,8 @@ between threads serialise the calls (the app holds a lock per loaded run).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ class FeatureHook:
     def close(self) -> None:
         self.handle.remove()
 
-    def __enter__(self) -> "FeatureHook":
+    def __enter__(self) -> FeatureHook:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -55,8 +56,9 @@ def gradcam_map(feat: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
     return cam.cpu().numpy().astype(np.float32)
 
 
-def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor,
-            score: Callable[[Any], torch.Tensor]) -> tuple[Any, np.ndarray | None, tuple[int, int] | None]:
+def gradcam(
+    model: nn.Module, layer: nn.Module, x: torch.Tensor, score: Callable[[Any], torch.Tensor]
+) -> tuple[Any, np.ndarray | None, tuple[int, int] | None]:
     """Forward ``x`` (Tensor[1, 3, H, W]) through ``model`` in eval mode and return
     ``(output, cam, (h, w))``: the model's output (detached where it is a tensor), the Grad-CAM
     of ``score(output)`` (a scalar tensor) on ``layer``'s output for the first item of its batch
@@ -83,8 +85,9 @@ def gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor,
     return out, cam, hw
 
 
-def roi_classifier_explain(model: nn.Module, trunk: nn.Module, sample, cfg, display: int = 256,
-                           what: str = "trunk") -> dict | None:
+def roi_classifier_explain(
+    model: nn.Module, trunk: nn.Module, sample, cfg, display: int = 256, what: str = "trunk"
+) -> dict | None:
     """What a two-class ROI classifier (``model(x) -> logits [1, 2]``) looked at for one ROI:
     P(malignant) and the Grad-CAM of the malignant-vs-benign logit margin on ``trunk``'s map.
     The ROI is prepared exactly as the classifier's prediction prepares it
@@ -104,6 +107,10 @@ def roi_classifier_explain(model: nn.Module, trunk: nn.Module, sample, cfg, disp
     logits, cam, hw = gradcam(model, trunk, x, lambda z: z[0, 1] - z[0, 0])
     prob = float(torch.softmax(logits.float(), dim=1)[0, 1])
     roi = np.asarray(crop_roi(open_rgb(sample.image_path), sample.bbox, size=display, letterbox=ds.letterbox))
-    return {"prob": prob, "cam": cam, "feature_hw": hw, "roi": roi,
-            "cam_of": f"Grad-CAM of the malignant logit margin on the {what} map"
-                      + (f" ({hw[0]}x{hw[1]})" if hw else "")}
+    return {
+        "prob": prob,
+        "cam": cam,
+        "feature_hw": hw,
+        "roi": roi,
+        "cam_of": f"Grad-CAM of the malignant logit margin on the {what} map" + (f" ({hw[0]}x{hw[1]})" if hw else ""),
+    }

@@ -23,36 +23,57 @@ __all__ = ["HFCNSystem"]
 class HFCNSystem(System):
     name = "hfcn"
     paper = "Song et al., IEEE Access 8:64064-64074, 2020 (PAPERS.md section 1)"
-    description = ("one backbone; a global branch and a feature-cropping branch (BFC: four corners + centre, or "
-                   "RFC: random windows) share the classifier; P = w P_G + (1 - w) P_C")
+    description = (
+        "one backbone; a global branch and a feature-cropping branch (BFC: four corners + centre, or "
+        "RFC: random windows) share the classifier; P = w P_G + (1 - w) P_C"
+    )
     config_cls = T.TrainConfig
     presets = T.PRESETS
 
     def limitations(self, cfg) -> list[str]:
         lim = []
         if cfg.weights is None and cfg.backbone != "paper":
-            lim.append(f"randomly initialised {cfg.backbone} backbone (the paper's Table 4 backbones were "
-                       "ImageNet-pretrained; none but efficientnet_lite0 ship in a package here)")
+            lim.append(
+                f"randomly initialised {cfg.backbone} backbone (the paper's Table 4 backbones were "
+                "ImageNet-pretrained; none but efficientnet_lite0 ship in a package here)"
+            )
         elif cfg.weights == "imagenet":
             lim.append(f"ImageNet {cfg.backbone} backbone (weights shipped in a package)")
         elif cfg.weights is not None:
             lim.append(f"backbone weights from {cfg.weights}")
         if cfg.preset != "paper":
-            lim.append(f"preset {cfg.preset}: {cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs at {cfg.image_size} px "
-                       "instead of the paper's SGD lr 1e-5 at 224 px (the paper states no epoch count)")
+            lim.append(
+                f"preset {cfg.preset}: {cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs at {cfg.image_size} px "
+                "instead of the paper's SGD lr 1e-5 at 224 px (the paper states no epoch count)"
+            )
         lim.append("no private data: the paper trained on DDTI plus 377 private images")
         return lim
 
     def fit(self, train_samples, cfg, *, out_dir=None, progress=None, resume=False, keep_last=True) -> Fitted:
         tr, va = inner_split(train_samples, cfg.val_fraction, cfg.seed)
         res = T.fit(tr, va, cfg, out_dir=out_dir, progress=progress, resume=resume, keep_last=keep_last)
-        training = {"best_epoch": res.best_epoch, "best_val_score": res.best_score, "epochs_run": len(res.history),
-                    "resumed_from": res.resumed_from, "val_cases": len(res.val_cases), "train_rois": len(tr),
-                    "val_rois": len(va), "history": res.history}
+        training = {
+            "best_epoch": res.best_epoch,
+            "best_val_score": res.best_score,
+            "epochs_run": len(res.history),
+            "resumed_from": res.resumed_from,
+            "val_cases": len(res.val_cases),
+            "train_rois": len(tr),
+            "val_rois": len(va),
+            "history": res.history,
+        }
         device = str(next(res.model.parameters()).device)
-        return Fitted(self.name, cfg, {"model": res.model}, {"main": res.threshold_predictions},
-                      {"main": "validation" if res.val_cases else "training"}, training,
-                      {"train_s": res.seconds, "device": device}, res.skipped, res.val_cases)
+        return Fitted(
+            self.name,
+            cfg,
+            {"model": res.model},
+            {"main": res.threshold_predictions},
+            {"main": "validation" if res.val_cases else "training"},
+            training,
+            {"train_s": res.seconds, "device": device},
+            res.skipped,
+            res.val_cases,
+        )
 
     def predict(self, fitted, samples, *, progress=None) -> Output:
         t = time.perf_counter()
@@ -88,8 +109,14 @@ class HFCNSystem(System):
         x = ((x - mean) / std)[None].to(next(model.parameters()).device)
         with torch_threads(cfg.threads):
             info = _explain(model, x)
-        info.update({"roi": np.asarray(crop_roi(frame, sample.bbox, size=display, letterbox=cfg.letterbox)),
-                     "crop": cfg.crop, "image_size": cfg.image_size, "branch_weight": cfg.branch_weight})
+        info.update(
+            {
+                "roi": np.asarray(crop_roi(frame, sample.bbox, size=display, letterbox=cfg.letterbox)),
+                "crop": cfg.crop,
+                "image_size": cfg.image_size,
+                "branch_weight": cfg.branch_weight,
+            }
+        )
         return info
 
 

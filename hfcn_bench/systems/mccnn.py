@@ -20,9 +20,9 @@ and the threshold chosen on those validation cases (:mod:`.roi_classifier`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,8 +35,16 @@ from ..errors import HfcnError
 from . import roi_classifier as RC
 from .base import Fitted, Output, System
 
-__all__ = ["MCCNNConfig", "MCCNNCascadeConfig", "SpatialPyramidModule", "MCCNNClassifier", "build_mccnn",
-           "MCCNNSPP", "MCCNNCascade", "pair_detections"]
+__all__ = [
+    "MCCNNConfig",
+    "MCCNNCascadeConfig",
+    "SpatialPyramidModule",
+    "MCCNNClassifier",
+    "build_mccnn",
+    "MCCNNSPP",
+    "MCCNNCascade",
+    "pair_detections",
+]
 
 
 class SpatialPyramidModule(nn.Module):
@@ -162,8 +170,10 @@ def build_mccnn(cfg: MCCNNConfig, weights: bool = True) -> MCCNNClassifier:
 def _trunk_limitations(cfg: MCCNNConfig) -> list[str]:
     """What the trunk could not be as published: its weights, and AlexNet when another is chosen."""
     if cfg.weights is None:
-        lim = [f"randomly initialised {cfg.trunk} trunk (seed {cfg.seed}): no ImageNet weights for it ship in a "
-               "package here"]
+        lim = [
+            f"randomly initialised {cfg.trunk} trunk (seed {cfg.seed}): no ImageNet weights for it ship in a "
+            "package here"
+        ]
     elif cfg.weights == "imagenet":
         lim = [f"ImageNet {cfg.trunk} trunk (weights shipped in a package)"]
     else:
@@ -239,10 +249,12 @@ def pair_detections(dets, data, what: str = "detected") -> tuple[list[Sample], d
             ious.append(iou)
             out.append(with_box(s, to_frame_box(boxes[best].tolist(), data.frames[i].size, data.scale(i)), what))
     a = np.asarray(ious, dtype=np.float64)
-    return out, {"nodules": len(out), "missed": missed, "hit50": int((a >= 0.5).sum()),
-                 "mean_iou": float(a.mean()) if a.size else float("nan")}
-
-
+    return out, {
+        "nodules": len(out),
+        "missed": missed,
+        "hit50": int((a >= 0.5).sum()),
+        "mean_iou": float(a.mean()) if a.size else float("nan"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,22 +272,44 @@ class MCCNNSPP(System):
 
     name = "mccnn_spp"
     paper = "Song et al., IEEE JBHI 2019, MC-CNN stage 2 (PAPERS.md section 2)"
-    description = "AlexNet-style trunk + spatial pyramid module (1x1/3x3/5x5 levels, 1/3 channels each) on annotated boxes"
+    description = (
+        "AlexNet-style trunk + spatial pyramid module (1x1/3x3/5x5 levels, 1/3 channels each) on annotated boxes"
+    )
     config_cls = MCCNNConfig
     presets = {"quick": QUICK, "smoke": SMOKE}
 
     def limitations(self, cfg) -> list[str]:
-        return ["stage 2 only: trained and tested on the annotated nodule boxes, so localisation is perfect here "
-                "(mccnn_cascade runs it behind the stage-1 detector)", *_SPP_LIMITS, *_trunk_limitations(cfg)]
+        return [
+            "stage 2 only: trained and tested on the annotated nodule boxes, so localisation is perfect here "
+            "(mccnn_cascade runs it behind the stage-1 detector)",
+            *_SPP_LIMITS,
+            *_trunk_limitations(cfg),
+        ]
 
     def fit(self, train_samples, cfg, *, out_dir=None, progress=None, resume=False, keep_last=True) -> Fitted:
         skipped: list[str] = []
         with torch_threads(cfg.threads):
-            clf = RC.train_classifier(build_mccnn(cfg), train_samples, cfg, progress, skipped,
-                                      ckpt_dir=_sub(out_dir, "classifier"), resume=resume, keep_last=keep_last)
-        return Fitted(self.name, cfg, {"classifier": clf.model}, {"main": clf.val_predictions},
-                      {"main": "validation"}, {"classifier": clf.summary()}, {"train_s": clf.train_s}, skipped,
-                      sorted(set(clf.val_predictions.case_ids)))
+            clf = RC.train_classifier(
+                build_mccnn(cfg),
+                train_samples,
+                cfg,
+                progress,
+                skipped,
+                ckpt_dir=_sub(out_dir, "classifier"),
+                resume=resume,
+                keep_last=keep_last,
+            )
+        return Fitted(
+            self.name,
+            cfg,
+            {"classifier": clf.model},
+            {"main": clf.val_predictions},
+            {"main": "validation"},
+            {"classifier": clf.summary()},
+            {"train_s": clf.train_s},
+            skipped,
+            sorted(set(clf.val_predictions.case_ids)),
+        )
 
     def predict(self, fitted, samples, *, progress=None) -> Output:
         t = time.perf_counter()
@@ -287,8 +321,11 @@ class MCCNNSPP(System):
         return _stage_files(out_dir, "classifier")
 
     def load(self, cfg, directory, record, checkpoint="best", device="cpu"):
-        return {"classifier": RC.load_weights(build_mccnn(cfg, weights=False),
-                                              Path(directory) / "classifier" / f"{checkpoint}.pt")}
+        return {
+            "classifier": RC.load_weights(
+                build_mccnn(cfg, weights=False), Path(directory) / "classifier" / f"{checkpoint}.pt"
+            )
+        }
 
     def explain(self, fitted, sample, display: int = 256) -> dict | None:
         return _explain_classifier(fitted, sample, display)
@@ -299,8 +336,10 @@ class MCCNNCascade(System):
 
     name = "mccnn_cascade"
     paper = "Song et al., IEEE JBHI 2019, MC-CNN stages 1 + 2 (PAPERS.md section 2)"
-    description = ("SSD-style nodule detector on the whole frame -> the pyramid network on the detected box "
-                   "(variant annotated_roi: on the annotated box)")
+    description = (
+        "SSD-style nodule detector on the whole frame -> the pyramid network on the detected box "
+        "(variant annotated_roi: on the annotated box)"
+    )
     config_cls = MCCNNCascadeConfig
     presets = {"quick": QUICK_CASCADE, "smoke": SMOKE_CASCADE}
     variants = {"annotated_roi": "the same stage-2 network on the annotated nodule boxes (perfect localisation)"}
@@ -311,7 +350,9 @@ class MCCNNCascade(System):
             "not the paper's VGG-16 SSD300, and is trained on the split's training frames only",
             "stage 2 is trained on the annotated boxes and applied to the detected ones; each annotated nodule is "
             "scored with the detection of its frame that overlaps it most (a missed nodule with the frame's best box)",
-            *_SPP_LIMITS, *_trunk_limitations(cfg)]
+            *_SPP_LIMITS,
+            *_trunk_limitations(cfg),
+        ]
 
     def fit(self, train_samples, cfg, *, out_dir=None, progress=None, resume=False, keep_last=True) -> Fitted:
         from . import detector as D
@@ -324,17 +365,34 @@ class MCCNNCascade(System):
             fit_s, val_s = inner.select(list(train_samples))
             fit_f = FrameTensors(group_frames(fit_s, what="detection"), cfg.frame_size, skipped)
             val_f = FrameTensors(group_frames(val_s, what="detection"), cfg.frame_size, skipped)
-            det, det_train = D.train_detector(fit_f, val_f, cfg, progress, ckpt_dir=_sub(out_dir, "detector"),
-                                              resume=resume, keep_last=keep_last)
-            clf = RC.train_classifier(build_mccnn(cfg), train_samples, cfg, progress, skipped,
-                                      ckpt_dir=_sub(out_dir, "classifier"), resume=resume, keep_last=keep_last)
+            det, det_train = D.train_detector(
+                fit_f, val_f, cfg, progress, ckpt_dir=_sub(out_dir, "detector"), resume=resume, keep_last=keep_last
+            )
+            clf = RC.train_classifier(
+                build_mccnn(cfg),
+                train_samples,
+                cfg,
+                progress,
+                skipped,
+                ckpt_dir=_sub(out_dir, "classifier"),
+                resume=resume,
+                keep_last=keep_last,
+            )
         val = clf.val_predictions
-        return Fitted(self.name, cfg, {"detector": det, "classifier": clf.model},
-                      {"main": val, "annotated_roi": val}, {"main": "validation", "annotated_roi": "validation"},
-                      {"detector": {k: v for k, v in det_train.items() if k not in ("train_s", "files")},
-                       "classifier": clf.summary()},
-                      {"det_train_s": det_train["train_s"], "train_s": clf.train_s}, skipped,
-                      sorted(set(val.case_ids)))
+        return Fitted(
+            self.name,
+            cfg,
+            {"detector": det, "classifier": clf.model},
+            {"main": val, "annotated_roi": val},
+            {"main": "validation", "annotated_roi": "validation"},
+            {
+                "detector": {k: v for k, v in det_train.items() if k not in ("train_s", "files")},
+                "classifier": clf.summary(),
+            },
+            {"det_train_s": det_train["train_s"], "train_s": clf.train_s},
+            skipped,
+            sorted(set(val.case_ids)),
+        )
 
     def predict(self, fitted, samples, *, progress=None) -> Output:
         from . import detector as D
@@ -370,8 +428,10 @@ class MCCNNCascade(System):
 
         d = Path(directory)
         det = detector_from_state(load_checkpoint(d / "detector" / f"{checkpoint}.pt")["model"], cfg.det_width)
-        return {"detector": det,
-                "classifier": RC.load_weights(build_mccnn(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt")}
+        return {
+            "detector": det,
+            "classifier": RC.load_weights(build_mccnn(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt"),
+        }
 
     def explain(self, fitted, sample, display: int = 256) -> dict | None:
         # ``sample`` carries the box the detector found (what stage 2 classified)
@@ -399,8 +459,9 @@ def _explain_classifier(fitted, sample, display: int) -> dict | None:
 
     clf = fitted.models["classifier"]
     with torch_threads(fitted.config.threads):
-        return roi_classifier_explain(clf, clf.trunk, sample, fitted.config, display,
-                                      what=f"{fitted.config.trunk} trunk")
+        return roi_classifier_explain(
+            clf, clf.trunk, sample, fitted.config, display, what=f"{fitted.config.trunk} trunk"
+        )
 
 
 def _sub(out_dir, name: str):

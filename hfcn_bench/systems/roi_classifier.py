@@ -12,9 +12,9 @@ those validation cases. ``cfg`` is any config with ``image_size``, ``epochs``,
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -44,17 +44,25 @@ class TrainedClassifier:
     files: list[str]
 
     def summary(self) -> dict:
-        return {"best_epoch": self.best_epoch, "best_val_auc": self.best_val_auc, "epochs_run": len(self.history),
-                "train_rois": self.train_rois, "val_rois": len(self.val_predictions),
-                "val_cases": len(case_labels(self.val_predictions.samples)), "history": self.history,
-                "parameters": sum(p.numel() for p in self.model.parameters())}
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_auc": self.best_val_auc,
+            "epochs_run": len(self.history),
+            "train_rois": self.train_rois,
+            "val_rois": len(self.val_predictions),
+            "val_cases": len(case_labels(self.val_predictions.samples)),
+            "history": self.history,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
 
 
 @torch.no_grad()
 def _predict(model: nn.Module, ds, idx: list[int], batch: int = 64) -> np.ndarray:
     model.eval()
-    out = [torch.softmax(model(torch.stack([ds[i][0] for i in idx[s:s + batch]])), 1)[:, 1].double().numpy()
-           for s in range(0, len(idx), batch)]
+    out = [
+        torch.softmax(model(torch.stack([ds[i][0] for i in idx[s : s + batch]])), 1)[:, 1].double().numpy()
+        for s in range(0, len(idx), batch)
+    ]
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -86,9 +94,17 @@ class _ClassifierTask:
         return {}
 
 
-def train_classifier(model: nn.Module, train_samples: Sequence[Sample], cfg, progress, skipped: list[str],
-                     stage: str = "epoch", ckpt_dir: Path | None = None, resume: bool = False,
-                     keep_last: bool = True) -> TrainedClassifier:
+def train_classifier(
+    model: nn.Module,
+    train_samples: Sequence[Sample],
+    cfg,
+    progress,
+    skipped: list[str],
+    stage: str = "epoch",
+    ckpt_dir: Path | None = None,
+    resume: bool = False,
+    keep_last: bool = True,
+) -> TrainedClassifier:
     """Train ``model`` (logits [B, 2]) on ``train_samples``' annotated ROIs; returns it at its
     best validation epoch. ``progress(stage, epoch, epochs, info)`` after each epoch;
     ``ckpt_dir``: the loop's checkpoints (resumable)."""
@@ -99,16 +115,31 @@ def train_classifier(model: nn.Module, train_samples: Sequence[Sample], cfg, pro
     ds_val, i_val = C.loadable_rois(val_s, cfg.image_size, cfg.seed, skipped)
     if len(i_fit) < 2 or not i_val:
         raise HfcnError(f"too few loadable ROIs to train ({len(i_fit)} training, {len(i_val)} validation)")
-    settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            optimizer="adamw", seed=cfg.seed)
-    loop = fit_loop(model, _ClassifierTask(model, ds_fit, i_fit, ds_val, i_val), settings,
-                    config={**dataclasses.asdict(cfg), "stage": stage}, ckpt_dir=ckpt_dir, resume=resume,
-                    progress=progress, stage=stage, keep_last=keep_last)
+    settings = LoopSettings(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        optimizer="adamw",
+        seed=cfg.seed,
+    )
+    loop = fit_loop(
+        model,
+        _ClassifierTask(model, ds_fit, i_fit, ds_val, i_val),
+        settings,
+        config={**dataclasses.asdict(cfg), "stage": stage},
+        ckpt_dir=ckpt_dir,
+        resume=resume,
+        progress=progress,
+        stage=stage,
+        keep_last=keep_last,
+    )
     val_samples = [ds_val.samples[i] for i in i_val]
     val_pred = Predictions.of(val_samples, _predict(model, ds_val, i_val))
     best_auc = loop.best_score[0] if loop.best_score else float("nan")
-    return TrainedClassifier(model, val_pred, loop.history, loop.best_epoch, best_auc, loop.seconds, len(i_fit),
-                             loop.checkpoints)
+    return TrainedClassifier(
+        model, val_pred, loop.history, loop.best_epoch, best_auc, loop.seconds, len(i_fit), loop.checkpoints
+    )
 
 
 def predict_rois(model: nn.Module, samples: Sequence[Sample], cfg, skipped: list[str]) -> Predictions:
@@ -126,6 +157,7 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     try:
         model.load_state_dict(ck["model"])
     except RuntimeError as exc:
-        raise HfcnError(f"{path}: weights do not fit the model its config describes: "
-                        f"{str(exc).splitlines()[0][:200]}") from None
+        raise HfcnError(
+            f"{path}: weights do not fit the model its config describes: {str(exc).splitlines()[0][:200]}"
+        ) from None
     return model.eval()

@@ -28,8 +28,8 @@ prediction alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,9 +40,21 @@ from ..errors import HfcnError
 from . import common as C
 from .frames import FrameTensors, box_iou
 
-__all__ = ["UNet", "train_segmenter", "fit_segmenter", "TrainedSegmenter", "predict_probs", "frame_targets",
-           "dice_iou", "segmentation_summary", "mask_components", "mask_outline", "Region", "Pairing",
-           "pair_regions"]
+__all__ = [
+    "UNet",
+    "train_segmenter",
+    "fit_segmenter",
+    "TrainedSegmenter",
+    "predict_probs",
+    "frame_targets",
+    "dice_iou",
+    "segmentation_summary",
+    "mask_components",
+    "mask_outline",
+    "Region",
+    "Pairing",
+    "pair_regions",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -51,8 +63,12 @@ __all__ = ["UNet", "train_segmenter", "fit_segmenter", "TrainedSegmenter", "pred
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -70,16 +86,17 @@ class UNet(nn.Module):
         if depth < 1 or base < 1 or in_ch < 1:
             raise HfcnError(f"UNet needs depth >= 1, base >= 1, in_ch >= 1 (got {depth}, {base}, {in_ch})")
         self.depth = int(depth)
-        widths = [base * 2 ** i for i in range(depth + 1)]
-        self.down = nn.ModuleList([_double_conv(in_ch, widths[0])] +
-                                  [_double_conv(widths[i - 1], widths[i]) for i in range(1, depth + 1)])
+        widths = [base * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList(
+            [_double_conv(in_ch, widths[0])] + [_double_conv(widths[i - 1], widths[i]) for i in range(1, depth + 1)]
+        )
         self.reduce = nn.ModuleList(nn.Conv2d(widths[i + 1], widths[i], 1) for i in range(depth))
         self.up = nn.ModuleList(_double_conv(2 * widths[i], widths[i]) for i in range(depth))
         self.head = nn.Conv2d(widths[0], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = 2 ** self.depth
+        m = 2**self.depth
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
@@ -129,12 +146,25 @@ def segmentation_summary(prob, target, thr: float = 0.5) -> dict:
     dice, iou = dice_iou(prob, target, thr)
     n = int(dice.numel())
     if n == 0:
-        return {"frames": 0, "dice": float("nan"), "iou": float("nan"), "dice_median": float("nan"),
-                "iou_median": float("nan"), "empty_predictions": 0, "threshold": float(thr)}
+        return {
+            "frames": 0,
+            "dice": float("nan"),
+            "iou": float("nan"),
+            "dice_median": float("nan"),
+            "iou_median": float("nan"),
+            "empty_predictions": 0,
+            "threshold": float(thr),
+        }
     empty = int((~_binary(prob, thr).any(1)).sum())
-    return {"frames": n, "dice": float(dice.mean()), "iou": float(iou.mean()),
-            "dice_median": float(dice.median()), "iou_median": float(iou.median()),
-            "empty_predictions": empty, "threshold": float(thr)}
+    return {
+        "frames": n,
+        "dice": float(dice.mean()),
+        "iou": float(iou.mean()),
+        "dice_median": float(dice.median()),
+        "iou_median": float(iou.median()),
+        "empty_predictions": empty,
+        "threshold": float(thr),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,9 +202,16 @@ class TrainedSegmenter:
     files: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"best_epoch": self.best_epoch, "best_val_dice": self.best_val_dice, "epochs_run": len(self.history),
-                "fit_frames": self.fit_frames, "val_frames": self.val_frames, "train_s": self.train_s,
-                "history": self.history, "parameters": sum(p.numel() for p in self.model.parameters())}
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_dice": self.best_val_dice,
+            "epochs_run": len(self.history),
+            "fit_frames": self.fit_frames,
+            "val_frames": self.val_frames,
+            "train_s": self.train_s,
+            "history": self.history,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+        }
 
 
 class _SegmenterTask:
@@ -205,8 +242,9 @@ class _SegmenterTask:
         return {}
 
 
-def train_segmenter(fit: FrameTensors, val: FrameTensors, cfg, progress=None, stage: str = "seg_epoch"
-                    ) -> tuple[UNet, list[dict], int, float]:
+def train_segmenter(
+    fit: FrameTensors, val: FrameTensors, cfg, progress=None, stage: str = "seg_epoch"
+) -> tuple[UNet, list[dict], int, float]:
     """Train a U-Net on ``fit``'s frames and masks; return ``(model, history, best_epoch,
     best_val_dice)`` with the model at its best validation epoch (mean Dice at 0.5 on ``val``,
     first epoch on ties). See :func:`fit_segmenter` for the details."""
@@ -214,8 +252,16 @@ def train_segmenter(fit: FrameTensors, val: FrameTensors, cfg, progress=None, st
     return t.model, t.history, t.best_epoch, t.best_val_dice
 
 
-def fit_segmenter(fit: FrameTensors, val: FrameTensors, cfg, progress=None, stage: str = "seg_epoch",
-                  ckpt_dir=None, resume: bool = False, keep_last: bool = True) -> TrainedSegmenter:
+def fit_segmenter(
+    fit: FrameTensors,
+    val: FrameTensors,
+    cfg,
+    progress=None,
+    stage: str = "seg_epoch",
+    ckpt_dir=None,
+    resume: bool = False,
+    keep_last: bool = True,
+) -> TrainedSegmenter:
     """:func:`train_segmenter` returning a :class:`TrainedSegmenter` (with timings), through the
     shared epoch loop (``ckpt_dir``: its resumable checkpoints).
 
@@ -230,18 +276,35 @@ def fit_segmenter(fit: FrameTensors, val: FrameTensors, cfg, progress=None, stag
     from ..engine import LoopSettings, fit_loop
 
     if len(fit) < 2 or len(val) < 1:
-        raise HfcnError(f"too few loadable frames to train the segmenter ({len(fit)} training, {len(val)} validation)",
-                        hint="the segmenter needs at least 2 training frames and 1 validation frame with outlines")
+        raise HfcnError(
+            f"too few loadable frames to train the segmenter ({len(fit)} training, {len(val)} validation)",
+            hint="the segmenter needs at least 2 training frames and 1 validation frame with outlines",
+        )
     torch.manual_seed(int(cfg.seed))
     model = UNet(1, cfg.unet_base, cfg.unet_depth)
-    settings = LoopSettings(epochs=cfg.seg_epochs, batch_size=cfg.seg_batch, lr=cfg.seg_lr,
-                            weight_decay=cfg.seg_weight_decay, optimizer="adamw", seed=int(cfg.seed))
-    loop = fit_loop(model, _SegmenterTask(model, fit, val, cfg), settings,
-                    config={**dataclasses.asdict(cfg), "stage": "segmenter"}, ckpt_dir=ckpt_dir, resume=resume,
-                    progress=progress, stage=stage, keep_last=keep_last)
+    settings = LoopSettings(
+        epochs=cfg.seg_epochs,
+        batch_size=cfg.seg_batch,
+        lr=cfg.seg_lr,
+        weight_decay=cfg.seg_weight_decay,
+        optimizer="adamw",
+        seed=int(cfg.seed),
+    )
+    loop = fit_loop(
+        model,
+        _SegmenterTask(model, fit, val, cfg),
+        settings,
+        config={**dataclasses.asdict(cfg), "stage": "segmenter"},
+        ckpt_dir=ckpt_dir,
+        resume=resume,
+        progress=progress,
+        stage=stage,
+        keep_last=keep_last,
+    )
     best = loop.best_score[0] if loop.best_score else float("nan")
-    return TrainedSegmenter(model, loop.history, loop.best_epoch, best, loop.seconds, len(fit), len(val),
-                            loop.checkpoints)
+    return TrainedSegmenter(
+        model, loop.history, loop.best_epoch, best, loop.seconds, len(fit), len(val), loop.checkpoints
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,12 +416,22 @@ class Pairing:
 
     def as_dict(self) -> dict:
         comps = np.asarray(self.components, dtype=np.float64)
-        return {"nodules": self.nodules, "missed": self.missed, "empty_mask_fallbacks": self.empty_mask_fallbacks,
-                "frames": self.frames, "mean_components": float(comps.mean()) if comps.size else float("nan")}
+        return {
+            "nodules": self.nodules,
+            "missed": self.missed,
+            "empty_mask_fallbacks": self.empty_mask_fallbacks,
+            "frames": self.frames,
+            "mean_components": float(comps.mean()) if comps.size else float("nan"),
+        }
 
 
-def pair_regions(prob: torch.Tensor, annotated_boxes: torch.Tensor, scale: tuple[float, float],
-                 pairing: Pairing | None = None, thr: float = 0.5) -> list[Region]:
+def pair_regions(
+    prob: torch.Tensor,
+    annotated_boxes: torch.Tensor,
+    scale: tuple[float, float],
+    pairing: Pairing | None = None,
+    thr: float = 0.5,
+) -> list[Region]:
     """One :class:`Region` per annotated nodule of a frame (the pairing rule of the module
     docstring). ``prob`` Tensor[1, H, W] or [H, W] (sigmoid output); ``annotated_boxes``
     Tensor[n, 4] at network scale (``FrameTensors.boxes(i)``); ``scale`` the frame's

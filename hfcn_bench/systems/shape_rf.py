@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -43,10 +43,25 @@ from .base import Fitted, Output, System
 __all__ = ["ShapeRFConfig", "FEATURE_NAMES", "outline_features", "ShapeRF", "fit_forest", "forest_predict"]
 
 FEATURE_NAMES = (
-    "area", "perimeter", "aspect_hw", "taller_than_wide", "elongation", "circularity",
-    "solidity", "convexity", "defect_depth_max", "defect_depth_mean",
-    "radial_cv", "radial_roughness",
-    "in_mean", "in_std", "ring_mean", "ring_std", "contrast", "bright_fraction", "edge_strength",
+    "area",
+    "perimeter",
+    "aspect_hw",
+    "taller_than_wide",
+    "elongation",
+    "circularity",
+    "solidity",
+    "convexity",
+    "defect_depth_max",
+    "defect_depth_mean",
+    "radial_cv",
+    "radial_roughness",
+    "in_mean",
+    "in_std",
+    "ring_mean",
+    "ring_std",
+    "contrast",
+    "bright_fraction",
+    "edge_strength",
 )
 
 
@@ -157,16 +172,17 @@ def _resample(p: np.ndarray, n: int) -> np.ndarray:
     return np.stack([np.interp(t, s, closed[:, 0]), np.interp(t, s, closed[:, 1])], axis=1)
 
 
-def outline_features(sample: Sample, gray: np.ndarray | None = None, config: ShapeRFConfig | None = None
-                     ) -> np.ndarray:
+def outline_features(sample: Sample, gray: np.ndarray | None = None, config: ShapeRFConfig | None = None) -> np.ndarray:
     """The :data:`FEATURE_NAMES` vector of one sample (float64). ``gray`` is the frame as a
     2-D array (read from ``sample.image_path`` when ``None``). Raises :class:`HfcnError` when
     the sample has no outline."""
     cfg = config or ShapeRFConfig()
     if not sample.polygon or len(sample.polygon) < 3:
-        raise HfcnError(f"ROI {sample.key} ({sample.image_path}) has no nodule outline; shape_rf describes the "
-                        "outline polygon", hint="use DDTI-format data (outlines in the case XML), or give the "
-                        "folder-format image a mask (CLASS/masks/NAME.png or CLASS/NAME_mask.png)")
+        raise HfcnError(
+            f"ROI {sample.key} ({sample.image_path}) has no nodule outline; shape_rf describes the outline polygon",
+            hint="use DDTI-format data (outlines in the case XML), or give the "
+            "folder-format image a mask (CLASS/masks/NAME.png or CLASS/NAME_mask.png)",
+        )
     p = np.asarray(sample.polygon, dtype=np.float64)
     area_signed = _shoelace(p)
     area = abs(area_signed)
@@ -221,10 +237,27 @@ def outline_features(sample: Sample, gray: np.ndarray | None = None, config: Sha
     gmag = np.hypot(gx, gy)
     edge = float(gmag[m_band].mean() / (ring_std + in_std + 1.0)) if m_band.any() else 0.0
 
-    f = [area, perim, h / w, float(h > w), elong, 4 * math.pi * area / perim ** 2 if perim > 0 else 0.0,
-         area / hull_area if hull_area > 0 else 1.0, hull_perim / perim if perim > 0 else 1.0,
-         float(depth.max()), float(depth.mean()), radial_cv, rough,
-         in_mean, in_std, ring_mean, ring_std, contrast, bright, edge]
+    f = [
+        area,
+        perim,
+        h / w,
+        float(h > w),
+        elong,
+        4 * math.pi * area / perim**2 if perim > 0 else 0.0,
+        area / hull_area if hull_area > 0 else 1.0,
+        hull_perim / perim if perim > 0 else 1.0,
+        float(depth.max()),
+        float(depth.mean()),
+        radial_cv,
+        rough,
+        in_mean,
+        in_std,
+        ring_mean,
+        ring_std,
+        contrast,
+        bright,
+        edge,
+    ]
     return np.nan_to_num(np.asarray(f, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -232,10 +265,12 @@ def _features(samples: Sequence[Sample], cfg: ShapeRFConfig, progress, what: str
     """Feature rows of ``samples`` (frames decoded once each, shared by their outlines)."""
     missing = [s for s in samples if not s.polygon or len(s.polygon) < 3]
     if missing:
-        raise HfcnError(f"shape_rf needs a nodule outline for every ROI; {len(missing)} of {len(samples)} {what} ROIs "
-                        f"have none (e.g. {missing[0].key}, {missing[0].roi_kind} ROI from {missing[0].image_path})",
-                        hint="use DDTI-format data (outlines in the case XML), or give every folder-format image "
-                             "a mask (CLASS/masks/NAME.png or CLASS/NAME_mask.png)")
+        raise HfcnError(
+            f"shape_rf needs a nodule outline for every ROI; {len(missing)} of {len(samples)} {what} ROIs "
+            f"have none (e.g. {missing[0].key}, {missing[0].roi_kind} ROI from {missing[0].image_path})",
+            hint="use DDTI-format data (outlines in the case XML), or give every folder-format image "
+            "a mask (CLASS/masks/NAME.png or CLASS/NAME_mask.png)",
+        )
     rows, keep, frames = [], [], {}
     for i, s in enumerate(samples):
         try:
@@ -258,13 +293,19 @@ def _forest(cfg: ShapeRFConfig):
     from sklearn.ensemble import RandomForestClassifier
 
     # n_jobs=1: deterministic and polite on a shared machine; random_state fixes the trees.
-    return RandomForestClassifier(n_estimators=cfg.n_estimators, max_depth=cfg.max_depth,
-                                  min_samples_leaf=cfg.min_samples_leaf, class_weight=cfg.class_weight,
-                                  random_state=cfg.seed, n_jobs=1)
+    return RandomForestClassifier(
+        n_estimators=cfg.n_estimators,
+        max_depth=cfg.max_depth,
+        min_samples_leaf=cfg.min_samples_leaf,
+        class_weight=cfg.class_weight,
+        random_state=cfg.seed,
+        n_jobs=1,
+    )
 
 
-def fit_forest(train_samples: Sequence[Sample], cfg: ShapeRFConfig, progress=None, skipped: list[str] | None = None
-               ) -> tuple[object, Predictions, str, dict]:
+def fit_forest(
+    train_samples: Sequence[Sample], cfg: ShapeRFConfig, progress=None, skipped: list[str] | None = None
+) -> tuple[object, Predictions, str, dict]:
     """The forest on the outline features of ``train_samples`` and the out-of-fold training
     scores its threshold is chosen on: ``(forest, threshold predictions, source, summary)``."""
     C.sklearn()
@@ -286,15 +327,20 @@ def fit_forest(train_samples: Sequence[Sample], cfg: ShapeRFConfig, progress=Non
         thr = Predictions.of([s for s, m in zip(tr, mask) if m], oof[mask])
     else:  # too few cases for folds: in-sample scores, flagged in the source label
         thr, source = Predictions.of(tr, rf.predict_proba(Xtr)[:, 1]), "training (in-sample)"
-    summary = {"train_rois": len(tr), "threshold_rois": len(thr), "features_s": feat_s,
-               "train_s": time.perf_counter() - t1,
-               "features": {"names": list(FEATURE_NAMES),
-                            "importance": {n: float(v) for n, v in zip(FEATURE_NAMES, rf.feature_importances_)}}}
+    summary = {
+        "train_rois": len(tr),
+        "threshold_rois": len(thr),
+        "features_s": feat_s,
+        "train_s": time.perf_counter() - t1,
+        "features": {
+            "names": list(FEATURE_NAMES),
+            "importance": {n: float(v) for n, v in zip(FEATURE_NAMES, rf.feature_importances_)},
+        },
+    }
     return rf, thr, source, summary
 
 
-def forest_predict(rf, samples: Sequence[Sample], cfg: ShapeRFConfig, skipped: list[str], progress=None
-                   ) -> Predictions:
+def forest_predict(rf, samples: Sequence[Sample], cfg: ShapeRFConfig, skipped: list[str], progress=None) -> Predictions:
     X, kept = _features(samples, cfg, progress, "test", skipped)
     if not kept:
         raise HfcnError("no ROI could be described")
@@ -318,11 +364,13 @@ class ShapeRF(System):
     has_epochs = False
 
     def limitations(self, cfg) -> list[str]:
-        return [*LIMITATIONS,
-                "outlines are the annotations (DDTI's outlines, or the masks of a folder dataset), not a segmentation "
-                "network's masks (the paper's TransUNet stage is not part of this baseline)",
-                f"forest hyper-parameters are scikit-learn defaults with n_estimators={cfg.n_estimators}; the paper's "
-                "are not published"]
+        return [
+            *LIMITATIONS,
+            "outlines are the annotations (DDTI's outlines, or the masks of a folder dataset), not a segmentation "
+            "network's masks (the paper's TransUNet stage is not part of this baseline)",
+            f"forest hyper-parameters are scikit-learn defaults with n_estimators={cfg.n_estimators}; the paper's "
+            "are not published",
+        ]
 
     def cannot_predict(self, sample) -> str | None:
         if not sample.polygon or len(sample.polygon) < 3:

