@@ -187,9 +187,9 @@ def test_eval_and_rank_say_a_run_stopped_before_its_last_epoch(data, tmp_path):
     class Stop(Exception):
         pass
 
-    from hfcn_bench import train as T
     from hfcn_bench.data import split_train_test
     from hfcn_bench.runs import train_run
+    from hfcn_bench.systems import hfcn_training as T
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

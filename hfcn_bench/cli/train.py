@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import HfcnError
 from .common import load_data, print_report, progress_bars
 
-__all__ = ["register", "hfcn_flags", "system_config"]
+__all__ = ["register", "hfcn_flags", "config_from_args"]
 
 # Flags every system shares (applied to the systems whose config has the field).
 _SHARED = ("seed", "threads", "weights")
@@ -37,7 +37,7 @@ def _choices(meta: dict):
 def hfcn_flags() -> list[dataclasses.Field]:
     """The fields of HFCN's config that get a flag of their own (all but the preset name and
     the flags every system shares)."""
-    from ..train import TrainConfig
+    from ..systems.hfcn_training import TrainConfig
 
     return [f for f in dataclasses.fields(TrainConfig) if f.name not in ("preset",) + _SHARED]
 
@@ -63,7 +63,7 @@ def _add_field_flag(group, f: dataclasses.Field, tp) -> None:
 
 def register(sub) -> None:
     from ..systems import available_systems
-    from ..train import TrainConfig
+    from ..systems.hfcn_training import TrainConfig
 
     t = sub.add_parser(
         "train",
@@ -182,7 +182,7 @@ def _parse_set(items: list[str]) -> dict:
     return out
 
 
-def system_config(system, preset: str, args, base: dict | None = None):
+def config_from_args(system, preset: str, args, base: dict | None = None):
     """The config of ``system`` from ``preset`` (or the ``base`` field values of a run being
     resumed), the HFCN flags, ``--set`` and the shared flags. A flag for a field the system does
     not have is an error naming it."""
@@ -234,7 +234,7 @@ def _resume_config(system, run, args):
     from ..systems.base import config_from_dict, config_to_dict
 
     saved = config_from_dict(system.config_cls, run.config)
-    cfg = system_config(system, "default", args, base=config_to_dict(saved))
+    cfg = config_from_args(system, "default", args, base=config_to_dict(saved))
     changed = sorted(
         k for k, v in config_to_dict(cfg).items() if k not in RESUMABLE and v != config_to_dict(saved).get(k)
     )
@@ -286,7 +286,7 @@ def run_train(args, console) -> int:
     else:
         system = get_system(args.system)
         preset = args.preset
-        config = system_config(system, preset, args)
+        config = config_from_args(system, preset, args)
         if hasattr(config, "device"):
             device_of(config.device)  # before anything is written: a run that cannot start leaves nothing
         ds = load_data(console, args.data, args.label_rule, args.margin, quiet, args.classes)

@@ -56,13 +56,26 @@ def warn_skip(sample: Sample, exc: Exception, skipped: list[str]) -> None:
     skipped.append(msg)
 
 
-def loadable_rois(samples: Sequence[Sample], image_size: int, seed: int, skipped: list[str], augment: bool = False):
+def loadable_rois(
+    samples: Sequence[Sample],
+    image_size: int,
+    seed: int,
+    skipped: list[str],
+    augment: bool = False,
+    letterbox: bool = False,
+    progress: Callable[[str, int, int, dict], None] | None = None,
+    what: str = "ROIs",
+):
     """The samples as a RoiDataset (ImageNet normalisation, as the CNN trunks expect) and the
-    indices of the ROIs that load; an unreadable frame skips its ROI with a warning, not the run."""
+    indices of the ROIs that load; an unreadable frame skips its ROI with a warning, not the run.
+    ``progress("load", done, total, {"what": what})`` follows the decoding."""
     from ..data.dataset import RoiDataset
 
-    ds = RoiDataset(list(samples), size=image_size, normalize="imagenet", augment=augment, seed=seed)
+    ds = RoiDataset(
+        list(samples), size=image_size, letterbox=letterbox, normalize="imagenet", augment=augment, seed=seed
+    )
     keep = []
+    n = len(ds.samples)
     for i, s in enumerate(ds.samples):
         try:
             ds.roi_array(i)
@@ -70,6 +83,8 @@ def loadable_rois(samples: Sequence[Sample], image_size: int, seed: int, skipped
             warn_skip(s, exc, skipped)
         else:
             keep.append(i)
+        if progress is not None:
+            progress("load", i + 1, n, {"what": what})
     return ds, keep
 
 

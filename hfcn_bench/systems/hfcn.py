@@ -1,7 +1,7 @@
 """``hfcn``: the Hybrid Feature Cropping Network (Song et al., IEEE Access 8:64064-64074, 2020)
 as a registered system, so that training, evaluation, prediction, comparison and ranking go
 through the same code path as every comparator. The HFCN-specific work (configuration,
-presets, the training task, prediction) is :mod:`hfcn_bench.train`."""
+presets, the training task, prediction) is :mod:`hfcn_bench.systems.hfcn_training`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import train as T
 from ..data.splits import inner_split
 from ..engine import torch_threads
+from . import hfcn_training as T
 from .base import Fitted, Output, System
 from .gradcam import gradcam
 
