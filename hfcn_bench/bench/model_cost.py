@@ -158,14 +158,9 @@ def _op_runner(x: torch.Tensor, boxes: torch.Tensor, impl: str, grad: torch.Tens
     rows = [tuple(r) for r in boxes.tolist()]
     dev_boxes = boxes.to(x.device)
     if impl == "fused":
-        if ops.load_extension():
 
-            def fwd():
-                return ops.CropResizeFunction.apply(x, dev_boxes, h, w)
-        else:
-
-            def fwd():
-                return ops.crop_resize_reference(x, dev_boxes, (h, w))
+        def fwd():  # the public op (the reference when the extension is missing)
+            return ops.crop_resize(x, dev_boxes, (h, w))
     elif impl == "naive":
 
         def fwd():
@@ -191,7 +186,7 @@ def time_crop_ops(
 ) -> dict[str, tuple[float, float]]:
     """impl -> (median, IQR) seconds of the crop op's forward + backward on a
     ``shape = [B, C, h, w]`` map, the crops resized back to ``h x w``, the implementations timed
-    in interleaved rounds: "fused" (``ops.CropResizeFunction``, or the reference when the
+    in interleaved rounds: "fused" (``ops.crop_resize``, or the reference when the
     extension is missing) and "naive" (slicing + ``F.interpolate``)."""
     device = torch.device(device)
     B, C, h, w = shape

@@ -36,8 +36,7 @@ from typing import Protocol
 
 import torch
 
-from .. import ops
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, load_weights_into, save_checkpoint
 from ..errors import HfcnError
 
 __all__ = [
@@ -101,7 +100,9 @@ class Task(Protocol):
     mean (``loss * scale`` summed over batches, divided by the summed ``count``).
     ``validate(epoch) -> (score or None, metrics)``: the selection score (None: no validation,
     the latest epoch is kept) and the values for the history row. ``generators()``: extra
-    RNGs whose state must survive a resume (e.g. HFCN's RFC window generator)."""
+    RNGs whose state must survive a resume (e.g. HFCN's RFC window generator). Optional:
+    ``end_epoch(epoch)``, called after the epoch's last training step, before validation (e.g.
+    HFCN raises there a bad window its CUDA op found during the epoch)."""
 
     n: int
 
@@ -263,12 +264,7 @@ def fit_loop(
     if resume and last_path is not None and last_path.exists():
         ck = load_checkpoint(last_path)
         _check_resume(ck["config"], config, last_path, resumable)
-        try:
-            model.load_state_dict(ck["model"])
-        except RuntimeError as exc:
-            raise HfcnError(
-                f"cannot resume {last_path}: its weights do not fit the model ({str(exc).splitlines()[0][:200]})"
-            ) from None
+        load_weights_into(model, ck["model"], last_path, "cannot resume")
         if ck.get("optimizer") is not None:
             opt.load_state_dict(ck["optimizer"])
         if sched is not None and ck.get("scheduler") is not None:
@@ -288,7 +284,7 @@ def fit_loop(
         ck = load_checkpoint(best_path)
         if ck.get("extra", {}).get("final"):
             _check_resume(ck["config"], config, best_path, resumable)
-            model.load_state_dict(ck["model"])
+            load_weights_into(model, ck["model"], best_path, "cannot resume")
             saved = ck["extra"]
             model.eval()
             done = list(saved.get("history", []))
@@ -332,7 +328,9 @@ def fit_loop(
                 progress("batch", b + 1, len(starts), batch_info)
         if loss_dev is not None:
             loss_sum = _finite_loss(float(loss_dev), epoch)  # the epoch's one read-back
-            ops.raise_device_box_error(device)  # a bad CUDA window of this epoch, raised now
+        end_epoch = getattr(task, "end_epoch", None)
+        if end_epoch is not None:
+            end_epoch(epoch)
         lr_now = opt.param_groups[0]["lr"]
         if sched is not None:
             sched.step()

@@ -72,7 +72,7 @@ class ModelSpec:
         alpha: window side as a fraction of the map (paper's best: 0.6, Table 3), in (0, 1].
         branch_weight: ``w`` of eq. 1, the weight of the global branch, in [0, 1] (0: the
             cropping branch alone, as in the paper's Table 3).
-        crop_impl: "fused" (the crop_resize op through its autograd.Function) or "naive"
+        crop_impl: "fused" (the registered op, ``ops.crop_resize``) or "naive"
             (slicing + ``F.interpolate`` per window); numerically equivalent.
         weights: backbone weights: a local state dict's path, ``"imagenet"`` for backbones whose
             ImageNet weights ship in an installed package, or ``None`` (random init).
@@ -324,22 +324,23 @@ class HFCN(nn.Module):
     ) -> torch.Tensor:
         """Crop every window and resize it to ``size``: ``[B, C, H, W] -> [B, N, C, oh, ow]``,
         with the configured implementation. ``rows`` are ``boxes`` as host ints (optional)."""
-        if self._fused and (x.device.type == "cpu" or (x.is_cuda and self._fused_cuda)):
-            # CPU boxes (RFC draws) go to the op as they are: it checks them on the host and
-            # copies them without blocking; a .to(cuda) here would synchronise every step.
-            if boxes.device.type != "cpu":
-                boxes = boxes.to(x.device)
-            return ops.CropResizeFunction.apply(x, boxes, size[0], size[1])
-        if self._fused and not self._warned_cuda:
+        if not self._fused:
+            return naive_crop_resize(x, rows if rows is not None else [tuple(r) for r in boxes.tolist()], size)
+        if x.device.type != "cpu" and not (x.is_cuda and self._fused_cuda) and not self._warned_cuda:
             self._warned_cuda = True
             warnings.warn(
                 f"crop_impl='fused' but the crop_resize extension has no kernels for {x.device}; "
-                "using slicing + F.interpolate instead (set HFCN_BUILD_CUDA=1 before the first use "
-                "to build the CUDA kernels)",
+                "the op falls back to its pure-PyTorch reference (set HFCN_BUILD_CUDA=1 before the first "
+                "use to build the CUDA kernels)",
                 RuntimeWarning,
                 stacklevel=3,
             )
-        return naive_crop_resize(x, rows if rows is not None else [tuple(r) for r in boxes.tolist()], size)
+        # The public op (its autograd registered in C++). CPU boxes (RFC draws) go as they are:
+        # it checks them on the host and copies them without blocking; a .to(cuda) here would
+        # synchronise every step.
+        if boxes.device.type != "cpu":
+            boxes = boxes.to(x.device)
+        return ops.crop_resize(x, boxes, size)
 
     def crop_features(self, feat: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """Feature-cropping branch: ``feat (Tensor[B, C, h, w]) -> Tensor[B, N, C, h, w]``, each
