@@ -36,6 +36,7 @@ __all__ = [
     "peek_epoch",
     "check_zip_integrity",
     "torch_load_reason",
+    "load_weights_into",
 ]
 
 CHECKPOINT_FORMAT = "hfcn-bench/checkpoint"
@@ -225,3 +226,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     for key in ("metrics", "rng", "extra"):
         obj.setdefault(key, {})
     return obj
+
+
+def load_weights_into(
+    model: torch.nn.Module, state: dict, source: str | os.PathLike, what: str = ""
+) -> torch.nn.Module:
+    """``model.load_state_dict(state)``; weights that do not fit the model (missing, unexpected
+    or mis-shaped keys) become one :class:`HfcnError` naming ``source`` (the file they came
+    from) and, when given, ``what`` the load was for (e.g. "cannot resume")."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lead = f"{what}: " if what else ""
+        raise HfcnError(
+            f"{lead}{source}: weights do not fit the model its config describes: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    return model

@@ -1,4 +1,8 @@
-"""Errors the command line turns into one clear line (with an optional hint)."""
+"""The project's error and warning types, in one place. The command line turns an
+:class:`HfcnError` (and an ``OSError``, which names its file) into one clear line with an
+optional hint; any other exception is a bug and shows its traceback."""
+
+__all__ = ["HfcnError", "ModelConfigError", "UndefinedMetricError", "DataWarning"]
 
 
 class HfcnError(Exception):
@@ -7,3 +11,16 @@ class HfcnError(Exception):
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.hint = hint
+
+
+class ModelConfigError(HfcnError, ValueError):
+    """A bad model argument: an :class:`HfcnError` (one clear line in the CLI) that is also a
+    ``ValueError`` for library callers."""
+
+
+class UndefinedMetricError(ValueError):
+    """The metric has no value on this data (e.g. ROC AUC when only one class is present)."""
+
+
+class DataWarning(UserWarning):
+    """Emitted once per load when the data had warts (details are in the report)."""

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UndefinedMetricError
+
 __all__ = [
     "UndefinedMetricError",
     "binary_metrics",
@@ -55,10 +57,6 @@ __all__ = [
     "paired_auc_difference",
     "seed_pooled_auc",
 ]
-
-
-class UndefinedMetricError(ValueError):
-    """The metric has no value on this data (e.g. ROC AUC when only one class is present)."""
 
 
 # --------------------------------------------------------------------------------------------

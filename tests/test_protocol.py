@@ -12,12 +12,12 @@ from hfcn_bench.errors import HfcnError
 from hfcn_bench.protocol import (
     Predictions,
     calibration,
-    choose_threshold,
     ensemble,
     read_fitted,
     read_run,
     remove_stray_temps,
     sha256_file,
+    threshold_from_predictions,
     verify_files,
     write_fitted,
 )
@@ -32,12 +32,14 @@ def _pred(prob, labels, cases=None):
 
 
 def test_threshold_falls_back_on_one_class():
-    thr, src = choose_threshold(_pred([0.2, 0.9, 0.4, 0.8], [0, 1, 0, 1]), "youden")
+    thr, src = threshold_from_predictions(_pred([0.2, 0.9, 0.4, 0.8], [0, 1, 0, 1]), "youden")
     assert 0.4 < thr < 0.8 and src == "validation"
-    thr, src = choose_threshold(_pred([0.2, 0.3], [1, 1]), "youden", source="training")
+    thr, src = threshold_from_predictions(_pred([0.2, 0.3], [1, 1]), "youden", source="training")
     assert thr == 0.5 and src == "training (one class only: fixed 0.5)"
     # per case: the threshold is chosen on case means
-    thr, _ = choose_threshold(_pred([0.1, 0.3, 0.9, 0.7], [0, 0, 1, 1], ["a", "a", "b", "b"]), "youden", "mean")
+    thr, _ = threshold_from_predictions(
+        _pred([0.1, 0.3, 0.9, 0.7], [0, 0, 1, 1], ["a", "a", "b", "b"]), "youden", "mean"
+    )
     assert 0.2 < thr < 0.8
 
 

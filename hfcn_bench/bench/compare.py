@@ -25,7 +25,7 @@ __all__ = [
     "model_cost_checks",
     "SECTIONS",
     "hfcn_config",
-    "system_config",
+    "quick_system_config",
 ]
 
 SECTIONS = ("speed", "model", "metrics")
@@ -40,7 +40,7 @@ class CompareOptions:
     threads: tuple[int, ...] = (1, 2)
     only: tuple[str, ...] = SECTIONS
     backbones: tuple[str, ...] = ("paper",)
-    crops: tuple[str, ...] = ("none", "rfc", "bfc")
+    crops: tuple[str, ...] = ("none", "rfc", "bfc", "image")
     alphas: tuple[float, ...] = ()
     systems: tuple[str, ...] = ()  # comparator systems (hfcn_bench.systems), scored on the same split
     label_rule: str = "tirads"
@@ -182,14 +182,61 @@ def hfcn_config(preset: dict, backbone: str, crop: str, alpha: float | None, dev
     )
 
 
-def system_config(name: str, preset: dict, seed: int):
+def quick_system_config(name: str, preset: dict, seed: int):
     """A comparator's config under a compare preset: its own quick (or smoke) setting."""
     from ..systems import get_system
 
     return get_system(name).configure(preset.get("system_preset", "quick"), seed=seed)
 
 
-def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: dict) -> dict:
+# Table 5's paired comparisons (a - b), per backbone, when both rows were trained
+PAIRS = (("bfc", "image"), ("rfc", "image"), ("image", "none"))
+_ARCH = {"none": "Global", "rfc": "RFC (alpha {a})", "bfc": "BFC (alpha {a})", "image": "Image"}
+
+
+def _cost_ratios(model_cost: dict | None) -> dict[str, float]:
+    """crop mode -> training-step ratio to ``none`` from the model section of the same run (the
+    most threads it measured, as training runs)."""
+    rows = (model_cost or {}).get("rows") or []
+    if not rows:
+        return {}
+    most = max(r.get("threads") or 0 for r in rows)
+    return {r["mode"]: r["train_ratio"] for r in rows if (r.get("threads") or 0) == most and r.get("train_ratio")}
+
+
+def _paired_rows(preds: dict, alphas: dict, n_boot: int, seed: int) -> list[dict]:
+    """The paired AUC differences of Table 5 on one split (same ROIs): paired case bootstrap
+    and DeLong's test."""
+    from .. import metrics as M
+
+    out = []
+    for backbone in dict.fromkeys(b for b, _ in preds):
+        for a, b in PAIRS:
+            pa, pb = preds.get((backbone, a)), preds.get((backbone, b))
+            if pa is None or pb is None:
+                continue
+            ib = {k: i for i, k in enumerate(pb["keys"])}
+            sel_a = [i for i, k in enumerate(pa["keys"]) if k in ib]
+            sel_b = [ib[pa["keys"][i]] for i in sel_a]
+            name = " - ".join(_ARCH[c].format(a=alphas.get((backbone, c))) for c in (a, b))
+            row = {"backbone": backbone, "comparison": name, "n_rois": len(sel_a)}
+            try:
+                y = pa["labels"][sel_a]
+                boot = M.paired_auc_difference(
+                    y, pa["scores"][sel_a], pb["scores"][sel_b], pa["cases"][sel_a], n_boot=n_boot, seed=seed
+                )
+                dl = M.delong_test(y, pa["scores"][sel_a], pb["scores"][sel_b])
+            except M.UndefinedMetricError as exc:
+                row["error"] = str(exc)
+            else:
+                row.update({"diff": boot["diff"], "ci": _ci([boot["low"], boot["high"]]), "delong_p": dl["p"]})
+            out.append(row)
+    return out
+
+
+def _metrics_section(
+    opts: CompareOptions, preset: dict, progress, data_info: dict, model_cost: dict | None = None
+) -> dict:
     from ..data import ensure_synthetic, kfold, load_dataset, split_train_test
     from ..runs import train_run
 
@@ -211,6 +258,8 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
         }
     )
     rows, curves, baselines = [], {}, []
+    preds, alphas = {}, {}
+    costs = _cost_ratios(model_cost)
     # The same split (or the same k folds) for every row: HFCN's and the comparators'.
     splits = (
         kfold(ds, k=opts.folds, seed=opts.seed)
@@ -225,8 +274,11 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
         if progress:
             progress(f"metrics: training {label}")
         start = time.perf_counter()
-        res = train_run("hfcn", config, ds, splits, n_boot=opts.n_boot)
+        out = {}
+        res = train_run("hfcn", config, ds, splits, n_boot=opts.n_boot, predictions_out=out)
         elapsed = time.perf_counter() - start
+        if alpha is None:
+            preds[(backbone, crop)], alphas[(backbone, crop)] = out, config.alpha
         m = res["metrics"]
         paper = PAPER_TABLE4.get((crop, backbone)) if alpha is None else None
         rows.append(
@@ -236,6 +288,7 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
                 "crop": crop,
                 "alpha": config.alpha if crop != "none" else None,
                 **_metric_cells(res, elapsed),
+                "train_cost": costs.get(crop) if backbone == "paper" else None,
                 "paper": "/".join(f"{v:.1f}" for v in paper) if paper else None,
             }
         )
@@ -250,7 +303,7 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
             progress(f"metrics: comparator {name}")
         start = time.perf_counter()
         try:
-            res = train_run(name, system_config(name, preset, opts.seed), ds, splits, n_boot=opts.n_boot)
+            res = train_run(name, quick_system_config(name, preset, opts.seed), ds, splits, n_boot=opts.n_boot)
         except Exception as exc:  # noqa: BLE001 - one failing comparator must not lose the other rows
             hint = getattr(exc, "hint", None)
             msg = f"{type(exc).__name__}: {exc}" + (f" (hint: {hint})" if hint else "")
@@ -282,7 +335,12 @@ def _metrics_section(opts: CompareOptions, preset: dict, progress, data_info: di
                     "localisation": var.get("description"),
                 }
             )
-    return {"rows": rows, "baseline": baselines, "roc": curves}
+    return {
+        "rows": rows,
+        "baseline": baselines,
+        "roc": curves,
+        "paired": _paired_rows(preds, alphas, opts.n_boot, opts.seed),
+    }
 
 
 def _metric_cells(res: dict, elapsed: float) -> dict:
@@ -365,6 +423,13 @@ def run_compare(
             "GB/s: the bytes each direction must move (input + output) over its median; device peak "
             + (f"{peak:.0f} GB/s ({how})." if peak else f"unknown ({how}); set HFCN_PEAK_GBPS.")
         )
+    if "metrics" in opts.only and "model" in opts.only:
+        report["notes"].append(
+            f"'train step / Global' in the metrics table: the paper CNN's training-step ratio to Global "
+            f"from the model-cost section of this run (batch {preset['model_batch']}, {preset['model_size']} px, "
+            f"{max(opts.threads)} thread(s)), set beside the row it costs; the metrics rows themselves train at "
+            f"the '{preset['train_preset']}' preset's settings."
+        )
     if backend == "reference":
         report["notes"].append(
             f"The C++ extension is not in use ({ops.extension_error()}): 'fused' rows run the reference."
@@ -378,7 +443,7 @@ def run_compare(
             elif section == "model":
                 report["model_cost"] = _model_section(opts, preset, progress)
             else:
-                report["metrics"] = _metrics_section(opts, preset, progress, report["data"])
+                report["metrics"] = _metrics_section(opts, preset, progress, report["data"], report.get("model_cost"))
         except KeyboardInterrupt:
             report["errors"].append(f"{section}: interrupted")
             if on_section:

@@ -18,7 +18,6 @@ carries its ``label_rule``. ``RoiDataset`` is imported lazily so that the reader
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import HfcnError
@@ -100,49 +99,26 @@ def detect_format(path: str | Path, classes=None) -> str:
     return "folder" if classes is not None or is_folder_dataset(p) else "ddti"
 
 
-def load_dataset(
-    path: str | Path,
-    label_rule: str = "tirads",
-    margin: float = 0.0,
-    empty_outline: str = "skip",
-    truncated: str = "salvage",
-    verify_images: bool = True,
-    warn: bool = True,
-    progress: Callable[[int, int], None] | None = None,
-    keep_unlabelled: bool = False,
-    classes=None,
-) -> LoadedDataset:
+# load_ddti's options that mean nothing for class folders (the labels come from the folders,
+# and the rule is recorded as ``folder``)
+_DDTI_ONLY = ("label_rule", "truncated", "keep_unlabelled", "only")
+
+
+def load_dataset(path: str | Path, *, classes=None, **options) -> LoadedDataset:
     """Load DDTI-format data (real or synthetic) or a benign/malignant folder dataset.
 
-    The format is detected (``detect_format``). For the folder format the labels come from
-    the folders and ``label_rule``/``truncated`` do not apply (the rule is recorded as
-    ``folder``); ``classes`` maps its folder names to benign/malignant
-    (``"benin=benign,malin=malignant"`` or a dict; see ``folder.parse_classes``). See
-    ``load_ddti`` for the other arguments.
+    The format is detected (``detect_format``). ``options`` are :func:`load_ddti`'s keyword
+    arguments (``label_rule``, ``margin``, ``empty_outline``, ``truncated``, ``verify_images``,
+    ``warn``, ``progress``, ``keep_unlabelled``); the folder format takes those of
+    :func:`load_folder` and ignores the DDTI-only ones. ``classes`` maps a folder set's folder
+    names to benign/malignant (``"benin=benign,malin=malignant"`` or a dict; see
+    ``folder.parse_classes``).
     """
     fmt = detect_format(path, classes)
     if fmt == "folder":
-        return load_folder(
-            path,
-            margin=margin,
-            empty_outline=empty_outline,
-            verify_images=verify_images,
-            warn=warn,
-            progress=progress,
-            classes=classes,
-        )
+        return load_folder(path, classes=classes, **{k: v for k, v in options.items() if k not in _DDTI_ONLY})
     try:
-        return load_ddti(
-            path,
-            label_rule=label_rule,
-            margin=margin,
-            empty_outline=empty_outline,
-            truncated=truncated,
-            verify_images=verify_images,
-            warn=warn,
-            progress=progress,
-            keep_unlabelled=keep_unlabelled,
-        )
+        return load_ddti(path, **options)
     except HfcnError as exc:
         # class folders under other names (benin/, malin/): say so, not "no DDTI case XMLs"
         folder_error = unmapped_folder_error(path) if str(exc).startswith("no DDTI case XMLs") else None

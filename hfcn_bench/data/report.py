@@ -11,11 +11,9 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from ..errors import DataWarning
+
 __all__ = ["Wart", "WART_KINDS", "RuleCounts", "LoadReport", "DataWarning"]
-
-
-class DataWarning(UserWarning):
-    """Emitted once per load when the data had warts (details are in the report)."""
 
 
 # Every kind of wart a loader can record, with what it means. Kept in one place so the CLI,

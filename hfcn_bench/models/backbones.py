@@ -48,7 +48,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ..errors import HfcnError
+from ..errors import HfcnError, ModelConfigError
 
 __all__ = [
     "ModelConfigError",
@@ -62,11 +62,6 @@ __all__ = [
     "feature_shape",
     "load_backbone_weights",
 ]
-
-
-class ModelConfigError(HfcnError, ValueError):
-    """A bad model argument: an :class:`HfcnError` (one clear line in the CLI) that is also a
-    ``ValueError`` for library callers."""
 
 
 # --------------------------------------------------------------------------------------------

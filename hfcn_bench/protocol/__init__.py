@@ -25,11 +25,11 @@ from .scoring import (
     AGGREGATES,
     THRESHOLD_RULES,
     calibration,
-    choose_threshold,
     level_name,
     protocol_line,
     roc_points,
     score_predictions,
+    threshold_from_predictions,
 )
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "RunFolder",
     "calibration",
     "check_reusable",
-    "choose_threshold",
+    "threshold_from_predictions",
     "ensemble",
     "fit_dir",
     "fold_boot",

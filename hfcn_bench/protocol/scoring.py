@@ -5,7 +5,7 @@ The protocol, chosen against the medical-imaging anti-patterns of DESIGN.md:
 
 - the decision threshold comes from predictions on the *training side* (validation cases
   carved out of the training cases, or out-of-fold training scores), never from the test set
-  (:func:`choose_threshold`);
+  (:func:`threshold_from_predictions`);
 - every test report carries 95 % intervals from resampling *cases* (``metrics.evaluate``), the
   majority-class baseline (on DDTI "always malignant" already scores F1 ~0.9) and
   calibration (Brier score and a reliability table);
@@ -27,7 +27,7 @@ from .predictions import Predictions
 __all__ = [
     "THRESHOLD_RULES",
     "AGGREGATES",
-    "choose_threshold",
+    "threshold_from_predictions",
     "score_predictions",
     "calibration",
     "roc_points",
@@ -44,7 +44,7 @@ def check_aggregate(aggregate) -> None:
         raise HfcnError(f"aggregate must be None, 'mean' or 'max', got {aggregate!r}")
 
 
-def choose_threshold(
+def threshold_from_predictions(
     pred: Predictions, rule: str, aggregate: str | None = None, source: str = "validation"
 ) -> tuple[float, str]:
     """``(threshold, source)`` chosen with ``rule`` on training-side predictions ``pred``, at

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..data.rois import Sample
 from ..errors import HfcnError
-from ..protocol import Predictions, choose_threshold
+from ..protocol import Predictions, threshold_from_predictions
 
 __all__ = [
     "System",
@@ -66,7 +66,7 @@ class Fitted:
 
     def threshold(self, output: str = ONE_STAGE, aggregate: str | None = None) -> tuple[float, str]:
         """``(threshold, source)`` of ``output`` at ROI (``aggregate=None``) or case level."""
-        return choose_threshold(
+        return threshold_from_predictions(
             self.threshold_predictions[output], self.config.threshold_rule, aggregate, self.threshold_source[output]
         )
 

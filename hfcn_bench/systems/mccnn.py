@@ -97,24 +97,14 @@ class MCCNNClassifier(nn.Module):
 
 
 @dataclass
-class MCCNNConfig:
+class MCCNNConfig(RC.RoiTrainingSpec):
     """``trunk``: ``alexnet`` or an HFCN backbone name; ``weights``: a local state dict for the
     trunk (torchvision AlexNet layout for ``alexnet``); ``image_size`` (AlexNet needs >= 64,
-    128 gives pool5 a 3x3 map); training: ``epochs``, ``batch_size``, ``lr``,
-    ``weight_decay``, ``dropout``, ``val_fraction``; ``threads``: torch threads."""
+    128 gives pool5 a 3x3 map); the training fields of :class:`.roi_classifier.RoiTrainingSpec`."""
 
     trunk: str = "alexnet"
     weights: str | None = None
     image_size: int = 128
-    epochs: int = 15
-    batch_size: int = 16
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    dropout: float = 0.5
-    val_fraction: float = 0.2
-    threshold_rule: str = "youden"
-    threads: int | None = None
-    seed: int = 0
 
     def validate(self) -> None:
         from ..models import available_backbones
@@ -126,14 +116,7 @@ class MCCNNConfig:
             raise HfcnError(f"the alexnet trunk needs image_size >= 64, got {self.image_size}")
         if self.image_size < 16:
             raise HfcnError(f"image_size must be >= 16, got {self.image_size}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise HfcnError("epochs must be >= 1 and batch_size >= 2")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
-            raise HfcnError("lr must be > 0, weight_decay >= 0, dropout in [0, 1)")
-        if not 0 < self.val_fraction < 1:
-            raise HfcnError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.threshold_rule not in ("youden", "f1", "fixed"):
-            raise HfcnError(f"threshold_rule must be youden, f1 or fixed, got {self.threshold_rule!r}")
+        self.validate_training()
 
 
 QUICK = {"trunk": "paper", "image_size": 64, "epochs": 8}

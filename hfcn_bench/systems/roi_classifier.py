@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import metrics as M
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, load_weights_into
 from ..data.rois import Sample
 from ..data.splits import case_labels, split_train_test
 from ..engine import LoopSettings, fit_loop
@@ -29,7 +29,37 @@ from ..errors import HfcnError
 from ..protocol import Predictions
 from . import common as C
 
-__all__ = ["TrainedClassifier", "train_classifier", "predict_rois", "load_weights"]
+__all__ = ["RoiTrainingSpec", "TrainedClassifier", "train_classifier", "predict_rois", "load_weights"]
+
+
+@dataclass
+class RoiTrainingSpec:
+    """The training fields of every ROI classifier this module trains (MC-CNN's pyramid
+    network, the two-stage system's ResNet-18), declared once: ``epochs``, ``batch_size``,
+    ``lr``, ``weight_decay``, ``dropout``, ``val_fraction`` (the case-level validation part of
+    the training cases), ``threshold_rule``, ``threads`` (torch threads; None leaves the setting
+    alone) and ``seed``. A system's config subclasses it and adds its own fields."""
+
+    epochs: int = 15
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    dropout: float = 0.5
+    val_fraction: float = 0.2
+    threshold_rule: str = "youden"
+    threads: int | None = None
+    seed: int = 0
+
+    def validate_training(self) -> None:
+        """Raise :class:`HfcnError` naming the first bad training field."""
+        if self.epochs < 1 or self.batch_size < 2:
+            raise HfcnError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
+            raise HfcnError("lr must be > 0, weight_decay >= 0, dropout in [0, 1)")
+        if not 0 < self.val_fraction < 1:
+            raise HfcnError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.threshold_rule not in ("youden", "f1", "fixed"):
+            raise HfcnError(f"threshold_rule must be youden, f1 or fixed, got {self.threshold_rule!r}")
 
 
 @dataclass
@@ -153,11 +183,4 @@ def predict_rois(model: nn.Module, samples: Sequence[Sample], cfg, skipped: list
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
     """Load a stage's checkpoint (``best.pt``/``last.pt`` of the loop) into ``model``."""
-    ck = load_checkpoint(path)
-    try:
-        model.load_state_dict(ck["model"])
-    except RuntimeError as exc:
-        raise HfcnError(
-            f"{path}: weights do not fit the model its config describes: {str(exc).splitlines()[0][:200]}"
-        ) from None
-    return model.eval()
+    return load_weights_into(model, load_checkpoint(path)["model"], path).eval()

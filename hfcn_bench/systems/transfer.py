@@ -465,13 +465,14 @@ class TransferSystem(System):
         return files
 
     def load(self, cfg, directory, record, checkpoint="best", device="cpu"):
-        from ..checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint, load_weights_into
 
         d = Path(directory)
         blocks, dim = build_trunk(cfg.backbone, cfg.weights, cfg.seed)
         if cfg.finetune_layers:
             tuned = _FineTuned(blocks, dim)
-            tuned.load_state_dict(load_checkpoint(d / "finetune" / f"{checkpoint}.pt")["model"])
+            path = d / "finetune" / f"{checkpoint}.pt"
+            load_weights_into(tuned, load_checkpoint(path)["model"], path)
         want = (record.get("training") or {}).get("trunk_sha256")
         if want is not None and trunk_digest(blocks) != want:
             raise HfcnError(

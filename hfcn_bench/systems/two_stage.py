@@ -71,7 +71,7 @@ class ResNetClassifier(nn.Module):
 
 
 @dataclass
-class TwoStageConfig:
+class TwoStageConfig(RC.RoiTrainingSpec):
     """Segmenter: ``frame_size`` (height, width) the frames are resized to; ``unet_base``
     (first-level width), ``unet_depth`` (down steps); ``seg_epochs``, ``seg_batch``,
     ``seg_lr``, ``seg_weight_decay``. ROI: ``roi_margin`` (fraction of the predicted box per
@@ -91,17 +91,8 @@ class TwoStageConfig:
     roi_margin: float = 0.0
     weights: str | None = None
     image_size: int = 128
-    epochs: int = 15
-    batch_size: int = 16
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    dropout: float = 0.5
-    val_fraction: float = 0.2
-    threshold_rule: str = "youden"
     rf_trees: int = 300
     threshold_folds: int = 5
-    threads: int | None = None
-    seed: int = 0
 
     def validate(self) -> None:
         fs = self.frame_size
@@ -130,14 +121,7 @@ class TwoStageConfig:
             raise HfcnError(f"roi_margin must be >= 0, got {self.roi_margin}")
         if self.image_size < 32:  # ResNet-18 downsamples 32x; smaller crops leave a 0-size map
             raise HfcnError(f"image_size must be >= 32 for the ResNet-18 classifier, got {self.image_size}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise HfcnError(f"epochs must be >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.dropout < 1:
-            raise HfcnError("lr must be > 0, weight_decay >= 0, dropout in [0, 1)")
-        if not 0 < self.val_fraction < 1:
-            raise HfcnError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.threshold_rule not in ("youden", "f1", "fixed"):
-            raise HfcnError(f"threshold_rule must be youden, f1 or fixed, got {self.threshold_rule!r}")
+        self.validate_training()
         if self.rf_trees < 1:
             raise HfcnError(f"rf_trees must be >= 1, got {self.rf_trees}")
         if self.threads is not None and self.threads < 1:
@@ -352,11 +336,12 @@ class TwoStage(System):
         )
 
     def load(self, cfg, directory, record, checkpoint="best", device="cpu"):
-        from ..checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint, load_weights_into
 
         d = Path(directory)
         unet = SEG.UNet(1, cfg.unet_base, cfg.unet_depth)
-        unet.load_state_dict(load_checkpoint(d / "segmenter" / f"{checkpoint}.pt")["model"])
+        seg_path = d / "segmenter" / f"{checkpoint}.pt"
+        load_weights_into(unet, load_checkpoint(seg_path)["model"], seg_path)
         return {
             "segmenter": unet.eval(),
             "classifier": RC.load_weights(build_classifier(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt"),
