@@ -1,12 +1,15 @@
 """``hfcn-bench`` command line. Each sub-command lives in a module of this package that exposes
-``register(subparsers)``; handlers return an exit code. Known errors (``HfcnError`` and bad
-input: ``ValueError``, ``OSError`` (a file-system fault names its file), ``TypeError``, ``KeyError``) become
-one red line with a hint; the traceback is shown only with ``--debug``."""
+``register(subparsers)``; handlers return an exit code. The project's errors (``HfcnError``: bad
+input, a damaged file, an impossible option) and ``OSError`` (a file-system fault, which names
+its file) become one red line with a hint; the traceback is shown only with ``--debug``. Any
+other exception is a bug: its traceback is shown, with a line asking to report it (exit code
+70, ``EX_SOFTWARE``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from rich.console import Console
 
@@ -15,6 +18,7 @@ from ..errors import HfcnError
 __all__ = ["main", "build_parser"]
 
 # Sub-command modules, in the order --help lists them.
+EX_SOFTWARE = 70  # sysexits.h: an internal software error (a bug)
 _COMMAND_MODULES = ("build", "data", "train", "evaluate", "predict", "compare", "rank", "reproduce", "app")
 
 
@@ -46,15 +50,24 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         return 130
-    except (HfcnError, ValueError, OSError, TypeError, KeyError) as exc:
+    except (HfcnError, OSError) as exc:
         if args.debug:
             raise
         hint = getattr(exc, "hint", None)
-        msg = str(exc) if not isinstance(exc, KeyError) else str(exc.args[0]) if exc.args else repr(exc)
-        console.print(f"[bold red]error:[/bold red] {msg}", highlight=False, markup=True)
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True)
         if hint:
             console.print(f"[yellow]hint:[/yellow] {hint}", highlight=False)
         return 1
+    except Exception:  # noqa: BLE001 - not one of ours: a bug, shown whole
+        if args.debug:
+            raise
+        console.print(traceback.format_exc(), highlight=False, markup=False)
+        console.print(
+            "[bold red]internal error:[/bold red] this is a bug in hfcn-bench, not a problem with your input; "
+            "please report it with the traceback above",
+            highlight=False,
+        )
+        return EX_SOFTWARE
 
 
 if __name__ == "__main__":  # pragma: no cover
