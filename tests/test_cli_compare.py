@@ -62,18 +62,31 @@ def test_smoke_report_has_every_section_and_file(first_report):
     assert any(c["check"].startswith("bfc training step / none") for c in report["model_cost"]["checks"])
 
     rows = report["metrics"]["rows"]
-    assert [r["crop"] for r in rows] == ["none", "rfc", "bfc"]
+    assert [r["crop"] for r in rows] == ["none", "rfc", "bfc", "image"]  # image crops by default (Table 5)
+    ratio = {r["mode"]: r["train_ratio"] for r in model}
     for r in rows:
         assert 0.0 <= r["auc"] <= 1.0 and 0.0 <= r["f1"] <= 1.0
-        assert r["paper"]  # the paper's Table 4 row quoted beside ours
+        assert bool(r["paper"]) is (r["crop"] != "image")  # the paper's Table 4 row quoted beside ours
+        # the model section's training-step ratio of the same run beside the row it costs (rfc: not timed
+        # by the smoke preset)
+        assert r["train_cost"] == (ratio.get(r["crop"]) if r["crop"] != "rfc" else None)
+    paired = {p["comparison"]: p for p in report["metrics"]["paired"]}
+    assert list(paired) == ["BFC (alpha 0.6) - Image", "RFC (alpha 0.6) - Image", "Image - Global"]
+    by_crop = {r["crop"]: r for r in rows}
+    assert len({p["n_rois"] for p in paired.values()}) == 1 and paired["Image - Global"]["n_rois"] > 0
+    for p in paired.values():
+        assert -1.0 <= p["diff"] <= 1.0 and 0.0 <= p["delong_p"] <= 1.0
+    # the paired difference is the difference of the two rows' own AUCs (same ROIs, same split)
+    assert paired["Image - Global"]["diff"] == pytest.approx(by_crop["image"]["auc"] - by_crop["none"]["auc"], abs=1e-9)
     assert report["metrics"]["baseline"][0]["auc"] == 0.5
 
     for name in ("report.md", "op_speed_rows.csv", "op_speed_checks.csv", "model_cost_rows.csv", "metrics_rows.csv"):
         assert (first_report / name).stat().st_size > 0
     with open(first_report / "metrics_rows.csv") as fh:
-        assert len(list(csv.DictReader(fh))) == 3
+        assert len(list(csv.DictReader(fh))) == 4
     md = (first_report / "report.md").read_text()
     assert "## Op speed" in md and "## Paper metrics" in md and "IEEE Access" in md
+    assert "## Feature vs image cropping" in md and "| paper | BFC (alpha 0.6) - Image |" in md
     for fig in report["figures"]:
         with Image.open(fig) as im:
             assert im.size[0] > 100

@@ -47,7 +47,11 @@ def register(sub) -> None:
     p.add_argument("--threads", default="1,2", help="thread counts to time, comma-separated (default 1,2)")
     p.add_argument("--only", default="speed,model,metrics", help="sections: speed, model, metrics")
     p.add_argument("--backbones", default="paper", help="backbones for the metrics section (e.g. paper,resnet50)")
-    p.add_argument("--crops", default="none,rfc,bfc", help="crop modes for the metrics section")
+    p.add_argument(
+        "--crops",
+        default="none,rfc,bfc,image",
+        help="crop modes for the metrics section (image: the image-level multi-crop, 6 backbone passes)",
+    )
     p.add_argument(
         "--systems",
         default="",

@@ -334,6 +334,7 @@ def train_run(
     resume: bool = False,
     keep_last: bool = True,
     header: dict | None = None,
+    predictions_out: dict | None = None,
 ) -> dict:
     """Fit and score ``system`` (a registered name or a :class:`System`) on ``splits`` (one
     case-level split, the folds of ``data.kfold``, or the dataset's own split,
@@ -344,6 +345,9 @@ def train_run(
     temporary file of an earlier killed write is removed first, and ``resume`` continues
     interrupted training from the checkpoints. ``header``: extra fields for ``config.json``
     (e.g. the preset name). ``progress`` also gets ``("fold", i, k, {...})`` after each fold.
+    ``predictions_out``: a dict filled with the main output's test predictions over all splits
+    (``keys``, ``scores`` = probability minus its fold's threshold, ``labels``, ``cases``), for
+    paired comparisons of two runs on the same splits.
     """
     spec = system if isinstance(system, System) else get_system(system)
     if not isinstance(config, spec.config_cls):
@@ -416,6 +420,16 @@ def train_run(
     )
     report["timings"]["total_s"] = time.perf_counter() - t0
     report["data"] = dataset.describe()
+    if predictions_out is not None:
+        main = folds["main"]
+        predictions_out.update(
+            {
+                "keys": [s.key for f in main for s in f.test.samples],
+                "scores": np.concatenate([f.test.prob - f.roi_threshold for f in main]),
+                "labels": np.concatenate([f.test.labels for f in main]),
+                "cases": np.concatenate([f.test.case_ids for f in main]),
+            }
+        )
     if out is not None:
         write_predictions_csv(out / "predictions.csv", folds, kfold)
         write_json_atomic(out / "metrics.json", report)
