@@ -17,8 +17,8 @@ TINY = ["--preset", "quick", "--image-size", "32", "--epochs", "1", "--threads",
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_synthetic_ddti(tmp_path_factory.mktemp("cli-train") / "ddti", n_cases=24, seed=0)
+def data(phantoms):
+    return phantoms
 
 
 @pytest.fixture(scope="module")

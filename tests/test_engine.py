@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hfcn_bench.checkpoint import load_checkpoint
-from hfcn_bench.data import load_dataset, split_train_test, write_synthetic_ddti
+from hfcn_bench.data import split_train_test
 from hfcn_bench.engine import LoopSettings, batch_starts, better, epoch_order, fit_loop
 
 pytest.importorskip("sklearn")
@@ -87,9 +87,8 @@ def test_loop_keeps_the_first_best_epoch_and_folds_a_lone_last_sample(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    root = write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0)
-    return load_dataset(root, warn=False)
+def ds(phantom_ds):
+    return phantom_ds
 
 
 class _Killed(Exception):

@@ -12,14 +12,13 @@ import pytest
 from clitools import run
 
 from hfcn_bench import metrics as M
-from hfcn_bench.data import write_synthetic_ddti
 from hfcn_bench.errors import HfcnError
 from hfcn_bench.reproduce import ReproduceOptions, build_cells, build_configs, reproduce
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_synthetic_ddti(tmp_path_factory.mktemp("t5") / "ddti", n_cases=24, seed=0)
+def data(phantoms):
+    return phantoms
 
 
 def _opts(data, out, **kw):

@@ -29,8 +29,8 @@ from hfcn_bench.systems import SYSTEMS, available_systems, get_system, resolve_n
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0, difficulty="easy")
+def root(easy_phantoms):
+    return easy_phantoms
 
 
 @pytest.fixture(scope="module")

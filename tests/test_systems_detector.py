@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hfcn_bench.data import load_dataset, split_train_test, write_synthetic_ddti
+from hfcn_bench.data import split_train_test
 from hfcn_bench.data.report import DataWarning
 from hfcn_bench.errors import HfcnError
 
@@ -32,9 +32,8 @@ TINY = {"trunk": "paper", "image_size": 32, "epochs": 3, "threads": 1, "frame_si
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    root = write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0, difficulty="easy")
-    return load_dataset(root, warn=False)
+def ds(easy_phantom_ds):
+    return easy_phantom_ds
 
 
 @pytest.fixture(scope="module")

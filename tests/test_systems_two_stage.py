@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hfcn_bench.data import load_dataset, split_train_test, write_synthetic_ddti
+from hfcn_bench.data import load_dataset, split_train_test
 from hfcn_bench.data.report import DataWarning
 from hfcn_bench.data.rois import Sample, polygon_bbox
 from hfcn_bench.errors import HfcnError
@@ -58,8 +58,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def phantom_root(tmp_path_factory):
-    return write_synthetic_ddti(tmp_path_factory.mktemp("phantoms") / "ddti", n_cases=24, seed=0, difficulty="easy")
+def phantom_root(easy_phantoms):
+    return easy_phantoms
 
 
 def _load(root):
