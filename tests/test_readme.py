@@ -29,3 +29,22 @@ def test_every_figure_and_result_file_the_readme_links_exists():
     assert links, "the README links its figures and result files"
     missing = [p for p in links if not (ROOT / p).exists()]
     assert not missing, missing
+
+
+def test_the_readme_stays_short_and_its_pages_link_what_exists():
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 210, "reference material belongs in docs/ pages"
+    pages = sorted(set(re.findall(r"\]\((docs/[^)#\s]+\.md)", readme)))
+    assert {"docs/op.md", "docs/systems.md", "docs/data.md", "docs/reproduce.md", "docs/results.md"} <= set(pages)
+    missing = []
+    for page in pages:
+        text = (ROOT / page).read_text(encoding="utf-8")
+        assert "../README.md" in text, f"{page} links back to the README"
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", text):
+            if "://" in link:
+                continue
+            if not ((ROOT / page).parent / link).exists():
+                missing.append(f"{page}: {link}")
+    assert not missing, missing
