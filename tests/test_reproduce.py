@@ -13,7 +13,6 @@ import time
 import pytest
 from clitools import run
 
-from hfcn_bench.data import write_synthetic_ddti
 from hfcn_bench.reproduce import ReproduceOptions, build_cells, build_configs, reproduce
 from hfcn_bench.reproduce import cells as C
 
@@ -21,8 +20,8 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_synthetic_ddti(tmp_path_factory.mktemp("grid") / "ddti", n_cases=24, seed=0)
+def data(phantoms):
+    return phantoms
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +109,15 @@ def test_grid_on_ray_caches_its_cells(data, tmp_path, ray_instance):
     rep = json.loads((out / "report.json").read_text())
     assert rep["summary"]["done"] == rep["summary"]["cells"] == 6 and rep["summary"]["failed"] == 0
     assert all(isinstance(c["best_epoch"], int) and c["cell_s"] > 0 for c in rep["cells"])
+    # each cell names where it ran (a grid may be resumed elsewhere or run on a cluster)
+    # with the instruction set its CPU kernels were dispatched for (one CPU name covers AVX2 and
+    # AVX-512 machines, whose floating-point results differ)
+    import torch
+
     from hfcn_bench.bench.report import _cpu_model
 
-    # each cell names where it ran (a grid may be resumed elsewhere or run on a cluster)
-    assert {c["host"] for c in rep["cells"]} == {_cpu_model()} and f"{_cpu_model()}: 6 cell(s)" in md
+    host = f"{_cpu_model()} ({torch.backends.cpu.get_cpu_capability()} kernels)"
+    assert {c["host"] for c in rep["cells"]} == {host} and f"{host}: 6 cell(s)" in md
     for r in rep["table3"]:
         assert r["done"] and 0 <= r["auc"] <= 1 and r["auc_ci"][0] <= r["auc"] <= r["auc_ci"][1]
         # the pooled decisions are each cell's own (prob >= its fold threshold), not prob >= 0
@@ -181,7 +185,7 @@ class _Killed(KeyboardInterrupt):
 
 
 def test_a_killed_cell_resumes_to_the_uninterrupted_numbers(data, tmp_path, monkeypatch):
-    from hfcn_bench import train as T
+    from hfcn_bench.systems import hfcn_training as T
 
     cell = build_cells(build_configs("3", alphas=(0.6,)), 2)[0]
 

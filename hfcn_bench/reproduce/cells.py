@@ -102,6 +102,9 @@ def _host(device: str) -> dict:
     return {
         "node": platform.node(),
         "cpu": _cpu_model(),
+        # the instruction set torch's CPU kernels were dispatched for: machines sold under one CPU
+        # name differ here (AVX2 or AVX-512), and so do their floating-point results
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "gpu": gpu,
         "torch": torch.__version__,

@@ -308,7 +308,9 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
             host = json.loads((d / "config.json").read_text(encoding="utf-8")).get("host") or {}
         except (OSError, json.JSONDecodeError):
             host = {}
-        row["host"] = host.get("gpu") or host.get("cpu")
+        row["host"] = host.get("gpu") or (
+            f"{host['cpu']} ({host['cpu_capability']} kernels)" if host.get("cpu_capability") else host.get("cpu")
+        )
         mpath = d / "metrics.json"
         if mpath.is_file():
             m = json.loads(mpath.read_text(encoding="utf-8"))
