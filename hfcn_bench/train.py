@@ -2,24 +2,5 @@
 keeps working: the code lives in :mod:`hfcn_bench.systems.hfcn_training`, beside the other
 systems. New code imports it from there."""
 
-from .systems.hfcn_training import (
-    PRESETS,
-    RoiTensors,
-    TrainConfig,
-    TrainResult,
-    fit,
-    model_from_checkpoint,
-    predict,
-    preset_config,
-)
-
-__all__ = [
-    "PRESETS",
-    "TrainConfig",
-    "TrainResult",
-    "preset_config",
-    "fit",
-    "predict",
-    "model_from_checkpoint",
-    "RoiTensors",
-]
+from .systems.hfcn_training import *  # noqa: F403 - the whole public API, re-exported
+from .systems.hfcn_training import __all__  # noqa: F401
