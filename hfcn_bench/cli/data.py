@@ -297,6 +297,8 @@ def run_check(args, console) -> int:
 def run_holdout(args, console) -> int:
     import warnings
 
+    from rich.markup import escape
+
     from ..data import load_dataset
     from ..data.holdout import write_holdout
     from .common import check_out_dir
@@ -306,6 +308,8 @@ def run_holdout(args, console) -> int:
         warnings.simplefilter("ignore")
         ds = load_dataset(args.dir, label_rule=args.label_rule)
     res = write_holdout(ds, args.out, fraction=args.fraction, seed=args.seed, overwrite=args.force)
+    for line in res["skipped"]:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
     console.print(
         f"{len(res['development'])} labelled cases in {args.out / 'development'}, {len(res['holdout'])} held "
         f"out in {args.out / 'holdout'} (stratified by the {ds.label_rule} rule, seed {args.seed})",

