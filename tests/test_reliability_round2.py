@@ -4,6 +4,7 @@ bounded fuzz tests of the app's box parser and of the DICOM reader's header-driv
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import warnings
@@ -103,3 +104,67 @@ def test_item14_holdout_refuses_an_empty_part_and_survives_a_symlink_loop(data, 
     assert not (tmp_path / "h3").exists()
     rc, text = run(["data", "holdout", str(data), "--out", str(tmp_path / "h3")])
     assert rc == 0, text
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory):
+    """Another phantom set: an external set for the runs trained on ``data``."""
+    return write_synthetic_ddti(tmp_path_factory.mktemp("round2-ext") / "ext", n_cases=8, seed=11)
+
+
+def _copy(run_dir, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+# -- item 5: records of different checkpoints never overwrite each other; --out needs --force ----
+
+
+def test_item5_eval_records_per_checkpoint_and_refuses_a_full_out(trained, external, tmp_path):
+    run_dir = _copy(trained, tmp_path)
+    o1, o2 = tmp_path / "o1", tmp_path / "o2"
+    rc, text = run(["eval", "--run", str(run_dir), "--data", str(external), "--out", str(o1)])
+    assert rc == 0, text
+    (best,) = list((run_dir / "external").iterdir())
+    best_report = (best / "eval_report.json").read_text()
+    mine = (o1 / "eval_report.json").read_text()
+    rc, text = run(["eval", "--run", str(run_dir), "--data", str(external), "--checkpoint", "last", "--out", str(o1)])
+    assert rc == 1 and "is not empty" in text and "--force" in text, text
+    assert (o1 / "eval_report.json").read_text() == mine
+    rc, text = run(["eval", "--run", str(run_dir), "--data", str(external), "--checkpoint", "last", "--out", str(o2)])
+    assert rc == 0, text
+    records = sorted(p.name for p in (run_dir / "external").iterdir())
+    assert records == [best.name, best.name + "-last"]
+    assert (best / "eval_report.json").read_text() == best_report
+    last = json.loads((run_dir / "external" / (best.name + "-last") / "eval_report.json").read_text())
+    assert last["checkpoint"] == "last" and json.loads(best_report)["checkpoint"] == "best"
+    from hfcn_bench.app.card import card_markdown, model_card
+
+    card = model_card(run_dir)
+    assert sorted(e["checkpoint"] for e in card["external"]) == ["best", "last"]
+    assert "(last weights)" in card_markdown(card)
+    rc, text = run(
+        ["eval", "--run", str(run_dir), "--data", str(external), "--checkpoint", "last", "--out", str(o1), "--force"]
+    )
+    assert rc == 0 and json.loads((o1 / "eval_report.json").read_text())["checkpoint"] == "last", text
+
+
+# -- item 6: train --force over a run removes the old model's records and pictures ---------------
+
+
+def test_item6_train_force_leaves_nothing_of_the_old_model(trained, data, external, tmp_path):
+    run_dir = _copy(trained, tmp_path)
+    rc, text = run(["eval", "--run", str(run_dir), "--data", str(external)])
+    assert rc == 0, text
+    rc, text = run(["predict", "--run", str(run_dir), str(data / "xml" / "1.xml")])
+    assert rc == 0 and any((run_dir / "predictions").iterdir()), text
+    (run_dir / "notes.txt").write_text("the user's own file")
+    rc, text = run(["train", "--data", str(data), "--out", str(run_dir), *SMOKE, "--seed", "3", "--force"])
+    assert rc == 0, text
+    assert not (run_dir / "external").exists() and not (run_dir / "predictions").exists()
+    assert (run_dir / "notes.txt").read_text() == "the user's own file"
+    from hfcn_bench.app.card import model_card
+
+    card = model_card(run_dir)
+    assert card["external"] == [] and card["config"]["seed"] == 3

@@ -13,9 +13,15 @@
                        they were chosen on, training summary, model files with their sha256
       <model files>    the system's own (best.pt/last.pt, <stage>/best.pt, *.skops)
       fold{i}/         (k-fold) one fitted.json + model files per fold
+      external/<fp12>[-last]/  (``eval --data OTHER``) one record per external set and
+                       checkpoint: eval_report.json/.md/.csv (``external_record_dir``)
+      predictions/     (``predict`` without --out) pictures of predicted ROIs
 
 A run is a run only once it finished: ``status`` says so, and :func:`check_reusable` lets a
 plain rerun train over a folder whose earlier start failed before anything was trained.
+Training afresh over a run (``--force``) first removes what the old run wrote
+(:func:`clear_run`), its external records and pictures included, so nothing of the old model
+is shown as the new one's.
 Model files are recorded with their sha256 in ``fitted.json`` when written and checked before
 they are loaded, so a damaged file is refused with its name instead of giving a silently
 wrong result.
@@ -51,6 +57,8 @@ __all__ = [
     "remove_stray_temps",
     "check_reusable",
     "has_state",
+    "clear_run",
+    "external_record_dir",
 ]
 
 RUN_FORMAT = "hfcn-bench/run"
@@ -191,6 +199,58 @@ def check_reusable(run_dir: str | os.PathLike, force: bool, resume: bool) -> Non
         )
     if has_state(path):
         raise HfcnError(f"{path} holds an interrupted run", hint="--resume to continue it, --force to start over")
+
+
+def _is_run_header(path: Path) -> bool:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and obj.get("format") == RUN_FORMAT
+
+
+def clear_run(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove what an earlier run wrote into ``run_dir`` before a fresh one is trained there:
+    the files of the layout above (header, manifest, metrics, predictions, fitted records and
+    the model files they list, checkpoints, fold folders), its ``external/`` records and its
+    ``predictions/`` pictures. Only a folder whose ``config.json`` is a run header is cleared;
+    anything else in it is left alone. Returns what was removed."""
+    import shutil
+
+    root = Path(run_dir)
+    if not (root / HEADER).is_file() or not _is_run_header(root / HEADER):
+        return []
+    base = Path(os.path.abspath(root))
+    doomed: list[Path] = [root / n for n in (HEADER, "split.json", "metrics.json", "predictions.csv", FITTED)]
+    doomed += [root / "external", root / "predictions"]
+    doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith("fold") and p.name[4:].isdigit()]
+    for fitted in [root / FITTED, *root.glob("fold*/" + FITTED)]:
+        try:
+            listed = (json.loads(fitted.read_text(encoding="utf-8")).get("files") or {}) if fitted.is_file() else {}
+        except (OSError, ValueError, AttributeError):
+            listed = {}
+        doomed += [fitted.parent / rel for rel in listed]
+    doomed += [*root.glob("**/last.pt"), *root.glob("**/best.pt")]
+    removed = []
+    for p in doomed:
+        # an entry of the run folder itself (a recorded name with ".." in it is not followed)
+        if base not in Path(os.path.normpath(os.path.abspath(p))).parents:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        removed.append(p)
+    return removed
+
+
+def external_record_dir(run_dir: str | os.PathLike, fingerprint: str, checkpoint: str = "best") -> Path:
+    """Where a run keeps the record of one external validation: ``external/<first 12 hex of
+    the external data's fingerprint>/`` for the best weights, ``...-last/`` for the last ones,
+    so records of different checkpoints never overwrite each other."""
+    return Path(run_dir) / "external" / (str(fingerprint)[:12] + ("" if checkpoint == "best" else f"-{checkpoint}"))
 
 
 def write_fitted(directory: str | os.PathLike, obj: dict, files: list[str]) -> Path:

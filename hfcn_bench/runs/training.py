@@ -40,7 +40,7 @@ from ..protocol import (
     write_fitted,
     write_header,
 )
-from ..protocol.runfolder import fit_dir
+from ..protocol.runfolder import clear_run, fit_dir
 from ..systems import get_system
 from ..systems.base import Fitted, Output, System, config_from_dict, config_to_dict
 
@@ -357,6 +357,8 @@ def train_run(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         remove_stray_temps(out)
+        if not resume:  # a fresh run: nothing of an earlier one (records, pictures) may pass as its own
+            clear_run(out)
         write_manifest(out / "split.json", dataset, splits)
         split_info = {
             "method": kind,
