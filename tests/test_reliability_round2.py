@@ -168,3 +168,45 @@ def test_item6_train_force_leaves_nothing_of_the_old_model(trained, data, extern
 
     card = model_card(run_dir)
     assert card["external"] == [] and card["config"]["seed"] == 3
+
+
+# -- item 8: hand edits to split.json and fitted.json are refused, naming the file --------------
+
+
+def test_item8_edited_split_and_fitted_records_are_refused(trained, data, external, tmp_path):
+    from hfcn_bench.app.card import model_card
+
+    def edit(run_dir, name, change):
+        obj = json.loads((run_dir / name).read_text())
+        change(obj)
+        (run_dir / name).write_text(json.dumps(obj, indent=1))
+
+    def move_a_training_case(m):
+        m["splits"][0]["test"].append(m["splits"][0]["train"].pop(0))
+
+    def relabel(m):
+        m["label_rule"] = "mccnn"
+
+    def fixed_threshold(f):
+        f["threshold_rule"] = "fixed"
+        for p in f["threshold_predictions"].values():
+            p["prob"] = [0.0 for _ in p["prob"]]
+
+    xml = str(data / "xml" / "1.xml")
+    for i, (name, change) in enumerate(
+        (("split.json", move_a_training_case), ("split.json", relabel), ("fitted.json", fixed_threshold))
+    ):
+        run_dir = tmp_path / f"r{i}"
+        shutil.copytree(trained, run_dir)
+        edit(run_dir, name, change)
+        for argv in (
+            ["eval", "--run", str(run_dir)],
+            ["eval", "--run", str(run_dir), "--data", str(external)],
+            ["predict", "--run", str(run_dir), xml, "--no-png"],
+        ):
+            rc, text = run(argv)
+            assert rc == 1 and f"{name} was changed after the run finished" in text, (name, argv, text)
+        assert "was changed" in model_card(run_dir)["status"]
+    # an untouched copy is read as before
+    rc, text = run(["eval", "--run", str(_copy(trained, tmp_path))])
+    assert rc == 0, text

@@ -24,7 +24,11 @@ Training afresh over a run (``--force``) first removes what the old run wrote
 is shown as the new one's.
 Model files are recorded with their sha256 in ``fitted.json`` when written and checked before
 they are loaded, so a damaged file is refused with its name instead of giving a silently
-wrong result.
+wrong result. When the run finishes, ``config.json`` records the sha256 of ``split.json`` and
+of every ``fitted.json`` (``integrity``); :func:`read_run` checks them, so a hand-edited split
+(a training case moved to the test list), threshold or label rule is refused, naming the file,
+instead of being trusted. (Runs finished before this record existed carry none and are read
+as they are.)
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ __all__ = [
     "has_state",
     "clear_run",
     "external_record_dir",
+    "check_integrity",
 ]
 
 RUN_FORMAT = "hfcn-bench/run"
@@ -88,12 +93,45 @@ def write_header(run_dir: str | os.PathLike, header: dict) -> Path:
     return write_json_atomic(Path(run_dir) / HEADER, obj)
 
 
+def _recorded_files(root: Path) -> list[str]:
+    """The files whose sha256 a finished run's header records: the split manifest and every
+    split's fitted record (the thresholds and the model files' own sha256)."""
+    fitted = [root / FITTED, *sorted(root.glob("fold*/" + FITTED))]
+    return ["split.json"] + [p.relative_to(root).as_posix() for p in fitted if p.is_file()]
+
+
 def mark_finished(run_dir: str | os.PathLike) -> None:
-    path = Path(run_dir) / HEADER
+    root = Path(run_dir)
+    path = root / HEADER
     obj = json.loads(path.read_text(encoding="utf-8"))
     obj["status"] = "finished"
     obj["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    obj["integrity"] = {rel: sha256_file(root / rel) for rel in _recorded_files(root)}
     write_json_atomic(path, obj)
+
+
+def check_integrity(run_dir: str | os.PathLike, header: dict) -> None:
+    """Refuse a finished run whose ``split.json`` or ``fitted.json`` differs from what it
+    wrote (the ``integrity`` record of its header), naming the file."""
+    record = header.get("integrity")
+    if record is None:
+        return
+    root = Path(run_dir)
+    if not isinstance(record, dict):
+        raise HfcnError(f"{root / HEADER}: damaged run header (its integrity record is not a mapping)")
+    for rel, digest in record.items():
+        path = root / str(rel)
+        if not path.is_file():
+            raise HfcnError(
+                f"{path}: missing (the run recorded it when it finished)",
+                hint="restore it from a copy of the run, or retrain the run (hfcn-bench train --force)",
+            )
+        if sha256_file(path) != digest:
+            raise HfcnError(
+                f"{path} was changed after the run finished (its sha256 differs from the one recorded in "
+                f"{HEADER}); an edited split, threshold or label rule is not trusted",
+                hint="restore the file from a copy of the run, or retrain the run (hfcn-bench train --force)",
+            )
 
 
 @dataclass
@@ -172,6 +210,7 @@ def read_run(run_dir: str | os.PathLike) -> RunFolder:
     for key in ("system", "config", "split", "protocol"):
         if key not in header:
             raise HfcnError(f"{cfg_path}: damaged run header (no {key!r})")
+    check_integrity(path, header)
     return RunFolder(path, header, read_manifest(path / "split.json"))
 
 
