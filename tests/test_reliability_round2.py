@@ -210,3 +210,140 @@ def test_item8_edited_split_and_fitted_records_are_refused(trained, data, extern
     # an untouched copy is read as before
     rc, text = run(["eval", "--run", str(_copy(trained, tmp_path))])
     assert rc == 0, text
+
+
+# -- DICOM: items 9 and 17, and a fuzz test of the reader's header-driven branches ---------------
+
+
+def _grey(rows=40, cols=50):
+    import numpy as np
+
+    return (np.arange(rows * cols) % 251).reshape(rows, cols).astype(np.uint8)
+
+
+def test_item9_a_dicom_whose_rescale_is_nan_is_refused(trained, tmp_path):
+    pytest.importorskip("pydicom")
+    import apptools
+
+    from hfcn_bench.app import Catalog, Classifier
+    from hfcn_bench.errors import HfcnError
+
+    nan = apptools.write_dicom(tmp_path / "nan.dcm", _grey(), "MONOCHROME2", RescaleSlope="NaN", RescaleIntercept=0)
+    ok = apptools.write_dicom(tmp_path / "ok.dcm", _grey(), "MONOCHROME2", RescaleSlope=1, RescaleIntercept=0)
+    classifier = Classifier(Catalog(trained))
+    assert 0 <= classifier.classify(None, ok, "5,5,45,35").result["prob"] <= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's own note on the invalid DS value
+        with pytest.raises(HfcnError) as err:
+            classifier.classify(None, nan, "5,5,45,35")
+    assert "nan.dcm" in str(err.value) and "not finite" in str(err.value) and "RescaleSlope" in str(err.value)
+
+
+def test_item17_deflated_dicom_is_read_and_a_bad_palette_is_named(tmp_path):
+    pytest.importorskip("pydicom")
+    import apptools
+    import numpy as np
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from hfcn_bench.app.inputs import read_frame
+    from hfcn_bench.errors import HfcnError
+
+    g = _grey()
+    plain = read_frame(apptools.write_dicom(tmp_path / "plain.dcm", g, "MONOCHROME2"))
+    deflated = read_frame(
+        apptools.write_dicom(tmp_path / "deflated.dcm", g, "MONOCHROME2", syntax=DeflatedExplicitVRLittleEndian)
+    )
+    assert np.array_equal(deflated.rgb, plain.rgb) and np.array_equal(plain.rgb[..., 0], g)
+    assert deflated.info["transfer_syntax"] == "Deflated Explicit VR Little Endian"
+    table = (np.arange(256, dtype="<u2") * 257).tobytes()
+    for desc, needle in (([256, 0, 0], "says 0 bits per entry"), ([0, 0, 16], "holds 512 bytes for the 65536")):
+        tags = {f"{c}PaletteColorLookupTableDescriptor": desc for c in ("Red", "Green", "Blue")}
+        tags.update({f"{c}PaletteColorLookupTableData": table for c in ("Red", "Green", "Blue")})
+        path = apptools.write_dicom(tmp_path / "palette.dcm", g, "PALETTE COLOR", **tags)
+        with pytest.raises(HfcnError) as err:
+            read_frame(path)
+        text = str(err.value)
+        assert "palette.dcm" in text and "PALETTE COLOR" in text and needle in text, text
+        assert "uint" not in text and "NumPy" not in text
+
+
+def _fuzz_dicom(path, pi, bits, rows, cols, frames, syntax, slope, intercept, center, width, palette, cut):
+    import apptools
+    import numpy as np
+
+    rng = np.random.default_rng(rows * 31 + cols)
+    samples = 3 if pi in ("RGB", "YBR_FULL") else 1
+    shape = (rows, cols, 3) if samples == 3 else (rows, cols)
+    if frames:
+        shape = (frames, *shape)
+    arr = rng.integers(0, 2 ** min(bits, 8), size=shape)
+    tags = {}
+    for name, value in (
+        ("RescaleSlope", slope),
+        ("RescaleIntercept", intercept),
+        ("WindowCenter", center),
+        ("WindowWidth", width),
+    ):
+        if value is not None:
+            tags[name] = value
+    if palette is not None:
+        entries, first, nbits = palette
+        table = rng.integers(0, 65535, size=max(entries, 1)).astype("<u2").tobytes()
+        for c in ("Red", "Green", "Blue"):
+            tags[f"{c}PaletteColorLookupTableDescriptor"] = [entries, first, nbits]
+            tags[f"{c}PaletteColorLookupTableData"] = table
+    if cut is not None:
+        full = arr.astype(np.uint8 if bits <= 8 else "<u2").tobytes()
+        tags["PixelData"] = full[: min(cut, len(full))] or b"\0\0"
+    return apptools.write_dicom(path, arr, pi, bits=bits, frames=frames, syntax=syntax, **tags)
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    given = None
+
+if given is not None:
+    _SYNTAXES = st.sampled_from(
+        ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"]  # explicit, implicit, deflated
+    )
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        pi=st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "PALETTE COLOR", "HSV"]),
+        bits=st.sampled_from([1, 8, 12, 16]),
+        rows=st.integers(1, 9),
+        cols=st.integers(1, 9),
+        frames=st.one_of(st.none(), st.integers(1, 3)),
+        syntax=_SYNTAXES,
+        slope=st.sampled_from([None, "1", "0", "-2.5", "NaN", "inf", "1e300"]),
+        intercept=st.sampled_from([None, "0", "-1024", "NaN"]),
+        center=st.sampled_from([None, "128", "NaN", "-inf", "40"]),
+        width=st.sampled_from([None, "256", "1", "0", "NaN"]),
+        palette=st.sampled_from([None, (256, 0, 16), (256, 0, 8), (0, 0, 16), (4, 0, 0), (256, 0, 33), (2, 5, 16)]),
+        cut=st.sampled_from([None, None, 0, 1, 7]),
+    )
+    def test_fuzzed_dicom_headers_give_a_frame_or_one_clear_error(
+        tmp_path_factory, pi, bits, rows, cols, frames, syntax, slope, intercept, center, width, palette, cut
+    ):
+        """Whatever the header says, the reader returns an 8-bit RGB frame of the declared size or
+        raises HfcnError naming the file; never another exception (items 9, 17)."""
+        pytest.importorskip("pydicom")
+        from hfcn_bench.app.inputs import read_frame
+        from hfcn_bench.errors import HfcnError
+
+        path = tmp_path_factory.mktemp("dcm") / "fuzz.dcm"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _fuzz_dicom(path, pi, bits, rows, cols, frames, syntax, slope, intercept, center, width, palette, cut)
+            try:
+                f = read_frame(path)
+            except HfcnError as exc:
+                text = str(exc)
+                assert "fuzz.dcm" in text and "Traceback" not in text and "NumPy" not in text, text
+                return
+        assert f.rgb.dtype.name == "uint8" and f.rgb.shape == (rows, cols, 3)
+        # a rescale or window that is not a number never gives a (black) frame to classify
+        odd = {"NaN", "inf", "-inf"}
+        assert not (pi.startswith("MONOCHROME") and odd & {slope, intercept, center, width}), f.info

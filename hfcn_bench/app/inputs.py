@@ -141,6 +141,8 @@ def _as_rgb(im: Image.Image) -> np.ndarray:
         grey = np.round(a).clip(0, 255).astype(np.uint8)
     elif im.mode in ("I", "F"):
         a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("pixel values that are not finite numbers (NaN or infinity)")
         lo, hi = float(a.min()), float(a.max())
         grey = np.zeros(a.shape, np.uint8) if hi <= lo else np.round((a - lo) / (hi - lo) * 255).astype(np.uint8)
     else:
