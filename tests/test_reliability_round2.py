@@ -228,7 +228,9 @@ def test_item9_a_dicom_whose_rescale_is_nan_is_refused(trained, tmp_path):
     from hfcn_bench.app import Catalog, Classifier
     from hfcn_bench.errors import HfcnError
 
-    nan = apptools.write_dicom(tmp_path / "nan.dcm", _grey(), "MONOCHROME2", RescaleSlope="NaN", RescaleIntercept=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's own note on the invalid DS value
+        nan = apptools.write_dicom(tmp_path / "nan.dcm", _grey(), "MONOCHROME2", RescaleSlope="NaN", RescaleIntercept=0)
     ok = apptools.write_dicom(tmp_path / "ok.dcm", _grey(), "MONOCHROME2", RescaleSlope=1, RescaleIntercept=0)
     classifier = Classifier(Catalog(trained))
     assert 0 <= classifier.classify(None, ok, "5,5,45,35").result["prob"] <= 1
@@ -237,6 +239,15 @@ def test_item9_a_dicom_whose_rescale_is_nan_is_refused(trained, tmp_path):
         with pytest.raises(HfcnError) as err:
             classifier.classify(None, nan, "5,5,45,35")
     assert "nan.dcm" in str(err.value) and "not finite" in str(err.value) and "RescaleSlope" in str(err.value)
+    # the same for a floating-point TIFF holding NaN
+    import numpy as np
+
+    a = _grey().astype(np.float32)
+    a[3, 4] = np.nan
+    Image.fromarray(a, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(HfcnError) as err:
+        classifier.classify(None, tmp_path / "nan.tif", "5,5,45,35")
+    assert "nan.tif" in str(err.value) and "not finite" in str(err.value)
 
 
 def test_item17_deflated_dicom_is_read_and_a_bad_palette_is_named(tmp_path):
