@@ -358,3 +358,130 @@ if given is not None:
         # a rescale or window that is not a number never gives a (black) frame to classify
         odd = {"NaN", "inf", "-inf"}
         assert not (pi.startswith("MONOCHROME") and odd & {slope, intercept, center, width}), f.info
+
+
+# -- item 12: the box parser reads plain numbers only, and never overflows ----------------------
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("inf,0,300,250", "'inf' is not a pixel coordinate"),
+        ("10,10,100,100" + "7" * 400, "is not a pixel coordinate"),
+        ("10,10,100,100 " + "7" * 400, "expected four numbers"),
+        ("1_50,0,300,250", "'1_50' is not a pixel coordinate"),
+        ("1e2,0,300,250", "'1e2' is not a pixel coordinate"),
+        ("nan,0,30,25", "'nan' is not a pixel coordinate"),
+    ],
+)
+def test_item12_the_box_parser_refuses_what_is_not_a_plain_number(trained, tmp_path, text, needle):
+    from hfcn_bench.app import Catalog, Classifier
+    from hfcn_bench.errors import HfcnError
+
+    img = tmp_path / "frame.png"
+    Image.new("L", (400, 300), 90).save(img)
+    with pytest.raises(HfcnError) as err:
+        Classifier(Catalog(trained)).classify(None, img, text)
+    assert needle in str(err.value) and len(str(err.value)) < 300, str(err.value)
+
+
+_PLAIN_BOX = r"[\s,]*(?:[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[\s,]+){3}[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[\s,]*"
+
+if given is not None:
+    _PART = st.one_of(
+        st.integers(-50, 150).map(str),
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.text("0123456789_.eE+-xINFnaf ", max_size=14),
+        st.text(min_size=1, max_size=3),
+    )
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        text=st.one_of(
+            st.tuples(st.sampled_from([",", " ", ", ", ",,"]), st.lists(_PART, max_size=6)).map(
+                lambda t: t[0].join(t[1])
+            ),
+            st.text(max_size=80),
+        )
+    )
+    def test_fuzzed_box_text_gives_a_box_inside_the_image_or_one_clear_error(text):
+        """Item 12: whatever is typed, a valid box or an HfcnError; only plain numbers pass."""
+        import re
+
+        from hfcn_bench.data.rois import MIN_ROI_SIDE
+        from hfcn_bench.errors import HfcnError
+        from hfcn_bench.runs import parse_box
+
+        try:
+            x0, y0, x1, y1 = parse_box(text, (100, 80))
+        except HfcnError as exc:
+            assert "box " in str(exc) and len(str(exc)) < 300
+            return
+        assert re.fullmatch(_PLAIN_BOX, text), text
+        assert 0 <= x0 < x1 <= 100 and 0 <= y0 < y1 <= 80
+        assert min(x1 - x0, y1 - y0) >= MIN_ROI_SIDE
+
+
+# -- item 13: an image used whole must be as large as a box; tiny images are a wart -------------
+
+
+def test_item13_tiny_images_are_refused_whole_and_skipped_by_the_folder_loader(trained, tmp_path):
+    from hfcn_bench.app import Catalog, Classifier
+    from hfcn_bench.errors import HfcnError
+
+    dot = tmp_path / "dot.jpg"
+    Image.new("RGB", (1, 1), (90, 90, 90)).save(dot)
+    with pytest.raises(HfcnError) as err:
+        Classifier(Catalog(trained)).classify(None, dot, "")
+    assert "dot.jpg is 1x1 px" in str(err.value) and "8 px" in str(err.value)
+    strip = tmp_path / "strip.png"
+    Image.new("L", (3, 500), 90).save(strip)
+    rc, text = run(["predict", "--run", str(trained), str(strip), "--no-png"])
+    assert rc == 1 and "strip.png is 3x500 px" in text, text
+    fs = _folder_set(tmp_path / "fs")
+    Image.new("L", (1, 1), 7).save(fs / "benign" / "dot.png")
+    Image.new("L", (3, 500), 9).save(fs / "malignant" / "strip.png")
+    rc, text = run(["data", "check", str(fs), "--json"])
+    assert rc == 0, text
+    tiny = [w["file"] for w in json.loads(text)["warts"] if w["kind"] == "tiny-roi"]
+    assert sorted(tiny) == ["benign/dot.png", "malignant/strip.png"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = load_dataset(fs)
+    assert len(ds) == 8 and all(min(s.frame_size) >= 8 for s in ds.samples)
+
+
+# -- item 18: the app names run files relative to its catalog root ------------------------------
+
+
+def test_item18_app_errors_name_runs_relative_to_the_catalog(trained, tmp_path):
+    from hfcn_bench.app import Catalog, Classifier
+    from hfcn_bench.errors import HfcnError
+
+    root = tmp_path / "served"
+    shutil.copytree(trained, root / "grid" / "broken")
+    (root / "grid" / "broken" / "best.pt").unlink()
+    shutil.copytree(trained, root / "good")
+    img = tmp_path / "frame.png"
+    Image.new("L", (60, 50), 90).save(img)
+    classifier = Classifier(Catalog(root))
+    with pytest.raises(HfcnError) as err:
+        classifier.classify("grid/broken", img, "")
+    text = str(err.value) + str(err.value.hint or "")
+    assert "grid/broken/best.pt" in text and str(tmp_path) not in text, text
+    status = classifier.card("grid/broken")["status"]
+    assert "grid/broken/best.pt" in status and str(tmp_path) not in status
+    # a catalog of one run names its files by the run folder's own name
+    one = Classifier(Catalog(root / "grid" / "broken"))
+    with pytest.raises(HfcnError) as err:
+        one.classify(None, img, "")
+    assert "broken/best.pt" in str(err.value) and str(tmp_path) not in str(err.value)
+    # and what reaches a client through the page says the same
+    gr = pytest.importorskip("gradio")
+    from hfcn_bench.app.page import _Page
+
+    page = _Page(classifier, gr)
+    with pytest.raises(gr.Error) as err:
+        with page.clean_errors():
+            raise HfcnError(f"{root / 'good' / 'metrics.json'} is damaged", hint=f"retrain {root / 'good'}")
+    assert str(tmp_path) not in str(err.value) and "good/metrics.json is damaged" in str(err.value)

@@ -264,8 +264,8 @@ def load_folder(
     the DDTI reader. Byte-identical images keep the first copy (``train/`` is read before
     ``test/``) and link their cases (one split unit); identical bytes under both labels drop
     every copy (``label-conflict``); sub-folders that are not class (or split) folders are
-    listed as ``ignored-folder``; an outline box with a side under ``MIN_ROI_SIDE`` skips its
-    image (``tiny-roi``).
+    listed as ``ignored-folder``; an outline box (or an image used whole) with a side under
+    ``MIN_ROI_SIDE`` skips its image (``tiny-roi``).
     """
     root = Path(root).expanduser()
     classes = parse_classes(classes)
@@ -437,6 +437,16 @@ def load_folder(
                         )
                         continue
                     files[mrel] = hashlib.sha1(mask_path.read_bytes()).hexdigest()
+        if kind == "full-frame" and min(size) < MIN_ROI_SIDE:
+            report.add(
+                "tiny-roi",
+                rel,
+                f"image {size[0]}x{size[1]} px, used whole as the ROI: under the {MIN_ROI_SIDE}-px minimum side",
+                "image skipped",
+                case=case_id,
+                frame=frame,
+            )
+            continue
         report.frames_usable += 1
         counts.rois[LABEL_NAMES[label]] += 1
         samples.append(Sample(case_id, frame, path, polygon, box, label, "folder", size, 0, kind, side=e["side"]))
