@@ -485,3 +485,41 @@ def test_item18_app_errors_name_runs_relative_to_the_catalog(trained, tmp_path):
         with page.clean_errors():
             raise HfcnError(f"{root / 'good' / 'metrics.json'} is damaged", hint=f"retrain {root / 'good'}")
     assert str(tmp_path) not in str(err.value) and "good/metrics.json is damaged" in str(err.value)
+
+
+# -- item 15: folder format: hidden folders are not cases; whatever is not read is reported -----
+
+
+def test_item15_hidden_folders_are_ignored_and_skipped_files_reported(tmp_path):
+    fs = _folder_set(tmp_path / "fs")
+    ck = fs / "benign" / ".ipynb_checkpoints"
+    ck.mkdir()
+    shutil.copy(fs / "benign" / "b0.png", ck / "b0.png")  # the same bytes, sorted first
+    case = fs / "benign" / "patient7"
+    (case / "deeper").mkdir(parents=True)
+    Image.new("L", (40, 40), 222).save(case / "a.png")
+    Image.new("L", (40, 40), 223).save(case / "deeper" / "c.png")
+    for f in (
+        case / "scan.dcm",
+        fs / "malignant" / "scan.dcm",
+        fs / "benign" / "notes.txt",
+        fs / "benign" / ".DS_Store",
+    ):
+        f.write_bytes(b"\0" * 200)
+    rc, text = run(["data", "check", str(fs), "--json"])
+    assert rc == 0, text
+    warts = {(w["kind"], w["file"]) for w in json.loads(text)["warts"]}
+    assert warts == {
+        ("ignored-folder", "benign/.ipynb_checkpoints/"),
+        ("ignored-folder", "benign/patient7/deeper/"),
+        ("skipped-file", "benign/patient7/scan.dcm"),
+        ("skipped-file", "malignant/scan.dcm"),
+        ("skipped-file", "benign/notes.txt"),
+        ("skipped-file", "benign/.DS_Store"),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = load_dataset(fs)
+    assert not any(".ipynb" in s.case_id or ".ipynb" in str(s.image_path) for s in ds.samples)
+    assert any(s.image_path == fs / "benign" / "b0.png" for s in ds.samples)
+    assert len(ds) == 9
