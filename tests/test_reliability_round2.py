@@ -523,3 +523,29 @@ def test_item15_hidden_folders_are_ignored_and_skipped_files_reported(tmp_path):
     assert not any(".ipynb" in s.case_id or ".ipynb" in str(s.image_path) for s in ds.samples)
     assert any(s.image_path == fs / "benign" / "b0.png" for s in ds.samples)
     assert len(ds) == 9
+
+
+# -- item 16: predict never draws over the picture of another input of the same name ------------
+
+
+def test_item16_predict_keeps_the_pictures_of_earlier_inputs_of_the_same_name(trained, data, tmp_path):
+    a, b, pics = tmp_path / "a", tmp_path / "b", tmp_path / "pics"
+    a.mkdir(), b.mkdir()
+    src = sorted((data / "raw_jpg").glob("*.jpg"))
+    shutil.copy(src[0], a / "1_1.jpg")
+    shutil.copy(src[1], b / "1_1.jpg")
+
+    def predict(img):
+        rc, text = run(["predict", "--run", str(trained), str(img), "--out", str(pics), "--json"])
+        assert rc == 0, text
+        out = json.loads(text)
+        return out["rows"][0]["png"], out["notes"]
+
+    first, _ = predict(a / "1_1.jpg")
+    before = open(first, "rb").read()
+    second, notes = predict(b / "1_1.jpg")
+    assert second != first and os.path.basename(second) == "1_1_0~2.png"
+    assert open(first, "rb").read() == before
+    assert any("holds the picture of another input" in n and "1_1_0~2.png" in n for n in notes)
+    again, _ = predict(a / "1_1.jpg")  # a rerun of the same input replaces its own picture
+    assert again == first and sorted(p.name for p in pics.iterdir()) == ["1_1_0.png", "1_1_0~2.png"]
