@@ -549,3 +549,21 @@ def test_item16_predict_keeps_the_pictures_of_earlier_inputs_of_the_same_name(tr
     assert any("holds the picture of another input" in n and "1_1_0~2.png" in n for n in notes)
     again, _ = predict(a / "1_1.jpg")  # a rerun of the same input replaces its own picture
     assert again == first and sorted(p.name for p in pics.iterdir()) == ["1_1_0.png", "1_1_0~2.png"]
+
+
+# -- item 10: on a one-class external set, specificity is undefined, as ROC-AUC is --------------
+
+
+def test_item10_specificity_on_a_one_class_set_is_undefined(trained, tmp_path):
+    mal = write_synthetic_ddti(tmp_path / "mal", n_cases=6, seed=13, malignant_fraction=1.0, unlabelled_fraction=0.0)
+    rc, text = run(["eval", "--run", str(trained), "--data", str(mal), "--json"])
+    assert rc == 0, text
+    rep = json.loads(text)
+    assert rep["prevalence"]["external"] == 1.0
+    assert rep["metrics"]["specificity"] is None and rep["auc"] is None
+    assert rep["majority_baseline"]["specificity"] is None
+    assert rep["metrics"]["recall"] is not None  # defined: there are malignant ROIs
+    rc, text = run(["eval", "--run", str(trained), "--data", str(mal)])
+    assert rc == 0, text
+    (spec,) = [line for line in text.splitlines() if line.strip("│ ").startswith("specificity")]
+    assert "—" in spec and "0.000" not in spec, spec
