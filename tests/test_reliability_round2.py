@@ -567,3 +567,51 @@ def test_item10_specificity_on_a_one_class_set_is_undefined(trained, tmp_path):
     assert rc == 0, text
     (spec,) = [line for line in text.splitlines() if line.strip("│ ").startswith("specificity")]
     assert "—" in spec and "0.000" not in spec, spec
+
+
+# -- item 11: every option is checked before any work, in one error -----------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--n-boot", "0"], "--n-boot 0: the case bootstrap needs at least 1 resample"),
+        (["train", "--folds", "100"], "--folds 100: the data has 19 labelled case(s)"),
+        (["train", "--seed", "-1"], "--seed -1: a seed is a whole number"),
+        (["train", "--set", "seed=-4"], "seed -4: a seed is a whole number"),
+        (["train", "--test-fraction", "nan"], "--test-fraction nan"),
+        (["train", "--margin", "nan"], "margin must be a finite number >= 0"),
+        (["reproduce", "--n-boot", "0"], "--n-boot 0: the case bootstrap needs at least 1 resample"),
+        (["reproduce", "--folds", "100"], "--folds 100: the data has 19 labelled case(s)"),
+        (["reproduce", "--seeds", "1,-3"], "--seeds -3: a seed is a whole number"),
+        (["reproduce", "--threads", "0"], "--threads and --workers must be at least 1"),
+        (["reproduce", "--gpus-per-cell", "-1"], "--gpus-per-cell -1.0"),
+        (["eval", "--n-boot", "0"], "--n-boot 0: the case bootstrap needs at least 1 resample"),
+        (["compare", "--n-boot", "0"], "--n-boot 0: the case bootstrap needs at least 1 resample"),
+        (["compare", "--folds", "100"], "--folds 100: the data has 19 labelled case(s)"),
+        (["holdout", "--seed", "-1"], "--seed -1: a seed is a whole number"),
+        (["holdout", "--fraction", "1"], "--fraction 1.0: a share of the cases"),
+        (["synth", "--seed", "-1"], "--seed -1: a seed is a whole number"),
+    ],
+)
+def test_item11_bad_options_are_one_upfront_error(trained, data, tmp_path, argv, needle):
+    out = tmp_path / "out"
+    cmd, rest = argv[0], argv[1:]
+    full = {
+        "train": ["train", "--data", str(data), "--out", str(out), "--preset", "smoke", "--threads", "1"],
+        "reproduce": [
+            "reproduce",
+            *("--data", str(data), "--preset", "smoke", "--engine", "local", "--table", "3"),
+            *("--alphas", "0.6", "--backbones", "paper", "--out", str(out), "--json"),
+        ],
+        "eval": ["eval", "--run", str(trained), "--out", str(out)],
+        "compare": ["compare", "--data", str(data), "--preset", "smoke", "--out", str(out)],
+        "holdout": ["data", "holdout", str(data), "--out", str(out)],
+        "synth": ["data", "synth", "--cases", "4", "--out", str(out)],
+    }[cmd]
+    if cmd == "reproduce" and "--folds" not in rest:
+        rest = [*rest, "--folds", "2"]
+    rc, text = run([*full, *rest])
+    assert rc == 1 and needle in text and "Traceback" not in text, text
+    assert text.count("error") == 1, text  # one error, not one per cell
+    assert not out.exists()  # nothing trained, written or left marked "running"

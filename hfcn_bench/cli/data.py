@@ -167,9 +167,11 @@ def _progress(console, what: str, enabled: bool = True):
 
 def run_synth(args, console) -> int:
     from ..data.synthetic import write_synthetic_ddti
+    from ..protocol.checks import check_seed
     from .common import check_out_dir
 
     check_out_dir(args.out)
+    check_seed(args.seed)
     start = time.perf_counter()
     with _progress(console, "writing phantoms") as update:
         out = write_synthetic_ddti(
@@ -301,9 +303,12 @@ def run_holdout(args, console) -> int:
 
     from ..data import load_dataset
     from ..data.holdout import write_holdout
+    from ..protocol.checks import check_fraction, check_seed
     from .common import check_out_dir
 
     check_out_dir(args.out)
+    check_fraction(args.fraction, "--fraction")
+    check_seed(args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = load_dataset(args.dir, label_rule=args.label_rule)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import HfcnError
+from ..protocol.checks import check_n_boot
 from .common import check_out_dir, print_report, progress_bars
 
 __all__ = ["register"]
@@ -76,6 +77,8 @@ def run_eval(args, console) -> int:
             f"--out {args.out} is not empty (an earlier report would be overwritten)",
             hint="choose another --out, or --force to write into it",
         )
+    if args.n_boot is not None:
+        check_n_boot(args.n_boot)
     aggregate = "run" if args.per_case is None else (None if args.per_case == "none" else args.per_case)
     with progress_bars(console, enabled=not args.json) as progress:
         report = evaluate_run(

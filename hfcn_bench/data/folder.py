@@ -293,8 +293,8 @@ def load_folder(
     names = _names(classes)
     if empty_outline not in ("skip", "full-frame"):
         raise HfcnError(f"empty_outline={empty_outline!r} is not one of ('skip', 'full-frame')")
-    if margin < 0:
-        raise HfcnError(f"margin must be >= 0, got {margin}")
+    if not 0 <= margin < float("inf"):  # NaN fails this too
+        raise HfcnError(f"margin must be a finite number >= 0, got {margin}")
     flat = _class_dirs(root, classes)
     sides = None if flat else _sides(root)
     # where the class folders are: [(side or None, folder holding class folders)]

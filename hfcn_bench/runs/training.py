@@ -40,6 +40,7 @@ from ..protocol import (
     write_fitted,
     write_header,
 )
+from ..protocol.checks import check_n_boot, check_seed
 from ..protocol.runfolder import clear_run, fit_dir
 from ..systems import get_system
 from ..systems.base import Fitted, Output, System, config_from_dict, config_to_dict
@@ -349,6 +350,8 @@ def train_run(
     if not isinstance(config, spec.config_cls):
         raise HfcnError(f"config for {spec.name} must be a {spec.config_cls.__name__}, got {type(config).__name__}")
     check_trainable(dataset)
+    check_n_boot(n_boot, "n_boot")
+    check_seed(int(config.seed), "seed")
     splits = list(splits)
     if not splits:
         raise HfcnError("no split to train on")
