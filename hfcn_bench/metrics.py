@@ -364,7 +364,8 @@ def majority_baseline(y_train: Any, y_test: Any) -> dict[str, Any]:
     TI-RADS rule) "always malignant" scores F1 ~0.90 with no skill at all. A tie in the
     training labels goes to malignant, the clinically conservative call.
 
-    Returns :func:`binary_metrics` of the constant prediction plus ``majority_class``,
+    Returns :func:`binary_metrics` of the constant prediction (sensitivity/recall and
+    specificity ``None`` where ``y_test`` leaves them undefined, as in :func:`evaluate`) plus ``majority_class``,
     ``train_positive_rate``, ``auc`` (a constant score ranks nothing: 0.5, or ``None`` when
     ``y_test`` holds one class and AUC is undefined) and ``pr_auc`` (the test prevalence of
     malignant samples, the average precision of a constant score; ``None`` without malignant
@@ -375,7 +376,7 @@ def majority_baseline(y_train: Any, y_test: Any) -> dict[str, Any]:
     train_rate = float(y_tr.mean())
     majority = 1 if train_rate >= 0.5 else 0
     constant = np.full(y_te.size, float(majority))
-    out = binary_metrics(y_te, constant, threshold=0.5)
+    out = _undefined_rates_as_none(binary_metrics(y_te, constant, threshold=0.5))
     n_pos = int(y_te.sum())
     out["majority_class"] = majority
     out["train_positive_rate"] = train_rate
@@ -525,6 +526,19 @@ def bootstrap_ci(
 # --------------------------------------------------------------------------------------------
 
 
+def _undefined_rates_as_none(m: dict[str, Any]) -> dict[str, Any]:
+    """``m`` (:func:`binary_metrics`) with the rates the *data* leaves undefined set to
+    ``None``: sensitivity (= recall) without a malignant sample, specificity without a benign
+    one. A report then says "undefined" (as for ROC-AUC) instead of a 0.0 that reads as a
+    model's failure. (Precision and F1 keep scikit-learn's 0.0: they are undefined by the
+    model's predictions, not by the data.)"""
+    if m["n_positive"] == 0:
+        m["recall"] = m["sensitivity"] = None
+    if m["n_negative"] == 0:
+        m["specificity"] = None
+    return m
+
+
 def _or_none(fn: Callable[[], float]) -> float | None:
     try:
         return float(fn())
@@ -552,7 +566,8 @@ def evaluate(
     Keys:
 
     - ``metrics``: :func:`binary_metrics` at ``threshold`` (accuracy, precision, recall, F1 -
-      paper eqs. 9-12 - plus specificity and the confusion counts);
+      paper eqs. 9-12 - plus specificity and the confusion counts), with sensitivity/recall
+      ``None`` when no sample is malignant and specificity ``None`` when none is benign;
     - ``auc`` (ROC, Mann-Whitney), ``pr_auc`` (average precision), ``sens_at_spec``
       (``{"specificity": 0.9, "sensitivity": ...}``); each ``None`` when undefined on the data;
     - ``ci``: for ``accuracy``, ``f1`` and ``auc``, ``{"point", "low", "high", "n_valid"}`` from
@@ -588,7 +603,7 @@ def evaluate(
         "threshold": threshold,
         "n_samples": int(y.size),
         "n_cases": int(uniq.size),
-        "metrics": binary_metrics(y, s, threshold),
+        "metrics": _undefined_rates_as_none(binary_metrics(y, s, threshold)),
         "auc": _or_none(lambda: roc_auc(y, s)),
         "pr_auc": _or_none(lambda: average_precision(y, s)),
         "sens_at_spec": {

@@ -1,6 +1,6 @@
 """What the app's tests share: phantom data, small runs trained on it (once per test session:
 this module is imported once, so its cache is shared by test_app.py and test_app_browser.py),
-a server on a free loopback port, and the browser to drive it."""
+a server on a free loopback port, the browser to drive it, and DICOM files built with pydicom."""
 
 from __future__ import annotations
 
@@ -78,6 +78,46 @@ def serving(root: Path, **kw):
         yield serve(demo, host="127.0.0.1", port=free_port())
     finally:
         demo.close()
+
+
+def write_dicom(path, pixels, photometric, bits=8, frames=None, syntax=None, **tags):
+    """A DICOM Part 10 ultrasound file with ``pixels`` ([rows, cols], [rows, cols, 3] or
+    [frames, rows, cols(, 3)]) stored uncompressed (or under ``syntax`` as given)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        UltrasoundImageStorage,
+        UltrasoundMultiFrameImageStorage,
+        generate_uid,
+    )
+
+    arr = np.asarray(pixels)
+    multi = frames is not None
+    sop = UltrasoundMultiFrameImageStorage if multi else UltrasoundImageStorage
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop, meta.MediaStorageSOPInstanceUID, "US"
+    shape = arr.shape[1:] if multi else arr.shape
+    ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
+    ds.SamplesPerPixel = 3 if len(shape) == 3 else 1
+    if ds.SamplesPerPixel == 3:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 8 if bits <= 8 else 16
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+    if multi:
+        ds.NumberOfFrames = int(frames)
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    if "PixelData" not in tags:
+        ds.PixelData = arr.astype(np.uint8 if bits <= 8 else "<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def chromium() -> str | None:

@@ -308,43 +308,7 @@ def test_twenty_clients_at_once_from_threads(server, frame):
 # DICOM
 
 
-def _dicom(path, pixels, photometric, bits=8, frames=None, syntax=None, **tags):
-    """A DICOM Part 10 ultrasound file with ``pixels`` ([rows, cols], [rows, cols, 3] or
-    [frames, rows, cols(, 3)]) stored uncompressed (or under ``syntax`` as given)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        ExplicitVRLittleEndian,
-        UltrasoundImageStorage,
-        UltrasoundMultiFrameImageStorage,
-        generate_uid,
-    )
-
-    arr = np.asarray(pixels)
-    multi = frames is not None
-    sop = UltrasoundMultiFrameImageStorage if multi else UltrasoundImageStorage
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop, meta.MediaStorageSOPInstanceUID, "US"
-    shape = arr.shape[1:] if multi else arr.shape
-    ds.Rows, ds.Columns = int(shape[0]), int(shape[1])
-    ds.SamplesPerPixel = 3 if len(shape) == 3 else 1
-    if ds.SamplesPerPixel == 3:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 8 if bits <= 8 else 16
-    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
-    if multi:
-        ds.NumberOfFrames = int(frames)
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    if "PixelData" not in tags:
-        ds.PixelData = arr.astype(np.uint8 if bits <= 8 else "<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+_dicom = apptools.write_dicom
 
 
 @pytest.fixture(scope="module")

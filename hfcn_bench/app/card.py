@@ -84,6 +84,7 @@ def _external(run_path: Path) -> list[dict]:
                 "prevalence": prev.get("external"),
                 "training_prevalence": prev.get("training"),
                 "ensemble": rep.get("ensemble"),
+                "checkpoint": rep.get("checkpoint", "best"),
                 **_scores(rep),
             }
         )
@@ -252,6 +253,7 @@ def card_markdown(card: dict) -> str:
                 f"(training {_num(e.get('training_prevalence'))}): ROC-AUC {_with_ci(e.get('auc'), e.get('auc_ci'))}, "
                 f"accuracy {_with_ci(e.get('accuracy'), e.get('accuracy_ci'))}, "
                 f"F1 {_with_ci(e.get('f1'), e.get('f1_ci'))}"
+                + (f" ({e['checkpoint']} weights)" if e.get("checkpoint") not in (None, "best") else "")
             ]
         lines += [""]
     else:

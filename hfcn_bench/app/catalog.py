@@ -2,7 +2,9 @@
 reproduction grid, a ``runs/`` directory), each loaded once and reused across requests.
 
 A request names a run by its name in the catalog (its path relative to the folder given), never
-by a path, so a client cannot make the server read arbitrary folders. A listed folder that does
+by a path, so a client cannot make the server read arbitrary folders; and what the server says
+about a run names its files by that name too (:meth:`Catalog.relative`), never by the server's
+absolute path. A listed folder that does
 not hold a usable model (an interrupted run, a deleted or damaged model file, a foreign
 ``config.json``) stays listed; choosing it gives the reason as a clean error.
 
@@ -153,10 +155,13 @@ class Catalog:
             try:
                 loaded = self._load(name, path)
             except HfcnError as exc:
-                raise HfcnError(f"run {name} has no usable model: {exc}", hint=getattr(exc, "hint", None)) from None
+                hint = getattr(exc, "hint", None)
+                raise HfcnError(
+                    self.relative(f"run {name} has no usable model: {exc}"), hint=hint and self.relative(hint)
+                ) from None
             except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
                 # a damaged file that the run folder's own checks did not name
-                raise HfcnError(f"run {name} has no usable model: {type(exc).__name__}: {exc}") from None
+                raise HfcnError(self.relative(f"run {name} has no usable model: {type(exc).__name__}: {exc}")) from None
             self._loaded[name] = loaded
             while len(self._loaded) > self.max_loaded:
                 self._loaded.popitem(last=False)
@@ -169,6 +174,21 @@ class Catalog:
         run = read_run(path)
         models = fitted_models(run, self.checkpoint, self.device)
         return LoadedRun(name, run, models)
+
+    def relative(self, text: str) -> str:
+        """``text`` with the server's absolute paths of the runs written relative to the catalog
+        root, as the runs are named (``grid/cells/a/best.pt``, not ``/srv/runs/grid/...``)."""
+        if not text:
+            return text
+        root = Path(os.path.abspath(self.root))
+        # a catalog of one run names it by the folder's own name: paths are relative to its parent
+        base = [root.parent] if (root / HEADER).is_file() else [root]
+        real = Path(os.path.realpath(root))
+        base.append(real.parent if (root / HEADER).is_file() else real)
+        for b in sorted({str(x) for x in base}, key=len, reverse=True):
+            if b != os.sep:
+                text = text.replace(b + os.sep, "")
+        return text
 
     def describe(self) -> str:
         where = os.fspath(self.root)

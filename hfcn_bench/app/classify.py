@@ -58,7 +58,9 @@ class Classifier:
             self.catalog.load(name)
         except HfcnError as exc:
             status = str(exc)
-        return model_card(path, name, status)
+        card = model_card(path, name, status)
+        card["status"] = self.catalog.relative(card["status"])
+        return card
 
     # -- an image with a box -------------------------------------------------------------------
     def classify(self, run: str | None, image: str | Path | None, box: str | None, name: str | None = None) -> Outcome:
@@ -77,7 +79,10 @@ class Classifier:
             )
         with tempfile.TemporaryDirectory(prefix="hfcn-app-") as tmp:
             png = write_frame(frame, Path(tmp))
-            sample = image_sample(png, text or None, label_rule=loaded.label_rule)
+            try:
+                sample = image_sample(png, text or None, label_rule=loaded.label_rule)
+            except HfcnError as exc:  # named by the upload, not by the staged PNG
+                raise HfcnError(str(exc).replace(png.name, frame.name), hint=exc.hint) from None
             pred = self._predict(loaded, sample)
             roi = None if pred.explain else _display_roi(frame.rgb, pred.roi_box or sample.bbox)
         box_text = ",".join(map(str, sample.bbox))

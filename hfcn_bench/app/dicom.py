@@ -16,6 +16,12 @@ header. What is honoured here (DICOM PS3.3 C.7.6.3 and C.11):
   index=0)`` reads just that frame from disk), and the result says so.
 * **Size.** Rows x Columns are checked against the same pixel cap as images
   (``data.rois.MAX_IMAGE_PIXELS``) before any pixel is decoded.
+* **Deflated files** (Deflated Explicit VR Little Endian) are inflated by pydicom when the file
+  is read; their pixels are decoded from that dataset, not from the file on disk.
+* **Values that are not numbers.** A modality rescale or a window that makes a pixel NaN or
+  infinite (``RescaleSlope`` = NaN, say) is refused: a viewer would show a black frame, and a
+  model would classify it. A palette whose colour tables are not 8 or 16 bits per entry is
+  refused with what its descriptor says.
 
 Anything else (another colour model, a compressed transfer syntax no installed decoder reads,
 a file that is not DICOM or holds no image) is an :class:`HfcnError` naming the file and why.
@@ -66,8 +72,9 @@ def read_dicom(path: str | Path, name: str | None = None, max_pixels: int = MAX_
         raise HfcnError("reading DICOM needs pydicom", hint="pip install hfcn-bench[app]") from None
     name = name or Path(path).name
     try:
-        # Large elements (the pixel data) stay on disk until a frame is asked for.
-        ds = pydicom.dcmread(path, defer_size="256 KB", force=not is_dicom(path))
+        # Large elements (the pixel data) stay on disk until a frame is asked for; a deflated
+        # file is inflated in memory, so nothing of it can be read later from its offsets.
+        ds = pydicom.dcmread(path, defer_size=None if _deflated(path) else "256 KB", force=not is_dicom(path))
     except InvalidDicomError as exc:
         raise HfcnError(f"{name}: not a DICOM file ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on damaged files
@@ -101,7 +108,7 @@ def read_dicom(path: str | Path, name: str | None = None, max_pixels: int = MAX_
     try:
         # From the path pydicom reads just the asked frame; a file without the Part 10 preamble
         # (read with force above) is decoded from the dataset instead.
-        src = path if is_dicom(path) else ds
+        src = path if is_dicom(path) and not getattr(ts, "is_deflated", False) else ds
         arr = pixel_array(src, index=0 if frames > 1 else None)
     except Exception as exc:  # noqa: BLE001 - a missing decoder plugin, a truncated frame, bad values
         raise HfcnError(
@@ -143,8 +150,8 @@ def _to_rgb(arr: np.ndarray, ds, pi: str, notes: list[str]) -> np.ndarray:
             notes.append("MONOCHROME1 DICOM (low values are white): inverted for display")
         return np.repeat(grey[..., None], 3, axis=2)
     if pi == "PALETTE COLOR":
+        lut_bits = _palette_bits(ds)
         rgb = apply_color_lut(arr, ds)
-        lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
         notes.append("PALETTE COLOR DICOM: expanded through its colour tables")
         return _scale_to_8bit(rgb, lut_bits)
     if arr.ndim != 3 or arr.shape[-1] != 3:
@@ -162,7 +169,15 @@ def _window(arr: np.ndarray, ds, bits: int, notes: list[str]) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     values = apply_modality_lut(arr, ds).astype(np.float64)
+    if not np.isfinite(values).all():
+        slope, intercept = ds.get("RescaleSlope", "absent"), ds.get("RescaleIntercept", "absent")
+        raise HfcnError(
+            "pixel values that are not finite numbers (NaN or infinity) after the modality rescale "
+            f"(RescaleSlope {slope}, RescaleIntercept {intercept})"
+        )
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if not all(v is None or np.isfinite(v) for v in (center, width)):
+        raise HfcnError(f"a window that is not a finite number (WindowCenter {center}, WindowWidth {width})")
     if center is not None and width is not None and width >= 1:
         # LINEAR VOI function, DICOM PS3.3 C.11.2.1.2.1
         y = (
@@ -182,6 +197,46 @@ def _window(arr: np.ndarray, ds, bits: int, notes: list[str]) -> np.ndarray:
     if "VOILUTSequence" not in ds:
         notes.append(f"{bits}-bit monochrome DICOM without a window: stretched from its minimum to its maximum")
     return np.round((values - lo) / (hi - lo) * 255).astype(np.uint8)
+
+
+def _palette_bits(ds) -> int:
+    """Bits per entry of a PALETTE COLOR frame's colour tables, checked before they are used
+    (a descriptor of 0 or 33 bits would otherwise surface as a NumPy type error)."""
+    bits = set()
+    for colour in ("Red", "Green", "Blue"):
+        desc = ds.get(f"{colour}PaletteColorLookupTableDescriptor")
+        try:
+            values = [int(v) for v in desc]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 3:
+            raise HfcnError(f"PALETTE COLOR DICOM without a usable {colour} colour table descriptor ({desc!r})")
+        if values[2] not in (8, 16):
+            raise HfcnError(
+                f"PALETTE COLOR DICOM whose {colour} colour table descriptor says {values[2]} bits per entry "
+                "(DICOM allows 8 or 16)"
+            )
+        data = ds.get(f"{colour}PaletteColorLookupTableData")
+        entries = values[0] or 2**16  # 0 stands for 65536 entries
+        if data is not None and len(data) * 8 / entries not in (8, 16):
+            raise HfcnError(
+                f"PALETTE COLOR DICOM whose {colour} colour table holds {len(data)} bytes for the {entries} entries "
+                "its descriptor says (DICOM allows 8 or 16 bits per entry)"
+            )
+        bits.add(values[2])
+    return max(bits)
+
+
+def _deflated(path) -> bool:
+    """Whether a Part 10 file's meta header names the Deflated Explicit VR Little Endian transfer
+    syntax (read from the meta header alone)."""
+    try:
+        from pydicom.filereader import read_file_meta_info
+
+        uid = read_file_meta_info(path).get("TransferSyntaxUID")
+    except Exception:  # noqa: BLE001 - not a Part 10 file: dcmread says what is wrong with it
+        return False
+    return bool(getattr(uid, "is_deflated", False))
 
 
 def _scale_to_8bit(arr: np.ndarray, bits: int) -> np.ndarray:

@@ -8,7 +8,8 @@ server path the web framework stored it under. Limits (stated on the page):
 * images and DICOM frames up to ``data.rois.MAX_IMAGE_PIXELS`` (40 megapixels), checked from
   the header before any pixel is decoded (a few-KB PNG can declare gigapixels);
 * uploads up to ``MAX_UPLOAD_MB`` (the web server refuses larger ones before they are stored);
-* a nodule box at least ``data.rois.MIN_ROI_SIDE`` pixels a side, inside the image.
+* a nodule box at least ``data.rois.MIN_ROI_SIDE`` pixels a side, inside the image (an image
+  classified whole, without a box, as well).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ IMAGE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "TIF
 def limits_text() -> str:
     return (
         f"images and DICOM frames up to {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, uploads up to "
-        f"{MAX_UPLOAD_MB} MB, nodule boxes at least {MIN_ROI_SIDE} px a side and inside the image"
+        f"{MAX_UPLOAD_MB} MB, nodule boxes (or an image classified whole) at least {MIN_ROI_SIDE} px a side "
+        "and inside the image"
     )
 
 
@@ -141,6 +143,8 @@ def _as_rgb(im: Image.Image) -> np.ndarray:
         grey = np.round(a).clip(0, 255).astype(np.uint8)
     elif im.mode in ("I", "F"):
         a = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("pixel values that are not finite numbers (NaN or infinity)")
         lo, hi = float(a.min()), float(a.max())
         grey = np.zeros(a.shape, np.uint8) if hi <= lo else np.round((a - lo) / (hi - lo) * 255).astype(np.uint8)
     else:

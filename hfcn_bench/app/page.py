@@ -93,12 +93,14 @@ class _Page:
             self._remember(request, str(exc.message if hasattr(exc, "message") else exc))
             raise
         except HfcnError as exc:
-            msg = str(exc) + (f" (hint: {exc.hint})" if getattr(exc, "hint", None) else "")
+            msg = self.c.catalog.relative(str(exc) + (f" (hint: {exc.hint})" if getattr(exc, "hint", None) else ""))
             self._remember(request, msg)
             raise gr.Error(msg, title="Cannot classify", print_exception=False) from None
         except Exception as exc:  # noqa: BLE001 - the server keeps serving whatever happened
             log.exception("unexpected error in the app")
-            msg = f"internal error ({type(exc).__name__}: {str(exc)[:300]}); the server log has the details"
+            msg = self.c.catalog.relative(
+                f"internal error ({type(exc).__name__}: {str(exc)[:300]}); the server log has the details"
+            )
             self._remember(request, msg)
             raise gr.Error(msg, title="Internal error", print_exception=False) from None
 

@@ -13,6 +13,7 @@ import torch
 
 from .. import ops
 from ..errors import HfcnError
+from ..protocol.checks import check_n_boot, check_seed
 from . import op_speed
 from .rank import localisation
 from .report import PAPER_TABLE4, environment
@@ -371,6 +372,8 @@ def check_options(opts: CompareOptions) -> None:
         raise HfcnError(f"--folds must be at least 2 (or 0 for one 3:1 split), got {opts.folds}")
     if not opts.threads or min(opts.threads) < 1:
         raise HfcnError(f"threads must be positive integers, got {opts.threads!r}")
+    check_n_boot(opts.n_boot)
+    check_seed(opts.seed)
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise HfcnError("--device cuda asked for, but no CUDA GPU is available", hint="use --device cpu")
     from ..models import available_backbones

@@ -48,8 +48,8 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _save_atomic(fig: Figure, path: str | os.PathLike) -> Path:
-    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=_DPI))
+def _save_atomic(fig: Figure, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=_DPI, metadata=metadata))
 
 
 def _as_1d(values: Any, what: str) -> np.ndarray:
@@ -292,9 +292,10 @@ def plot_reliability(
     return _save_atomic(fig, path)
 
 
-def plot_prediction(pred, title: str, path: str | os.PathLike) -> Path:
-    """One ROI's prediction (a ``runs.Prediction``) as a PNG: see :func:`prediction_figure`."""
-    return _save_atomic(prediction_figure(pred, title), path)
+def plot_prediction(pred, title: str, path: str | os.PathLike, source: str | None = None) -> Path:
+    """One ROI's prediction (a ``runs.Prediction``) as a PNG: see :func:`prediction_figure`.
+    ``source`` (what the picture was made from) is kept in the PNG's ``Source`` text field."""
+    return _save_atomic(prediction_figure(pred, title), path, None if source is None else {"Source": source})
 
 
 def prediction_figure(pred, title: str, roi: np.ndarray | None = None) -> Figure:

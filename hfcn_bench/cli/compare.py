@@ -155,6 +155,17 @@ def run(args, console) -> int:
             f"--data {args.data}: no such folder", hint="point it at DDTI raw/ or a benign/ + malignant/ folder"
         )
     check_options(opts)  # every argument error before any report is written
+    if opts.folds and "metrics" in opts.only:
+        # --folds against the data's case count, before the speed and model sections run
+        import warnings
+
+        from ..data import ensure_synthetic, load_dataset
+        from ..protocol.checks import check_folds
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = load_dataset(opts.data or str(ensure_synthetic()), label_rule=opts.label_rule, warn=False)
+        check_folds(opts.folds, ds)
     out = Path(args.out or Path(DEFAULT_OUT) / time.strftime("%Y%m%d-%H%M%S"))
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)

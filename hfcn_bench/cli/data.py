@@ -167,9 +167,11 @@ def _progress(console, what: str, enabled: bool = True):
 
 def run_synth(args, console) -> int:
     from ..data.synthetic import write_synthetic_ddti
+    from ..protocol.checks import check_seed
     from .common import check_out_dir
 
     check_out_dir(args.out)
+    check_seed(args.seed)
     start = time.perf_counter()
     with _progress(console, "writing phantoms") as update:
         out = write_synthetic_ddti(
@@ -297,15 +299,22 @@ def run_check(args, console) -> int:
 def run_holdout(args, console) -> int:
     import warnings
 
+    from rich.markup import escape
+
     from ..data import load_dataset
     from ..data.holdout import write_holdout
+    from ..protocol.checks import check_fraction, check_seed
     from .common import check_out_dir
 
     check_out_dir(args.out)
+    check_fraction(args.fraction, "--fraction")
+    check_seed(args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = load_dataset(args.dir, label_rule=args.label_rule)
     res = write_holdout(ds, args.out, fraction=args.fraction, seed=args.seed, overwrite=args.force)
+    for line in res["skipped"]:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
     console.print(
         f"{len(res['development'])} labelled cases in {args.out / 'development'}, {len(res['holdout'])} held "
         f"out in {args.out / 'holdout'} (stratified by the {ds.label_rule} rule, seed {args.seed})",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import HfcnError
+from ..protocol.checks import check_n_boot
 from .common import check_out_dir, print_report, progress_bars
 
 __all__ = ["register"]
@@ -55,17 +57,28 @@ def register(sub) -> None:
         type=Path,
         default=None,
         help="folder for eval_report.json, eval_report.md, eval_report.csv and reliability.png (an "
-        "external validation is also recorded in RUN/external/<data fingerprint>/)",
+        "external validation is also recorded in RUN/external/<data fingerprint>/, or "
+        "RUN/external/<data fingerprint>-last/ for --checkpoint last); an existing folder that is not "
+        "empty needs --force",
     )
+    v.add_argument("--force", action="store_true", help="write the report into an --out that is not empty")
     v.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     v.set_defaults(handler=run_eval)
 
 
 def run_eval(args, console) -> int:
     from ..bench.report import write_eval_report
+    from ..protocol.runfolder import external_record_dir
     from ..runs import evaluate_run
 
     check_out_dir(args.out)
+    if args.out is not None and args.out.is_dir() and any(args.out.iterdir()) and not args.force:
+        raise HfcnError(
+            f"--out {args.out} is not empty (an earlier report would be overwritten)",
+            hint="choose another --out, or --force to write into it",
+        )
+    if args.n_boot is not None:
+        check_n_boot(args.n_boot)
     aggregate = "run" if args.per_case is None else (None if args.per_case == "none" else args.per_case)
     with progress_bars(console, enabled=not args.json) as progress:
         report = evaluate_run(
@@ -82,9 +95,8 @@ def run_eval(args, console) -> int:
     files = write_eval_report(report, args.out) if args.out is not None else []
     if report["external"]:
         # A run keeps a record of every external validation it went through (its model card
-        # shows them): RUN/external/<first 12 hex of the external data's fingerprint>/.
-        record = args.run / "external" / str(report["data"]["fingerprint"])[:12]
-        write_eval_report(report, record)
+        # shows them), one per external set and checkpoint.
+        write_eval_report(report, external_record_dir(args.run, report["data"]["fingerprint"], args.checkpoint))
     if args.json:
         console.print_json(json.dumps(report))
         return 0

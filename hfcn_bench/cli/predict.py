@@ -60,6 +60,41 @@ def _row(path: Path, r, png: Path | None) -> dict:
     }
 
 
+def _source(path: Path, r) -> str:
+    """What a picture shows, as the text its PNG keeps: the input's and the image's bytes and the
+    ROI's key, hashed (a rerun on the same input gives the same text; another input of the same
+    name, another)."""
+    import hashlib
+
+    from ..protocol.runfolder import sha256_file
+
+    s = r.sample
+    parts = [sha256_file(path), sha256_file(s.image_path), s.key, ",".join(map(str, s.bbox))]
+    return "hfcn-bench predict " + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _picture_path(out: Path, key: str, source: str, taken: set[Path]) -> Path:
+    """``OUT/KEY.png``, unless that file holds the picture of another input (or was written by
+    something else): then the first free or matching ``OUT/KEY~N.png``. A picture is never
+    written over one of another input."""
+    from PIL import Image
+
+    stem = key.replace("/", "_")
+    n = 1
+    while True:
+        cand = out / (f"{stem}.png" if n == 1 else f"{stem}~{n}.png")
+        if cand not in taken:
+            if not cand.exists():
+                return cand
+            try:
+                with Image.open(cand) as im:
+                    if getattr(im, "text", {}).get("Source") == source:
+                        return cand
+            except (OSError, ValueError, SyntaxError):
+                pass
+        n += 1
+
+
 def run_predict(args, console) -> int:
     from ..bench.figures import plot_prediction
     from ..runs import predict_inputs
@@ -76,6 +111,7 @@ def run_predict(args, console) -> int:
             explain=not args.no_png,
         )
     rows = []
+    taken: set[Path] = set()
     for path, r in items:
         png = None
         if not args.no_png:
@@ -83,8 +119,17 @@ def run_predict(args, console) -> int:
             title = f"{Path(path).name}: frame {s.frame}, ROI {s.region} ({s.roi_kind})"
             if s.tirads:
                 title += f", TI-RADS {s.tirads} (a TI-RADS proxy label, not pathology)"
-            # the sample key is unique per input (two inputs of one file name get case ids 1, 1~2)
-            png = plot_prediction(r, title, out / f"{s.key.replace('/', '_')}.png")
+            # the sample key is unique per input (two inputs of one file name get case ids 1, 1~2);
+            # a picture in --out from an earlier run of another input of that name is kept too
+            source = _source(Path(path), r)
+            target = _picture_path(out, s.key, source, taken)
+            taken.add(target)
+            if target.name != f"{s.key.replace('/', '_')}.png":
+                notes.append(
+                    f"{out / (s.key.replace('/', '_') + '.png')} holds the picture of another input: "
+                    f"this one is {target.name}"
+                )
+            png = plot_prediction(r, title, target, source=source)
         rows.append(_row(path, r, png))
     if args.json:
         console.print_json(json.dumps({"rows": rows, "errors": errors, "notes": notes}))

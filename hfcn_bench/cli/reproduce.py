@@ -178,6 +178,7 @@ def run_reproduce(args, console) -> int:
         if args.seed_architectures
         else None,
     )
+    opts.check()  # every option before the grid is built or anything runs
     if args.dry_run:
         with console.status("measuring a training step of each model..."):
             plan = reproduce(opts)

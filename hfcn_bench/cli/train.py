@@ -250,12 +250,18 @@ def run_train(args, console) -> int:
     from ..data import given_split, kfold, read_manifest, split_train_test, verify_manifest
     from ..engine import device_of
     from ..protocol import check_reusable, read_run
+    from ..protocol.checks import check_folds, check_fraction, check_n_boot, check_seed
     from ..runs import train_run
     from ..systems import get_system
 
     out: Path = args.out
     quiet = args.json
     check_reusable(out, force=args.force, resume=args.resume)
+    # every option before any work (the data's case count checks --folds once it is loaded)
+    check_n_boot(args.n_boot)
+    check_fraction(args.test_fraction, "--test-fraction")
+    if args.seed is not None:
+        check_seed(args.seed)
     if args.folds is not None and args.folds < 2:
         raise HfcnError(f"--folds must be at least 2, got {args.folds}", hint="drop --folds for one 3:1 split")
     if args.split == "given" and args.folds is not None:
@@ -287,6 +293,7 @@ def run_train(args, console) -> int:
         system = get_system(args.system)
         preset = args.preset
         config = config_from_args(system, preset, args)
+        check_seed(getattr(config, "seed", 0), "seed")
         if hasattr(config, "device"):
             device_of(config.device)  # before anything is written: a run that cannot start leaves nothing
         ds = load_data(console, args.data, args.label_rule, args.margin, quiet, args.classes)
@@ -295,7 +302,7 @@ def run_train(args, console) -> int:
         if args.split == "given":
             splits = [given_split(ds, seed=seed)]
         elif args.folds:
-            splits = kfold(ds, k=int(args.folds), seed=seed)
+            splits = kfold(ds, k=check_folds(args.folds, ds), seed=seed)
         else:
             splits = [split_train_test(ds, test_fraction=args.test_fraction, seed=seed)]
     if not quiet:

@@ -493,8 +493,8 @@ def load_ddti(
     check_label_rule(label_rule)
     _check_policy("empty_outline", empty_outline, EMPTY_OUTLINE_POLICIES)
     _check_policy("truncated", truncated, TRUNCATED_POLICIES)
-    if margin < 0:
-        raise HfcnError(f"margin must be >= 0, got {margin}")
+    if not 0 <= margin < float("inf"):  # NaN fails this too
+        raise HfcnError(f"margin must be a finite number >= 0, got {margin}")
     base, xml_dir, img_dir = find_ddti_layout(root)
     options = {"margin": margin, "empty_outline": empty_outline, "truncated": truncated}
     report = LoadReport(str(base), "ddti", label_rule, options=options)

@@ -209,6 +209,25 @@ def _listing(folder: Path, root: Path, report: LoadReport) -> list[Path]:
     return out
 
 
+def _not_read(p: Path, root: Path, report: LoadReport, where: str) -> None:
+    """Report an entry of a class or case folder that is not read: a hidden one, a folder inside a
+    case folder, a file that is not an image of ``IMAGE_EXTS`` (a DICOM, a text file)."""
+    rel = p.relative_to(root).as_posix()
+    if p.is_dir():
+        why = "a hidden folder" if where == "hidden" else "a folder inside a case folder (cases are one level deep)"
+        report.add("ignored-folder", rel + "/", f"{rel}/ is {why}", "not read")
+    elif p.exists():
+        why = (
+            "a hidden file"
+            if where == "hidden"
+            else f"not an image the folder format reads ({', '.join(IMAGE_EXTS)})"
+            + ("; convert DICOM files to PNG first" if p.suffix.lower() in (".dcm", ".dicom") else "")
+        )
+        report.add("skipped-file", rel, f"{rel} is {why}", "not read")
+    elif p.suffix.lower() not in IMAGE_EXTS:  # (image names that cannot be read: _listing reports them)
+        report.add("skipped-file", rel, f"{rel} cannot be read (a link that leads nowhere?)", "not read")
+
+
 def _no_class_folder(root: Path, classes: dict[str, str] | None, sides: dict[str, Path] | None) -> HfcnError:
     """The error for a root without any class folder: what is there, and how to map it."""
     where = [root] if sides is None else list(sides.values())
@@ -264,16 +283,18 @@ def load_folder(
     the DDTI reader. Byte-identical images keep the first copy (``train/`` is read before
     ``test/``) and link their cases (one split unit); identical bytes under both labels drop
     every copy (``label-conflict``); sub-folders that are not class (or split) folders are
-    listed as ``ignored-folder``; an outline box with a side under ``MIN_ROI_SIDE`` skips its
-    image (``tiny-roi``).
+    listed as ``ignored-folder``, and so are hidden folders (``.ipynb_checkpoints/``) and
+    folders inside a case folder; files that are not images (a DICOM, a text file) and hidden
+    files are listed as ``skipped-file``; an outline box (or an image used whole) with a side
+    under ``MIN_ROI_SIDE`` skips its image (``tiny-roi``).
     """
     root = Path(root).expanduser()
     classes = parse_classes(classes)
     names = _names(classes)
     if empty_outline not in ("skip", "full-frame"):
         raise HfcnError(f"empty_outline={empty_outline!r} is not one of ('skip', 'full-frame')")
-    if margin < 0:
-        raise HfcnError(f"margin must be >= 0, got {margin}")
+    if not 0 <= margin < float("inf"):  # NaN fails this too
+        raise HfcnError(f"margin must be a finite number >= 0, got {margin}")
     flat = _class_dirs(root, classes)
     sides = None if flat else _sides(root)
     # where the class folders are: [(side or None, folder holding class folders)]
@@ -318,12 +339,21 @@ def load_folder(
         for cls in sorted(dirs[side]):
             label = names[cls]
             for p in _listing(dirs[side][cls], root, report):
-                if p.is_dir() and p.name != _MASK_DIR:
-                    imgs = [q for q in _listing(p, root, report) if _is_image(q)]
+                if p.name.startswith("."):  # .ipynb_checkpoints/, .DS_Store: never a case
+                    _not_read(p, root, report, "hidden")
+                elif p.is_dir() and p.name != _MASK_DIR:
+                    imgs = []
+                    for q in _listing(p, root, report):
+                        if _is_image(q):
+                            imgs.append(q)
+                        elif q.name != _MASK_DIR and not q.stem.endswith(_MASK_SUFFIX):
+                            _not_read(q, root, report, "hidden" if q.name.startswith(".") else "in a case folder")
                     if imgs:
                         cases.append((f"{prefix}{cls}/{p.name}", label, side, imgs))
                 elif _is_image(p):
                     cases.append((f"{prefix}{cls}/{p.stem}", label, side, [p]))
+                elif p.name != _MASK_DIR and not p.stem.endswith(_MASK_SUFFIX):
+                    _not_read(p, root, report, "in a class folder")
 
     # Pass 1: read every image once (bytes hash, size).
     entries: list[dict] = []
@@ -437,6 +467,16 @@ def load_folder(
                         )
                         continue
                     files[mrel] = hashlib.sha1(mask_path.read_bytes()).hexdigest()
+        if kind == "full-frame" and min(size) < MIN_ROI_SIDE:
+            report.add(
+                "tiny-roi",
+                rel,
+                f"image {size[0]}x{size[1]} px, used whole as the ROI: under the {MIN_ROI_SIDE}-px minimum side",
+                "image skipped",
+                case=case_id,
+                frame=frame,
+            )
+            continue
         report.frames_usable += 1
         counts.rois[LABEL_NAMES[label]] += 1
         samples.append(Sample(case_id, frame, path, polygon, box, label, "folder", size, 0, kind, side=e["side"]))

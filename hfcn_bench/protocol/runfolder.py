@@ -13,12 +13,22 @@
                        they were chosen on, training summary, model files with their sha256
       <model files>    the system's own (best.pt/last.pt, <stage>/best.pt, *.skops)
       fold{i}/         (k-fold) one fitted.json + model files per fold
+      external/<fp12>[-last]/  (``eval --data OTHER``) one record per external set and
+                       checkpoint: eval_report.json/.md/.csv (``external_record_dir``)
+      predictions/     (``predict`` without --out) pictures of predicted ROIs
 
 A run is a run only once it finished: ``status`` says so, and :func:`check_reusable` lets a
 plain rerun train over a folder whose earlier start failed before anything was trained.
+Training afresh over a run (``--force``) first removes what the old run wrote
+(:func:`clear_run`), its external records and pictures included, so nothing of the old model
+is shown as the new one's.
 Model files are recorded with their sha256 in ``fitted.json`` when written and checked before
 they are loaded, so a damaged file is refused with its name instead of giving a silently
-wrong result.
+wrong result. When the run finishes, ``config.json`` records the sha256 of ``split.json`` and
+of every ``fitted.json`` (``integrity``); :func:`read_run` checks them, so a hand-edited split
+(a training case moved to the test list), threshold or label rule is refused, naming the file,
+instead of being trusted. (Runs finished before this record existed carry none and are read
+as they are.)
 """
 
 from __future__ import annotations
@@ -51,6 +61,9 @@ __all__ = [
     "remove_stray_temps",
     "check_reusable",
     "has_state",
+    "clear_run",
+    "external_record_dir",
+    "check_integrity",
 ]
 
 RUN_FORMAT = "hfcn-bench/run"
@@ -80,12 +93,45 @@ def write_header(run_dir: str | os.PathLike, header: dict) -> Path:
     return write_json_atomic(Path(run_dir) / HEADER, obj)
 
 
+def _recorded_files(root: Path) -> list[str]:
+    """The files whose sha256 a finished run's header records: the split manifest and every
+    split's fitted record (the thresholds and the model files' own sha256)."""
+    fitted = [root / FITTED, *sorted(root.glob("fold*/" + FITTED))]
+    return ["split.json"] + [p.relative_to(root).as_posix() for p in fitted if p.is_file()]
+
+
 def mark_finished(run_dir: str | os.PathLike) -> None:
-    path = Path(run_dir) / HEADER
+    root = Path(run_dir)
+    path = root / HEADER
     obj = json.loads(path.read_text(encoding="utf-8"))
     obj["status"] = "finished"
     obj["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    obj["integrity"] = {rel: sha256_file(root / rel) for rel in _recorded_files(root)}
     write_json_atomic(path, obj)
+
+
+def check_integrity(run_dir: str | os.PathLike, header: dict) -> None:
+    """Refuse a finished run whose ``split.json`` or ``fitted.json`` differs from what it
+    wrote (the ``integrity`` record of its header), naming the file."""
+    record = header.get("integrity")
+    if record is None:
+        return
+    root = Path(run_dir)
+    if not isinstance(record, dict):
+        raise HfcnError(f"{root / HEADER}: damaged run header (its integrity record is not a mapping)")
+    for rel, digest in record.items():
+        path = root / str(rel)
+        if not path.is_file():
+            raise HfcnError(
+                f"{path}: missing (the run recorded it when it finished)",
+                hint="restore it from a copy of the run, or retrain the run (hfcn-bench train --force)",
+            )
+        if sha256_file(path) != digest:
+            raise HfcnError(
+                f"{path} was changed after the run finished (its sha256 differs from the one recorded in "
+                f"{HEADER}); an edited split, threshold or label rule is not trusted",
+                hint="restore the file from a copy of the run, or retrain the run (hfcn-bench train --force)",
+            )
 
 
 @dataclass
@@ -164,6 +210,7 @@ def read_run(run_dir: str | os.PathLike) -> RunFolder:
     for key in ("system", "config", "split", "protocol"):
         if key not in header:
             raise HfcnError(f"{cfg_path}: damaged run header (no {key!r})")
+    check_integrity(path, header)
     return RunFolder(path, header, read_manifest(path / "split.json"))
 
 
@@ -191,6 +238,58 @@ def check_reusable(run_dir: str | os.PathLike, force: bool, resume: bool) -> Non
         )
     if has_state(path):
         raise HfcnError(f"{path} holds an interrupted run", hint="--resume to continue it, --force to start over")
+
+
+def _is_run_header(path: Path) -> bool:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and obj.get("format") == RUN_FORMAT
+
+
+def clear_run(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove what an earlier run wrote into ``run_dir`` before a fresh one is trained there:
+    the files of the layout above (header, manifest, metrics, predictions, fitted records and
+    the model files they list, checkpoints, fold folders), its ``external/`` records and its
+    ``predictions/`` pictures. Only a folder whose ``config.json`` is a run header is cleared;
+    anything else in it is left alone. Returns what was removed."""
+    import shutil
+
+    root = Path(run_dir)
+    if not (root / HEADER).is_file() or not _is_run_header(root / HEADER):
+        return []
+    base = Path(os.path.abspath(root))
+    doomed: list[Path] = [root / n for n in (HEADER, "split.json", "metrics.json", "predictions.csv", FITTED)]
+    doomed += [root / "external", root / "predictions"]
+    doomed += [p for p in root.iterdir() if p.is_dir() and p.name.startswith("fold") and p.name[4:].isdigit()]
+    for fitted in [root / FITTED, *root.glob("fold*/" + FITTED)]:
+        try:
+            listed = (json.loads(fitted.read_text(encoding="utf-8")).get("files") or {}) if fitted.is_file() else {}
+        except (OSError, ValueError, AttributeError):
+            listed = {}
+        doomed += [fitted.parent / rel for rel in listed]
+    doomed += [*root.glob("**/last.pt"), *root.glob("**/best.pt")]
+    removed = []
+    for p in doomed:
+        # an entry of the run folder itself (a recorded name with ".." in it is not followed)
+        if base not in Path(os.path.normpath(os.path.abspath(p))).parents:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        removed.append(p)
+    return removed
+
+
+def external_record_dir(run_dir: str | os.PathLike, fingerprint: str, checkpoint: str = "best") -> Path:
+    """Where a run keeps the record of one external validation: ``external/<first 12 hex of
+    the external data's fingerprint>/`` for the best weights, ``...-last/`` for the last ones,
+    so records of different checkpoints never overwrite each other."""
+    return Path(run_dir) / "external" / (str(fingerprint)[:12] + ("" if checkpoint == "best" else f"-{checkpoint}"))
 
 
 def write_fitted(directory: str | os.PathLike, obj: dict, files: list[str]) -> Path:

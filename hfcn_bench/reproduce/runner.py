@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..atomic import write_json_atomic
 from ..errors import HfcnError
+from ..protocol.checks import check_folds, check_n_boot, check_seed
 from .cells import cell_done, cell_spec
 from .engines import ENGINES, run_local, run_ray
 from .grid import build_cells, build_configs
@@ -70,6 +71,12 @@ class ReproduceOptions:
             raise HfcnError(f"--folds must be at least 2, got {self.folds}")
         if self.threads < 1 or (self.workers is not None and self.workers < 1):
             raise HfcnError("--threads and --workers must be at least 1")
+        check_n_boot(self.n_boot)
+        check_seed(self.seed)
+        for s in self.seeds:
+            check_seed(s, "--seeds")
+        if self.gpus_per_cell is not None and not self.gpus_per_cell > 0:
+            raise HfcnError(f"--gpus-per-cell {self.gpus_per_cell}: a cell's share of a GPU must be above 0")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise HfcnError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device.startswith("cuda"):
@@ -258,6 +265,8 @@ def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = 
 
     opts.check()
     cells, path, ds = plan(opts)
+    # one error naming the case count, not one error row per cell
+    check_folds(opts.folds, ds)
     out = Path(opts.out)
     record = _grid_record(opts, ds, path)
     _check_grid(out, record)

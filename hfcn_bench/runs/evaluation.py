@@ -29,6 +29,7 @@ from ..data.report import DataWarning
 from ..data.splits import verify_manifest
 from ..errors import HfcnError
 from ..protocol import ensemble, read_run, score_predictions
+from ..protocol.checks import check_n_boot
 from ..protocol.runfolder import RunFolder
 from ..systems import get_system
 from ..systems.base import config_to_dict
@@ -174,7 +175,7 @@ def evaluate_run(
     protocol = run.header.get("protocol", {})
     if aggregate == "run":
         aggregate = protocol.get("aggregate")
-    n_boot = int(protocol.get("n_boot", 1000) if n_boot is None else n_boot)
+    n_boot = check_n_boot(protocol.get("n_boot", 1000) if n_boot is None else n_boot, "n_boot")
     models = fitted_models(run, checkpoint, device)
     ds = load_run_data(run, data, classes)
     if data is None or ds.fingerprint == run.manifest.fingerprint:

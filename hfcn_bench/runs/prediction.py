@@ -42,25 +42,42 @@ __all__ = [
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
+# A box coordinate as a person types it: digits with an optional sign and decimal part. No
+# exponents, underscores ("1_50" is not 150), infinities or NaN; at most 12 characters, which
+# is more than any image side needs.
+_COORD = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_MAX_COORD_CHARS = 12
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """A box text for a message, cut short when it is long."""
+    text = str(text)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
 def parse_box(text: str, size: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
     """``"x0,y0,x1,y1"`` as an integer box; with the image ``size`` (width, height) the box
-    must lie inside it and have sides of at least ``MIN_ROI_SIDE`` pixels."""
+    must lie inside it and have sides of at least ``MIN_ROI_SIDE`` pixels. Each coordinate is a
+    plain decimal number (see ``_COORD``); anything else is an :class:`HfcnError`."""
     parts = [p for p in re.split(r"[,\s]+", str(text).strip()) if p]
-    try:
-        box = tuple(int(round(float(p))) for p in parts)
-    except ValueError:
-        raise HfcnError(f"box {text!r}: expected four numbers x0,y0,x1,y1") from None
-    if len(box) != 4:
-        raise HfcnError(f"box {text!r}: expected four numbers x0,y0,x1,y1, got {len(box)}")
+    if len(parts) != 4:
+        raise HfcnError(f"box {_shown(text)}: expected four numbers x0,y0,x1,y1, got {len(parts)}")
+    for p in parts:
+        if len(p) > _MAX_COORD_CHARS or not _COORD.fullmatch(p):
+            raise HfcnError(
+                f"box {_shown(text)}: expected four numbers x0,y0,x1,y1; {_shown(p, 20)} is not a pixel "
+                "coordinate (digits, e.g. 120)"
+            )
+    box = tuple(int(round(float(p))) for p in parts)
     x0, y0, x1, y1 = box
     if x1 <= x0 or y1 <= y0:
-        raise HfcnError(f"box {text!r} is empty or inverted: it needs x1 > x0 and y1 > y0")
+        raise HfcnError(f"box {_shown(text)} is empty or inverted: it needs x1 > x0 and y1 > y0")
     if size is not None:
         w, h = size
         if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-            raise HfcnError(f"box {text!r} lies outside the {w}x{h} image")
+            raise HfcnError(f"box {_shown(text)} lies outside the {w}x{h} image")
     if min(x1 - x0, y1 - y0) < MIN_ROI_SIDE:
-        raise HfcnError(f"box {text!r} is {x1 - x0}x{y1 - y0} px: its sides must be at least {MIN_ROI_SIDE} px")
+        raise HfcnError(f"box {_shown(text)} is {x1 - x0}x{y1 - y0} px: its sides must be at least {MIN_ROI_SIDE} px")
     return box
 
 
@@ -85,6 +102,12 @@ def image_sample(
         raise HfcnError(f"{path}: cannot decode: {exc}") from None
     m = re.match(r"^(.+)_(\d+)$", path.stem)
     cid, fr = (m.group(1), int(m.group(2))) if m else (path.stem, 0)
+    if box is None and min(size) < MIN_ROI_SIDE:
+        # the whole image is the ROI: it must be as large as a box a user may give
+        raise HfcnError(
+            f"{path.name} is {size[0]}x{size[1]} px: an image used whole as the ROI needs sides of at least "
+            f"{MIN_ROI_SIDE} px"
+        )
     if box is None:
         return Sample(
             case_id or cid,

@@ -40,7 +40,8 @@ from ..protocol import (
     write_fitted,
     write_header,
 )
-from ..protocol.runfolder import fit_dir
+from ..protocol.checks import check_n_boot, check_seed
+from ..protocol.runfolder import clear_run, fit_dir
 from ..systems import get_system
 from ..systems.base import Fitted, Output, System, config_from_dict, config_to_dict
 
@@ -353,6 +354,8 @@ def train_run(
     if not isinstance(config, spec.config_cls):
         raise HfcnError(f"config for {spec.name} must be a {spec.config_cls.__name__}, got {type(config).__name__}")
     check_trainable(dataset)
+    check_n_boot(n_boot, "n_boot")
+    check_seed(int(config.seed), "seed")
     splits = list(splits)
     if not splits:
         raise HfcnError("no split to train on")
@@ -361,6 +364,8 @@ def train_run(
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         remove_stray_temps(out)
+        if not resume:  # a fresh run: nothing of an earlier one (records, pictures) may pass as its own
+            clear_run(out)
         write_manifest(out / "split.json", dataset, splits)
         split_info = {
             "method": kind,
