@@ -1,8 +1,9 @@
 """``reproduce`` on Ray beyond one process: the local engine's own instance, whatever cluster
 Ray's temp folder names, and a real two-node cluster on loopback (``ray start --head`` and a
 worker with ``--address``, token authentication as Ray 2.60 needs it) whose worker node is
-killed mid-grid: the lost cell is retried on the other node in the same run, the report counts
-the retry, and every cell's numbers equal a local run's.
+killed between two epochs of a cell: the lost cell is retried on the other node in the same run,
+resuming from the checkpoints its lost attempt left, the report counts the retry, and every
+cell's numbers equal a local run's.
 
 Every Ray process here is started with a temp folder of its own (``RAY_TMPDIR``), so nothing
 touches another Ray on the machine; teardown kills exactly the process sessions its
@@ -33,13 +34,14 @@ from hfcn_bench.reproduce import ReproduceOptions, build_cells, build_configs, r
 ray = pytest.importorskip("ray")
 
 REPO = str(Path(hfcn_bench.__file__).resolve().parent.parent)
-# 4 smoke cells: Global and BFC alone (alpha 0.6) on 2 folds.
-GRID = ["--table", "3", "--alphas", "0.6", "--folds", "2", "--preset", "smoke", "--n-boot", "30"]
+# 4 cells of the quick preset (8 epochs of a few tenths of a second on 120 phantom cases, so a
+# node can be killed between two epochs of a cell): Global and BFC alone (alpha 0.6), 2 folds.
+GRID = ["--table", "3", "--alphas", "0.6", "--folds", "2", "--preset", "quick", "--n-boot", "30"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_synthetic_ddti(tmp_path_factory.mktemp("cluster") / "ddti", n_cases=24, seed=0)
+    return write_synthetic_ddti(tmp_path_factory.mktemp("cluster") / "ddti", n_cases=120, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def local_grid(data, tmp_path_factory):
     """The same grid in this process, without Ray: the numbers every engine must give."""
     out = tmp_path_factory.mktemp("local") / "g"
     opts = ReproduceOptions(
-        table="3", data=str(data), folds=2, preset="smoke", engine="local", out=str(out), n_boot=30, alphas=(0.6,)
+        table="3", data=str(data), folds=2, preset="quick", engine="local", out=str(out), n_boot=30, alphas=(0.6,)
     )
     reproduce(opts)
     return out
@@ -251,12 +253,26 @@ def _worker_raylet(cluster) -> int | None:
     return None
 
 
-def _running_cell_under(raylet: int) -> int | None:
-    """A worker process of that raylet that is running a cell (Ray names it after the task)."""
-    for pid in _pids():
-        st = _proc_stat(pid)
-        if st and st[0] == raylet and _cmdline(pid).startswith("ray::_timed_cell"):
-            return pid
+def _node_id(raylet: int) -> str:
+    import re
+
+    found = re.search(r"--node[_-]id=([0-9a-f]{16,})", _cmdline(raylet))
+    assert found, "the worker raylet's command line names no node id"
+    return found.group(1)
+
+
+def _training_on(out: Path, node: str) -> str | None:
+    """A cell whose attempt on ``node`` has finished an epoch (so it left a checkpoint) and is
+    still going; read from the cells' logs, where each attempt names its Ray node."""
+    for log in sorted((out / "cells").glob("*/cell.log")):
+        lines = log.read_text().splitlines()
+        starts = [i for i, line in enumerate(lines) if f"on Ray node {node}" in line]
+        if starts:
+            after = lines[starts[-1] + 1 :]
+            if any(line.startswith("epoch ") for line in after) and not any(
+                line.startswith(("finished", "interrupted")) for line in after
+            ):
+                return log.parent.name
     return None
 
 
@@ -269,14 +285,14 @@ def test_a_cell_lost_with_its_node_is_retried_on_the_other_node(data, local_grid
     log = open(tmp_path / "driver.log", "w")
     args = ["--data", str(data), "--address", cluster["address"], "--workers", "2", "--threads", "1"]
     driver = subprocess.Popen(_cli(args, out, cluster["env"]), env=cluster["env"], stdout=log, stderr=subprocess.STDOUT)
-    killed_cell = None
+    worker_node, killed_cell = _node_id(raylet), None
     try:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 300 and driver.poll() is None and killed_cell is None:
-            killed_cell = _running_cell_under(raylet)
-            time.sleep(0.1)
-        assert killed_cell is not None, "no cell ever ran on the worker node: " + (tmp_path / "driver.log").read_text()
-        os.kill(raylet, signal.SIGKILL)  # the worker node dies mid-cell
+            killed_cell = _training_on(out, worker_node) if (out / "cells").is_dir() else None
+            time.sleep(0.02)
+        assert killed_cell is not None, "no cell trained on the worker node: " + (tmp_path / "driver.log").read_text()
+        os.kill(raylet, signal.SIGKILL)  # the worker node dies between two epochs of a cell
         rc = driver.wait(timeout=600)
     finally:
         if driver.poll() is None:
@@ -289,6 +305,13 @@ def test_a_cell_lost_with_its_node_is_retried_on_the_other_node(data, local_grid
     assert rep["run"]["retries"] >= 1 and rep["summary"]["retried"] >= 1
     retried = [c for c in rep["cells"] if c.get("retries")]
     assert retried and all(c["status"] == "done" and c["lost"] for c in retried)
+    assert killed_cell in {c["key"] for c in retried}
+    assert any("NodeDiedError" in why or "WorkerCrashedError" in why for c in retried for why in c["lost"])
+    # the lost attempt left checkpoints; the retry resumed from them on the other node
+    log = (out / "cells" / killed_cell / "cell.log").read_text().splitlines()
+    first = next(i for i, line in enumerate(log) if f"on Ray node {worker_node}" in line)
+    again = [line for line in log[first + 1 :] if "(resume) on Ray node" in line]
+    assert again and worker_node not in again[-1], log
     assert "Retries:" in (out / "report.md").read_text()
     assert "retried after a lost node or worker" in text
     _same_numbers(out, local_grid)

@@ -119,7 +119,8 @@ def _log(path: Path, text: str) -> None:
 
 def run_cell(spec: dict) -> dict:
     """Run (or skip, or resume) one cell; returns ``{"key", "status", "wall_s", "auc", ...}``
-    with status ``done``, ``cached`` or ``error`` (``error`` then names the log)."""
+    with status ``done``, ``cached`` or ``error`` (``error`` then names the log). ``spec["where"]``
+    (optional): where this attempt runs, for the log (an engine's worker or node)."""
     out = Path(spec["out"])
     state = check_cell(out)
     if state.status == "done":
@@ -152,8 +153,9 @@ def run_cell(spec: dict) -> dict:
         resume = any(out.glob("**/*.pt"))
         _log(
             log,
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')} cell {spec['key']} ({'resume' if resume else 'start'}), "
-            f"{spec['threads']} thread(s), device {spec['device']}",
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} cell {spec['key']} ({'resume' if resume else 'start'})"
+            f"{' on ' + spec['where'] if spec.get('where') else ''}, {spec['threads']} thread(s), "
+            f"device {spec['device']}",
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)

@@ -211,8 +211,13 @@ def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell
 
 
 def _timed_cell(spec: dict, submitted: float) -> dict:
-    """``run_cell`` plus when the worker picked it up (the queue wait is not Ray's overhead)."""
+    """``run_cell`` plus when the worker picked it up (the queue wait is not Ray's overhead) and
+    on which Ray node it ran (also in the cell's log, attempt by attempt)."""
+    import ray
+
     picked = time.time()
-    res = run_cell(spec)
+    node = ray.get_runtime_context().get_node_id()
+    res = run_cell({**spec, "where": f"Ray node {node}"})
     res["queued_s"] = max(0.0, picked - submitted)
+    res["node"] = node
     return res
