@@ -2,7 +2,7 @@
 :class:`HfcnError` (and an ``OSError``, which names its file) into one clear line with an
 optional hint; any other exception is a bug and shows its traceback."""
 
-__all__ = ["HfcnError", "ModelConfigError", "UndefinedMetricError", "DataWarning"]
+__all__ = ["HfcnError", "ModelConfigError", "UndefinedMetricError", "DataWarning", "GridWarning"]
 
 
 class HfcnError(Exception):
@@ -24,3 +24,8 @@ class UndefinedMetricError(ValueError):
 
 class DataWarning(UserWarning):
     """Emitted once per load when the data had warts (details are in the report)."""
+
+
+class GridWarning(UserWarning):
+    """Something in a grid folder is wrong but the run goes on: a damaged cell (named with its
+    file), a stale lock taken over."""

@@ -26,8 +26,10 @@ def data(phantoms):
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    """A local Ray instance of 2 CPUs shared by this module's tests (started once: seconds)."""
+    """A local Ray instance of 2 CPUs shared by this module's tests (started once: seconds);
+    its own, whatever cluster Ray's temp folder names (as the grid's engine starts it)."""
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..errors import HfcnError
-from ..reproduce.engines import terminate_as_interrupt
+from ..reproduce.engines import DEFAULT_RETRIES, terminate_as_interrupt
 from ..reproduce.runner import PRESETS
 from .common import fmt
 
@@ -67,6 +67,13 @@ def register(sub) -> None:
     r.add_argument("--workers", type=int, default=None, help="cells at a time (default: CPUs / threads)")
     r.add_argument("--threads", type=int, default=1, help="torch threads per cell (default 1)")
     r.add_argument("--address", default=None, help="join a running Ray cluster: auto or HOST:PORT")
+    r.add_argument(
+        "--retries",
+        type=int,
+        default=DEFAULT_RETRIES,
+        help=f"times a cell lost with its Ray worker or node is submitted again in the same run "
+        f"(default {DEFAULT_RETRIES})",
+    )
     r.add_argument("--device", default="cpu", help="cpu or cuda (each cell then asks Ray for a GPU fraction)")
     r.add_argument("--gpus-per-cell", type=float, default=None, help="GPU fraction per cell (default 1/workers)")
     r.add_argument("--seed", type=int, default=0, help="seed of the folds and of every cell's training (default 0)")
@@ -165,6 +172,7 @@ def run_reproduce(args, console) -> int:
         threads=args.threads,
         engine=args.engine,
         address=args.address,
+        retries=args.retries,
         device=args.device,
         out=str(args.out),
         seed=args.seed,
@@ -242,16 +250,27 @@ def run_reproduce(args, console) -> int:
             highlight=False,
         )
         return 130
+    s = report["summary"]
+    bad = s["failed"] or s.get("damaged")
     if args.json:
         console.print_json(json.dumps(report))
-        return 1 if report["summary"]["failed"] else 0
-    s = report["summary"]
+        return 1 if bad else 0
     console.print(
-        f"cells: {s['done']}/{s['cells']} done, {s['failed']} failed; report: {args.out / 'report.md'}", highlight=False
+        f"cells: {s['done']}/{s['cells']} done, {s['failed']} failed, {s.get('damaged', 0)} damaged"
+        + (f", {report['run']['retries']} retried after a lost node or worker" if report["run"].get("retries") else "")
+        + f"; report: {args.out / 'report.md'}",
+        highlight=False,
     )
     for r in report["cells"]:
         if r["status"] == "error":
             console.print(
-                f"[bold red]error:[/bold red] cell {r['key']}: {r.get('error')} (log: {r.get('log')})", highlight=False
+                f"[bold red]error:[/bold red] cell {r['key']}: {r.get('error')} (log: {args.out / r['log']})",
+                highlight=False,
             )
-    return 1 if s["failed"] else 0
+        elif r["status"] == "damaged":
+            console.print(
+                f"[bold red]damaged:[/bold red] cell {r['key']}: {args.out / 'cells' / r['key'] / r['problem']} "
+                "(left out of the report; the next run recomputes it)",
+                highlight=False,
+            )
+    return 1 if bad else 0

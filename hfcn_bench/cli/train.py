@@ -277,7 +277,11 @@ def run_train(args, console) -> int:
             raise HfcnError(f"{out} holds a {run.system} run, not {args.system}")
         system = get_system(run.system)
         config = _resume_config(system, run, args)
-        data = args.data if args.data is not None else Path(run.manifest.data["root"])
+        from ..protocol.portable import recorded_root
+
+        data = args.data if args.data is not None else recorded_root(run.manifest.data)
+        if data is None:
+            raise HfcnError(f"{out}: its manifest records no data folder (a portable record)", hint="pass --data DIR")
         opts = run.manifest.data.get("options") or {}
         classes = args.classes if args.classes is not None else opts.get("classes")
         ds = load_data(console, data, run.manifest.label_rule, float(opts.get("margin", 0.0)), quiet, classes)

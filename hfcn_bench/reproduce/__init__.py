@@ -3,11 +3,15 @@ grid of cached cells (each an ordinary run folder) run in-process or on Ray, and
 that sets the paper's figures beside ours."""
 
 from .grid import Cell, Config, build_cells, build_configs
+from .lock import GridBusy
+from .record import GridWarning
 from .runner import PRESETS, ReproduceOptions, estimate_costs, plan, reproduce
 
 __all__ = [
     "Cell",
     "Config",
+    "GridBusy",
+    "GridWarning",
     "PRESETS",
     "ReproduceOptions",
     "build_cells",

@@ -2,10 +2,11 @@
 
 :func:`run_cell` takes and returns plain dicts, so the local engine calls it in-process and
 the Ray engine ships it to a worker unchanged: both give identical cells. A finished cell
-(its ``metrics.json`` written and its header marked finished) is returned as ``cached``
-without loading anything; an interrupted one resumes from its checkpoints; a failing one
-writes ``error.json`` and its traceback to ``cell.log`` and returns an error row, so the grid
-goes on.
+whose files check out against its record (:mod:`.record`) is returned as ``cached`` without
+loading anything; an interrupted one resumes from its checkpoints; a damaged one is recomputed
+(from its model files when they are intact); a failing one writes ``error.json`` and its
+traceback to ``cell.log`` and returns an error row, so the grid goes on. A cell that finishes
+is sealed: its files rewritten without machine paths, then its record written.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ import warnings
 from pathlib import Path
 
 from ..atomic import write_json_atomic
+from ..protocol.portable import portable_root_text
+from .record import check_cell, discard_damaged, seal_cell
 
-__all__ = ["cell_done", "cell_seconds", "run_cell", "cell_spec"]
+__all__ = ["cell_done", "cell_seconds", "run_cell", "cell_spec", "cell_log"]
 
 
 def cell_done(cell_dir: str | Path) -> bool:
-    d = Path(cell_dir)
-    try:
-        header = json.loads((d / "config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return header.get("status") == "finished" and (d / "metrics.json").is_file()
+    """Whether a cell finished and its files check out (:func:`.record.check_cell`)."""
+    return check_cell(cell_dir).status == "done"
+
+
+def cell_log(key: str) -> str:
+    """A cell's log, as reports name it: relative to the grid folder (no machine path)."""
+    return f"cells/{key}/cell.log"
 
 
 def cell_seconds(metrics: dict) -> tuple[float | None, bool]:
@@ -118,9 +122,11 @@ def _log(path: Path, text: str) -> None:
 
 def run_cell(spec: dict) -> dict:
     """Run (or skip, or resume) one cell; returns ``{"key", "status", "wall_s", "auc", ...}``
-    with status ``done``, ``cached`` or ``error`` (``error`` then names the log)."""
+    with status ``done``, ``cached`` or ``error`` (``error`` then names the log). ``spec["where"]``
+    (optional): where this attempt runs, for the log (an engine's worker or node)."""
     out = Path(spec["out"])
-    if cell_done(out):
+    state = check_cell(out)
+    if state.status == "done":
         m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
         return {
             "key": spec["key"],
@@ -133,6 +139,9 @@ def run_cell(spec: dict) -> dict:
     log = out / "cell.log"
     t0 = time.perf_counter()
     try:
+        if state.status == "damaged":
+            removed = discard_damaged(out)
+            _log(log, f"{time.strftime('%Y-%m-%d %H:%M:%S')} damaged ({state.problem}): recomputing; removed {removed}")
         import torch
 
         from ..data import kfold, load_dataset
@@ -147,8 +156,9 @@ def run_cell(spec: dict) -> dict:
         resume = any(out.glob("**/*.pt"))
         _log(
             log,
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')} cell {spec['key']} ({'resume' if resume else 'start'}), "
-            f"{spec['threads']} thread(s), device {spec['device']}",
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} cell {spec['key']} ({'resume' if resume else 'start'})"
+            f"{' on ' + spec['where'] if spec.get('where') else ''}, {spec['threads']} thread(s), "
+            f"device {spec['device']}",
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)
@@ -189,6 +199,7 @@ def run_cell(spec: dict) -> dict:
                 },
             },
         )
+        seal_cell(out, spec["key"], spec["data"])
         wall = time.perf_counter() - t0
         _log(log, f"finished in {wall:.1f} s: test ROC-AUC {report.get('auc')}")
         (out / "error.json").unlink(missing_ok=True)
@@ -206,6 +217,8 @@ def run_cell(spec: dict) -> dict:
         wall = time.perf_counter() - t0
         tb = traceback.format_exc()
         _log(log, tb)
-        msg = f"{type(exc).__name__}: {exc}"
-        write_json_atomic(out / "error.json", {"key": spec["key"], "error": msg, "log": str(log)})
-        return {"key": spec["key"], "status": "error", "wall_s": wall, "error": msg, "log": str(log)}
+        # The message lands in the grid's records: no machine path of the data or the grid.
+        grid = str(Path(spec["out"]).parent.parent)
+        msg = portable_root_text(f"{type(exc).__name__}: {exc}", spec["data"]).replace(grid + "/", "")
+        write_json_atomic(out / "error.json", {"key": spec["key"], "error": msg, "log": cell_log(spec["key"])})
+        return {"key": spec["key"], "status": "error", "wall_s": wall, "error": msg, "log": cell_log(spec["key"])}

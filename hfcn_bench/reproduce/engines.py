@@ -10,6 +10,14 @@ Both engines call :func:`~.cells.run_cell` on the same specs and report every re
 ``on_result``; the driver owns progress and the report. ``KeyboardInterrupt`` stops cleanly:
 the Ray engine cancels what is queued and running and shuts its local instance down; cells
 left half-done resume on the next run.
+
+Without ``--address`` the Ray engine starts an instance of its own (``address="local"``),
+whatever else runs on the machine: a plain ``ray.init()`` would join the cluster a ``ray start``
+last recorded in Ray's temp folder (``ray_current_cluster``), running or long gone. On a
+cluster, a cell whose task is lost with its worker or node (the task itself never failed) is
+submitted again, up to ``retries`` times, in the same run: Ray places it on a node still alive
+and the cell resumes from the checkpoints its lost attempt left on the shared folder. Each
+result says how many times its cell was retried and why.
 """
 
 from __future__ import annotations
@@ -21,11 +29,14 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 from ..errors import HfcnError
-from .cells import run_cell
+from .cells import cell_log, run_cell
 
-__all__ = ["ENGINES", "run_local", "run_ray", "terminate_as_interrupt"]
+__all__ = ["ENGINES", "DEFAULT_RETRIES", "run_local", "run_ray", "terminate_as_interrupt"]
 
 ENGINES = ("ray", "local")
+DEFAULT_RETRIES = 2
+# Ray's errors for a task lost with its process or node (not an error of the cell itself).
+_LOST = ("WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError")
 
 OnEvent = Callable[[str, dict, dict | None], None]  # (event: "start" | "result", spec, result)
 
@@ -77,12 +88,14 @@ def run_ray(
     threads: int,
     address: str | None = None,
     gpus_per_cell: float = 0.0,
+    retries: int = DEFAULT_RETRIES,
 ) -> dict:
     """The cells as Ray tasks, each asking for ``threads`` CPUs (and ``gpus_per_cell`` GPUs).
 
-    ``address=None`` starts a local instance sized ``workers * threads`` CPUs; ``"auto"`` or
-    ``HOST:PORT`` joins a running cluster (started with ``ray start --head`` /
-    ``ray start --address=HOST:PORT``), whose nodes must all see the data and output paths."""
+    ``address=None`` starts a local instance of its own sized ``workers * threads`` CPUs;
+    ``"auto"`` or ``HOST:PORT`` joins a running cluster (started with ``ray start --head`` /
+    ``ray start --address=HOST:PORT``), whose nodes must all see the data and output paths. A
+    cell lost with its worker or node is submitted again up to ``retries`` times."""
     try:
         import ray
     except ImportError:
@@ -103,22 +116,52 @@ def run_ray(
                         object_store_memory=200 * 1024 * 1024,
                         runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}},
                     )
-                    ray.init(**kw)
+                    # "local": a new instance, never the cluster Ray's address file names.
+                    ray.init(address="local", **kw)
                 else:
-                    ray.init(address=address, **kw)
+                    _join(ray, address, kw)
                 rearm()
             return _run_tasks(
-                ray, specs, on_event, workers=workers, threads=threads, address=address, gpus_per_cell=gpus_per_cell
+                ray,
+                specs,
+                on_event,
+                workers=workers,
+                threads=threads,
+                address=address,
+                gpus_per_cell=gpus_per_cell,
+                retries=retries,
             )
         finally:
             if started:
                 ray.shutdown()
 
 
-def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell) -> dict:
+def _join(ray, address: str, kw: dict) -> None:
+    """Connect to the cluster at ``address``; a refused token is one clear error."""
+    try:
+        ray.init(address=address, **kw)
+    except Exception as exc:  # noqa: BLE001 - Ray's connection errors have no common base
+        auth = type(exc).__name__ == "AuthenticationError" or "auth" in str(exc).lower()
+        raise HfcnError(
+            f"could not join the Ray cluster at {address}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+            hint="with token authentication (Ray's default for clusters), set RAY_AUTH_MODE=token and the cluster's "
+            "token (RAY_AUTH_TOKEN, or the file ~/.ray/auth_token / RAY_AUTH_TOKEN_PATH) here as on every node"
+            if auth
+            else "check that `ray start --head` runs there and this machine reaches it (ray status --address ...)",
+        ) from None
+
+
+def _lost(ray, exc: BaseException) -> bool:
+    kinds = tuple(getattr(ray.exceptions, name) for name in _LOST if hasattr(ray.exceptions, name))
+    return isinstance(exc, kinds)
+
+
+def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell, retries) -> dict:
+    # Ray's own retries stay off: a lost cell is resubmitted here, so the report can count it.
     task = ray.remote(num_cpus=threads, num_gpus=gpus_per_cell, max_retries=0)(_timed_cell)
     pending: dict = {}
     queue = list(specs)
+    lost: dict[str, list[str]] = {}  # key -> why each earlier attempt of this run was lost
     # Submit what can run now plus a little more, so progress says what is running.
     slots = max(1, int(ray.cluster_resources().get("CPU", workers * threads) // threads))
 
@@ -134,16 +177,23 @@ def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in done:
                 spec, t_submit = pending.pop(ref)
+                why = lost.setdefault(spec["key"], [])
                 try:
                     res = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - a worker that died: an error row
+                except Exception as exc:  # noqa: BLE001 - a worker that died: retried, then an error row
+                    text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                    if _lost(ray, exc) and len(why) < retries:
+                        why.append(text)
+                        queue.insert(0, spec)  # first in line: Ray places it on a node still alive
+                        continue
                     res = {
                         "key": spec["key"],
                         "status": "error",
                         "wall_s": 0.0,
-                        "error": f"the Ray task failed: {type(exc).__name__}: {str(exc)[:300]}",
-                        "log": spec["out"] + "/cell.log",
+                        "error": f"the Ray task failed: {text}",
+                        "log": cell_log(spec["key"]),
                     }
+                res["retries"], res["lost"] = len(why), list(why)
                 res["driver_s"] = time.perf_counter() - t_submit
                 on_event("result", spec, res)
             submit()
@@ -151,12 +201,23 @@ def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell
         for ref in list(pending):
             ray.cancel(ref, force=True)
         raise
-    return {"engine": "ray", "workers": workers, "address": address or "local instance"}
+    return {
+        "engine": "ray",
+        "workers": workers,
+        "address": address or "local instance",
+        "retries": sum(len(v) for v in lost.values()),
+        "max_retries": retries,
+    }
 
 
 def _timed_cell(spec: dict, submitted: float) -> dict:
-    """``run_cell`` plus when the worker picked it up (the queue wait is not Ray's overhead)."""
+    """``run_cell`` plus when the worker picked it up (the queue wait is not Ray's overhead) and
+    on which Ray node it ran (also in the cell's log, attempt by attempt)."""
+    import ray
+
     picked = time.time()
-    res = run_cell(spec)
+    node = ray.get_runtime_context().get_node_id()
+    res = run_cell({**spec, "where": f"Ray node {node}"})
     res["queued_s"] = max(0.0, picked - submitted)
+    res["node"] = node
     return res

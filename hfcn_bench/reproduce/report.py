@@ -29,8 +29,10 @@ from .. import metrics as M
 from ..atomic import write_json_atomic, write_text_atomic
 from ..bench.report import PAPER_TABLE4, environment
 from ..protocol import FoldResult, Predictions, pool_folds
-from .cells import cell_done, cell_seconds
+from ..protocol.portable import DATA_PLACEHOLDER, recorded_root
+from .cells import cell_log, cell_seconds
 from .grid import ARCH, PAPER_TABLE3
+from .record import check_cell
 
 __all__ = ["pooled_config", "build_report", "write_report", "render_markdown"]
 
@@ -59,11 +61,10 @@ def _cell_predictions(cell_dir: Path) -> tuple[Predictions, list[str], float, di
 
 
 def pooled_config(cell_dirs: list[Path], seed: int, n_boot: int) -> dict | None:
-    """The pooled out-of-fold report of one configuration (``None`` until every fold is done),
-    plus ``_scores`` (key -> pooled score), ``_labels`` and ``_cases`` for paired tests."""
-    from .cells import cell_done
-
-    if not cell_dirs or not all(cell_done(d) for d in cell_dirs):
+    """The pooled out-of-fold report of one configuration (``None`` until every fold is done
+    and its files check out against its record: a damaged cell is never pooled), plus
+    ``_scores`` (key -> pooled score), ``_labels`` and ``_cases`` for paired tests."""
+    if not cell_dirs or not all(check_cell(d).status == "done" for d in cell_dirs):
         return None
     folds, keys = [], []
     for i, d in enumerate(cell_dirs):
@@ -298,12 +299,15 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
         res = results.get(c.key, {})
         # A cell whose result never reached the driver (it finished as the run was stopped) is
         # still finished on disk.
-        row = {
-            "key": c.key,
-            "config": c.config.key,
-            "fold": c.fold,
-            "status": res.get("status") or ("done" if cell_done(d) else "pending"),
-        }
+        state = check_cell(d)
+        status = res.get("status") or state.status
+        if status in ("done", "cached") and state.status != "done":
+            status = state.status  # damaged since (or by) its run: the files decide
+        row = {"key": c.key, "config": c.config.key, "fold": c.fold, "status": status}
+        if status == "damaged":
+            row["problem"] = state.problem or res.get("problem")
+        if res.get("retries"):
+            row["retries"], row["lost"] = res["retries"], res.get("lost", [])
         try:
             host = json.loads((d / "config.json").read_text(encoding="utf-8")).get("host") or {}
         except (OSError, json.JSONDecodeError):
@@ -311,9 +315,8 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
         row["host"] = host.get("gpu") or (
             f"{host['cpu']} ({host['cpu_capability']} kernels)" if host.get("cpu_capability") else host.get("cpu")
         )
-        mpath = d / "metrics.json"
-        if mpath.is_file():
-            m = json.loads(mpath.read_text(encoding="utf-8"))
+        if state.status == "done":
+            m = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
             cell_s, resumed = cell_seconds(m)
             row.update({"auc": m.get("auc"), "cell_s": cell_s, "resumed": resumed, "best_epoch": _best_epoch(m)})
         if res.get("status") == "done":
@@ -321,9 +324,12 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
             row["run_s"] = res.get("wall_s")
             if res.get("driver_s") is not None and res.get("wall_s"):
                 row["engine_overhead_s"] = max(0.0, res["driver_s"] - res["wall_s"])
-        if res.get("status") == "error" or (d / "error.json").is_file():
-            err = res if res.get("status") == "error" else json.loads((d / "error.json").read_text(encoding="utf-8"))
-            row.update({"status": "error", "error": err.get("error"), "log": err.get("log")})
+        if res.get("status") == "error" or (state.status != "done" and (d / "error.json").is_file()):
+            try:
+                err = res if res.get("status") == "error" else json.loads((d / "error.json").read_text("utf-8"))
+            except (OSError, ValueError):
+                err = {"error": "error.json unreadable"}
+            row.update({"status": "error", "error": err.get("error"), "log": cell_log(c.key)})
         cell_rows.append(row)
     ran = [r for r in cell_rows if r.get("engine_overhead_s") is not None]
     overhead = {
@@ -332,6 +338,11 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
         "cells": len(ran),
     }
     done = [r for r in cell_rows if r.get("cell_s")]
+    data = None
+    if done:
+        data = json.loads((out / "cells" / done[0]["key"] / "metrics.json").read_text(encoding="utf-8"))["data"]
+        if recorded_root(data) is not None:  # a cell not converted yet (another run holds the grid)
+            data = {**data, "root": DATA_PLACEHOLDER}
     return {
         "format": "hfcn-bench/reproduce-report",
         "version": 1,
@@ -342,7 +353,7 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
             "seed": opts.seed,
             "n_boot": opts.n_boot,
             "label_rule": opts.label_rule,
-            "data": str(opts.data),
+            "data": None if opts.data is None else DATA_PLACEHOLDER,
             "backbones": list(opts.backbones) if opts.backbones else None,
             "alphas": list(opts.alphas) if opts.alphas else None,
             "seeds": sorted({int(opts.seed), *(int(v) for v in getattr(opts, "seeds", ()) or ())}),
@@ -350,7 +361,7 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
                 list(opts.seed_architectures) if getattr(opts, "seed_architectures", None) else None
             ),
         },
-        "data": next((json.loads((out / "cells" / r["key"] / "metrics.json").read_text())["data"] for r in done), None),
+        "data": data,
         "table3": table3,
         "table4": table4,
         "table5": table5,
@@ -362,7 +373,9 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
             "cells": len(cell_rows),
             "done": sum(r["status"] in ("done", "cached") for r in cell_rows),
             "failed": sum(r["status"] == "error" for r in cell_rows),
+            "damaged": sum(r["status"] == "damaged" for r in cell_rows),
             "pending": sum(r["status"] == "pending" for r in cell_rows),
+            "retried": sum(bool(r.get("retries")) for r in cell_rows),
             "cell_s_total": float(sum(r["cell_s"] for r in done)),
             "cell_s_mean": float(np.mean([r["cell_s"] for r in done])) if done else None,
         },
@@ -412,8 +425,9 @@ def render_markdown(rep: dict) -> str:
         "# hfcn-bench reproduce: the paper's Tables 3 and 4 (and Table 5, feature vs image cropping) under "
         "case-level cross-validation\n\n"
     )
+    root = recorded_root(d)
     o.write(
-        f"Data: {d.get('format')} at `{d.get('root')}`, {d.get('samples')} ROIs of {d.get('cases')} cases, "
+        f"Data: {d.get('format')}{f' at `{root}`' if root else ''}, {d.get('samples')} ROIs of {d.get('cases')} cases, "
         f"label rule `{opts['label_rule']}` (a TI-RADS proxy, not pathology), fingerprint "
         f"`{str(d.get('fingerprint'))[:16]}`. Protocol: {opts['folds']}-fold case-level CV (seed {opts['seed']}), "
         f"each configuration pooled out of fold; preset `{opts['preset']}`.\n\n"
@@ -425,8 +439,21 @@ def render_markdown(rep: dict) -> str:
         f"Engine: `{run.get('engine')}` ({run.get('workers')} worker(s) x {run.get('threads')} thread(s)"
         f"{', ' + str(run.get('address')) if run.get('address') else ''}); this run ran {ran} cell(s) in "
         f"{_f(run.get('wall_s'), 1)} s (the others were finished before, failed before or are pending); "
-        f"cells {s['done']}/{s['cells']} done, {s['failed']} failed, {s['pending']} pending.\n\n"
+        f"cells {s['done']}/{s['cells']} done, {s['failed']} failed, {s.get('damaged', 0)} damaged, "
+        f"{s['pending']} pending.\n\n"
     )
+    if s.get("damaged"):
+        o.write(
+            f"**{s['damaged']} damaged cell(s)**: a file no longer matches the record written when the cell finished "
+            "(or is cut, empty or holds a non-finite number). They are left out of the tables below (their "
+            "configurations show as not finished) and recomputed by the next run.\n\n"
+        )
+    if run.get("retries"):
+        o.write(
+            f"Retries: {run['retries']} resubmission(s) of {s.get('retried', 0)} cell(s) whose Ray task was lost with "
+            f"its worker or node (at most {run.get('max_retries')} per cell); each resumed from its checkpoints on "
+            "a node still alive (see the cells table).\n\n"
+        )
     if rep["table3"]:
         o.write("## Table 3: choice of alpha (BFC branch alone; alpha = 1.0 is Global)\n\n")
         o.write(
@@ -499,10 +526,14 @@ def render_markdown(rep: dict) -> str:
         status = r["status"] + (
             f": {r.get('error')} (log: {r.get('log')})"
             if r["status"] == "error"
+            else f": {r.get('problem')}"
+            if r["status"] == "damaged"
             else " (resumed)"
             if r.get("resumed")
             else ""
         )
+        if r.get("retries"):
+            status += f"; retried {r['retries']}x after: {'; '.join(r.get('lost') or [])}"
         o.write(
             f"| {r['key']} | {status} | {_f(r.get('auc'))} | {r.get('best_epoch', '—')} | {_f(r.get('cell_s'), 1)} | "
             f"{_f(r.get('engine_overhead_s'), 2)} |\n"

@@ -6,6 +6,13 @@ seed); a later run into the same folder must match it, so cached cells are never
 with another protocol's. ``OUT/cells/<key>/`` are the run folders; ``OUT/report.md``,
 ``report.json`` and the figures are rewritten at the end of every run from whatever cells are
 finished.
+
+A run holds the folder's lock (:mod:`.lock`) while it works. Before anything runs, every cell
+is checked against its own record (:mod:`.record`): a damaged one is named in a warning and
+recomputed, and a finished one written by an older version (machine paths, no record) is
+converted in place. ``--report-only`` does the same checks and conversion but runs nothing; it
+reports damaged cells instead of failing on them, and while another run holds the lock it only
+reads (the cells are that run's to convert).
 """
 
 from __future__ import annotations
@@ -15,15 +22,19 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import write_json_atomic
 from ..errors import HfcnError
 from ..protocol.checks import check_folds, check_n_boot, check_seed
-from .cells import cell_done, cell_spec
-from .engines import ENGINES, run_local, run_ray
+from ..protocol.portable import DATA_PLACEHOLDER
+from .cells import cell_spec
+from .engines import DEFAULT_RETRIES, ENGINES, run_local, run_ray
 from .grid import build_cells, build_configs
+from .lock import GridBusy, grid_lock
+from .record import GridWarning, check_cell, seal_cell
 
 __all__ = [
     "ReproduceOptions",
@@ -60,6 +71,7 @@ class ReproduceOptions:
     gpus_per_cell: float | None = None
     seeds: tuple[int, ...] = ()  # extra training seeds (same folds); the grid's own seed is always run
     seed_architectures: tuple[str, ...] | None = None  # crops the extra seeds repeat (None: all)
+    retries: int = DEFAULT_RETRIES  # resubmissions of a cell lost with its Ray worker or node
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -77,6 +89,8 @@ class ReproduceOptions:
             check_seed(s, "--seeds")
         if self.gpus_per_cell is not None and not self.gpus_per_cell > 0:
             raise HfcnError(f"--gpus-per-cell {self.gpus_per_cell}: a cell's share of a GPU must be above 0")
+        if self.retries < 0:
+            raise HfcnError(f"--retries must be 0 or more, got {self.retries}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise HfcnError(f"--device must be cpu or cuda, got {self.device!r}")
         if self.device.startswith("cuda"):
@@ -103,12 +117,13 @@ def _dataset(opts: ReproduceOptions):
     return path, ds
 
 
-def _grid_record(opts: ReproduceOptions, ds, path: Path) -> dict:
+def _grid_record(opts: ReproduceOptions, ds) -> dict:
     return {
         "format": "hfcn-bench/reproduce-grid",
         "version": 1,
         "data_fingerprint": ds.fingerprint,
-        "data": str(path),
+        # The data is known by its fingerprint; where it lay on this machine is not recorded.
+        "data": DATA_PLACEHOLDER,
         "label_rule": ds.label_rule,
         "preset": opts.preset,
         "folds": int(opts.folds),
@@ -259,6 +274,28 @@ def estimate_costs(cells, ds, opts: ReproduceOptions, steps: int = 2) -> dict[st
     return out
 
 
+def _scan_cells(specs: list[dict], path: Path, convert: bool) -> dict[str, object]:
+    """Every cell's state (:func:`.record.check_cell`); damaged cells are named in a warning,
+    and with ``convert`` a finished cell of an older version (absolute paths, no record) is made
+    portable and sealed in place."""
+    states = {}
+    for s in specs:
+        state = check_cell(s["out"])
+        if state.status == "damaged":
+            warnings.warn(
+                GridWarning(
+                    f"{Path(s['out']) / state.file}: {state.what}; cell {s['key']} is damaged: left out of the "
+                    "report, recomputed by the next run"
+                ),
+                stacklevel=3,
+            )
+        elif state.status == "done" and not state.recorded and convert:
+            seal_cell(s["out"], s["key"], str(path))
+            state = check_cell(s["out"])
+        states[s["key"]] = state
+    return states
+
+
 def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = None) -> dict:
     """Run (or, with ``dry_run``, only plan and cost) the grid; returns the report dict."""
     from . import report as R
@@ -268,13 +305,14 @@ def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = 
     # one error naming the case count, not one error row per cell
     check_folds(opts.folds, ds)
     out = Path(opts.out)
-    record = _grid_record(opts, ds, path)
+    record = _grid_record(opts, ds)
     _check_grid(out, record)
     workers = opts.workers or max(1, (os.cpu_count() or 1) // opts.threads)
+    # Absolute: a cell's worker may run in another folder (a Ray node); no record keeps it.
     specs = [
         cell_spec(
             c,
-            out,
+            out.resolve(),
             data=str(path),
             label_rule=opts.label_rule,
             preset=opts.preset,
@@ -285,8 +323,8 @@ def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = 
         )
         for c in cells
     ]
-    todo = [s for s in specs if not cell_done(s["out"])]
     if opts.dry_run:
+        todo = [s for s in specs if check_cell(s["out"]).status != "done"]
         costs = estimate_costs(cells, ds, opts)
         total = sum(c["estimate_s"] for c in costs.values())
         left = sum(costs[s["key"]]["estimate_s"] for s in todo)
@@ -299,15 +337,31 @@ def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = 
             "threads": opts.threads,
             "remaining_wall_s": left / workers,
             "preset": opts.preset,
-            "data": str(path),
+            "data": DATA_PLACEHOLDER,
         }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "grid.json", record)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(grid_lock(out))
+            held = True
+        except GridBusy as busy:
+            if not opts.report_only:
+                raise
+            # Another run owns the folder: report what is finished, touch no cell.
+            warnings.warn(GridWarning(f"{busy}; --report-only reads the cells without converting any"), stacklevel=2)
+            held = False
+        return _run_grid(opts, cells, specs, out, path, record, workers, held, progress, R)
+
+
+def _run_grid(opts, cells, specs, out, path, record, workers, held, progress, R) -> dict:
+    if held:
+        write_json_atomic(out / "grid.json", record)
     # Build the extension once here: workers then load it from the cache instead of racing to
     # compile it.
     from .. import ops
 
     ops.load_extension()
+    states = _scan_cells(specs, path, convert=held)
+    todo = [s for s in specs if states[s["key"]].status != "done"]
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
 
@@ -331,6 +385,9 @@ def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = 
     info = {"engine": opts.engine, "workers": workers}
     if opts.report_only:  # the report of the finished cells (another process may run the rest)
         info = {"engine": "none (--report-only)", "workers": 0}
+        for s in todo:
+            if states[s["key"]].status == "damaged":
+                results[s["key"]] = {"key": s["key"], "status": "damaged", "problem": states[s["key"]].problem}
         todo = []
     try:
         if todo:
@@ -338,7 +395,13 @@ def reproduce(opts: ReproduceOptions, console=None, progress: Callable | None = 
                 info = run_local(todo, on_event)
             else:
                 info = run_ray(
-                    todo, on_event, workers=workers, threads=opts.threads, address=opts.address, gpus_per_cell=gpus
+                    todo,
+                    on_event,
+                    workers=workers,
+                    threads=opts.threads,
+                    address=opts.address,
+                    gpus_per_cell=gpus,
+                    retries=opts.retries,
                 )
     except KeyboardInterrupt:
         interrupted = True

@@ -30,6 +30,7 @@ from ..data.splits import verify_manifest
 from ..errors import HfcnError
 from ..protocol import ensemble, read_run, score_predictions
 from ..protocol.checks import check_n_boot
+from ..protocol.portable import recorded_root
 from ..protocol.runfolder import RunFolder
 from ..systems import get_system
 from ..systems.base import config_to_dict
@@ -49,8 +50,9 @@ def load_run_data(run: RunFolder, data: str | Path | None = None, classes=None):
     from ..data import load_dataset
     from ..data.folder import has_class_folders
 
-    root = data if data is not None else run.manifest.data.get("root")
+    root = data if data is not None else recorded_root(run.manifest.data)
     if not root:
+        # A portable run folder (a reproduce cell) records no machine path: the user names the data.
         raise HfcnError(f"{run.path}: the manifest names no data folder", hint="pass --data DIR")
     recorded = run.manifest.data.get("options") or {}
     opts = {k: v for k, v in recorded.items() if k in ("margin", "empty_outline", "truncated")}
