@@ -26,9 +26,10 @@ def fmt(v, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def load_data(console, path, label_rule: str, margin: float, quiet: bool, classes=None):
+def load_data(console, path, label_rule: str, margin: float, quiet: bool, classes=None, link_near_duplicates=True):
     """The dataset at ``path`` (the embedded phantoms when None), its load warnings printed;
-    ``classes``: a folder dataset's class mapping (``--classes``)."""
+    ``classes``: a folder dataset's class mapping (``--classes``); ``link_near_duplicates``:
+    link cases whose images are near-duplicates (off only where no split is built)."""
     from ..data import ensure_synthetic, load_dataset
 
     if path is not None:
@@ -42,7 +43,9 @@ def load_data(console, path, label_rule: str, margin: float, quiet: bool, classe
             console.print(f"data: synthetic phantoms at {path} (pass --data for DDTI)", highlight=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = load_dataset(path, label_rule=label_rule, margin=margin, classes=classes)
+        ds = load_dataset(
+            path, label_rule=label_rule, margin=margin, classes=classes, link_near_duplicates=link_near_duplicates
+        )
     if not quiet:
         for w in caught:
             console.print(f"[yellow]warning:[/yellow] {w.message}", highlight=False)

@@ -104,6 +104,7 @@ def register(sub) -> None:
         metavar="FOLDER=CLASS,...",
         help="folder format: which folders hold which class, e.g. benin=benign,malin=malignant",
     )
+    _near_duplicate_flag(c)
     c.add_argument("--json", action="store_true", help="print the load report as JSON instead of tables")
     c.set_defaults(handler=run_check)
 
@@ -118,6 +119,7 @@ def register(sub) -> None:
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads")
     h.add_argument("--force", action="store_true", help="replace an earlier output in --out")
+    _near_duplicate_flag(h)
     h.set_defaults(handler=run_holdout)
 
     o = dsub.add_parser(
@@ -141,6 +143,30 @@ def register(sub) -> None:
     )
     o.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     o.set_defaults(handler=run_overlap)
+
+
+def _near_duplicate_flag(parser) -> None:
+    parser.add_argument(
+        "--no-near-duplicate-links",
+        dest="near_duplicate_links",
+        action="store_false",
+        help="do not link cases whose images are near-duplicates (re-encoded, resized, cropped, a pane, "
+        "brightness); cases sharing identical image bytes are linked either way",
+    )
+
+
+def _links_row(ds) -> str:
+    """What links cases of ``ds`` into one split unit, in one line."""
+    nd = ds.near_duplicates
+    groups = len(ds.links())
+    if nd is None:
+        return f"{groups} group(s) of linked cases, by identical image bytes (near-duplicate search off)"
+    n_near = len({tuple(p["cases"]) for p in nd["links"]})
+    how = "cached" if nd["cached"] else f"{nd['seconds']:.1f} s"
+    return (
+        f"{groups} group(s) of linked cases; {n_near} case pair(s) linked by near-duplicate images "
+        f"(search over {nd['images']} images, threshold {nd['threshold']:g}, {how}); the rest by identical bytes"
+    )
 
 
 def _missing_action(parser, console) -> int:
@@ -220,6 +246,7 @@ def _report_tables(ds) -> list[Table]:
         f"{r.samples} labelled ROIs from {r.sample_cases} cases: "
         f"{r.samples_by_label['benign']} benign / {r.samples_by_label['malignant']} malignant",
     )
+    overview.add_row("links", _links_row(ds))
     overview.add_row("fingerprint", ds.fingerprint[:16] + "… (sha256 of the files used; full in --json)")
 
     labels = Table(title="labels per rule (frames and ROIs before de-duplication)", title_justify="left")
@@ -272,11 +299,14 @@ def run_check(args, console) -> int:
                 truncated=args.truncated,
                 progress=update,
                 classes=args.classes,
+                link_near_duplicates=args.near_duplicate_links,
             )
     r = ds.report
     if args.json:
         out = r.to_dict()
         out["fingerprint"] = ds.fingerprint
+        out["links"] = [list(g) for g in ds.links()]
+        out["near_duplicates"] = ds.near_duplicates
         console.print_json(json.dumps(out))
     else:
         for table in _report_tables(ds):
@@ -304,11 +334,12 @@ def run_holdout(args, console) -> int:
     check_out_dir(args.out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = load_dataset(args.dir, label_rule=args.label_rule)
+        ds = load_dataset(args.dir, label_rule=args.label_rule, link_near_duplicates=args.near_duplicate_links)
     res = write_holdout(ds, args.out, fraction=args.fraction, seed=args.seed, overwrite=args.force)
     console.print(
         f"{len(res['development'])} labelled cases in {args.out / 'development'}, {len(res['holdout'])} held "
-        f"out in {args.out / 'holdout'} (stratified by the {ds.label_rule} rule, seed {args.seed})",
+        f"out in {args.out / 'holdout'} (stratified by the {ds.label_rule} rule, seed {args.seed}; "
+        f"linked cases kept on one side: {_links_row(ds)})",
         highlight=False,
     )
     console.print(

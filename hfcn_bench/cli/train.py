@@ -161,6 +161,13 @@ def register(sub) -> None:
         help="score per case (mean or max of its ROIs' probabilities) instead of per ROI",
     )
     e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of cases (default 1000)")
+    e.add_argument(
+        "--no-near-duplicate-links",
+        dest="near_duplicate_links",
+        action="store_false",
+        help="split without linking cases whose images are near-duplicates (re-encoded, resized, cropped, "
+        "a pane, brightness); cases sharing identical image bytes stay linked. Recorded in split.json",
+    )
     t.add_argument(
         "--resume",
         action="store_true",
@@ -274,7 +281,9 @@ def run_train(args, console) -> int:
         data = args.data if args.data is not None else Path(run.manifest.data["root"])
         opts = run.manifest.data.get("options") or {}
         classes = args.classes if args.classes is not None else opts.get("classes")
-        ds = load_data(console, data, run.manifest.label_rule, float(opts.get("margin", 0.0)), quiet, classes)
+        # linked as the run was (split.json is written again from this load)
+        linked = run.manifest.near_duplicates is not None
+        ds = load_data(console, data, run.manifest.label_rule, float(opts.get("margin", 0.0)), quiet, classes, linked)
         manifest = read_manifest(out / "split.json")
         verify_manifest(manifest, ds)
         splits = manifest.splits
@@ -289,7 +298,7 @@ def run_train(args, console) -> int:
         config = system_config(system, preset, args)
         if hasattr(config, "device"):
             device_of(config.device)  # before anything is written: a run that cannot start leaves nothing
-        ds = load_data(console, args.data, args.label_rule, args.margin, quiet, args.classes)
+        ds = load_data(console, args.data, args.label_rule, args.margin, quiet, args.classes, args.near_duplicate_links)
         aggregate, n_boot = args.per_case, args.n_boot
         seed = int(getattr(config, "seed", 0))
         if args.split == "given":

@@ -111,14 +111,17 @@ def load_dataset(
     progress: Callable[[int, int], None] | None = None,
     keep_unlabelled: bool = False,
     classes=None,
+    link_near_duplicates: bool = True,
 ) -> LoadedDataset:
     """Load DDTI-format data (real or synthetic) or a benign/malignant folder dataset.
 
     The format is detected (``detect_format``). For the folder format the labels come from
     the folders and ``label_rule``/``truncated`` do not apply (the rule is recorded as
     ``folder``); ``classes`` maps its folder names to benign/malignant
-    (``"benin=benign,malin=malignant"`` or a dict; see ``folder.parse_classes``). See
-    ``load_ddti`` for the other arguments.
+    (``"benin=benign,malin=malignant"`` or a dict; see ``folder.parse_classes``).
+    ``link_near_duplicates`` (on by default, as every split is built from a load) links cases
+    whose images are near-duplicates (``links.link_cases``). See ``load_ddti`` for the other
+    arguments.
     """
     fmt = detect_format(path, classes)
     if fmt == "folder":
@@ -130,6 +133,7 @@ def load_dataset(
             warn=warn,
             progress=progress,
             classes=classes,
+            link_near_duplicates=link_near_duplicates,
         )
     try:
         return load_ddti(
@@ -142,6 +146,7 @@ def load_dataset(
             warn=warn,
             progress=progress,
             keep_unlabelled=keep_unlabelled,
+            link_near_duplicates=link_near_duplicates,
         )
     except HfcnError as exc:
         # class folders under other names (benin/, malin/): say so, not "no DDTI case XMLs"

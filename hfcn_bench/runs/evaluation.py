@@ -44,7 +44,9 @@ def load_run_data(run: RunFolder, data: str | Path | None = None, classes=None):
 
     A folder dataset's class mapping: ``classes`` when given; else the run's recorded one for
     the run's own data, and for ``data`` when every folder it maps is there (another folder
-    dataset with the default benign/ and malignant/ names is read without it)."""
+    dataset with the default benign/ and malignant/ names is read without it). Cases are linked
+    by near-duplicate images as the run's split was (its own data) or not at all (other data:
+    no split is built from it)."""
     from ..data import load_dataset
     from ..data.folder import has_class_folders
 
@@ -53,8 +55,9 @@ def load_run_data(run: RunFolder, data: str | Path | None = None, classes=None):
         raise HfcnError(f"{run.path}: the manifest names no data folder", hint="pass --data DIR")
     recorded = run.manifest.data.get("options") or {}
     opts = {k: v for k, v in recorded.items() if k in ("margin", "empty_outline", "truncated")}
+    own = data is None or Path(data).expanduser().resolve() == Path(str(run.manifest.data.get("root"))).resolve()
+    opts["link_near_duplicates"] = own and run.manifest.near_duplicates is not None
     if classes is None and recorded.get("classes"):
-        own = data is None or Path(data).expanduser().resolve() == Path(str(run.manifest.data.get("root"))).resolve()
         mapped = recorded["classes"]
         if own or all(has_class_folders(root, {k: v}) for k, v in mapped.items()):
             classes = mapped
