@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from ..errors import HfcnError
+from ..protocol.scoring import overlap_note
 
 __all__ = ["NOTICE", "LABEL_CAVEAT", "model_card", "card_markdown"]
 
@@ -84,6 +85,9 @@ def _external(run_path: Path) -> list[dict]:
                 "prevalence": prev.get("external"),
                 "training_prevalence": prev.get("training"),
                 "ensemble": rep.get("ensemble"),
+                # external images that are training images of this run (eval --allow-overlap)
+                "overlap": (rep.get("overlap_count") or {}).get("images", len(rep.get("overlap") or [])),
+                "overlap_note": overlap_note(rep),
                 **_scores(rep),
             }
         )
@@ -252,6 +256,7 @@ def card_markdown(card: dict) -> str:
                 f"(training {_num(e.get('training_prevalence'))}): ROC-AUC {_with_ci(e.get('auc'), e.get('auc_ci'))}, "
                 f"accuracy {_with_ci(e.get('accuracy'), e.get('accuracy_ci'))}, "
                 f"F1 {_with_ci(e.get('f1'), e.get('f1_ci'))}"
+                + (f". **Overlap: {e['overlap_note']}.**" if e.get("overlap_note") else "")
             ]
         lines += [""]
     else:

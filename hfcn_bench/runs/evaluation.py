@@ -312,6 +312,14 @@ def _external(run, system, models, ds, aggregate, n_boot, allow_overlap, progres
                 "external_rois": int(ext_y.size),
             },
             "overlap": overlap,
+            # how many of the set's images are training images (--allow-overlap): every place
+            # that shows this result (the report, rank, the model card) carries the count
+            "overlap_count": {
+                "images": len(overlap),
+                "same_bytes": len(overlap) - len(near),
+                "near_duplicates": len(near),
+                "of": len({str(s.image_path) for s in samples}),
+            },
             "data": ds.describe(),
             "training_data": run.header.get("data"),
         }
