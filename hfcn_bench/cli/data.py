@@ -141,6 +141,14 @@ def register(sub) -> None:
         help="score (detail correlation of the aligned images, 0-1) a pair needs (default: "
         "hfcn_bench.data.neardup.DEFAULT_THRESHOLD, 0.85)",
     )
+    o.add_argument(
+        "--pictures",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write each matched pair that is not byte-identical as a side-by-side PNG of two "
+        "thumbnails (at most 160 px wide each) into DIR, to check the matches by eye",
+    )
     o.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     o.set_defaults(handler=run_overlap)
 
@@ -376,6 +384,29 @@ def _hash_folder(console, folder: Path, label: str, show: bool):
     return index
 
 
+def _write_pictures(matches, roots: tuple[Path, Path], folder: Path) -> list[str]:
+    """One side-by-side PNG per match that is not a byte-identical file, named by rank, score
+    and the two images; returns the file names written."""
+    from ..bench.figures import plot_pair
+
+    def flat(name: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(name).with_suffix("").as_posix())
+
+    written = []
+    shown = sorted((m for m in matches if m.kind != "identical-file"), key=lambda m: (-m.score, m.a, m.b))
+    for n, m in enumerate(shown, start=1):
+        name = f"{n:03d}_{m.score:.3f}_{flat(m.a)}__{flat(m.b)}.png"
+        plot_pair(
+            roots[0].expanduser() / m.a,
+            roots[1].expanduser() / m.b,
+            folder / name,
+            (m.a, m.b),
+            f"{m.kind}, score {m.score:.3f} (picture NCC {m.ncc:.3f}, {m.hamming} bits)",
+        )
+        written.append(name)
+    return written
+
+
 def run_overlap(args, console) -> int:
     from collections import Counter
 
@@ -388,6 +419,10 @@ def run_overlap(args, console) -> int:
             hint=f"the score is a correlation; the default is {DEFAULT_THRESHOLD}",
         )
     show = not args.json
+    if args.pictures is not None:
+        from .common import check_out_dir
+
+        check_out_dir(args.pictures, "--pictures")
     ia = _hash_folder(console, args.a, "A", show)
     ib = _hash_folder(console, args.b, "B", show) if args.b is not None else None
     out = {"a": ia.summary(), "threshold": threshold, "radius": DEFAULT_RADIUS}
@@ -396,6 +431,14 @@ def run_overlap(args, console) -> int:
             matches = find_overlap(ia, ib, threshold=threshold, progress=update)
         else:
             groups = find_groups(ia, threshold=threshold, progress=update)
+    if args.pictures is not None:
+        found = matches if ib is not None else [m for g in groups for m in g.matches]
+        roots = (args.a, args.b if ib is not None else args.a)
+        out["pictures"] = _write_pictures(found, roots, args.pictures)
+        if show:
+            console.print(
+                f"wrote {len(out['pictures'])} picture(s) of matched pairs to {args.pictures}", highlight=False
+            )
     if ib is not None:
         out["b"] = ib.summary()
         by_b: dict[str, list] = {}
