@@ -242,3 +242,19 @@ def test_a_grid_made_before_near_duplicate_links_is_not_resumed_with_other_folds
     _check_grid(tmp_path, {**base, "links": [["1", "2"]], "near_duplicate_links": 1})
     with pytest.raises(HfcnError, match="kept other cases together"):
         _check_grid(tmp_path, {**base, "links": [["1", "2"], ["3", "4"]], "near_duplicate_links": 2})
+
+
+def test_train_records_the_links_in_split_json_and_the_flag_turns_them_off(planted, tmp_path):
+    pytest.importorskip("sklearn")
+    root, pairs = planted
+    common = ["train", "--data", str(root), "--system", "shape_rf", "--set", "n_estimators=10", "--folds", "3"]
+    rc, text = run([*common, "--n-boot", "10", "--out", str(tmp_path / "on"), "--json"])
+    assert rc == 0, text
+    on = json.loads((tmp_path / "on" / "split.json").read_text())
+    assert sorted(tuple(g) for g in on["links"]) == sorted(pairs) and len(on["near_duplicates"]["links"]) == N_PAIRS
+    for fold in on["splits"]:
+        assert all((a in fold["test"]) == (b in fold["test"]) for a, b in pairs)
+    rc, text = run([*common, "--n-boot", "10", "--out", str(tmp_path / "off"), "--no-near-duplicate-links", "--json"])
+    assert rc == 0, text
+    off = json.loads((tmp_path / "off" / "split.json").read_text())
+    assert off["links"] == [] and off["near_duplicates"] is None

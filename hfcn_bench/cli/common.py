@@ -13,13 +13,33 @@ from rich.table import Table
 
 from ..errors import HfcnError
 
-__all__ = ["check_out_dir", "load_data", "progress_bars", "metrics_tables", "print_report", "fmt"]
+__all__ = [
+    "check_out_dir",
+    "add_near_duplicate_flag",
+    "load_data",
+    "progress_bars",
+    "metrics_tables",
+    "print_report",
+    "fmt",
+]
 
 
 def check_out_dir(path: Path | None, flag: str = "--out") -> None:
     """An output folder must be a folder: refused before any work when it is an existing file."""
     if path is not None and Path(path).exists() and not Path(path).is_dir():
         raise HfcnError(f"{flag} {path} is a file, not a folder", hint=f"give {flag} a folder (new or existing)")
+
+
+def add_near_duplicate_flag(parser, note: str = "") -> None:
+    """``--no-near-duplicate-links`` (``args.near_duplicate_links``, True by default) for the
+    commands whose load builds a split."""
+    parser.add_argument(
+        "--no-near-duplicate-links",
+        dest="near_duplicate_links",
+        action="store_false",
+        help="do not link cases whose images are near-duplicates (re-encoded, resized, cropped, a pane, "
+        "brightness); cases sharing identical image bytes are linked either way" + note,
+    )
 
 
 def fmt(v, digits: int = 3) -> str:

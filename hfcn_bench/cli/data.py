@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..data.synthetic import DEFAULT_LABEL_NOISE, DEFAULT_SYNTHETIC_CASES, DEFAULT_SYNTHETIC_DIR, DIFFICULTIES
 from ..errors import HfcnError
+from .common import add_near_duplicate_flag
 
 
 def register(sub) -> None:
@@ -104,7 +105,7 @@ def register(sub) -> None:
         metavar="FOLDER=CLASS,...",
         help="folder format: which folders hold which class, e.g. benin=benign,malin=malignant",
     )
-    _near_duplicate_flag(c)
+    add_near_duplicate_flag(c)
     c.add_argument("--json", action="store_true", help="print the load report as JSON instead of tables")
     c.set_defaults(handler=run_check)
 
@@ -119,7 +120,7 @@ def register(sub) -> None:
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads")
     h.add_argument("--force", action="store_true", help="replace an earlier output in --out")
-    _near_duplicate_flag(h)
+    add_near_duplicate_flag(h)
     h.set_defaults(handler=run_holdout)
 
     o = dsub.add_parser(
@@ -151,16 +152,6 @@ def register(sub) -> None:
     )
     o.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     o.set_defaults(handler=run_overlap)
-
-
-def _near_duplicate_flag(parser) -> None:
-    parser.add_argument(
-        "--no-near-duplicate-links",
-        dest="near_duplicate_links",
-        action="store_false",
-        help="do not link cases whose images are near-duplicates (re-encoded, resized, cropped, a pane, "
-        "brightness); cases sharing identical image bytes are linked either way",
-    )
 
 
 def _links_row(ds) -> str:

@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 
 from ..errors import HfcnError
-from .common import load_data, print_report, progress_bars
+from .common import add_near_duplicate_flag, load_data, print_report, progress_bars
 
 __all__ = ["register", "hfcn_flags", "system_config"]
 
@@ -161,13 +161,7 @@ def register(sub) -> None:
         help="score per case (mean or max of its ROIs' probabilities) instead of per ROI",
     )
     e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of cases (default 1000)")
-    e.add_argument(
-        "--no-near-duplicate-links",
-        dest="near_duplicate_links",
-        action="store_false",
-        help="split without linking cases whose images are near-duplicates (re-encoded, resized, cropped, "
-        "a pane, brightness); cases sharing identical image bytes stay linked. Recorded in split.json",
-    )
+    add_near_duplicate_flag(e, " (recorded in split.json)")
     t.add_argument(
         "--resume",
         action="store_true",
