@@ -409,3 +409,47 @@ def test_eval_refuses_near_duplicates_of_training_images(trained, data, tmp_path
         assert any(
             o.startswith(f"{name} (near-duplicate of training image raw_jpg/{src.name}:") for o in rep["overlap"]
         )
+
+
+def test_an_overlapping_external_result_carries_its_overlap_count_everywhere(trained, data, tmp_path):
+    """``eval --allow-overlap`` on a set holding training images (2 byte copies, 3 disguised
+    copies, 3 other images): the report, ``rank`` (table, JSON, Markdown) and the
+    model card all say how many of its images are training images, not just its AUC."""
+    from hfcn_bench.app.card import card_markdown, model_card
+
+    out, _ = trained
+    train_cases = json.loads((out / "split.json").read_text())["splits"][0]["train"]
+    frames = [p for c in train_cases for p in sorted((data / "raw_jpg").glob(f"{c}_*.jpg"))][:5]
+    others = sorted(write_synthetic_ddti(tmp_path / "o", n_cases=6, seed=11).glob("raw_jpg/*.jpg"))[:3]
+    mixed = tmp_path / "mixed"
+    for i, src in enumerate(frames + others):
+        folder = mixed / ("benign" if i % 2 else "malignant")
+        folder.mkdir(parents=True, exist_ok=True)
+        im = Image.open(src).convert("RGB")
+        if i < 2 or i >= 5:
+            shutil.copy(src, folder / f"x{i}.jpg")
+        else:
+            w, h = im.size
+            im.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(folder / f"x{i}.jpg", quality=75)
+    rc, text = run(["eval", "--run", str(out), "--data", str(mixed), "--allow-overlap", "--out", str(tmp_path / "ev")])
+    text = " ".join(text.split())
+    assert rc == 0, text
+    note = "5 of 8 external images are training images of the run (2 same bytes, 3 near-duplicates)"
+    assert note in text
+    rep = json.loads((tmp_path / "ev" / "eval_report.json").read_text())
+    assert rep["overlap_count"] == {"images": 5, "same_bytes": 2, "near_duplicates": 3, "of": 8}
+    md = (tmp_path / "ev" / "eval_report.md").read_text()
+    assert f"**Overlap: {note}" in md and md.index("Overlap") < md.index("| output |")
+    assert "5" == (tmp_path / "ev" / "eval_report.csv").read_text().splitlines()[1].split(",")[-1]
+
+    rc, text = run(["rank", str(tmp_path / "ev"), "--out", str(tmp_path / "rank")], width=400)
+    assert rc == 0 and note in text, text
+    ranked = json.loads((tmp_path / "rank" / "rank.json").read_text())
+    (row,) = ranked["rows"]
+    assert row["overlap"] == 5 and note in row["note"]
+    assert "5 external image(s) are training images of its run" in (tmp_path / "rank" / "rank.md").read_text()
+
+    card = model_card(out)
+    (ext,) = [e for e in card["external"] if e["fingerprint"] == rep["data"]["fingerprint"]]
+    assert ext["overlap"] == 5 and ext["auc"] == rep["auc"]
+    assert f"**Overlap: {note}" in card_markdown(card)

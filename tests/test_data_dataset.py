@@ -205,6 +205,7 @@ def test_folder_format(tmp_path):
         ("duplicate-image", "malignant/patient7/1.png"),
         ("empty-mask", "malignant/f_mask.png"),
         ("linked-cases", "malignant/d, malignant/patient7"),
+        ("skipped-file", "malignant/notes.txt"),  # named, never silently passed over
         ("unreadable-image", "malignant/e.png"),
     ]
     # d and patient7 share an image: one unit, so one side of every split

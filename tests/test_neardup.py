@@ -252,6 +252,23 @@ def test_cli_overlap_table_and_groups(sets):
     assert rc == 0 and "no near-duplicates" in text
 
 
+def test_cli_overlap_pictures_show_each_pair_beyond_identical_bytes_as_thumbnails(sets, tmp_path):
+    a_dir, b_dir, _, truth = sets
+    rc, text = run(["data", "overlap", str(a_dir), str(b_dir), "--json", "--pictures", str(tmp_path / "p")])
+    assert rc == 0, text
+    out = json.loads(text)
+    pairs = [(m["b"], t) for m in out["images"] for t in m["twins"] if t["kind"] != "identical-file"]
+    assert len(out["pictures"]) == len(pairs) >= len(truth) - 1  # all but the byte copy
+    assert sorted(p.name for p in (tmp_path / "p").glob("*.png")) == sorted(out["pictures"])
+    assert any(n.endswith("__copies-crop.png") for n in out["pictures"])  # named by the pair
+    for name in out["pictures"]:
+        with Image.open(tmp_path / "p" / name) as im:  # two thumbnails of <= 160 px, not full frames
+            assert im.width <= 2 * 160 + 60 and im.height < 300
+    (tmp_path / "file").write_text("x")
+    rc, text = run(["data", "overlap", str(a_dir), "--pictures", str(tmp_path / "file")])
+    assert rc == 1 and "--pictures" in text and "is a file" in text
+
+
 def test_cli_overlap_errors_are_one_clear_line(tmp_path, phantoms):
     rc, text = run(["data", "overlap", str(tmp_path / "missing")])
     assert rc == 1 and "does not exist" in text and "Traceback" not in text

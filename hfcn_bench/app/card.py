@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from ..errors import HfcnError
+from ..protocol.scoring import overlap_note
 
 __all__ = ["NOTICE", "LABEL_CAVEAT", "model_card", "card_markdown"]
 
@@ -85,6 +86,9 @@ def _external(run_path: Path) -> list[dict]:
                 "training_prevalence": prev.get("training"),
                 "ensemble": rep.get("ensemble"),
                 "checkpoint": rep.get("checkpoint", "best"),
+                # external images that are training images of this run (eval --allow-overlap)
+                "overlap": (rep.get("overlap_count") or {}).get("images", len(rep.get("overlap") or [])),
+                "overlap_note": overlap_note(rep),
                 **_scores(rep),
             }
         )
@@ -254,6 +258,7 @@ def card_markdown(card: dict) -> str:
                 f"accuracy {_with_ci(e.get('accuracy'), e.get('accuracy_ci'))}, "
                 f"F1 {_with_ci(e.get('f1'), e.get('f1_ci'))}"
                 + (f" ({e['checkpoint']} weights)" if e.get("checkpoint") not in (None, "best") else "")
+                + (f". **Overlap: {e['overlap_note']}.**" if e.get("overlap_note") else "")
             ]
         lines += [""]
     else:

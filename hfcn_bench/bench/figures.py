@@ -37,6 +37,7 @@ __all__ = [
     "plot_alpha_curve",
     "plot_differences",
     "plot_accuracy_cost",
+    "plot_pair",
 ]
 
 _DPI = 120
@@ -338,6 +339,36 @@ def prediction_figure(pred, title: str, roi: np.ndarray | None = None) -> Figure
         parts.append(f"crops {info['crop_prob']:.3f} (ω = {info['branch_weight']:g})")
     fig.suptitle(f"{title}\n{', '.join(parts)} -> {call} at threshold {pred.threshold:.3f}", fontsize=10)
     return fig
+
+
+def plot_pair(
+    image_a: str | os.PathLike,
+    image_b: str | os.PathLike,
+    path: str | os.PathLike,
+    titles: tuple[str, str],
+    caption: str,
+    width: int = 160,
+) -> Path:
+    """Two images side by side, each as a thumbnail at most ``width`` pixels wide (the figure is
+    sized for them), under ``titles`` and below ``caption``: for judging a near-duplicate match
+    by eye without keeping full frames around."""
+    from PIL import Image
+
+    from ..data.rois import open_rgb
+
+    thumbs = []
+    for image in (image_a, image_b):
+        im = open_rgb(image)
+        im.thumbnail((width, width * 4), Image.Resampling.LANCZOS)
+        thumbs.append(np.asarray(im))
+    h = max(t.shape[0] for t in thumbs)
+    fig = _new_figure((2 * width + 40) / _DPI, (h + 70) / _DPI)
+    for ax, t, title in zip(fig.subplots(1, 2), thumbs, titles):
+        ax.imshow(t, interpolation="nearest")
+        ax.set_title(title, fontsize=6)
+        ax.set_axis_off()
+    fig.suptitle(caption, fontsize=6)
+    return _save_atomic(fig, path)
 
 
 def figure_rgb(fig: Figure) -> np.ndarray:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..atomic import read_json
 from ..errors import HfcnError
+from ..protocol.scoring import overlap_note
 
 __all__ = ["load_run", "load_eval", "rank_runs", "localisation", "markdown", "run_name"]
 
@@ -156,7 +157,9 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True) -> dict
     ``precision``, ``recall``, ``specificity``, ``n_samples``, ``threshold`` (where its
     decision threshold came from), ``note`` and ``run``; with external reports also
     ``internal_auc``, ``internal_auc_ci``, ``internal_f1``, ``internal_f1_ci`` (the run's own
-    CV estimate) and ``external`` describes the external set."""
+    CV estimate) and ``overlap`` (how many external images are training images of the run,
+    scored with ``eval --allow-overlap``; also said in ``note``), and ``external`` describes the
+    external set."""
     if not paths:
         raise HfcnError("no run folder to rank")
     evals = [load_eval(p) for p in paths if _is_eval(Path(p))]
@@ -182,12 +185,14 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True) -> dict
                     pairs.append(
                         (f"{name}/{vname}", v, (internal.get("variants") or {}).get(vname, {}), v.get("description"))
                     )
+            overlap = overlap_note(rep)  # training images in the external set (--allow-overlap)
             for n, ext, inn, note in pairs:
-                row = _row(n, ext, rep["run"], note)
+                row = _row(n, ext, rep["run"], "; ".join(x for x in (overlap, note) if x) or None)
                 im = inn.get("metrics") or {}
                 ici = im.get("ci") or {}
                 row.update(
                     {
+                        "overlap": (rep.get("overlap_count") or {}).get("images", len(rep.get("overlap") or [])),
                         "internal_auc": inn.get("auc"),
                         "internal_auc_ci": ici.get("auc"),
                         "internal_f1": im.get("f1"),
@@ -282,6 +287,14 @@ def markdown(result: dict) -> str:
             )
     d = result["data"]
     lines.append("")
+    leaky = [r for r in result["rows"] if r.get("overlap")]
+    if leaky:
+        lines.append(
+            "**Not external for every model:** "
+            + "; ".join(f"{r['name']}: {r['overlap']} external image(s) are training images of its run" for r in leaky)
+            + " (scored with --allow-overlap; see each row's note)."
+        )
+        lines.append("")
     rule = result["label_rule"]
     proxy = " (a TI-RADS proxy, not pathology)" if rule in ("tirads", "mccnn") else ""
     if ext:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..atomic import write_text_atomic
+from ..protocol.scoring import overlap_note
 
 __all__ = [
     "Column",
@@ -432,6 +433,7 @@ def render_against(rows: list[dict], console) -> None:
 
 def _eval_rows(report: dict) -> list[dict]:
     rows = []
+    external = bool(report.get("external"))
     for name, rep in [("main", report)] + list((report.get("variants") or {}).items()):
         m = rep["metrics"]
         ci = m.get("ci") or {}
@@ -457,6 +459,8 @@ def _eval_rows(report: dict) -> list[dict]:
                 "ece": cal.get("ece"),
                 "majority_f1": base.get("f1"),
                 "majority_accuracy": base.get("accuracy"),
+                # external images that are training images of the run (eval --allow-overlap)
+                **({"overlap_images": (report.get("overlap_count") or {}).get("images", 0)} if external else {}),
             }
         )
     return rows
@@ -479,6 +483,9 @@ def render_eval_markdown(report: dict) -> str:
         + (" (a TI-RADS proxy, not pathology)" if d.get("label_rule") in ("tirads", "mccnn") else "")
         + f", fingerprint `{str(d.get('fingerprint'))[:16]}`.\n\n"
     )
+    note = overlap_note(report)
+    if note:
+        out.write(f"**Overlap: {note}.** The images are listed at the end.\n\n")
     out.write(f"Protocol: {report.get('protocol')}.\n\n")
     if report.get("external"):
         p = report["prevalence"]
@@ -500,10 +507,8 @@ def render_eval_markdown(report: dict) -> str:
     for lim in report.get("limitations") or []:
         out.write(f"\n- limitation: {lim}")
     if report.get("overlap"):
-        out.write(
-            f"\n\n{len(report['overlap'])} image(s) of this set are training images of the run (scored with "
-            "--allow-overlap).\n"
-        )
+        out.write("\n\nImages of this set that are training images of the run (scored with --allow-overlap):\n\n")
+        out.write("".join(f"- {o}\n" for o in report["overlap"]))
     return out.getvalue() + "\n"
 
 

@@ -13,7 +13,15 @@ from rich.table import Table
 
 from ..errors import HfcnError
 
-__all__ = ["check_out_dir", "load_data", "progress_bars", "metrics_tables", "print_report", "fmt"]
+__all__ = [
+    "check_out_dir",
+    "add_near_duplicate_flag",
+    "load_data",
+    "progress_bars",
+    "metrics_tables",
+    "print_report",
+    "fmt",
+]
 
 
 def check_out_dir(path: Path | None, flag: str = "--out") -> None:
@@ -22,13 +30,26 @@ def check_out_dir(path: Path | None, flag: str = "--out") -> None:
         raise HfcnError(f"{flag} {path} is a file, not a folder", hint=f"give {flag} a folder (new or existing)")
 
 
+def add_near_duplicate_flag(parser, note: str = "") -> None:
+    """``--no-near-duplicate-links`` (``args.near_duplicate_links``, True by default) for the
+    commands whose load builds a split."""
+    parser.add_argument(
+        "--no-near-duplicate-links",
+        dest="near_duplicate_links",
+        action="store_false",
+        help="do not link cases whose images are near-duplicates (re-encoded, resized, cropped, a pane, "
+        "brightness); cases sharing identical image bytes are linked either way" + note,
+    )
+
+
 def fmt(v, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
-def load_data(console, path, label_rule: str, margin: float, quiet: bool, classes=None):
+def load_data(console, path, label_rule: str, margin: float, quiet: bool, classes=None, link_near_duplicates=True):
     """The dataset at ``path`` (the embedded phantoms when None), its load warnings printed;
-    ``classes``: a folder dataset's class mapping (``--classes``)."""
+    ``classes``: a folder dataset's class mapping (``--classes``); ``link_near_duplicates``:
+    link cases whose images are near-duplicates (off only where no split is built)."""
     from ..data import ensure_synthetic, load_dataset
 
     if path is not None:
@@ -42,7 +63,9 @@ def load_data(console, path, label_rule: str, margin: float, quiet: bool, classe
             console.print(f"data: synthetic phantoms at {path} (pass --data for DDTI)", highlight=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = load_dataset(path, label_rule=label_rule, margin=margin, classes=classes)
+        ds = load_dataset(
+            path, label_rule=label_rule, margin=margin, classes=classes, link_near_duplicates=link_near_duplicates
+        )
     if not quiet:
         for w in caught:
             console.print(f"[yellow]warning:[/yellow] {w.message}", highlight=False)

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..data.synthetic import DEFAULT_LABEL_NOISE, DEFAULT_SYNTHETIC_CASES, DEFAULT_SYNTHETIC_DIR, DIFFICULTIES
 from ..errors import HfcnError
+from .common import add_near_duplicate_flag
 
 
 def register(sub) -> None:
@@ -104,6 +105,7 @@ def register(sub) -> None:
         metavar="FOLDER=CLASS,...",
         help="folder format: which folders hold which class, e.g. benin=benign,malin=malignant",
     )
+    add_near_duplicate_flag(c)
     c.add_argument("--json", action="store_true", help="print the load report as JSON instead of tables")
     c.set_defaults(handler=run_check)
 
@@ -118,6 +120,7 @@ def register(sub) -> None:
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--label-rule", choices=("tirads", "mccnn"), default="tirads")
     h.add_argument("--force", action="store_true", help="replace an earlier output in --out")
+    add_near_duplicate_flag(h)
     h.set_defaults(handler=run_holdout)
 
     o = dsub.add_parser(
@@ -139,8 +142,30 @@ def register(sub) -> None:
         help="score (detail correlation of the aligned images, 0-1) a pair needs (default: "
         "hfcn_bench.data.neardup.DEFAULT_THRESHOLD, 0.85)",
     )
+    o.add_argument(
+        "--pictures",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write each matched pair that is not byte-identical as a side-by-side PNG of two "
+        "thumbnails (at most 160 px wide each) into DIR, to check the matches by eye",
+    )
     o.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
     o.set_defaults(handler=run_overlap)
+
+
+def _links_row(ds) -> str:
+    """What links cases of ``ds`` into one split unit, in one line."""
+    nd = ds.near_duplicates
+    groups = len(ds.links())
+    if nd is None:
+        return f"{groups} group(s) of linked cases, by identical image bytes (near-duplicate search off)"
+    n_near = len({tuple(p["cases"]) for p in nd["links"]})
+    how = "cached" if nd["cached"] else f"{nd['seconds']:.1f} s"
+    return (
+        f"{groups} group(s) of linked cases; {n_near} case pair(s) linked by near-duplicate images "
+        f"(search over {nd['images']} images, threshold {nd['threshold']:g}, {how}); the rest by identical bytes"
+    )
 
 
 def _missing_action(parser, console) -> int:
@@ -222,6 +247,7 @@ def _report_tables(ds) -> list[Table]:
         f"{r.samples} labelled ROIs from {r.sample_cases} cases: "
         f"{r.samples_by_label['benign']} benign / {r.samples_by_label['malignant']} malignant",
     )
+    overview.add_row("links", _links_row(ds))
     overview.add_row("fingerprint", ds.fingerprint[:16] + "… (sha256 of the files used; full in --json)")
 
     labels = Table(title="labels per rule (frames and ROIs before de-duplication)", title_justify="left")
@@ -274,11 +300,14 @@ def run_check(args, console) -> int:
                 truncated=args.truncated,
                 progress=update,
                 classes=args.classes,
+                link_near_duplicates=args.near_duplicate_links,
             )
     r = ds.report
     if args.json:
         out = r.to_dict()
         out["fingerprint"] = ds.fingerprint
+        out["links"] = [list(g) for g in ds.links()]
+        out["near_duplicates"] = ds.near_duplicates
         console.print_json(json.dumps(out))
     else:
         for table in _report_tables(ds):
@@ -311,13 +340,14 @@ def run_holdout(args, console) -> int:
     check_seed(args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = load_dataset(args.dir, label_rule=args.label_rule)
+        ds = load_dataset(args.dir, label_rule=args.label_rule, link_near_duplicates=args.near_duplicate_links)
     res = write_holdout(ds, args.out, fraction=args.fraction, seed=args.seed, overwrite=args.force)
     for line in res["skipped"]:
         console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
     console.print(
         f"{len(res['development'])} labelled cases in {args.out / 'development'}, {len(res['holdout'])} held "
-        f"out in {args.out / 'holdout'} (stratified by the {ds.label_rule} rule, seed {args.seed})",
+        f"out in {args.out / 'holdout'} (stratified by the {ds.label_rule} rule, seed {args.seed}; "
+        f"linked cases kept on one side: {_links_row(ds)})",
         highlight=False,
     )
     console.print(
@@ -354,6 +384,29 @@ def _hash_folder(console, folder: Path, label: str, show: bool):
     return index
 
 
+def _write_pictures(matches, roots: tuple[Path, Path], folder: Path) -> list[str]:
+    """One side-by-side PNG per match that is not a byte-identical file, named by rank, score
+    and the two images; returns the file names written."""
+    from ..bench.figures import plot_pair
+
+    def flat(name: str) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(name).with_suffix("").as_posix())
+
+    written = []
+    shown = sorted((m for m in matches if m.kind != "identical-file"), key=lambda m: (-m.score, m.a, m.b))
+    for n, m in enumerate(shown, start=1):
+        name = f"{n:03d}_{m.score:.3f}_{flat(m.a)}__{flat(m.b)}.png"
+        plot_pair(
+            roots[0].expanduser() / m.a,
+            roots[1].expanduser() / m.b,
+            folder / name,
+            (m.a, m.b),
+            f"{m.kind}, score {m.score:.3f} (picture NCC {m.ncc:.3f}, {m.hamming} bits)",
+        )
+        written.append(name)
+    return written
+
+
 def run_overlap(args, console) -> int:
     from collections import Counter
 
@@ -366,6 +419,10 @@ def run_overlap(args, console) -> int:
             hint=f"the score is a correlation; the default is {DEFAULT_THRESHOLD}",
         )
     show = not args.json
+    if args.pictures is not None:
+        from .common import check_out_dir
+
+        check_out_dir(args.pictures, "--pictures")
     ia = _hash_folder(console, args.a, "A", show)
     ib = _hash_folder(console, args.b, "B", show) if args.b is not None else None
     out = {"a": ia.summary(), "threshold": threshold, "radius": DEFAULT_RADIUS}
@@ -374,6 +431,14 @@ def run_overlap(args, console) -> int:
             matches = find_overlap(ia, ib, threshold=threshold, progress=update)
         else:
             groups = find_groups(ia, threshold=threshold, progress=update)
+    if args.pictures is not None:
+        found = matches if ib is not None else [m for g in groups for m in g.matches]
+        roots = (args.a, args.b if ib is not None else args.a)
+        out["pictures"] = _write_pictures(found, roots, args.pictures)
+        if show:
+            console.print(
+                f"wrote {len(out['pictures'])} picture(s) of matched pairs to {args.pictures}", highlight=False
+            )
     if ib is not None:
         out["b"] = ib.summary()
         by_b: dict[str, list] = {}

@@ -69,6 +69,7 @@ def register(sub) -> None:
 def run_eval(args, console) -> int:
     from ..bench.report import write_eval_report
     from ..protocol.runfolder import external_record_dir
+    from ..protocol.scoring import overlap_note
     from ..runs import evaluate_run
 
     check_out_dir(args.out)
@@ -110,12 +111,9 @@ def run_eval(args, console) -> int:
             f"external {p['external']:.3f} ({p['external_rois']} ROIs); {report['ensemble']}",
             highlight=False,
         )
-        if report.get("overlap"):
-            console.print(
-                f"[yellow]note:[/yellow] {len(report['overlap'])} external image(s) are training images "
-                "(--allow-overlap)",
-                highlight=False,
-            )
+        note = overlap_note(report)
+        if note:
+            console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     if files:
         console.print(f"wrote {', '.join(str(Path(f).name) for f in files)} to {args.out}", highlight=False)
     return 0

@@ -53,8 +53,13 @@ def run_rank(args, console) -> int:
             if ext
             else (("auc", "ROC-AUC"), ("f1", "F1 (malignant positive)"))
         )
+        # a model scored on its own training images (eval --allow-overlap) says so in the figure too
+        shown = [
+            {**r, "name": f"{r['name']} [{r['overlap']} training images]"} if r.get("overlap") else r
+            for r in result["rows"]
+        ]
         plot_forest(
-            result["rows"],
+            shown,
             args.out / "rank.png",
             baseline=result["baseline"],
             panels=panels,

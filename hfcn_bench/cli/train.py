@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 
 from ..errors import HfcnError
-from .common import load_data, print_report, progress_bars
+from .common import add_near_duplicate_flag, load_data, print_report, progress_bars
 
 __all__ = ["register", "hfcn_flags", "config_from_args"]
 
@@ -161,6 +161,7 @@ def register(sub) -> None:
         help="score per case (mean or max of its ROIs' probabilities) instead of per ROI",
     )
     e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of cases (default 1000)")
+    add_near_duplicate_flag(e, " (recorded in split.json)")
     t.add_argument(
         "--resume",
         action="store_true",
@@ -284,7 +285,9 @@ def run_train(args, console) -> int:
             raise HfcnError(f"{out}: its manifest records no data folder (a portable record)", hint="pass --data DIR")
         opts = run.manifest.data.get("options") or {}
         classes = args.classes if args.classes is not None else opts.get("classes")
-        ds = load_data(console, data, run.manifest.label_rule, float(opts.get("margin", 0.0)), quiet, classes)
+        # linked as the run was (split.json is written again from this load)
+        linked = run.manifest.near_duplicates is not None
+        ds = load_data(console, data, run.manifest.label_rule, float(opts.get("margin", 0.0)), quiet, classes, linked)
         manifest = read_manifest(out / "split.json")
         verify_manifest(manifest, ds)
         splits = manifest.splits
@@ -300,7 +303,7 @@ def run_train(args, console) -> int:
         check_seed(getattr(config, "seed", 0), "seed")
         if hasattr(config, "device"):
             device_of(config.device)  # before anything is written: a run that cannot start leaves nothing
-        ds = load_data(console, args.data, args.label_rule, args.margin, quiet, args.classes)
+        ds = load_data(console, args.data, args.label_rule, args.margin, quiet, args.classes, args.near_duplicate_links)
         aggregate, n_boot = args.per_case, args.n_boot
         seed = int(getattr(config, "seed", 0))
         if args.split == "given":

@@ -109,8 +109,10 @@ def load_dataset(path: str | Path, *, classes=None, **options) -> LoadedDataset:
 
     The format is detected (``detect_format``). ``options`` are :func:`load_ddti`'s keyword
     arguments (``label_rule``, ``margin``, ``empty_outline``, ``truncated``, ``verify_images``,
-    ``warn``, ``progress``, ``keep_unlabelled``); the folder format takes those of
-    :func:`load_folder` and ignores the DDTI-only ones. ``classes`` maps a folder set's folder
+    ``warn``, ``progress``, ``keep_unlabelled``, ``link_near_duplicates``: on by default, as
+    every split is built from a load, it links cases whose images are near-duplicates, see
+    ``links.link_cases``); the folder format takes those of :func:`load_folder` and ignores the
+    DDTI-only ones. ``classes`` maps a folder set's folder
     names to benign/malignant (``"benin=benign,malin=malignant"`` or a dict; see
     ``folder.parse_classes``).
     """

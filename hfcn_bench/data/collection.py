@@ -121,6 +121,8 @@ class LoadedDataset:
     ``samples``: one per labelled ROI (unlabelled cases are excluded and counted in
     ``report``). ``cases``: every case read, labelled or not. ``files``: name -> sha1 of each
     file the samples depend on (images and case XMLs), the input of ``fingerprint``.
+    ``near_duplicates``: the near-duplicate search that linked cases (``links.link_cases``),
+    ``None`` when it was not run.
     """
 
     root: Path
@@ -131,6 +133,7 @@ class LoadedDataset:
     cases: dict[str, CaseInfo]
     files: dict[str, str]
     report: LoadReport
+    near_duplicates: dict | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -209,6 +212,8 @@ class LoadedDataset:
             "cases": len(self.case_labels()),
             "class_counts": self.class_counts(),
             "linked_case_groups": len(self.links()),
+            # cases linked because their images are near-duplicates (None: not searched)
+            "near_duplicate_links": None if self.near_duplicates is None else len(self.near_duplicates["links"]),
         }
         sides = self.sides()
         if sides:

@@ -36,7 +36,8 @@ from pathlib import Path
 from lxml import etree
 
 from ..errors import HfcnError
-from .collection import LABEL_NAMES, CaseInfo, LoadedDataset, assign_units, case_sort_key, link_groups
+from .collection import LABEL_NAMES, CaseInfo, LoadedDataset, case_sort_key
+from .links import link_cases
 from .report import LoadReport, RuleCounts
 from .rois import (
     MIN_ROI_SIDE,
@@ -463,6 +464,7 @@ def load_ddti(
     progress: Callable[[int, int], None] | None = None,
     only: Sequence[str | Path] | None = None,
     keep_unlabelled: bool = False,
+    link_near_duplicates: bool = True,
 ) -> LoadedDataset:
     """Read a DDTI-format folder into labelled ROI samples plus a load report.
 
@@ -482,13 +484,17 @@ def load_ddti(
             are not reported then.
         keep_unlabelled: also return the ROIs of cases the label rule excludes, with
             ``label=None`` (for prediction; never for training or scoring).
+        link_near_duplicates: also link cases whose frames are near-duplicates (re-encoded,
+            resized, cropped, a pane, brightness; :func:`.links.link_cases`, cached by content).
+            Off only where no split is built from the load (prediction, scoring a stored split).
 
     Geometry: an outline whose area lies mostly outside its frame, or an ROI box with a side
     under :data:`~hfcn_bench.data.rois.MIN_ROI_SIDE`, is a wart and its ROI is skipped (an
     outline partly outside is clipped and reported). Case files with one case id (``13.xml``
     beside ``13.XML``, or the same ``<number>``) keep the first, by file name. Byte-identical
-    frames keep one copy; copies under both labels are all dropped; cases sharing a frame are
-    *linked* and travel together in every split (``Sample.unit``).
+    frames keep one copy; copies under both labels are all dropped; cases sharing a frame, or
+    holding near-duplicate frames, are *linked* and travel together in every split
+    (``Sample.unit``).
     """
     check_label_rule(label_rule)
     _check_policy("empty_outline", empty_outline, EMPTY_OUTLINE_POLICIES)
@@ -592,16 +598,6 @@ def load_ddti(
             )
         files[f.path.name] = f.sha1
         files[f.case.xml_path.name] = f.case.sha1
-    samples, links = assign_units(samples, link_groups(shared))
-    for group in links:
-        report.add(
-            "linked-cases",
-            ", ".join(f"{c}.xml" for c in group),
-            f"cases {', '.join(group)} share image bytes (one patient filed under {len(group)} case ids?)",
-            "kept on one side of every split",
-            case=group[0],
-        )
-
     labelled = [s for s in samples if s.label is not None]
     report.samples = len(labelled)
     for s in labelled:
@@ -613,9 +609,11 @@ def load_ddti(
         )
         for c in cases
     }
+    ds = LoadedDataset(base, "ddti", label_rule, options, samples, infos, files, report)
+    link_cases(ds, shared, near_duplicates=link_near_duplicates)
     if warn:
         report.warn_summary(stacklevel=3)
-    return LoadedDataset(base, "ddti", label_rule, options, samples, infos, files, report)
+    return ds
 
 
 def _label_name(label: int | None) -> str:

@@ -41,8 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HfcnError
-from .collection import LABEL_NAMES, CaseInfo, LoadedDataset, assign_units, link_groups
+from .collection import LABEL_NAMES, CaseInfo, LoadedDataset
 from .contour import mask_outline_polygon
+from .links import link_cases
 from .report import DataWarning, LoadReport, RuleCounts
 from .rois import MIN_ROI_SIDE, Sample, UnreadableImage, expand_box, open_image, polygon_bbox, read_image
 
@@ -271,6 +272,7 @@ def load_folder(
     warn: bool = True,
     progress: Callable[[int, int], None] | None = None,
     classes: str | Mapping[str, str] | None = None,
+    link_near_duplicates: bool = True,
 ) -> LoadedDataset:
     """Read the class folders of ``root`` (or of ``root/train`` and ``root/test``) into ROI
     samples (see the module docstring).
@@ -281,7 +283,8 @@ def load_folder(
     accepted for the loaders' common signature but does not apply: a mask with no foreground
     falls back to the whole image. Duplicates, unreadable images and masks are reported as in
     the DDTI reader. Byte-identical images keep the first copy (``train/`` is read before
-    ``test/``) and link their cases (one split unit); identical bytes under both labels drop
+    ``test/``) and link their cases (one split unit), as do near-duplicate images of different
+    cases (``link_near_duplicates``, see ``load_ddti``); identical bytes under both labels drop
     every copy (``label-conflict``); sub-folders that are not class (or split) folders are
     listed as ``ignored-folder``, and so are hidden folders (``.ipynb_checkpoints/``) and
     folders inside a case folder; files that are not images (a DICOM, a text file) and hidden
@@ -481,16 +484,6 @@ def load_folder(
         counts.rois[LABEL_NAMES[label]] += 1
         samples.append(Sample(case_id, frame, path, polygon, box, label, "folder", size, 0, kind, side=e["side"]))
         files[rel] = e["sha1"]
-    samples, links = assign_units(samples, link_groups(shared))
-    for group in links:
-        report.add(
-            "linked-cases",
-            ", ".join(group),
-            f"cases {', '.join(group)} share image bytes",
-            "kept on one side of every split",
-            case=group[0],
-        )
-
     report.case_files = report.cases = len(cases)
     report.by_rule["folder"] = counts
     report.samples = len(samples)
@@ -498,6 +491,7 @@ def load_folder(
         report.samples_by_label[LABEL_NAMES[s.label]] += 1
     report.sample_cases = len({s.case_id for s in samples})
     ds = LoadedDataset(root, "folder", "folder", options, samples, infos, files, report)
+    link_cases(ds, shared, near_duplicates=link_near_duplicates)
     report.sides = ds.sides()
     if warn:
         if bad_masks:

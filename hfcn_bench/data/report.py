@@ -39,7 +39,8 @@ WART_KINDS: dict[str, str] = {
     "tiny-roi": "an ROI box with a side under the stated minimum (data.rois.MIN_ROI_SIDE); the ROI is skipped",
     "duplicate-case": "two case files with one case id (13.xml beside 13.XML, or the same <number>); the first is kept",
     "label-conflict": "the same image bytes under both labels; every copy is dropped",
-    "linked-cases": "cases that share an image (one patient under two case ids): kept on one side of every split",
+    "linked-cases": "cases that share an image, or hold near-duplicate images (one patient under two case ids, a "
+    "frame saved again): kept on one side of every split",
     "ignored-folder": "a sub-folder that is not read: not a class folder (benign/, malignant/), a hidden folder "
     "(.ipynb_checkpoints/), or a folder inside a case folder",
     "skipped-file": "a file in a class or case folder that the folder format does not read (a DICOM, a text "

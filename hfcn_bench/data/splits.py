@@ -8,9 +8,9 @@ on the Python/numpy version nor on which other cases are present (adding a case 
 reshuffle the rest).
 
 Cases linked by a shared image (``Sample.unit``: one patient filed under two case numbers,
-found by the loader from byte-identical frames) form one *unit* and are always sent to the
-same side together; a unit of one case orders exactly as that case alone would, so data
-without links splits as it always did.
+found by the loader from byte-identical or near-duplicate frames, ``links.link_cases``) form
+one *unit* and are always sent to the same side together; a unit of one case orders exactly
+as that case alone would, so data without links splits as it always did.
 
 The paper (Song et al. 2020) uses a 3:1 train/test split; ``kfold`` gives stratified k-fold
 cross-validation; ``given_split`` keeps the split a dataset ships (folder format with
@@ -209,9 +209,9 @@ def given_split(samples: Sequence[Sample] | LoadedDataset, seed: int = 0) -> Spl
     (``Sample.side``), exactly as given (method ``given``; ``seed`` is only recorded).
 
     A dataset without sides is an :class:`HfcnError`. Cases linked by a shared image stay
-    where the dataset put them; a link across the sides (possible only when a case is a
-    sub-folder: an image of test/ byte-identical to one of train/ is dropped) is warned about,
-    since those cases may be one patient."""
+    where the dataset put them; a link across the sides (a near-duplicate of a train/ image in
+    test/, or a sub-folder case sharing an image: an image of test/ byte-identical to one of
+    train/ is dropped) is warned about, since those cases may be one patient or one picture."""
     samples = _samples(samples)
     side_of: dict[str, str | None] = {}
     for s in samples:
@@ -234,8 +234,8 @@ def given_split(samples: Sequence[Sample] | LoadedDataset, seed: int = 0) -> Spl
     across = [ids for _, ids in split_units(samples).values() if len({side_of[c] for c in ids}) > 1]
     if across:
         warnings.warn(
-            f"{len(across)} group(s) of cases linked by a shared image lie on both sides of the dataset's "
-            f"own split (e.g. {', '.join(across[0])}); kept as given",
+            f"{len(across)} group(s) of cases linked by a shared or near-duplicate image lie on both sides of "
+            f"the dataset's own split (e.g. {', '.join(across[0])}); kept as given",
             stacklevel=2,
         )
     return Split(train, test, "given", int(seed), {"source": GIVEN_SPLIT})
@@ -261,6 +261,9 @@ class Manifest:
     links: list = field(default_factory=list)
     images: dict = field(default_factory=dict)
     case_labels: dict = field(default_factory=dict)
+    # the near-duplicate search that linked cases (LoadedDataset.near_duplicates without its
+    # timing); None: the split was made without it (or before it existed)
+    near_duplicates: dict | None = None
 
     def training_labels(self) -> tuple[list[int], dict[str, int]]:
         """``(ROI labels, {case: label})`` of the cases on the training side of any split,
@@ -333,6 +336,11 @@ def write_manifest(path: str | Path, dataset: LoadedDataset, splits: Split | Seq
         "files": dict(sorted(dataset.files.items())),
         # One patient under several case ids travels as one unit (see split_units).
         "links": [list(g) for g in dataset.links()],
+        # ...and so do cases holding near-duplicate images: the pairs that linked them (null:
+        # the data was loaded without the near-duplicate search)
+        "near_duplicates": None
+        if dataset.near_duplicates is None
+        else {k: dataset.near_duplicates[k] for k in ("threshold", "images", "links")},
         # label of every case (under the rule): an external evaluation states the training
         # prevalence and scores the majority baseline without the training data at hand
         "case_labels": {c: labels[c] for c in sorted(labels, key=_id_key)},
@@ -371,6 +379,7 @@ def read_manifest(path: str | Path) -> Manifest:
             list(obj.get("links", [])),
             dict(obj.get("images", {})),
             dict(obj.get("case_labels", {})),
+            obj.get("near_duplicates"),
             list(obj["splits"]),
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -32,6 +32,7 @@ __all__ = [
     "calibration",
     "roc_points",
     "protocol_line",
+    "overlap_note",
     "level_name",
 ]
 
@@ -109,6 +110,25 @@ def protocol_line(split: str, threshold_rule: str, threshold_source: str, aggreg
     """One line saying how a report was made (the ``protocol`` field every report carries)."""
     level = "ROI" if aggregate is None else f"case ({aggregate})"
     return f"{split}, threshold by {threshold_rule} on {threshold_source} predictions, scored per {level}"
+
+
+def overlap_note(report: dict) -> str | None:
+    """For an external report scored although some of its images are training images of the run
+    (``eval --allow-overlap``): one sentence with how many, which every place that shows the
+    result carries; ``None`` when there are none. Reads ``overlap_count``, or counts the
+    ``overlap`` list of a report written before the count was recorded."""
+    c = report.get("overlap_count")
+    if not isinstance(c, dict):
+        n = len(report.get("overlap") or [])
+        c = {"images": n, "of": None} if n else None
+    if not c or not c.get("images"):
+        return None
+    how = f" ({c['same_bytes']} same bytes, {c['near_duplicates']} near-duplicates)" if "same_bytes" in c else ""
+    of = f" of {c['of']}" if c.get("of") else ""
+    return (
+        f"{c['images']}{of} external images are training images of the run{how}, scored with --allow-overlap: "
+        "not an external validation"
+    )
 
 
 def _flatten(report: dict) -> dict:

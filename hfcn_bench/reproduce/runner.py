@@ -129,6 +129,9 @@ def _grid_record(opts: ReproduceOptions, ds) -> dict:
         "folds": int(opts.folds),
         "seed": int(opts.seed),
         "n_boot": int(opts.n_boot),
+        # what the folds keep together: cases linked by identical bytes or near-duplicate images
+        "links": [list(g) for g in ds.links()],
+        "near_duplicate_links": None if ds.near_duplicates is None else len(ds.near_duplicates["links"]),
     }
 
 
@@ -146,6 +149,20 @@ def _check_grid(out: Path, record: dict) -> None:
                 f"{out} holds a grid with {key} = {old.get(key)!r}, not {record[key]!r}",
                 hint="choose another --out for another protocol",
             )
+    # Linked cases share a fold; other links, other folds: the cells done would not pool.
+    if "links" not in old:
+        if record.get("near_duplicate_links"):
+            raise HfcnError(
+                f"{out} holds a grid made before cases were linked by near-duplicate images; this data links "
+                f"{record['near_duplicate_links']} case pair(s) by near-duplicates now, so its folds differ",
+                hint="choose another --out (the finished cells there keep their old folds)",
+            )
+    elif old["links"] != record["links"]:
+        raise HfcnError(
+            f"{out} holds a grid whose folds kept other cases together ({len(old['links'])} linked group(s), "
+            f"now {len(record['links'])})",
+            hint="choose another --out for another protocol",
+        )
 
 
 def plan(opts: ReproduceOptions) -> tuple[list, Path, object]:

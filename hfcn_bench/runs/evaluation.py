@@ -46,7 +46,9 @@ def load_run_data(run: RunFolder, data: str | Path | None = None, classes=None):
 
     A folder dataset's class mapping: ``classes`` when given; else the run's recorded one for
     the run's own data, and for ``data`` when every folder it maps is there (another folder
-    dataset with the default benign/ and malignant/ names is read without it)."""
+    dataset with the default benign/ and malignant/ names is read without it). Cases are linked
+    by near-duplicate images as the run's split was (its own data) or not at all (other data:
+    no split is built from it)."""
     from ..data import load_dataset
     from ..data.folder import has_class_folders
 
@@ -56,8 +58,9 @@ def load_run_data(run: RunFolder, data: str | Path | None = None, classes=None):
         raise HfcnError(f"{run.path}: the manifest names no data folder", hint="pass --data DIR")
     recorded = run.manifest.data.get("options") or {}
     opts = {k: v for k, v in recorded.items() if k in ("margin", "empty_outline", "truncated")}
+    own = data is None or Path(data).expanduser().resolve() == Path(str(run.manifest.data.get("root"))).resolve()
+    opts["link_near_duplicates"] = own and run.manifest.near_duplicates is not None
     if classes is None and recorded.get("classes"):
-        own = data is None or Path(data).expanduser().resolve() == Path(str(run.manifest.data.get("root"))).resolve()
         mapped = recorded["classes"]
         if own or all(has_class_folders(root, {k: v}) for k, v in mapped.items()):
             classes = mapped
@@ -312,6 +315,14 @@ def _external(run, system, models, ds, aggregate, n_boot, allow_overlap, progres
                 "external_rois": int(ext_y.size),
             },
             "overlap": overlap,
+            # how many of the set's images are training images (--allow-overlap): every place
+            # that shows this result (the report, rank, the model card) carries the count
+            "overlap_count": {
+                "images": len(overlap),
+                "same_bytes": len(overlap) - len(near),
+                "near_duplicates": len(near),
+                "of": len({str(s.image_path) for s in samples}),
+            },
             "data": ds.describe(),
             "training_data": run.header.get("data"),
         }

@@ -157,6 +157,7 @@ def read_inputs(
                         only=[path],
                         keep_unlabelled=True,
                         warn=False,
+                        link_near_duplicates=False,  # no split is built from it
                         **{k: v for k, v in options.items() if k in ("margin", "empty_outline", "truncated")},
                     )
             except HfcnError as exc:
