@@ -666,44 +666,52 @@ struct VecBackward {
 
 // Rows whose horizontal adjoints are summed side by side: each sum is a chain of dependent
 // adds, so G independent ones keep the adder busy. G rows' tables (2 registers each) and sums
-// stay in registers: 4 on AVX-512 (32 registers), 2 on AVX2 (16).
+// stay in registers: up to 4 on AVX-512 (32 registers), 2 on AVX2 (16).
 constexpr int64_t kGroups = simd::K == 16 ? 4 : 2;
 
-// Horizontal pass of one block over all oh rows of plane q (and of plane q + 1 when the block
-// takes pairs and `two`): row i of `adj` (stride K) = what gradient row i sends to the block's
-// columns. `g0`, `g1`: the planes' output gradient.
-inline void horizontal_block_simd(const float* __restrict__ g0, const float* __restrict__ g1, bool two,
-                                  int64_t oh, int64_t ow, const VecBackward::Block& bk, float* __restrict__ adj) {
+// Horizontal pass of one block over G rows from row i0 of plane q (and of plane q + 1 when the
+// block takes pairs and `two`): row i of `adj` (stride K) = what gradient row i sends to the
+// block's columns. `g0`, `g1`: the planes' output gradient.
+template <int64_t G>
+inline void horizontal_rows_simd(const float* __restrict__ g0, const float* __restrict__ g1, bool two, int64_t i0,
+                                 int64_t ow, const VecBackward::Block& bk, float* __restrict__ adj) {
   using namespace simd;
-  constexpr int64_t G = kGroups;
   const int64_t R = bk.R, span = bk.span;
   const vi* __restrict__ idx = bk.index.data();
   const vi* __restrict__ act = bk.active.data();
   const vf* __restrict__ wt = bk.weight.data();
-  for (int64_t i0 = 0; i0 < oh; i0 += G) {
-    vf lo[G], hi[G], sum[G];
-    for (int64_t q = 0; q < G; ++q) {
-      const int64_t i = std::min(i0 + q, oh - 1);  // rows past the end recompute the last one
-      const float* row = g0 + i * ow + bk.s0;
-      if (bk.pair) {
-        lo[q] = load_n(row, span);
-        hi[q] = load_n(g1 + i * ow + bk.s0, two ? span : 0);
-      } else {
-        load_row(row, span, lo[q], hi[q]);
-      }
-      sum[q] = vf{};
+  vf lo[G], hi[G], sum[G];
+  for (int64_t q = 0; q < G; ++q) {
+    const float* row = g0 + (i0 + q) * ow + bk.s0;
+    if (bk.pair) {
+      lo[q] = load_n(row, span);
+      hi[q] = load_n(g1 + (i0 + q) * ow + bk.s0, two ? span : 0);
+    } else {
+      load_row(row, span, lo[q], hi[q]);
     }
-    for (int64_t r = 0; r < R; ++r) {
-      const vi ix = idx[r], on = act[r];
-      const vf w = wt[r];
-      for (int64_t q = 0; q < G; ++q) {
-        const vf term = accumulate<vf>(sum[q], w, lookup(lo[q], hi[q], ix));
-        sum[q] = on ? term : sum[q];
-      }
-    }
-    const int64_t n = std::min(G, oh - i0);
-    for (int64_t q = 0; q < n; ++q) store(adj + (i0 + q) * K, sum[q]);
+    sum[q] = vf{};
   }
+  for (int64_t r = 0; r < R; ++r) {
+    const vi ix = idx[r], on = act[r];
+    const vf w = wt[r];
+    for (int64_t q = 0; q < G; ++q) {
+      const vf term = accumulate<vf>(sum[q], w, lookup(lo[q], hi[q], ix));
+      sum[q] = on ? term : sum[q];
+    }
+  }
+  for (int64_t q = 0; q < G; ++q) store(adj + (i0 + q) * K, sum[q]);
+}
+
+// The horizontal pass of one block over all oh rows: kGroups rows at a time, then the rest.
+inline void horizontal_block_simd(const float* __restrict__ g0, const float* __restrict__ g1, bool two,
+                                  int64_t oh, int64_t ow, const VecBackward::Block& bk, float* __restrict__ adj) {
+  int64_t i0 = 0;
+  for (; i0 + kGroups <= oh; i0 += kGroups) horizontal_rows_simd<kGroups>(g0, g1, two, i0, ow, bk, adj);
+  if (kGroups > 2 && i0 + 2 <= oh) {
+    horizontal_rows_simd<2>(g0, g1, two, i0, ow, bk, adj);
+    i0 += 2;
+  }
+  for (; i0 < oh; ++i0) horizontal_rows_simd<1>(g0, g1, two, i0, ow, bk, adj);
 }
 
 // Vertical pass of one block: crop row r of the block gets the sum over its reader rows of
