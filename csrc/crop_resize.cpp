@@ -543,6 +543,8 @@ void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per
                 const VecColumnTaps& vt = vcols[tid[k]];
                 const float* limit = yp + ((b * N + n) * C + (p1 - b * C)) * plane_out;
                 const bool one = vt.i0.size() == 1 && bx.w <= simd::K, narrow = bx.w <= simd::K;
+                // Two column blocks of a wide crop row (the 28x28 map's 17 -> 28): unrolled.
+                const bool two_blocks = vt.i0.size() == 2 && !narrow;
                 const bool checked = p + d >= first_checked || (pair && p + 1 >= first_checked);
                 if (pair && one) {
                   const int64_t first_masked = (plane_out - simd::K) / ow + 1;
@@ -553,10 +555,12 @@ void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per
                 if (!checked) {
                   if (one) forward_crop_simd<1, true, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                   else if (narrow) forward_crop_simd<0, true, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
+                  else if (two_blocks) forward_crop_simd<2, false, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                   else forward_crop_simd<0, false, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                 } else {
                   if (one) forward_crop_simd<1, true, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                   else if (narrow) forward_crop_simd<0, true, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
+                  else if (two_blocks) forward_crop_simd<2, false, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                   else forward_crop_simd<0, false, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                 }
                 continue;
@@ -717,11 +721,13 @@ inline void horizontal_block_simd(const float* __restrict__ g0, const float* __r
 // Vertical pass of one block: crop row r of the block gets the sum over its reader rows of
 // weight * adj row, added into the window of plane q (`dst0`, row stride W) and, for a pair
 // and `two`, of plane q + 1 (`dst1`).
-inline void vertical_block_simd(const float* __restrict__ adj, int64_t h, const VecBackward& vb,
-                                const VecBackward::Block& bk, float* __restrict__ dst0, float* __restrict__ dst1,
-                                bool two, int64_t W) {
+// RV: the reader count per row when known at compile time (0: vb.Rv).
+template <int64_t RV>
+inline void vertical_rows_simd(const float* __restrict__ adj, int64_t h, const VecBackward& vb,
+                               const VecBackward::Block& bk, float* __restrict__ dst0, float* __restrict__ dst1,
+                               bool two, int64_t W) {
   using namespace simd;
-  const int64_t Rv = vb.Rv, wb = bk.wb;
+  const int64_t Rv = RV ? RV : vb.Rv, wb = bk.wb;
   const int32_t* __restrict__ ri = vb.row_index.data();
   const float* __restrict__ rw = vb.row_weight.data();
   for (int64_t r = 0; r < h; ++r) {
@@ -750,6 +756,20 @@ inline void vertical_block_simd(const float* __restrict__ adj, int64_t h, const 
       float* d1 = dst1 + r * W + bk.c0;
       store_n(d1, load_n(d1, wb) + lookup(acc, bk.upper), wb);
     }
+  }
+}
+
+// The vertical pass with the row loop unrolled for the common reader counts (upsampling by
+// less than 2 gives 3 or 4; 4 or 5 by less than 3).
+inline void vertical_block_simd(const float* __restrict__ adj, int64_t h, const VecBackward& vb,
+                                const VecBackward::Block& bk, float* __restrict__ dst0, float* __restrict__ dst1,
+                                bool two, int64_t W) {
+  switch (vb.Rv) {
+    case 2: return vertical_rows_simd<2>(adj, h, vb, bk, dst0, dst1, two, W);
+    case 3: return vertical_rows_simd<3>(adj, h, vb, bk, dst0, dst1, two, W);
+    case 4: return vertical_rows_simd<4>(adj, h, vb, bk, dst0, dst1, two, W);
+    case 5: return vertical_rows_simd<5>(adj, h, vb, bk, dst0, dst1, two, W);
+    default: return vertical_rows_simd<0>(adj, h, vb, bk, dst0, dst1, two, W);
   }
 }
 #endif
