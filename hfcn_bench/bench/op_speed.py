@@ -706,6 +706,14 @@ def op_speed_checks(
         else f"floor forward+backward, 2 threads vs 1: {floor_scaling:.2f}x; passes at >= {SCALING_MIN} "
         f"or >= {floor_scaling:.2f} / {SCALING_OF_FLOOR} = {floor_scaling / SCALING_OF_FLOOR:.2f}",
     )
+    if floor_scaling is not None and floor_scaling < 1 / SCALING_OF_FLOOR:
+        # A copy more than 1.2x slower on 2 threads than on 1: another job holds the cores, and
+        # the bar above would pass anything. Not judged rather than passed.
+        checks[-1]["passed"] = None
+        checks[-1]["detail"] += (
+            "; not judged: the floor itself ran slower on 2 threads than on 1, so this machine's 2-thread "
+            "timings measure contention (other jobs on the cores), not the op"
+        )
     one = _find(rows, shape=label, method="fused", direction="forward", threads=1)
     two = _find(rows, shape=label, method="fused", direction="forward", threads=2)
     add("fused forward, 2 threads vs 1 (reported: memory-bound)", ratio(one, two), None, SCALING_MIN)
