@@ -9,7 +9,9 @@
 #   2. builds the CUDA extension (TORCH_CUDA_ARCH_LIST from the device when unset);
 #   3. runs `pytest -m cuda`;
 #   4. runs `hfcn-bench compare --device cuda --only speed,model` (the op's GB/s against the
-#      device's peak, the model's step times);
+#      device's peak, the model's step times), whose compare/roofline.png is the CPU report's
+#      roofline against the GPU: every method's and direction's achieved GB/s beside the
+#      device-to-device copy bandwidth measured in the same run and the device's peak;
 #   5. runs a short `reproduce` grid on the GPU (smoke preset, embedded phantoms);
 #   6. when real DDTI is at hand ($HFCN_DDTI_DIR, or ../shared/data/ddti/raw beside the
 #      checkout), spends the time left on the whole 224 px `reproduce --table all` grid (Tables 3,
@@ -165,6 +167,7 @@ if [ "${STATUS[build]}" = ok ]; then
     # compare exits 0 when it measured; a missed target is in its report.
     missed=$(python -c "import json, sys; r = json.load(open(sys.argv[1])); c = [x['check'] for s in ('op_speed', 'model_cost') for x in (r.get(s) or {}).get('checks', []) if x.get('passed') is False]; print('; '.join(c))" "$OUT/compare/report.json" 2> /dev/null || echo "report.json unreadable")
     [ -n "$missed" ] && STATUS[compare]="targets-missed($missed)"
+    [ -s "$OUT/compare/roofline.png" ] || STATUS[compare]="${STATUS[compare]}+no-roofline.png"
   fi
   step reproduce_smoke 90 hfcn-bench reproduce --table 4 --preset smoke --folds 2 --device cuda \
     --engine local --out "$WORK/reproduce-smoke"

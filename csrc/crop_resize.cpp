@@ -3,9 +3,10 @@
 // The CPU kernels walk per-crop separable tables built from crop_resize.h (the same functions
 // the CUDA kernels use) and parallelise over the B*C input planes: each thread owns whole
 // planes. The forward reads a run of planes of one sample once per crop while they sit in L1
-// and writes each crop's output for that run as one contiguous stream; the backward sums, for
-// its planes, every crop's contribution in crop order. No two threads touch the same output,
-// so results are bitwise identical whatever the thread count.
+// and writes each crop's output for that run as one contiguous stream; the backward reads the
+// output gradient once, in memory order (crop by crop, a run of planes at a time), and adds
+// every crop's contribution to its planes in crop order. No two threads touch the same
+// output, so results are bitwise identical whatever the thread count.
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/OpMathType.h>
@@ -171,18 +172,18 @@ inline vf splat(float a) { return (vf)_mm512_set1_ps(a); }
 inline vf splat(float a) { return (vf)_mm256_set1_ps(a); }
 #endif
 
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-// Half registers (8 floats) for crop rows of at most K / 2 columns, the BFC windows on the
-// paper's map: a full-width load there would straddle two earlier stores, which the core
-// cannot forward, and stall until they reach L1.
+#if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512DQ__)
+// Half registers (8 floats): the backward adds a register that holds two planes' 8-column
+// window rows (the BFC windows on the paper's map) into the two planes with plain half-width
+// loads and stores; masked ones cost several times as much.
 #define HFCN_HALF 1
 constexpr int64_t KH = K / 2;
 typedef float vh __attribute__((vector_size(KH * 4)));
 typedef float vh_u __attribute__((vector_size(KH * 4), aligned(4)));
 inline vh load_h(const float* p) { return *reinterpret_cast<const vh_u*>(p); }
-inline vh splat_h(float a) { return (vh)_mm256_set1_ps(a); }
-inline vh load_hn(const float* p, int64_t n) { return (vh)_mm256_maskz_loadu_ps((__mmask8)lane_mask(n), p); }
-inline void store_hn(float* p, vh v, int64_t n) { _mm256_mask_storeu_ps(p, (__mmask8)lane_mask(n), (__m256)v); }
+inline void store_h(float* p, vh v) { *reinterpret_cast<vh_u*>(p) = v; }
+inline vh lower_h(vf v) { return (vh)_mm512_castps512_ps256((__m512)v); }
+inline vh upper_h(vf v) { return (vh)_mm512_extractf32x8_ps((__m512)v, 1); }
 #endif
 
 // The `len` (<= 2K) floats at p as the table lo:hi (lanes past len are zero).
@@ -542,6 +543,8 @@ void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per
                 const VecColumnTaps& vt = vcols[tid[k]];
                 const float* limit = yp + ((b * N + n) * C + (p1 - b * C)) * plane_out;
                 const bool one = vt.i0.size() == 1 && bx.w <= simd::K, narrow = bx.w <= simd::K;
+                // Two column blocks of a wide crop row (the 28x28 map's 17 -> 28): unrolled.
+                const bool two_blocks = vt.i0.size() == 2 && !narrow;
                 const bool checked = p + d >= first_checked || (pair && p + 1 >= first_checked);
                 if (pair && one) {
                   const int64_t first_masked = (plane_out - simd::K) / ow + 1;
@@ -552,10 +555,12 @@ void forward_kernel(const at::Tensor& x, const std::vector<Box>& boxes, bool per
                 if (!checked) {
                   if (one) forward_crop_simd<1, true, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                   else if (narrow) forward_crop_simd<0, true, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
+                  else if (two_blocks) forward_crop_simd<2, false, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                   else forward_crop_simd<0, false, false>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                 } else {
                   if (one) forward_crop_simd<1, true, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                   else if (narrow) forward_crop_simd<0, true, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
+                  else if (two_blocks) forward_crop_simd<2, false, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                   else forward_crop_simd<0, false, true>(crop, bx.w, tb, vt, lerped, out, oh, ow, limit);
                 }
                 continue;
@@ -581,93 +586,190 @@ struct BackwardTable {
 };
 
 #ifdef HFCN_SIMD
-// Backward lookup tables of one crop size for the horizontal adjoint. A register holds P
-// output-gradient rows' worth of crop columns: lane q*w + kk is crop column kk of row i + q
-// (P = K / w when P rows of the gradient fit the lo:hi table, else 1 with ceil(w / K) blocks
-// of K columns). Per lane, up to R reader columns (indices into the lo:hi table, increasing)
-// and their weights; lanes with fewer readers keep their sum by a select, so every lane adds
-// exactly the terms of column_adjoint, in its order.
-struct VecColumnReaders {
-  int64_t P = 1, blocks = 1, R = 0, row_stride = 0;
-  std::vector<simd::vi> index, active;
-  std::vector<simd::vf> weight;
+// The float32 SIMD backward of one crop size, by column blocks. Block b covers crop columns
+// [c0, c0 + wb) (wb <= K), whose readers lie in output-gradient columns [s0, s0 + span); a
+// row's span is loaded into the two-register table lo:hi, and the horizontal taps become
+// in-register lookups, as in the forward. A narrow block (2 * wb <= K, span <= K) takes two
+// planes side by side: lanes [0, wb) are plane q's columns, [wb, 2 * wb) plane q + 1's, read
+// from lo (plane q's span) and hi (plane q + 1's). That fills the registers of both passes
+// on the paper's 8-column windows, and of the last, 1-column block of a 17-column one.
+//
+// Horizontal pass: per lane, up to R reader columns (indices into lo:hi, increasing) and
+// their weights; lanes with fewer readers keep their sum by a select, so every lane adds
+// exactly the terms of column_adjoint, in its order. Row i's sums go to row i of the block's
+// adjoint buffer (one register per row). Vertical pass: per crop row r, its reader rows and
+// weights in increasing order, padded to the same count Rv with (oh, 0): row oh of the buffer
+// is zero, and a pad adds 0 * 0 = +0 to a sum that started at +0, which leaves it bitwise
+// unchanged (such a sum is never -0). So every element adds exactly the terms of
+// input_grad_element, in its order.
+struct VecBackward {
+  struct Block {
+    int64_t c0, wb, s0, span, R;
+    bool pair;
+    std::vector<simd::vi> index, active;
+    std::vector<simd::vf> weight;
+    simd::vi upper;  // pair: lane l <- lane l + wb (plane q + 1's columns moved to the front)
+  };
+  std::vector<Block> blocks;
+  int64_t Rv = 1;
+  std::vector<int32_t> row_index;  // [h][Rv] reader rows (oh: the zero row)
+  std::vector<float> row_weight;   // [h][Rv]
 
   template <typename acc_t>
-  bool build(const AxisReaders<acc_t>& readers, int64_t w, int64_t ow) {
-    if (w > 2 * simd::K || ow > 2 * simd::K) return false;
-    P = std::max<int64_t>(1, simd::K / w);
-    while (P > 1 && P * ow > 2 * simd::K) --P;
-    blocks = P > 1 ? 1 : (w + simd::K - 1) / simd::K;
-    // Rows of the adjoint buffer: packed back to back when P > 1 (each register store covers P
-    // rows), one register block apart otherwise.
-    row_stride = P > 1 ? w : blocks * simd::K;
-    R = 0;
-    for (int64_t kk = 0; kk < w; ++kk) R = std::max<int64_t>(R, readers.start[kk + 1] - readers.start[kk]);
-    index.assign(blocks * R, simd::vi{});
-    active.assign(blocks * R, simd::vi{});
-    weight.assign(blocks * R, simd::vf{});
-    for (int64_t lane_all = 0; lane_all < (P > 1 ? P * w : w); ++lane_all) {
-      const int64_t q = P > 1 ? lane_all / w : 0, kk = P > 1 ? lane_all % w : lane_all;
-      const int64_t kb = P > 1 ? 0 : kk / simd::K, lane = P > 1 ? lane_all : kk % simd::K;
-      const int32_t first = readers.start[kk], n = readers.start[kk + 1] - first;
-      for (int32_t r = 0; r < n; ++r) {
-        index[kb * R + r][lane] = static_cast<int32_t>(q * ow) + readers.index[first + r];
-        weight[kb * R + r][lane] = static_cast<float>(readers.weight[first + r]);
-        active[kb * R + r][lane] = -1;
+  bool build(const AxisReaders<acc_t>& rows, const AxisReaders<acc_t>& cols, int64_t h, int64_t w, int64_t oh) {
+    using namespace simd;
+    blocks.clear();
+    for (int64_t c0 = 0; c0 < w; c0 += K) {
+      Block bk;
+      bk.c0 = c0;
+      bk.wb = std::min<int64_t>(K, w - c0);
+      int32_t lo = INT32_MAX, hi = -1;
+      bk.R = 0;
+      for (int64_t kk = c0; kk < c0 + bk.wb; ++kk) {
+        const int32_t first = cols.start[kk], last = cols.start[kk + 1];
+        if (last > first) {
+          lo = std::min(lo, cols.index[first]);
+          hi = std::max(hi, cols.index[last - 1]);
+        }
+        bk.R = std::max<int64_t>(bk.R, last - first);
+      }
+      bk.s0 = hi < 0 ? 0 : lo;
+      bk.span = hi < 0 ? 0 : hi - lo + 1;
+      if (bk.span > 2 * K) return false;  // the readers do not fit the table: scalar path
+      bk.pair = 2 * bk.wb <= K && bk.span <= K;
+      bk.index.assign(bk.R, vi{});
+      bk.active.assign(bk.R, vi{});
+      bk.weight.assign(bk.R, vf{});
+      for (int64_t u = 0; u < (bk.pair ? 2 : 1); ++u) {
+        for (int64_t kk = c0; kk < c0 + bk.wb; ++kk) {
+          const int64_t lane = u * bk.wb + kk - c0;
+          const int32_t first = cols.start[kk], n = cols.start[kk + 1] - first;
+          for (int32_t r = 0; r < n; ++r) {
+            bk.index[r][lane] = static_cast<int32_t>(u * K + cols.index[first + r] - bk.s0);
+            bk.weight[r][lane] = static_cast<float>(cols.weight[first + r]);
+            bk.active[r][lane] = -1;
+          }
+        }
+      }
+      for (int64_t l = 0; l < K; ++l) bk.upper[l] = static_cast<int32_t>(std::min<int64_t>(l + bk.wb, K - 1));
+      blocks.push_back(std::move(bk));
+    }
+    Rv = 1;
+    for (int64_t r = 0; r < h; ++r) Rv = std::max<int64_t>(Rv, rows.start[r + 1] - rows.start[r]);
+    row_index.assign(h * Rv, static_cast<int32_t>(oh));
+    row_weight.assign(h * Rv, 0.0f);
+    for (int64_t r = 0; r < h; ++r) {
+      for (int32_t e = rows.start[r], q = 0; e < rows.start[r + 1]; ++e, ++q) {
+        row_index[r * Rv + q] = rows.index[e];
+        row_weight[r * Rv + q] = static_cast<float>(rows.weight[e]);
       }
     }
     return true;
   }
 };
 
-// One crop's contribution to one gradient plane, float32 SIMD: horizontal adjoint of the
-// output-gradient rows into col_adj, then the vertical adjoint added into the crop's window
-// of `total` (row stride W).
-inline void backward_crop_simd(const float* __restrict__ gplane, int64_t oh, int64_t ow, int64_t h,
-                               int64_t w, const BackwardTable<float>& tb, const VecColumnReaders& vr,
-                               float* __restrict__ col_adj, float* __restrict__ total, int64_t W) {
+// Rows whose horizontal adjoints are summed side by side: each sum is a chain of dependent
+// adds, so G independent ones keep the adder busy. G rows' tables (2 registers each) and sums
+// stay in registers: up to 4 on AVX-512 (32 registers), 2 on AVX2 (16).
+constexpr int64_t kGroups = simd::K == 16 ? 4 : 2;
+
+// Horizontal pass of one block over G rows from row i0 of plane q (and of plane q + 1 when the
+// block takes pairs and `two`): row i of `adj` (stride K) = what gradient row i sends to the
+// block's columns. `g0`, `g1`: the planes' output gradient.
+template <int64_t G>
+inline void horizontal_rows_simd(const float* __restrict__ g0, const float* __restrict__ g1, bool two, int64_t i0,
+                                 int64_t ow, const VecBackward::Block& bk, float* __restrict__ adj) {
   using namespace simd;
-  const int64_t R = vr.R, P = vr.P, rs_stride = vr.row_stride;
-  for (int64_t i = 0; i < oh; i += P) {
-    vf lo, hi;
-    load_row(gplane + i * ow, std::min(P, oh - i) * ow, lo, hi);
-    for (int64_t kb = 0; kb < vr.blocks; ++kb) {
-      vf sum = vf{};
-      const vi* idx = vr.index.data() + kb * R;
-      const vi* act = vr.active.data() + kb * R;
-      const vf* wt = vr.weight.data() + kb * R;
-      for (int64_t r = 0; r < R; ++r) {
-        const vf term = accumulate<vf>(sum, wt[r], lookup(lo, hi, idx[r]));
-        sum = act[r] ? term : sum;
-      }
-      store(col_adj + i * rs_stride + kb * K, sum);
+  const int64_t R = bk.R, span = bk.span;
+  const vi* __restrict__ idx = bk.index.data();
+  const vi* __restrict__ act = bk.active.data();
+  const vf* __restrict__ wt = bk.weight.data();
+  vf lo[G], hi[G], sum[G];
+  for (int64_t q = 0; q < G; ++q) {
+    const float* row = g0 + (i0 + q) * ow + bk.s0;
+    if (bk.pair) {
+      lo[q] = load_n(row, span);
+      hi[q] = load_n(g1 + (i0 + q) * ow + bk.s0, two ? span : 0);
+    } else {
+      load_row(row, span, lo[q], hi[q]);
+    }
+    sum[q] = vf{};
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    const vi ix = idx[r], on = act[r];
+    const vf w = wt[r];
+    for (int64_t q = 0; q < G; ++q) {
+      const vf term = accumulate<vf>(sum[q], w, lookup(lo[q], hi[q], ix));
+      sum[q] = on ? term : sum[q];
     }
   }
-  const int32_t* __restrict__ rs = tb.rows.start.data();
-  const int32_t* __restrict__ ri = tb.rows.index.data();
-  const float* __restrict__ rw = tb.rows.weight.data();
-#ifdef HFCN_HALF
-  if (w <= KH) {
-    for (int64_t r = 0; r < h; ++r) {
-      vh acc = vh{};
-      for (int32_t e = rs[r]; e < rs[r + 1]; ++e)
-        acc = accumulate<vh>(acc, splat_h(rw[e]), load_h(col_adj + ri[e] * rs_stride));
-      float* dst = total + r * W;
-      store_hn(dst, load_hn(dst, w) + acc, w);
-    }
-    return;
+  for (int64_t q = 0; q < G; ++q) store(adj + (i0 + q) * K, sum[q]);
+}
+
+// The horizontal pass of one block over all oh rows: kGroups rows at a time, then the rest.
+inline void horizontal_block_simd(const float* __restrict__ g0, const float* __restrict__ g1, bool two,
+                                  int64_t oh, int64_t ow, const VecBackward::Block& bk, float* __restrict__ adj) {
+  int64_t i0 = 0;
+  for (; i0 + kGroups <= oh; i0 += kGroups) horizontal_rows_simd<kGroups>(g0, g1, two, i0, ow, bk, adj);
+  if (kGroups > 2 && i0 + 2 <= oh) {
+    horizontal_rows_simd<2>(g0, g1, two, i0, ow, bk, adj);
+    i0 += 2;
   }
-#endif
-  const int64_t vblocks = (w + K - 1) / K;
+  for (; i0 < oh; ++i0) horizontal_rows_simd<1>(g0, g1, two, i0, ow, bk, adj);
+}
+
+// Vertical pass of one block: crop row r of the block gets the sum over its reader rows of
+// weight * adj row, added into the window of plane q (`dst0`, row stride W) and, for a pair
+// and `two`, of plane q + 1 (`dst1`).
+// RV: the reader count per row when known at compile time (0: vb.Rv).
+template <int64_t RV>
+inline void vertical_rows_simd(const float* __restrict__ adj, int64_t h, const VecBackward& vb,
+                               const VecBackward::Block& bk, float* __restrict__ dst0, float* __restrict__ dst1,
+                               bool two, int64_t W) {
+  using namespace simd;
+  const int64_t Rv = RV ? RV : vb.Rv, wb = bk.wb;
+  const int32_t* __restrict__ ri = vb.row_index.data();
+  const float* __restrict__ rw = vb.row_weight.data();
   for (int64_t r = 0; r < h; ++r) {
-    float* dst = total + r * W;
-    for (int64_t kb = 0; kb < vblocks; ++kb) {
-      vf acc = vf{};
-      for (int32_t e = rs[r]; e < rs[r + 1]; ++e)
-        acc = accumulate<vf>(acc, splat(rw[e]), load(col_adj + ri[e] * rs_stride + kb * K));
-      const int64_t n_lanes = std::min<int64_t>(K, w - kb * K);
-      store_n(dst + kb * K, load_n(dst + kb * K, n_lanes) + acc, n_lanes);
+    vf acc = vf{};
+    for (int64_t e = 0; e < Rv; ++e) acc = accumulate<vf>(acc, splat(rw[r * Rv + e]), load(adj + ri[r * Rv + e] * K));
+    float* d0 = dst0 + r * W + bk.c0;
+#ifdef HFCN_HALF
+    if (wb == KH) {
+      store_h(d0, load_h(d0) + lower_h(acc));
+      if (bk.pair && two) {
+        float* d1 = dst1 + r * W + bk.c0;
+        store_h(d1, load_h(d1) + upper_h(acc));
+      }
+      continue;
     }
+#endif
+    if (wb <= 2) {  // a block of one or two columns: scalar adds (masked stores are slow)
+      for (int64_t l = 0; l < wb; ++l) d0[l] += acc[l];
+      if (bk.pair && two)
+        for (int64_t l = 0; l < wb; ++l) dst1[r * W + bk.c0 + l] += acc[wb + l];
+      continue;
+    }
+    if (wb == K) store(d0, load(d0) + acc);
+    else store_n(d0, load_n(d0, wb) + acc, wb);
+    if (bk.pair && two) {
+      float* d1 = dst1 + r * W + bk.c0;
+      store_n(d1, load_n(d1, wb) + lookup(acc, bk.upper), wb);
+    }
+  }
+}
+
+// The vertical pass with the row loop unrolled for the common reader counts (upsampling by
+// less than 2 gives 3 or 4; 4 or 5 by less than 3).
+inline void vertical_block_simd(const float* __restrict__ adj, int64_t h, const VecBackward& vb,
+                                const VecBackward::Block& bk, float* __restrict__ dst0, float* __restrict__ dst1,
+                                bool two, int64_t W) {
+  switch (vb.Rv) {
+    case 2: return vertical_rows_simd<2>(adj, h, vb, bk, dst0, dst1, two, W);
+    case 3: return vertical_rows_simd<3>(adj, h, vb, bk, dst0, dst1, two, W);
+    case 4: return vertical_rows_simd<4>(adj, h, vb, bk, dst0, dst1, two, W);
+    case 5: return vertical_rows_simd<5>(adj, h, vb, bk, dst0, dst1, two, W);
+    default: return vertical_rows_simd<0>(adj, h, vb, bk, dst0, dst1, two, W);
   }
 }
 #endif
@@ -706,21 +808,20 @@ inline void backward_crop_scalar(const scalar_t* __restrict__ gplane, int64_t oh
   }
 }
 
+// The backward streams the output gradient in memory order. Each task owns whole input planes
+// and walks them in runs of planes of one sample (a few KiB of input gradient, which stay in
+// L1): the run is zeroed, then, crop by crop, the run's planes of that crop, which lie back to
+// back in the gradient, are read once and their contributions added into the run. Every input
+// element still sums its crops in index order, so the result does not depend on the runs, the
+// tasks or the thread count.
 template <typename scalar_t>
 void backward_kernel(const at::Tensor& g, const std::vector<Box>& boxes, bool per_sample,
                      at::Tensor& gx) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = g.size(0), N = g.size(1), C = g.size(2), oh = g.size(3), ow = g.size(4);
   const int64_t H = gx.size(2), W = gx.size(3);
-  // float32/float64 accumulate straight into the output plane; half types in an acc buffer.
+  // float32/float64 accumulate straight into the output; half types in an acc buffer.
   constexpr bool kInPlace = std::is_same<acc_t, scalar_t>::value;
-#ifdef HFCN_SIMD
-  constexpr bool kSimd = std::is_same<scalar_t, float>::value;
-  constexpr int64_t kPad = simd::K;
-#else
-  constexpr bool kSimd = false;
-  constexpr int64_t kPad = 0;
-#endif
   const std::vector<int64_t> tid = table_of(boxes);
   std::vector<BackwardTable<acc_t>> tables(boxes.size());
   int64_t max_w = 1;
@@ -730,66 +831,78 @@ void backward_kernel(const at::Tensor& g, const std::vector<Box>& boxes, bool pe
     tables[k].rows.build(boxes[k].h, oh);
     tables[k].cols.build(boxes[k].w, ow);
   }
-  int64_t stride = max_w;
+  // The scalar path's adjoint buffer: oh rows of max_w.
+  int64_t adj_size = oh * max_w;
 #ifdef HFCN_SIMD
-  std::vector<VecColumnReaders> vcols(kSimd ? boxes.size() : 0);
+  constexpr bool kSimd = std::is_same<scalar_t, float>::value;
+  std::vector<VecBackward> vtab(kSimd ? boxes.size() : 0);
   std::vector<char> vec_ok(boxes.size(), 0);
   if constexpr (kSimd) {
-    for (size_t k = 0; k < boxes.size(); ++k)
-      if (tid[k] == static_cast<int64_t>(k)) vec_ok[k] = vcols[k].build(tables[k].cols, boxes[k].w, ow);
-    stride = (max_w + simd::K - 1) / simd::K * simd::K;
+    for (size_t k = 0; k < boxes.size(); ++k) {
+      if (tid[k] != static_cast<int64_t>(k)) continue;
+      vec_ok[k] = vtab[k].build(tables[k].rows, tables[k].cols, boxes[k].h, boxes[k].w, oh);
+      // One buffer per block: oh rows and the zero row, a register each.
+      if (vec_ok[k])
+        adj_size = std::max<int64_t>(adj_size, static_cast<int64_t>(vtab[k].blocks.size()) * (oh + 1) * simd::K);
+    }
   }
+#else
+  constexpr bool kSimd = false;
 #endif
 
   const scalar_t* gp = g.data_ptr<scalar_t>();
   scalar_t* gxp = gx.data_ptr<scalar_t>();
   const int64_t plane_in = H * W, plane_out = oh * ow;
+  // Planes per run: ~16 KiB of input gradient, so that the run, the adjoint buffer and the
+  // tables share L1.
+  const int64_t run = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, plane_in));
   at::parallel_for(0, B * C, plane_grain(B * C, plane_in + N * plane_out), [&](int64_t begin, int64_t end) {
-    // col_adj[i][kk]: horizontal adjoint of output row i; 64-byte aligned, since the SIMD
-    // pass stores registers to it and loads them right back (see forward_kernel).
-    std::vector<acc_t> total_buf(kInPlace ? 0 : plane_in), col_adj_buf(oh * stride + 2 * kPad + 64 / sizeof(acc_t)),
-        contrib_buf(stride);
-    acc_t* col_adj = align64(col_adj_buf.data());
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t b = p / C, c = p % C;
-#ifdef HFCN_SIMD
-      if constexpr (kSimd) {
-        // The next plane's N gradient planes (N streams, each read once), fetched while this
-        // one is summed.
-        if (p + 1 < end) {
-          const int64_t b1 = (p + 1) / C, c1 = (p + 1) % C;
-          for (int64_t n = 0; n < N; ++n) {
-            const char* next = reinterpret_cast<const char*>(gp + ((b1 * N + n) * C + c1) * plane_out);
-            for (int64_t o = 0; o < plane_out * static_cast<int64_t>(sizeof(float)); o += 64)
-              _mm_prefetch(next + o, _MM_HINT_T0);
-          }
-        }
-      }
-#endif
-      scalar_t* out = gxp + p * plane_in;
+    // Zeroed once: the SIMD blocks' zero rows are never written. 64-byte aligned: the SIMD
+    // passes store registers to it and load them right back.
+    std::vector<acc_t> total_buf(kInPlace ? 0 : std::min(run, end - begin) * plane_in),
+        adj_buf(adj_size + 64 / sizeof(acc_t), acc_t(0)), contrib_buf(max_w);
+    acc_t* adj = align64(adj_buf.data());
+    for (int64_t p0 = begin; p0 < end;) {
+      const int64_t b = p0 / C, c0 = p0 % C;
+      const int64_t p1 = std::min({end, (b + 1) * C, p0 + run});
+      scalar_t* out = gxp + p0 * plane_in;
       acc_t* total;
       if constexpr (kInPlace) total = reinterpret_cast<acc_t*>(out);
       else total = total_buf.data();
-      std::fill(total, total + plane_in, acc_t(0));
+      std::fill(total, total + (p1 - p0) * plane_in, acc_t(0));
       for (int64_t n = 0; n < N; ++n) {
         const int64_t k = per_sample ? b * N + n : n;
         const Box& bx = boxes[k];
-        const scalar_t* gplane = gp + ((b * N + n) * C + c) * plane_out;
-        acc_t* window = total + bx.t * W + bx.l;
+        const int64_t t = tid[k];
+        const scalar_t* gplanes = gp + ((b * N + n) * C + c0) * plane_out;  // the run's planes, back to back
+        acc_t* windows = total + bx.t * W + bx.l;
 #ifdef HFCN_SIMD
         if constexpr (kSimd) {
-          if (vec_ok[tid[k]]) {
-            backward_crop_simd(gplane, oh, ow, bx.h, bx.w, tables[tid[k]], vcols[tid[k]], col_adj, window, W);
+          if (vec_ok[t]) {
+            const VecBackward& vb = vtab[t];
+            for (size_t blk = 0; blk < vb.blocks.size(); ++blk) {
+              const VecBackward::Block& bk = vb.blocks[blk];
+              float* badj = adj + blk * (oh + 1) * simd::K;
+              for (int64_t q = 0; q < p1 - p0; q += bk.pair ? 2 : 1) {
+                const bool two = bk.pair && q + 1 < p1 - p0;
+                const float* g0 = gplanes + q * plane_out;
+                horizontal_block_simd(g0, g0 + plane_out, two, oh, ow, bk, badj);
+                float* d0 = windows + q * plane_in;
+                vertical_block_simd(badj, bx.h, vb, bk, d0, d0 + plane_in, two, W);
+              }
+            }
             continue;
           }
         }
 #endif
-        backward_crop_scalar<scalar_t, acc_t>(gplane, oh, ow, bx.h, bx.w, tables[tid[k]], col_adj, stride,
-                                              contrib_buf.data(), window, W);
+        for (int64_t q = 0; q < p1 - p0; ++q)
+          backward_crop_scalar<scalar_t, acc_t>(gplanes + q * plane_out, oh, ow, bx.h, bx.w, tables[t], adj, max_w,
+                                                contrib_buf.data(), windows + q * plane_in, W);
       }
       if constexpr (!kInPlace) {
-        for (int64_t e = 0; e < plane_in; ++e) out[e] = static_cast<scalar_t>(total[e]);
+        for (int64_t e = 0; e < (p1 - p0) * plane_in; ++e) out[e] = static_cast<scalar_t>(total[e]);
       }
+      p0 = p1;
     }
   });
 }

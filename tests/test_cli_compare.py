@@ -90,7 +90,28 @@ def test_smoke_report_has_every_section_and_file(first_report):
     for fig in report["figures"]:
         with Image.open(fig) as im:
             assert im.size[0] > 100
-    assert {Path(f).name for f in report["figures"]} >= {"speed_forward.png", "roc.png", "model_train_step.png"}
+    assert {Path(f).name for f in report["figures"]} >= {
+        "speed_forward.png",
+        "roc.png",
+        "model_train_step.png",
+        "roofline.png",
+    }
+
+
+def test_smoke_report_has_floors_and_copy_bandwidth(first_report):
+    report = json.loads((first_report / "report.json").read_text())
+    speed = report["op_speed"]
+    floors = {r["direction"] for r in speed["rows"] if r["method"] == "floor" and r["status"] == "ok"}
+    assert floors == {"forward", "backward", "forward+backward"}
+    (copy,) = speed["copy"]  # one thread count asked for
+    assert copy["threads"] == 1 and copy["gbps"] > 0
+    for r in speed["rows"]:
+        if r["status"] == "ok" and r.get("gbps"):
+            assert r["floor_ratio"] > 0 and r["copy_gbps"] == copy["gbps"]
+    names = {c["check"] for c in speed["checks"]}
+    for direction in ("forward", "backward"):
+        assert any(n.startswith(f"{direction} time / its floor") for n in names)
+    assert (first_report / "op_speed_copy.csv").stat().st_size > 0
 
 
 def test_against_prints_ratios(first_report, tmp_path, phantoms):

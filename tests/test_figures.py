@@ -106,3 +106,34 @@ def test_forest_plot(tmp_path):
     with pytest.raises(ValueError, match="nothing to plot"):
         figures.plot_forest([], tmp_path / "empty.png")
     assert not (tmp_path / "empty.png").exists()
+
+
+def _roofline_rows():
+    rows = []
+    for shape in ("16x128x14x14 a0.6 ->14", "16x128x28x28 a0.6 ->28"):
+        for threads in (1, 2):
+            for direction in ("forward", "backward", "forward+backward"):
+                for method, gbps in (("fused", 20.0 * threads), ("naive", 1.5), ("floor", 30.0 * threads)):
+                    rows.append(
+                        {"shape": shape, "method": method, "direction": direction, "threads": threads, "gbps": gbps}
+                    )
+    # image multi-crop has no GB/s: left out, not an error
+    rows.append({"shape": "16x128x14x14 a0.6 ->14", "method": "image-multicrop", "direction": "forward", "threads": 1})
+    return rows
+
+
+def test_roofline_against_copy_bandwidth_and_peak(tmp_path):
+    copy = [{"threads": 1, "gbps": 25.0}, {"threads": 2, "gbps": 40.0}]
+    path = tmp_path / "roofline.png"
+    _check_png(path, figures.plot_roofline(_roofline_rows(), copy, path))
+    gpu = tmp_path / "gpu" / "roofline.png"
+    written = figures.plot_roofline(_roofline_rows(), copy, gpu, peak_gbps=3350.0, peak_how="(device properties)")
+    _check_png(gpu, written)
+
+
+def test_roofline_needs_bandwidth_rows(tmp_path):
+    with pytest.raises(ValueError, match="no row has a GB/s figure"):
+        figures.plot_roofline(
+            [{"shape": "s", "method": "fused", "direction": "forward", "threads": 1}], [], tmp_path / "r.png"
+        )
+    assert not (tmp_path / "r.png").exists()

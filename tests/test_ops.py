@@ -296,6 +296,82 @@ def test_backward_bitwise_deterministic_across_runs_and_threads(device):
         assert torch.equal(first.view(torch.int32), other.view(torch.int32))
 
 
+def _readers(in_size: int, out_size: int) -> list[list[tuple[int, torch.Tensor]]]:
+    """Per source coordinate, the output coordinates that read it (increasing) and their
+    float32 weights: crop_resize.h's source_taps and tap_weight, in float32 arithmetic."""
+    f32 = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    readers = [[] for _ in range(in_size)]
+    for d in range(out_size):
+        if in_size == out_size:
+            taps = [(d, f32(1.0)), (d, f32(0.0))]
+        else:
+            scale = f32(in_size) / f32(out_size)
+            src = torch.clamp(scale * (f32(d) + f32(0.5)) - f32(0.5), min=0)
+            i0 = min(int(src), in_size - 1)
+            i1 = i0 + (1 if i0 < in_size - 1 else 0)
+            w1 = torch.clamp(src - f32(i0), max=1)
+            taps = [(i0, f32(1.0) - w1), (i1, w1)]
+        for s in sorted({taps[0][0], taps[1][0]}):
+            w = [wt for i, wt in taps if i == s]
+            readers[s].append((d, w[0] if len(w) == 1 else w[0] + w[1]))
+    return readers
+
+
+def _backward_in_the_documented_order(grad: torch.Tensor, boxes: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """The float32 input gradient with crop_resize.h's terms in its order: per input element,
+    the horizontal adjoint (over output columns, increasing), then the vertical one (over
+    output rows, increasing), then the crops in index order; one multiply and one add per term
+    (torch's elementwise float32 kernels round each, as the -ffp-contract=off build does)."""
+    B, N, C, oh, ow = grad.shape
+    out = torch.zeros(B, C, H, W, dtype=torch.float32)
+    for b in range(B):
+        rows = boxes if boxes.dim() == 2 else boxes[b]
+        for n, (t, left, h, w) in enumerate(rows.tolist()):
+            g = grad[b, n]  # [C, oh, ow]
+            cols = torch.zeros(C, oh, w)
+            for kk, terms in enumerate(_readers(w, ow)):
+                acc = torch.zeros(C, oh)
+                for j, wt in terms:
+                    acc = acc + wt * g[:, :, j]
+                cols[:, :, kk] = acc
+            for rr, terms in enumerate(_readers(h, oh)):
+                acc = torch.zeros(C, w)
+                for i, wt in terms:
+                    acc = acc + wt * cols[:, i, :]
+                out[b, :, t + rr, left : left + w] = out[b, :, t + rr, left : left + w] + acc
+    return out
+
+
+@pytest.mark.parametrize(
+    "H, W, boxes, size",
+    [
+        (14, 14, ops.boundary_boxes(14, 14, 0.6), 14),  # the paper's: 8-column windows, two planes per register
+        (28, 28, ops.boundary_boxes(28, 28, 0.6), 28),  # 17 columns: a block of 16 and a 1-column tail
+        (20, 40, torch.tensor([[0, 0, 20, 40], [3, 5, 9, 33], [1, 2, 5, 3]]), (9, 30)),  # down- and up-sampling
+        (12, 12, torch.tensor([[0, 0, 4, 5], [2, 3, 10, 9]]), 40),  # readers wider than a register table
+        (16, 16, torch.stack([ops.random_boxes(16, 16, 0.5, 3, generator=torch.Generator().manual_seed(3))] * 2), 11),
+    ],
+    ids=["paper", "28x28", "mixed", "wide-readers", "per-sample"],
+)
+def test_backward_bitwise_equals_the_documented_order(H, W, boxes, size):
+    """The CPU backward (SIMD blocks, two-plane registers and their odd-plane tail, the scalar
+    path) adds exactly the documented terms in the documented order: bitwise equal to a
+    float32 model of it, at 1 and 3 threads, on 5 channels (an odd count: a run's last plane
+    has no partner)."""
+    oh, ow = ops.normalize_size(size)
+    g = torch.Generator().manual_seed(9)
+    grad = torch.randn(2, boxes.shape[-2], 5, oh, ow, generator=g)
+    want = _backward_in_the_documented_order(grad, boxes, H, W)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            got = torch.ops.hfcn_bench.crop_resize_backward(grad, boxes, H, W)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32)), n
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_batch_zero_crops_zero_channels(device):
     need(device)

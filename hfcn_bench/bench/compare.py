@@ -81,6 +81,7 @@ PRESETS = {
         "op_min_run_time": 0.01,
         "op_shapes": (op_speed.OpShape(batch=2, channels=4, height=8, width=8, alpha=0.6, out=8),),
         "image_multicrop": False,
+        "copy_bytes": 4 * 2**20,
         "model_modes": ("none", "bfc", "bfc-naive", "image"),
         "model_batch": 2,
         "model_size": 32,
@@ -127,6 +128,15 @@ def _speed_section(opts: CompareOptions, preset: dict, progress) -> dict:
     shapes = preset["op_shapes"]
     if str(opts.device).startswith("cuda") and op_speed.GPU_SHAPE not in shapes and preset is not PRESETS["smoke"]:
         shapes = (*shapes, op_speed.GPU_SHAPE)  # the bandwidth target's batch
+    if progress:
+        progress("copy bandwidth (STREAM-like)")
+    # The roofline's ceiling, in the same run as the op's rows (smoke: a small array, seconds).
+    copy = op_speed.measure_copy_bandwidth(
+        threads=opts.threads,
+        device=opts.device,
+        min_run_time=preset["op_min_run_time"],
+        nbytes=preset.get("copy_bytes"),
+    )
     rows = op_speed.measure_op_speed(
         shapes=shapes,
         threads=opts.threads,
@@ -136,7 +146,8 @@ def _speed_section(opts: CompareOptions, preset: dict, progress) -> dict:
         seed=opts.seed,
         progress=progress,
     )
-    return {"rows": rows, "checks": op_speed.op_speed_checks(rows, shapes[0])}
+    op_speed.add_copy_bandwidth(rows, copy)
+    return {"rows": rows, "copy": copy, "checks": op_speed.op_speed_checks(rows, shapes[0], copy_rows=copy)}
 
 
 def _model_section(opts: CompareOptions, preset: dict, progress) -> dict:
@@ -420,11 +431,17 @@ def run_compare(
         ],
         "errors": [],
     }
+    if "speed" in opts.only:
+        report["notes"].append(
+            "Op floors: forward = a copy of the output's bytes; backward = a copy of the output gradient plus "
+            "writing the input gradient; forward+backward = both. 'x floor' is a row's median over the floor's "
+            "(same shape, direction, threads). GB/s: the bytes a direction must move (input + output) over its "
+            "median, beside a STREAM-like copy (read + write bytes) measured in the same run (roofline.png)."
+        )
     if opts.device.startswith("cuda") and "speed" in opts.only:
         peak, how = op_speed.peak_bandwidth(opts.device)
         report["notes"].append(
-            "GB/s: the bytes each direction must move (input + output) over its median; device peak "
-            + (f"{peak:.0f} GB/s ({how})." if peak else f"unknown ({how}); set HFCN_PEAK_GBPS.")
+            "Device peak " + (f"{peak:.0f} GB/s ({how})." if peak else f"unknown ({how}); set HFCN_PEAK_GBPS.")
         )
     if "metrics" in opts.only and "model" in opts.only:
         report["notes"].append(

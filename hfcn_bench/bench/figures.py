@@ -1,4 +1,5 @@
-"""PNG figures for benchmark reports: ROC curves, speed bars, the α sweep (paper Table 3).
+"""PNG figures for benchmark reports: ROC curves, speed bars, the op's roofline, the α sweep
+(paper Table 3).
 
 Figures are drawn on a bare :class:`matplotlib.figure.Figure` with an Agg canvas instead of
 through ``pyplot``: pyplot keeps global figure state and a process-wide backend, and calling
@@ -28,6 +29,7 @@ from ..atomic import atomic_write
 __all__ = [
     "plot_roc_curves",
     "plot_speed_bars",
+    "plot_roofline",
     "plot_alpha_sweep",
     "plot_forest",
     "plot_reliability",
@@ -162,6 +164,71 @@ def plot_speed_bars(
     ax.set_xlabel(f"median time ({unit}); error bar = interquartile range")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
+    return _save_atomic(fig, path)
+
+
+_DIRECTION_SHORT = {"forward": "fwd", "backward": "bwd", "forward+backward": "fwd+bwd"}
+
+
+def plot_roofline(
+    rows: Sequence[Mapping[str, Any]],
+    copy_rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    peak_gbps: float | None = None,
+    peak_how: str = "",
+    title: str = "crop + resize: achieved bandwidth against the machine's",
+) -> Path:
+    """The op's roofline: achieved GB/s (``gbps``: the bytes a direction must move over its
+    median) of every method, direction and thread count, one panel per shape, against the
+    ceiling of the machine's copy bandwidth at each thread count (``copy_rows``: ``threads``,
+    ``gbps``, from :func:`hfcn_bench.bench.op_speed.measure_copy_bandwidth`) and, when given,
+    the device's peak (a GPU's datasheet bandwidth). A method at its floor sits near the copy
+    line; log scale, so that the naive path and the peers fit beside it. ``rows`` are
+    ``measure_op_speed``'s; rows without GB/s (not timed, image multi-crop) are left out."""
+    pts = [r for r in rows if r.get("gbps") and r.get("threads") and r.get("direction") in _DIRECTION_SHORT]
+    if not pts:
+        raise ValueError("no row has a GB/s figure: nothing to plot")
+    copy = {int(c["threads"]): float(c["gbps"]) for c in copy_rows if c.get("gbps")}
+    shapes = list(dict.fromkeys(r["shape"] for r in pts))
+    methods = list(dict.fromkeys(r["method"] for r in pts))
+    groups = [
+        (d, t)
+        for d in _DIRECTION_SHORT
+        for t in sorted({r["threads"] for r in pts})
+        if any(r["direction"] == d and r["threads"] == t for r in pts)
+    ]
+    gbps = {(r["shape"], r["method"], r["direction"], r["threads"]): float(r["gbps"]) for r in pts}
+    fig = _new_figure(max(7.5, len(shapes) * (1.2 + 0.75 * len(groups))), 5.0)
+    axes = np.atleast_1d(fig.subplots(1, len(shapes), sharey=True))
+    markers = "osD^v<>Xp*"
+    width = 0.7  # of a group, shared by its methods' points
+    for ax, shape in zip(axes, shapes):
+        for g, (_, threads) in enumerate(groups):
+            if threads in copy:
+                ax.hlines(copy[threads], g - 0.45, g + 0.45, colors="0.25", linestyles="--", linewidth=1.4)
+        for m, method in enumerate(methods):
+            xs, ys = [], []
+            for g, (direction, threads) in enumerate(groups):
+                value = gbps.get((shape, method, direction, threads))
+                if value is not None:
+                    xs.append(g - width / 2 + width * (m + 0.5) / len(methods))
+                    ys.append(value)
+            if xs:
+                ax.plot(xs, ys, markers[m % len(markers)], color=f"C{m}", markersize=7, label=method)
+        if peak_gbps:
+            ax.axhline(float(peak_gbps), color="tab:red", linewidth=1.4)
+        ax.set_xticks(range(len(groups)), [f"{_DIRECTION_SHORT[d]}\n{t} thr" for d, t in groups], fontsize=8)
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        ax.set_yscale("log")
+        ax.set_title(shape, fontsize=9)
+        ax.grid(axis="y", alpha=0.3, which="both")
+    axes[0].set_ylabel("achieved GB/s (bytes the direction must move / median)")
+    axes[0].plot([], [], "--", color="0.25", label="copy bandwidth (STREAM-like), same threads")
+    if peak_gbps:
+        axes[0].plot([], [], "-", color="tab:red", label=f"device peak {float(peak_gbps):.0f} GB/s {peak_how}".strip())
+    # Below the panels: inside, it would hide the points of whichever group it sat on.
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncols=3)
+    fig.suptitle(title, fontsize=10)
     return _save_atomic(fig, path)
 
 

@@ -1,5 +1,12 @@
 """Speed and memory of crop + bilinear resize: the fused extension against naive slicing, the
-torchvision peers, image-level multi-crop and the memory floor.
+torchvision peers, image-level multi-crop and the memory floor of each direction.
+
+The floors (method ``floor``) are plain copies of the bytes a direction must move at least:
+the forward's is a copy of its output; the backward's a copy of the output gradient plus
+writing the input gradient; forward + backward's both. Every row carries its time over the
+floor of its shape, direction and thread count (``floor_ratio``), and
+:func:`measure_copy_bandwidth` times a STREAM-like copy of arrays four times the last-level
+cache, whose GB/s :func:`add_copy_bandwidth` sets beside each row's (the roofline's ceiling).
 
 Every method is parity-checked against the contract (``crop_resize_reference``) before it is
 timed; a method that fails is reported with its error and not timed. ``roi_align`` and
@@ -24,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +46,8 @@ __all__ = [
     "LARGE_SHAPE",
     "GPU_SHAPE",
     "measure_op_speed",
+    "measure_copy_bandwidth",
+    "add_copy_bandwidth",
     "op_speed_checks",
     "available_methods",
     "peak_bandwidth",
@@ -171,11 +181,12 @@ def _make_method(name: str, shape: OpShape, boxes: torch.Tensor, device: torch.d
 
         return run
     if name == "floor":
-        # The memory floor: materialising the output's bytes once (read + write of a copy).
+        # The forward's memory floor: materialising the output's bytes once (read + write of a
+        # copy). The other directions' floors are _floor_statement's.
         like = torch.empty(B, N, shape.channels, out, out, device=device)
 
         def run(x):
-            return like.clone().requires_grad_(x.requires_grad)
+            return like.clone()
 
         return run
     raise ValueError(f"unknown op method {name!r}; known: {', '.join(available_methods())}")
@@ -230,6 +241,21 @@ def _parity(name: str, fn: Callable, x: torch.Tensor, boxes: torch.Tensor, out: 
         }
     ok = full <= _FLOAT_TOL
     return {"parity": f"{full:.1e}", "parity_ok": ok, "max_abs_err": full}
+
+
+def _floor_statement(fn: Callable, inp: torch.Tensor, grad: torch.Tensor, direction: str) -> Callable[[], object]:
+    """The memory floor of ``direction``: the forward's is a copy of its output (``fn``); the
+    backward's a copy of the output gradient plus writing the input gradient's bytes (a zeroed
+    tensor of the input's shape); forward + backward's is both."""
+
+    def backward():
+        return grad.clone(), torch.zeros_like(inp)
+
+    if direction == "forward":
+        return lambda: fn(inp)
+    if direction == "backward":
+        return backward
+    return lambda: (fn(inp), backward())
 
 
 def _statement(fn: Callable, inp: torch.Tensor, direction: str) -> Callable[[], object]:
@@ -428,9 +454,10 @@ def measure_op_speed(
                     if progress:
                         progress(f"{shape.label} {direction} {nthreads}T")
                     stmts = {
-                        name: _statement(fn, inp, direction)
+                        name: _floor_statement(fn, inp, grad, direction)
+                        if name == "floor"
+                        else _statement(fn, inp, direction)
                         for name, (fn, inp, _, _) in ready.items()
-                        if not (name == "floor" and direction != "forward")  # a copy has no backward
                     }
                     for name, (median, iqr) in _time_interleaved(stmts, device, min_run_time).items():
                         peak, how = peak_memory(stmts[name], device)
@@ -460,9 +487,95 @@ def measure_op_speed(
         for r in rows
         if r["method"] == "naive" and r["status"] == "ok"
     }
+    floor = {
+        (r["shape"], r["direction"], r["threads"]): r["median_s"]
+        for r in rows
+        if r["method"] == "floor" and r["status"] == "ok"
+    }
     for r in rows:
         ref = naive.get((r["shape"], r["direction"], r["threads"]))
         r["speedup"] = ref / r["median_s"] if ref and r.get("median_s") else None
+        ref = floor.get((r["shape"], r["direction"], r["threads"]))
+        r["floor_ratio"] = r["median_s"] / ref if ref and r.get("median_s") else None
+    return rows
+
+
+def _last_level_cache_bytes() -> int | None:
+    """The largest CPU cache of CPU 0 (sysfs), or None where sysfs does not say."""
+    sizes = []
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = index.read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text[:-1] if text[-1:] in "KMG" else text
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes) if sizes else None
+
+
+def copy_array_bytes(device: str | torch.device) -> tuple[int, str]:
+    """``(bytes per array, why)`` of the STREAM-like copy: STREAM's rule, each array at least
+    four times the last-level cache, so that the copy runs from memory (at least 64 MiB; on
+    CUDA 256 MiB, over four times the L2 of current GPUs)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0
+        return max(256 * 2**20, 4 * l2), f"max(256 MiB, 4 x the {l2 / 2**20:.0f} MiB L2)"
+    llc = _last_level_cache_bytes()
+    if llc is None:
+        return 256 * 2**20, "256 MiB (the cache size is unknown)"
+    return max(64 * 2**20, 4 * llc), f"max(64 MiB, 4 x the {llc / 2**20:.0f} MiB last-level cache)"
+
+
+def measure_copy_bandwidth(
+    threads: tuple[int, ...] = (1, 2),
+    device: str | torch.device = "cpu",
+    min_run_time: float = 0.2,
+    nbytes: int | None = None,
+) -> list[dict]:
+    """The machine's copy bandwidth, STREAM-like (``dst.copy_(src)`` of two float32 arrays
+    ``nbytes`` each, by default :func:`copy_array_bytes`), at each thread count: one row per
+    thread count with threads, device, bytes, median_s, iqr_s and gbps (read + write bytes
+    over the median, STREAM's convention for Copy)."""
+    device = torch.device(device)
+    how = "given"
+    if nbytes is None:
+        nbytes, how = copy_array_bytes(device)
+    n = max(1, nbytes // 4)
+    src = torch.ones(n, device=device)  # touched, so no page is first faulted inside the timing
+    dst = torch.zeros(n, device=device)
+    rows = []
+    old_threads = torch.get_num_threads()
+    try:
+        for t in threads:
+            torch.set_num_threads(t)
+            median, iqr = _time_interleaved({"copy": lambda: dst.copy_(src)}, device, min_run_time)["copy"]
+            rows.append(
+                {
+                    "threads": t,
+                    "device": str(device),
+                    "bytes": 4 * n,
+                    "size": f"2 x {4 * n / 2**20:.0f} MiB ({how})",
+                    "median_s": median,
+                    "iqr_s": iqr,
+                    "gbps": 2 * 4 * n / median / 1e9,
+                }
+            )
+    finally:
+        torch.set_num_threads(old_threads)
+    return rows
+
+
+def add_copy_bandwidth(rows: list[dict], copy_rows: list[dict]) -> list[dict]:
+    """Set the copy bandwidth of each row's thread count beside its GB/s: ``copy_gbps`` and
+    ``pct_of_copy`` (the row's GB/s as a share of it). Returns ``rows``."""
+    by_threads = {(c["device"], c["threads"]): c["gbps"] for c in copy_rows}
+    for r in rows:
+        copy = by_threads.get((r.get("device"), r.get("threads")))
+        r["copy_gbps"] = copy
+        r["pct_of_copy"] = 100.0 * r["gbps"] / copy if copy and r.get("gbps") else None
     return rows
 
 
@@ -473,15 +586,34 @@ def _find(rows, **keys):
     return None
 
 
-def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE, gpu_shape: OpShape = GPU_SHAPE) -> list[dict]:
-    """The op issue's speed targets, evaluated on measured rows of one run.
+# The CPU targets (issue 24), as ratios to the memory floor, which hold on any machine: a
+# memory-bound op gains from bandwidth where an overhead-bound naive path does not, so a
+# "x naive" target passes on one machine and fails on the next.
+FORWARD_FLOOR_MAX = 1.5
+BACKWARD_FLOOR_MAX = 2.0
+NAIVE_MIN = 8.0  # forward + backward vs naive, 1 thread, paper shape: the second check
+SCALING_MIN = 1.6  # forward + backward, 2 threads vs 1, paper shape ...
+SCALING_OF_FLOOR = 1.2  # ... or within this factor of the floor's own 2-thread speed-up
 
-    On the CPU (issue 14, the paper shape): at 1 thread the fused forward >= 8x naive and <= 2x
-    the memory floor, forward+backward >= 8x naive; forward+backward on 2 threads >= 1.8x its
-    1-thread time. On CUDA: the fused forward on ``gpu_shape`` moves its bytes at >= 70% of
-    the device's peak bandwidth. Each check: name, value (a ratio), minimum (must), target
-    (aim), passed (value meets the minimum), met_target; value None when a needed row is
-    missing (e.g. the 2-thread rows on a 1-thread run).
+
+def op_speed_checks(
+    rows: list[dict],
+    shape: OpShape = PAPER_SHAPE,
+    gpu_shape: OpShape = GPU_SHAPE,
+    copy_rows: list[dict] | None = None,
+) -> list[dict]:
+    """The op's speed targets, evaluated on measured rows of one run.
+
+    On the CPU, on every shape and thread count timed: the fused forward <= 1.5x its floor and
+    the fused backward <= 2x its floor (forward + backward's floor ratio is reported). On
+    ``shape`` (the paper's): forward + backward >= 8x naive at 1 thread; forward + backward
+    on 2 threads >= 1.6x its 1-thread time, or within 1.2x of the forward + backward floor's
+    own 2-thread speed-up (a memory-bound op cannot scale past the memory system), the two
+    figures side by side; ``copy_rows`` (:func:`measure_copy_bandwidth`) add the copy
+    bandwidth's own 2-thread scaling, reported. On CUDA: the fused forward on ``gpu_shape``
+    moves its bytes at >= 70% of the device's peak bandwidth. Each check: name, value (a
+    ratio), minimum (must; None: reported), target (aim), passed, met_target, detail; value
+    None when a needed row is missing (e.g. the 2-thread rows on a 1-thread run).
     """
     label = shape.label
     checks = []
@@ -489,16 +621,22 @@ def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE, gpu_shape: O
     def ratio(a, b):
         return a["median_s"] / b["median_s"] if a and b else None
 
-    def add(name, value, minimum, target, higher_is_better=True):
-        if value is None:
-            checks.append(
-                {"check": name, "value": None, "minimum": minimum, "target": target, "passed": None, "met_target": None}
-            )
-            return
-        ok = None if minimum is None else (value >= minimum if higher_is_better else value <= minimum)
-        tgt = value >= target if higher_is_better else value <= target
+    def add(name, value, minimum, target, higher_is_better=True, detail=None):
+        def meets(bar):
+            if value is None or bar is None:
+                return None
+            return value >= bar if higher_is_better else value <= bar
+
         checks.append(
-            {"check": name, "value": value, "minimum": minimum, "target": target, "passed": ok, "met_target": tgt}
+            {
+                "check": name,
+                "value": value,
+                "minimum": minimum,
+                "target": target,
+                "passed": meets(minimum),
+                "met_target": meets(target),
+                "detail": detail,
+            }
         )
 
     devices = {r.get("device", "cpu").split(":")[0] for r in rows if r.get("status") == "ok"}
@@ -515,39 +653,71 @@ def op_speed_checks(rows: list[dict], shape: OpShape = PAPER_SHAPE, gpu_shape: O
         naive = _find(rows, shape=label, method="naive", direction="forward")
         add("forward speed-up vs naive (CUDA)", ratio(naive, fused), 1.0, 8.0)
         return checks
-    for t in sorted({r["threads"] for r in rows if r.get("threads")}):
-        plural = "s" * (t > 1)
+
+    def plural(t):
+        return f"{t} thread{'s' * (t > 1)}"
+
+    all_threads = sorted({r["threads"] for r in rows if r.get("threads")})
+    shapes = list(dict.fromkeys(r["shape"] for r in rows if r.get("method") == "fused" and r.get("status") == "ok"))
+    for shape_label in shapes:
+        for t in all_threads:
+            where = f"{shape_label}, {plural(t)}"
+            for direction, most in (
+                ("forward", FORWARD_FLOOR_MAX),
+                ("backward", BACKWARD_FLOOR_MAX),
+                ("forward+backward", None),
+            ):
+                fused = _find(rows, shape=shape_label, method="fused", direction=direction, threads=t)
+                floor = _find(rows, shape=shape_label, method="floor", direction=direction, threads=t)
+                add(
+                    f"{direction} time / its floor ({where})" + ("" if most else " (reported)"),
+                    ratio(fused, floor),
+                    most,
+                    most,
+                    higher_is_better=False,
+                )
+    for t in all_threads:
         fused_f = _find(rows, shape=label, method="fused", direction="forward", threads=t)
         naive_f = _find(rows, shape=label, method="naive", direction="forward", threads=t)
-        floor_f = _find(rows, shape=label, method="floor", direction="forward", threads=t)
         fused_fb = _find(rows, shape=label, method="fused", direction="forward+backward", threads=t)
         naive_fb = _find(rows, shape=label, method="naive", direction="forward+backward", threads=t)
         roi_f = _find(rows, shape=label, method="roi_align", direction="forward", threads=t)
-        # The issue's minimums hold at 1 thread; at more threads the ratios are reported against
-        # the same aims (naive slicing scales as well as the op does, so they move little).
-        must = 1 if t == 1 else None
-        add(f"forward speed-up vs naive ({t} thread{plural})", ratio(naive_f, fused_f), 8.0 if must else 4.0, 8.0)
-        add(
-            f"forward time / memory floor ({t} thread{plural})",
-            ratio(fused_f, floor_f),
-            2.0 if must else 4.0,
-            2.0,
-            higher_is_better=False,
-        )
-        add(
-            f"forward+backward speed-up vs naive ({t} thread{plural})",
-            ratio(naive_fb, fused_fb),
-            8.0 if must else 4.0,
-            8.0,
-        )
+        must = NAIVE_MIN if t == 1 else None  # required at 1 thread, reported beyond
+        name = f"forward+backward speed-up vs naive ({plural(t)}{'' if must else ', reported'})"
+        add(name, ratio(naive_fb, fused_fb), must, NAIVE_MIN)
+        add(f"forward speed-up vs naive ({plural(t)}, reported)", ratio(naive_f, fused_f), None, NAIVE_MIN)
         if roi_f:
-            add(f"forward speed-up vs roi_align ({t} thread{plural})", ratio(roi_f, fused_f), 1.0, 1.0)
-    one = _find(rows, shape=label, method="fused", direction="forward", threads=1)
-    two = _find(rows, shape=label, method="fused", direction="forward", threads=2)
-    # Reported, not required: a forward at its memory floor scales as the memory system does
-    # (the 2-thread floor ratio above is its check; issue 14 sets no forward scaling target).
-    add("fused forward, 2 threads vs 1 (reported: memory-bound)", ratio(one, two), None, 1.8)
+            add(f"forward speed-up vs roi_align ({plural(t)}, reported)", ratio(roi_f, fused_f), None, 1.0)
     one = _find(rows, shape=label, method="fused", direction="forward+backward", threads=1)
     two = _find(rows, shape=label, method="fused", direction="forward+backward", threads=2)
-    add("fused forward+backward, 2 threads vs 1", ratio(one, two), 1.8, 1.8)
+    floor_one = _find(rows, shape=label, method="floor", direction="forward+backward", threads=1)
+    floor_two = _find(rows, shape=label, method="floor", direction="forward+backward", threads=2)
+    scaling, floor_scaling = ratio(one, two), ratio(floor_one, floor_two)
+    # The bar: 1.6x, or the floor's own speed-up over 1.2 where the memory system lets even a
+    # copy scale less than that.
+    minimum = SCALING_MIN if floor_scaling is None else min(SCALING_MIN, floor_scaling / SCALING_OF_FLOOR)
+    add(
+        "fused forward+backward, 2 threads vs 1",
+        scaling,
+        minimum,
+        SCALING_MIN,
+        detail=None
+        if floor_scaling is None
+        else f"floor forward+backward, 2 threads vs 1: {floor_scaling:.2f}x; passes at >= {SCALING_MIN} "
+        f"or >= {floor_scaling:.2f} / {SCALING_OF_FLOOR} = {floor_scaling / SCALING_OF_FLOOR:.2f}",
+    )
+    if floor_scaling is not None and floor_scaling < 1 / SCALING_OF_FLOOR:
+        # A copy more than 1.2x slower on 2 threads than on 1: another job holds the cores, and
+        # the bar above would pass anything. Not judged rather than passed.
+        checks[-1]["passed"] = None
+        checks[-1]["detail"] += (
+            "; not judged: the floor itself ran slower on 2 threads than on 1, so this machine's 2-thread "
+            "timings measure contention (other jobs on the cores), not the op"
+        )
+    one = _find(rows, shape=label, method="fused", direction="forward", threads=1)
+    two = _find(rows, shape=label, method="fused", direction="forward", threads=2)
+    add("fused forward, 2 threads vs 1 (reported: memory-bound)", ratio(one, two), None, SCALING_MIN)
+    copies = {c["threads"]: c for c in copy_rows or []}
+    if 1 in copies and 2 in copies:
+        add("copy bandwidth, 2 threads vs 1 (reported)", copies[2]["gbps"] / copies[1]["gbps"], None, None)
     return checks

@@ -95,6 +95,23 @@ def _figures(report: dict, out: Path) -> list[str]:
                         )
                     )
                 )
+    if any(r.get("gbps") for r in ok):
+        env = report.get("environment") or {}
+        where = env.get("gpu") if str(env.get("device", "")).startswith("cuda") else env.get("cpu")
+        peak = next((r["peak_gbps"] for r in ok if r.get("peak_gbps")), None)
+        how = next((r["peak_how"] for r in ok if r.get("peak_gbps")), "")
+        made.append(
+            str(
+                figures.plot_roofline(
+                    ok,
+                    report["op_speed"].get("copy") or [],
+                    out / "roofline.png",
+                    peak_gbps=peak,
+                    peak_how=f"({how})" if how else "",
+                    title=f"crop + resize: achieved GB/s against the copy bandwidth, {where}",
+                )
+            )
+        )
     model = (report.get("model_cost") or {}).get("rows") or []
     if model:
         threads = max(r["threads"] for r in model)
