@@ -117,6 +117,17 @@ def test_two_stage_with_a_transunet_segmenter(data, tmp_path):
     assert f"dice {seg['dice']:.3f}" in again
 
 
+def test_two_stage_refuses_a_cuda_segmenter_without_a_gpu_before_writing(data, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the no-GPU refusal cannot be exercised")
+    out = tmp_path / "ts"
+    rc, text = run(["train", "--data", str(data), "--system", "two_stage", "--set", "device=cuda", "--out", str(out)])
+    assert rc == 1 and "device 'cuda' requested but torch sees no CUDA GPU" in text
+    assert not out.exists()
+
+
 def test_train_refuses_an_existing_run(trained, data):
     out, _ = trained
     rc, text = run(["train", "--data", str(data), "--out", str(out), *TINY])

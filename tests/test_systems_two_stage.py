@@ -213,6 +213,26 @@ def test_segmenter_weights_load_and_a_misfit_stops_before_training(ds, split, tm
     assert not [e for e in epochs if e[0] in ("seg_epoch", "epoch")]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the no-GPU refusal cannot be exercised")
+def test_a_cuda_segmenter_without_a_gpu_is_refused_before_training(ds, split):
+    cfg = get_system("two_stage").configure("default", {**TINY, "segmenter": "transunet-small", "device": "cuda"})
+    assert get_system("two_stage").configure("default").device == "cpu"
+    epochs = []
+    with pytest.raises(HfcnError, match="device 'cuda' requested but torch sees no CUDA GPU"):
+        train_run("two_stage", cfg, ds, [split], n_boot=10, progress=lambda *a: epochs.append(a))
+    assert not [e for e in epochs if e[0] in ("seg_epoch", "epoch")]
+
+
+@pytest.mark.cuda
+def test_transunet_segmenter_trains_and_predicts_on_cuda(ds, split):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    cfg = {**TINY, "segmenter": "transunet-small", "seg_lr": 3e-4, "seg_epochs": 10, "device": "cuda"}
+    r = evaluate_system("two_stage", ds, split, config=cfg, n_boot=20)
+    assert r["timings"]["seg_device"].startswith("cuda")
+    assert r["segmentation"]["segmenter"] == "transunet-small" and r["segmentation"]["dice"] > 0.45
+
+
 def test_segmentation_loss_is_cross_entropy_plus_dice():
     target = torch.zeros(2, 1, 4, 4)
     target[0, 0, :2, :2] = 1  # 4 of 16 pixels

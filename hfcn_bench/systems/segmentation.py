@@ -224,10 +224,12 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, frames: FrameTensors, batch: int = 16) -> torch.Tensor:
-    """Sigmoid probabilities of ``model`` on every frame: Tensor[N, 1, H, W] float32."""
+    """Sigmoid probabilities of ``model`` on every frame: Tensor[N, 1, H, W] float32, on the
+    CPU (the frames go to the model's device batch by batch)."""
     model.eval()
     n = len(frames)
-    out = [torch.sigmoid(model(frames.images(range(s, min(s + batch, n))))) for s in range(0, n, batch)]
+    dev = next(model.parameters()).device
+    out = [torch.sigmoid(model(frames.images(range(s, min(s + batch, n))).to(dev))).cpu() for s in range(0, n, batch)]
     return torch.cat(out) if out else torch.zeros(0, 1, frames.height, frames.width)
 
 
@@ -260,6 +262,7 @@ class TrainedSegmenter:
 class _SegmenterTask:
     def __init__(self, model: nn.Module, fit: FrameTensors, val: FrameTensors, cfg):
         self.model, self.fit, self.val, self.cfg = model, fit, val, cfg
+        self.device = next(model.parameters()).device
         self.n = len(fit)
         self.y_val = frame_targets(val)
 
@@ -270,8 +273,8 @@ class _SegmenterTask:
         rows = [int(r) for r in rows]
         # each frame's horizontal flip (p = 0.5) from (seed, epoch, index), as RoiDataset draws
         fl = [bool(np.random.default_rng([int(self.cfg.seed), epoch, r]).random() < 0.5) for r in rows]
-        x = self.fit.images(rows, fl)
-        y = torch.stack([self.fit.mask(r, f) for r, f in zip(rows, fl)])
+        x = self.fit.images(rows, fl).to(self.device)
+        y = torch.stack([self.fit.mask(r, f) for r, f in zip(rows, fl)]).to(self.device)
         loss = segmentation_loss(self.model(x), y)
         return loss, float(len(rows)), float(len(rows))
 
@@ -308,8 +311,9 @@ def fit_segmenter(
     shared epoch loop (``ckpt_dir``: its resumable checkpoints).
 
     ``cfg`` needs ``segmenter``, ``seg_weights``, ``frame_size``, ``unet_base``,
-    ``unet_depth``, ``seg_epochs``, ``seg_batch``, ``seg_lr``, ``seg_weight_decay`` and ``seed``
-    (the network: :func:`build_segmenter`). Seeded and deterministic at a fixed thread count:
+    ``unet_depth``, ``seg_epochs``, ``seg_batch``, ``seg_lr``, ``seg_weight_decay``, ``seed``
+    (the network: :func:`build_segmenter`) and ``device`` (where it trains; the frames stay on
+    the CPU and go there batch by batch). Seeded and deterministic at a fixed thread count:
     ``torch.manual_seed(cfg.seed)`` before building, the batch order from ``(seed, epoch)``
     and each frame's horizontal flip (p = 0.5) from ``(seed, epoch, index)``. Loss:
     :func:`segmentation_loss` (cross-entropy + Dice); AdamW. ``progress(stage, epoch, epochs, info)`` after each
@@ -323,8 +327,10 @@ def fit_segmenter(
             f"too few loadable frames to train the segmenter ({len(fit)} training, {len(val)} validation)",
             hint="the segmenter needs at least 2 training frames and 1 validation frame with outlines",
         )
+    from ..engine import device_of
+
     torch.manual_seed(int(cfg.seed))
-    model = build_segmenter(cfg)
+    model = build_segmenter(cfg).to(device_of(cfg.device))
     settings = LoopSettings(
         epochs=cfg.seg_epochs,
         batch_size=cfg.seg_batch,

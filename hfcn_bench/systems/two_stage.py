@@ -81,8 +81,10 @@ class TwoStageConfig(RC.RoiTrainingSpec):
     ``seg_weights`` (local state dict of that network, or None: random initialisation);
     ``frame_size`` (height, width) the frames are resized to; ``unet_base`` (first-level
     width), ``unet_depth`` (down steps) of the U-Net; ``seg_epochs``, ``seg_batch``,
-    ``seg_lr``, ``seg_weight_decay``. ROI: ``roi_margin`` (fraction of the predicted box per
-    side). Classifier: ``weights`` (local ResNet-18 state dict, torchvision layout),
+    ``seg_lr``, ``seg_weight_decay``; ``device`` the segmenter trains and predicts on (``cpu``,
+    ``cuda``, ``cuda:N`` or ``auto``; the ResNet-18 and the forest stay on the CPU). ROI:
+    ``roi_margin`` (fraction of the predicted box per side; 0, the paper's rule, see the
+    module docstring). Classifier: ``weights`` (local ResNet-18 state dict, torchvision layout),
     ``image_size``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``dropout``;
     ``val_fraction`` (case-level validation part of the training cases, shared by both
     networks); ``threshold_rule``. Baseline: ``rf_trees``, ``threshold_folds``.
@@ -97,6 +99,7 @@ class TwoStageConfig(RC.RoiTrainingSpec):
     seg_batch: int = 8
     seg_lr: float = 1e-3
     seg_weight_decay: float = 1e-4
+    device: str = "cpu"
     roi_margin: float = 0.0
     weights: str | None = None
     image_size: int = 128
@@ -332,6 +335,7 @@ class TwoStage(System):
             training,
             {
                 "seg_train_s": seg.train_s,
+                "seg_device": str(next(seg.model.parameters()).device),
                 "train_s": clf.train_s,
                 "forest_s": rf_summary["features_s"] + rf_summary["train_s"],
             },
@@ -401,11 +405,13 @@ class TwoStage(System):
         from ..checkpoint import load_checkpoint, load_weights_into
 
         d = Path(directory)
+        from ..engine import device_of
+
         segmenter = SEG.build_segmenter(cfg, weights=False)
         seg_path = d / "segmenter" / f"{checkpoint}.pt"
         load_weights_into(segmenter, load_checkpoint(seg_path)["model"], seg_path)
         return {
-            "segmenter": segmenter.eval(),
+            "segmenter": segmenter.to(device_of(device)).eval(),
             "classifier": RC.load_weights(build_classifier(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt"),
             "forest": C.load_sklearn(d / "forest.skops"),
         }
