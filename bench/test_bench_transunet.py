@@ -14,7 +14,10 @@ Before anything is timed, each network's output is checked: shape ``[2, 1, 224, 
 2 threads the same logits as at 1 thread (parity across thread counts); a training step must
 give a finite loss and move the weights. Nothing asserts a time: read the ratios (``transunet``
 over ``transunet-small``, 1 thread over 2) within one run, on an otherwise idle machine when
-the absolute numbers matter. Every configuration starts from the same seed. Rounds are fixed
+the absolute numbers matter. On a small shared VM set ``OMP_WAIT_POLICY=PASSIVE``: with
+libgomp's default wait policy the 2-thread rows ran 3-5x *slower* than 1 thread on this
+project's loaded 2-core machine (``hfcn_bench.bench.model_cost`` says why). Every
+configuration starts from the same seed. Rounds are fixed
 (``pedantic``: 1 warm-up, 3 timed) so the full network's steps, seconds each, bound the run.
 """
 

@@ -103,6 +103,7 @@ def test_report_shape(report, ds, split):
     seg = report["segmentation"]
     assert seg["frames"] == n_frames and seg["salvaged_frames_excluded"] == 0
     assert 0.0 <= seg["iou"] <= seg["dice"] <= 1.0
+    assert seg["dice_ci"][0] <= seg["dice"] <= seg["dice_ci"][1] and seg["iou_ci"][0] <= seg["iou"] <= seg["iou_ci"][1]
     assert report["pairing"]["nodules"] == len(test) and report["pairing"]["frames"] == n_frames
     assert 0 <= report["pairing"]["missed"] <= len(test)
     assert 0 <= report["pairing"]["empty_mask_fallbacks"] <= len(test)
@@ -341,6 +342,14 @@ def test_dice_iou_on_hand_made_masks():
     assert s["frames"] == 3 and s["empty_predictions"] == 2
     assert s["dice"] == pytest.approx(0.5) and s["dice_median"] == 0.5
     assert s["iou"] == pytest.approx((4 / 12 + 1) / 3)
+    assert "dice_ci" not in s
+    # case-bootstrap intervals of the means: frames of one case are drawn together
+    one = SEG.segmentation_summary(p, t, case_ids=["a", "a", "a"])
+    assert one["dice_ci"] == pytest.approx([0.5, 0.5]) and one["iou_ci"] == pytest.approx([s["iou"]] * 2)
+    three = SEG.segmentation_summary(p, t, case_ids=["a", "b", "c"], n_boot=500)
+    low, high = three["dice_ci"]
+    assert 0.0 <= low < 0.5 < high <= 1.0 and three["dice"] == s["dice"]
+    assert three == SEG.segmentation_summary(p, t, case_ids=["a", "b", "c"], n_boot=500)  # seeded
     with pytest.raises(HfcnError, match="differ in shape"):
         SEG.dice_iou(p, t[:2])
 

@@ -174,9 +174,15 @@ def dice_iou(prob_or_mask, target, thr: float = 0.5) -> tuple[torch.Tensor, torc
     return dice, iou
 
 
-def segmentation_summary(prob, target, thr: float = 0.5) -> dict:
+def segmentation_summary(
+    prob, target, thr: float = 0.5, case_ids: Sequence | None = None, n_boot: int = 1000, seed: int = 0
+) -> dict:
     """``{"frames", "dice", "iou", "dice_median", "iou_median", "empty_predictions",
-    "threshold"}`` over frames (means unless named): the mask quality of ``prob >= thr``."""
+    "threshold"}`` over frames (means unless named): the mask quality of ``prob >= thr``.
+
+    With ``case_ids`` (one per frame) also ``dice_ci`` and ``iou_ci``: 95 % percentile
+    intervals of the mean over ``n_boot`` case-level bootstrap resamples (frames of one case
+    are drawn together, as for the classification metrics; :func:`hfcn_bench.metrics.bootstrap_ci`)."""
     dice, iou = dice_iou(prob, target, thr)
     n = int(dice.numel())
     if n == 0:
@@ -190,7 +196,7 @@ def segmentation_summary(prob, target, thr: float = 0.5) -> dict:
             "threshold": float(thr),
         }
     empty = int((~_binary(prob, thr).any(1)).sum())
-    return {
+    out = {
         "frames": n,
         "dice": float(dice.mean()),
         "iou": float(iou.mean()),
@@ -199,6 +205,18 @@ def segmentation_summary(prob, target, thr: float = 0.5) -> dict:
         "empty_predictions": empty,
         "threshold": float(thr),
     }
+    if case_ids is not None:
+        from ..metrics import bootstrap_ci
+
+        none = np.zeros(n, dtype=np.int64)  # bootstrap_ci's labels; the mean ignores them
+
+        def mean(_, v):
+            return float(v.mean())
+
+        for key, vals in (("dice", dice), ("iou", iou)):
+            _, low, high = bootstrap_ci(none, vals.numpy(), list(case_ids), mean, n_boot=n_boot, seed=seed)
+            out[f"{key}_ci"] = [low, high]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -369,7 +369,10 @@ class TwoStage(System):
             if outlined:
                 clean = [i for i, f in enumerate(ft.frames) if not _salvaged(f)]
                 segm = {"segmenter": cfg.segmenter}
-                segm.update(SEG.segmentation_summary(prob[clean], SEG.frame_targets(ft, clean)))
+                cases = [ft.frames[i].case_id for i in clean]
+                segm.update(
+                    SEG.segmentation_summary(prob[clean], SEG.frame_targets(ft, clean), case_ids=cases, seed=cfg.seed)
+                )
                 segm["salvaged_frames_excluded"] = len(ft) - len(clean)
                 summaries["segmentation"] = segm
             pairing = SEG.Pairing()
