@@ -14,7 +14,11 @@
 #      device-to-device copy bandwidth measured in the same run and the device's peak;
 #   5. runs a short `reproduce` grid on the GPU (smoke preset, embedded phantoms);
 #   6. when real DDTI is at hand ($HFCN_DDTI_DIR, or ../shared/data/ddti/raw beside the
-#      checkout), spends the time left on the whole 224 px `reproduce --table all` grid (Tables 3,
+#      checkout) and at least 240 s are left, trains one fold of `two_stage` with the paper's
+#      TransUNet as its segmenter (`segmenter=transunet`: R50 + ViT-B/16 at 224x224, on the GPU;
+#      a 4:1 case-level split, seed 0, the size of one of the 5 CV folds; at most 300 s; its
+#      metrics.json is kept, and a second run of this script skips it);
+#   7. then spends the time left on the whole 224 px `reproduce --table all` grid (Tables 3,
 #      4 and 5), then on Table 4 for resnet50, inception_v3, xception and vgg19 (cheapest first); the
 #      grid's cells are cached, so a second run of this script resumes it.
 # Every log and report goes under OUT_DIR; the venv, the extension cache and the grid's cells go
@@ -175,9 +179,25 @@ else
   for s in cuda_tests compare reproduce_smoke; do STATUS[$s]="skipped(build failed)"; done
 fi
 
-# --- 6. the 224 px grid on real DDTI, with whatever time is left (resumable) --------------
 DDTI=${HFCN_DDTI_DIR:-}
 [ -z "$DDTI" ] && [ -d "$ROOT/../shared/data/ddti/raw" ] && DDTI="$ROOT/../shared/data/ddti/raw"
+
+# --- 6. one fold of two_stage with the paper's TransUNet on real DDTI (issue 25) -----------
+TS_RUN="$WORK/two-stage-transunet"
+if [ -z "$DDTI" ]; then
+  STATUS[two_stage_transunet]="skipped(no DDTI: set HFCN_DDTI_DIR)"
+elif [ -f "$TS_RUN/metrics.json" ]; then
+  STATUS[two_stage_transunet]="ok(done by an earlier run)"
+elif [ "$(left)" -lt 240 ]; then
+  STATUS[two_stage_transunet]="skipped(no time)"
+else
+  step two_stage_transunet 300 hfcn-bench train --data "$DDTI" --label-rule tirads --system two_stage \
+    --preset quick --set segmenter=transunet --set frame_size=224,224 --set device=cuda \
+    --test-fraction 0.2 --seed 0 --threads 8 --force --out "$TS_RUN"
+fi
+cp "$TS_RUN/metrics.json" "$OUT/two_stage_transunet_metrics.json" 2> /dev/null || true
+
+# --- 7. the 224 px grid on real DDTI, with whatever time is left (resumable) --------------
 if [ -z "$DDTI" ]; then
   STATUS[ddti_grid]="skipped(no DDTI: set HFCN_DDTI_DIR)"
 elif [ "${STATUS[build]}" != ok ]; then
@@ -208,5 +228,5 @@ fi
 RC=0
 for s in build cuda_tests compare reproduce_smoke; do case "${STATUS[$s]:-}" in ok|ok\(*) ;; *) RC=1 ;; esac; done
 DETAIL=""
-for s in install build cuda_tests compare reproduce_smoke ddti_grid; do DETAIL+="$s=${STATUS[$s]:-not-run} "; done
+for s in install build cuda_tests compare reproduce_smoke two_stage_transunet ddti_grid; do DETAIL+="$s=${STATUS[$s]:-not-run} "; done
 [ $RC -eq 0 ] && finish 0 "PASS on $GPU: ${DETAIL% }" || finish 1 "FAILED on $GPU: ${DETAIL% }"

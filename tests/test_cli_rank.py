@@ -77,3 +77,15 @@ def test_rank_refuses_runs_on_other_cases_or_without_metrics(runs, tmp_path):
     (broken / "metrics.json").write_text("{not json")
     rc, text = run(["rank", str(hfcn), str(broken)])
     assert rc == 1 and "metrics.json is not valid JSON" in text
+
+
+def test_the_localisation_cell_names_the_segmenter():
+    from hfcn_bench.bench.rank import localisation
+
+    seg = {"dice": 0.6, "iou": 0.45, "frames": 12}
+    assert localisation({"segmentation": {**seg, "segmenter": "transunet-small"}}) == (
+        "segmenter transunet-small Dice 0.600, IoU 0.450 (12 frames)"
+    )
+    # a report written before the segmenter was named (or pooled over different ones)
+    assert localisation({"segmentation": seg}) == "segmenter Dice 0.600, IoU 0.450 (12 frames)"
+    assert localisation({"auc": 0.5}) is None

@@ -99,6 +99,35 @@ def test_train_any_system_with_its_preset(system, data, tmp_path):
     assert f"{stored['auc']:.3f}" in text and f"{stored['metrics']['f1']:.3f}" in text
 
 
+def test_two_stage_with_a_transunet_segmenter(data, tmp_path):
+    # issue 25's acceptance command: the report names the segmenter and gives its Dice
+    out = tmp_path / "ts"
+    argv = ["train", "--data", str(data), "--system", "two_stage", "--set", "segmenter=transunet-small"]
+    rc, text = run([*argv, "--preset", "smoke", "--n-boot", "20", "--out", str(out)])
+    assert rc == 0, text
+    rep = json.loads((out / "metrics.json").read_text())
+    seg = rep["segmentation"]
+    assert seg["segmenter"] == "transunet-small" and 0.0 <= seg["dice"] <= 1.0
+    assert f"segmentation: segmenter transunet-small, frames {seg['frames']}, dice {seg['dice']:.3f}" in text
+    assert "limitation: segmenter: transunet-small, a reduced TransUNet" in text
+    assert json.loads((out / "config.json").read_text())["config"]["segmenter"] == "transunet-small"
+    # eval rebuilds the TransUNet from the run's config and reproduces the report
+    rc, again = run(["eval", "--run", str(out), "--n-boot", "20", "--out", str(tmp_path / "ev")])
+    assert rc == 0, again
+    assert f"dice {seg['dice']:.3f}" in again
+
+
+def test_two_stage_refuses_a_cuda_segmenter_without_a_gpu_before_writing(data, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the no-GPU refusal cannot be exercised")
+    out = tmp_path / "ts"
+    rc, text = run(["train", "--data", str(data), "--system", "two_stage", "--set", "device=cuda", "--out", str(out)])
+    assert rc == 1 and "device 'cuda' requested but torch sees no CUDA GPU" in text
+    assert not out.exists()
+
+
 def test_train_refuses_an_existing_run(trained, data):
     out, _ = trained
     rc, text = run(["train", "--data", str(data), "--out", str(out), *TINY])

@@ -1,7 +1,8 @@
 """The two-stage comparator (hfcn_bench.systems.two_stage, .segmentation): U-Net shapes, mask
-metrics and regions on hand-made masks, the outline round trip, the pairing rule, and a tiny
-end-to-end run on phantoms (report shape, the segmenter learns, determinism, bad data). Small
-frames and few epochs keep the file fast on a loaded 2-core machine."""
+metrics and regions on hand-made masks, the outline round trip, the pairing rule, the loss, and
+tiny end-to-end runs on phantoms (report shape, the segmenter learns, determinism, bad data;
+the TransUNet segmenter and its weights). Small frames and few epochs keep the file fast on a
+loaded 2-core machine."""
 
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ def test_report_shape(report, ds, split):
     seg = report["segmentation"]
     assert seg["frames"] == n_frames and seg["salvaged_frames_excluded"] == 0
     assert 0.0 <= seg["iou"] <= seg["dice"] <= 1.0
+    assert seg["dice_ci"][0] <= seg["dice"] <= seg["dice_ci"][1] and seg["iou_ci"][0] <= seg["iou"] <= seg["iou_ci"][1]
     assert report["pairing"]["nodules"] == len(test) and report["pairing"]["frames"] == n_frames
     assert 0 <= report["pairing"]["missed"] <= len(test)
     assert 0 <= report["pairing"]["empty_mask_fallbacks"] <= len(test)
@@ -151,11 +153,111 @@ def test_outline_less_samples_are_refused(ds, split):
         ({"seg_batch": 1}, "seg_batch >= 2"),
         ({"roi_margin": -0.1}, "roi_margin must be >= 0"),
         ({"unet_layers": 3}, "unknown option 'unet_layers' for TwoStageConfig"),
+        ({"segmenter": "segformer"}, "segmenter must be one of unet, transunet, transunet-small, got 'segformer'"),
+        (
+            {"segmenter": "transunet-small", "frame_size": (8, 64)},
+            "sides must be >= 16 for the transunet-small segmenter",
+        ),
     ],
 )
 def test_bad_config_is_named(over, msg):
     with pytest.raises(HfcnError, match=msg):
         get_system("two_stage").configure("default", over)
+
+
+def test_transunet_small_segments_and_the_report_names_it(ds, split):
+    # 10 epochs of the reduced TransUNet at 48x64 (a 3x4 token grid): it learns the phantoms'
+    # nodules (test Dice ~0.6 here; an empty prediction scores 0, the whole frame ~0.07).
+    cfg = {**TINY, "segmenter": "transunet-small", "seg_lr": 3e-4, "seg_epochs": 10}
+    r = evaluate_system("two_stage", ds, split, config=cfg, n_boot=20)
+    seg = r["segmentation"]
+    assert seg["segmenter"] == "transunet-small"
+    assert seg["dice"] > 0.45 and seg["iou"] > 0.3 and seg["empty_predictions"] == 0
+    tr = r["training"]["segmenter"]
+    assert tr["network"] == "transunet-small" and len(tr["history"]) == 10
+    from hfcn_bench.models import TransUNet
+
+    assert tr["parameters"] == sum(p.numel() for p in TransUNet("transunet-small", img_size=(48, 64)).parameters())
+    assert r["system_config"]["segmenter"] == "transunet-small"
+    lim = " ".join(r["limitations"])
+    assert "segmenter: transunet-small, a reduced TransUNet" in lim and "at 48x64" in lim
+    assert "randomly initialised TransUNet (transunet-small) and ResNet-18" in lim
+    assert "ImageNet-21k" in lim
+
+
+def test_segmenter_weights_load_and_a_misfit_stops_before_training(ds, split, tmp_path):
+    sysm = get_system("two_stage")
+    torch.manual_seed(5)
+    for name in ("unet", "transunet-small"):
+        src = SEG.build_segmenter(sysm.configure("default", {**TINY, "segmenter": name}))
+        path = tmp_path / f"{name}.pt"
+        torch.save(src.state_dict(), path)
+        cfg = sysm.configure("default", {**TINY, "segmenter": name, "seg_weights": str(path)})
+        got = SEG.build_segmenter(cfg).state_dict()
+        assert all(torch.equal(v, got[k]) for k, v in src.state_dict().items())
+        fresh = SEG.build_segmenter(cfg, weights=False).state_dict()  # a checkpoint replaces these
+        assert any(not torch.equal(v, fresh[k]) for k, v in src.state_dict().items())
+        lim = " ".join(sysm.limitations(cfg))
+        assert f"weights from {path}" in lim
+    # U-Net weights for a TransUNet segmenter: one error naming the file, before any epoch runs
+    epochs = []
+    bad = get_system("two_stage").configure(
+        "default", {**TINY, "segmenter": "transunet-small", "seg_weights": str(tmp_path / "unet.pt")}
+    )
+    with pytest.raises(HfcnError, match=r"unet\.pt does not fit TransUNet transunet-small: .* are missing"):
+        train_run("two_stage", bad, ds, [split], n_boot=10, progress=lambda *a: epochs.append(a))
+    assert not [e for e in epochs if e[0] in ("seg_epoch", "epoch")]
+    # the classifier's --weights are checked up front too, not after the segmenter trained
+    clf = get_system("two_stage").configure("default", {**TINY, "weights": str(tmp_path / "unet.pt")})
+    with pytest.raises(HfcnError, match=r"unet\.pt does not fit backbone resnet18"):
+        train_run("two_stage", clf, ds, [split], n_boot=10, progress=lambda *a: epochs.append(a))
+    assert not [e for e in epochs if e[0] in ("seg_epoch", "epoch")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the no-GPU refusal cannot be exercised")
+def test_a_cuda_segmenter_without_a_gpu_is_refused_before_training(ds, split):
+    cfg = get_system("two_stage").configure("default", {**TINY, "segmenter": "transunet-small", "device": "cuda"})
+    assert get_system("two_stage").configure("default").device == "cpu"
+    epochs = []
+    with pytest.raises(HfcnError, match="device 'cuda' requested but torch sees no CUDA GPU"):
+        train_run("two_stage", cfg, ds, [split], n_boot=10, progress=lambda *a: epochs.append(a))
+    assert not [e for e in epochs if e[0] in ("seg_epoch", "epoch")]
+
+
+@pytest.mark.cuda
+def test_transunet_segmenter_trains_and_predicts_on_cuda(ds, split):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    cfg = {**TINY, "segmenter": "transunet-small", "seg_lr": 3e-4, "seg_epochs": 10, "device": "cuda"}
+    r = evaluate_system("two_stage", ds, split, config=cfg, n_boot=20)
+    assert r["timings"]["seg_device"].startswith("cuda")
+    assert r["segmentation"]["segmenter"] == "transunet-small" and r["segmentation"]["dice"] > 0.45
+
+
+def test_segmentation_loss_is_cross_entropy_plus_dice():
+    target = torch.zeros(2, 1, 4, 4)
+    target[0, 0, :2, :2] = 1  # 4 of 16 pixels
+    target[1, 0, 1:3, 1:3] = 1
+    zeros = torch.zeros(2, 1, 4, 4)  # p = 0.5 everywhere: CE = ln 2, Dice = (2*2 + 1) / (8 + 4 + 1)
+    assert float(SEG.segmentation_loss(zeros, target)) == pytest.approx(np.log(2) + 1 - 5 / 13, rel=1e-6)
+    perfect = 20 * (2 * target - 1)  # confident and right: both terms ~0
+    assert float(SEG.segmentation_loss(perfect, target)) < 1e-6
+    inverted = -perfect  # confident and wrong: CE ~20; Dice (0 + 1) / (12 + 4 + 1) of the smoothing alone
+    assert float(SEG.segmentation_loss(inverted, target)) == pytest.approx(20 + 1 - 1 / 17, abs=1e-4)
+
+
+def test_folds_keep_the_segmenter_name_they_share():
+    from hfcn_bench.runs.training import pool_summary
+
+    same = pool_summary(
+        [
+            {"segmenter": "transunet-small", "frames": 2, "dice": 0.5},
+            {"segmenter": "transunet-small", "frames": 6, "dice": 0.7},
+        ]
+    )
+    assert same["segmenter"] == "transunet-small" and same["frames"] == 8 and same["dice"] == pytest.approx(0.65)
+    mixed = pool_summary([{"segmenter": "unet", "frames": 2}, {"segmenter": "transunet", "frames": 2}])
+    assert "segmenter" not in mixed and [d["segmenter"] for d in mixed["per_fold"]] == ["unet", "transunet"]
 
 
 def test_config_takes_a_json_frame_size():
@@ -240,6 +342,14 @@ def test_dice_iou_on_hand_made_masks():
     assert s["frames"] == 3 and s["empty_predictions"] == 2
     assert s["dice"] == pytest.approx(0.5) and s["dice_median"] == 0.5
     assert s["iou"] == pytest.approx((4 / 12 + 1) / 3)
+    assert "dice_ci" not in s
+    # case-bootstrap intervals of the means: frames of one case are drawn together
+    one = SEG.segmentation_summary(p, t, case_ids=["a", "a", "a"])
+    assert one["dice_ci"] == pytest.approx([0.5, 0.5]) and one["iou_ci"] == pytest.approx([s["iou"]] * 2)
+    three = SEG.segmentation_summary(p, t, case_ids=["a", "b", "c"], n_boot=500)
+    low, high = three["dice_ci"]
+    assert 0.0 <= low < 0.5 < high <= 1.0 and three["dice"] == s["dice"]
+    assert three == SEG.segmentation_summary(p, t, case_ids=["a", "b", "c"], n_boot=500)  # seeded
     with pytest.raises(HfcnError, match="differ in shape"):
         SEG.dice_iou(p, t[:2])
 

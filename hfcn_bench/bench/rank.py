@@ -110,12 +110,14 @@ def _row(name: str, rep: dict, run: str, note: str | None) -> dict:
 
 def localisation(rep: dict) -> str | None:
     """A cascade's localisation quality in one cell: the detector's AP/recall at IoU 0.5 or the
-    segmenter's Dice/IoU on the test frames (``None`` for a system that does not localise)."""
+    segmenter's Dice/IoU on the test frames, naming the segmenter when the report does (``None``
+    for a system that does not localise)."""
     det, seg = rep.get("detection"), rep.get("segmentation")
     if isinstance(det, dict):
         return f"detector AP50 {det['ap50']:.3f}, recall50 {det['recall50']:.3f} ({det['frames']:g} frames)"
     if isinstance(seg, dict):
-        return f"segmenter Dice {seg['dice']:.3f}, IoU {seg['iou']:.3f} ({seg['frames']:g} frames)"
+        who = "segmenter" + (f" {seg['segmenter']}" if seg.get("segmenter") else "")
+        return f"{who} Dice {seg['dice']:.3f}, IoU {seg['iou']:.3f} ({seg['frames']:g} frames)"
     return None
 
 

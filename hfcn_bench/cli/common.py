@@ -250,7 +250,11 @@ def print_report(console, report: dict, title: str) -> None:
     for key in ("detection", "segmentation", "pairing"):
         if isinstance(report.get(key), dict):
             vals = ", ".join(
-                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                f"{k} {v:.3f}"
+                if isinstance(v, float)
+                else f"{k} [{', '.join(f'{x:.3f}' for x in v)}]"
+                if isinstance(v, list) and all(isinstance(x, float) for x in v)
+                else f"{k} {v}"
                 for k, v in report[key].items()
                 if k != "per_fold"
             )

@@ -1,5 +1,6 @@
 """HFCN models: backbones, the hybrid global + feature-cropping network and its baselines, and
-the class-weighted loss (Song et al., IEEE Access 8:64064-64074, 2020).
+the class-weighted loss (Song et al., IEEE Access 8:64064-64074, 2020); TransUNet (Chen et al.
+2021), the two-stage comparator's segmenter.
 
 >>> m = build_model(backbone="paper", crop="bfc", alpha=0.6, branch_weight=0.5)   # doctest: +SKIP
 >>> out = m(images)                     # images [B, 3, 224, 224]                  # doctest: +SKIP
@@ -17,6 +18,8 @@ from .backbones import (
 )
 from .hfcn import CROP_IMPLS, CROP_MODES, HFCN, HFCNConfig, HFCNOutput, ModelSpec, build_model
 from .loss import hfcn_loss
+from .transunet import CONFIGS as TRANSUNET_CONFIGS
+from .transunet import TransUNet, TransUNetConfig
 
 __all__ = [
     "CROP_IMPLS",
@@ -26,6 +29,9 @@ __all__ = [
     "HFCNOutput",
     "ModelSpec",
     "ModelConfigError",
+    "TRANSUNET_CONFIGS",
+    "TransUNet",
+    "TransUNetConfig",
     "PaperBackbone",
     "Xception",
     "available_backbones",

@@ -490,14 +490,17 @@ def build_backbone(name: str, weights: str | os.PathLike | None = None, **kwargs
 _HEAD_PREFIXES = ("fc.", "classifier.", "AuxLogits.", "head.", "last_linear.", "_fc.")
 
 
-def load_backbone_weights(net: nn.Module, path: str | os.PathLike, name: str = "backbone") -> None:
+def load_backbone_weights(
+    net: nn.Module, path: str | os.PathLike, name: str = "backbone", kind: str = "backbone"
+) -> None:
     """Load a local state dict into ``net`` (``torch.load(weights_only=True)``, on the CPU).
 
     Accepts a plain state dict, one wrapped as ``{"state_dict": ...}``/``{"model": ...}``, and keys
     prefixed by ``module.`` (DataParallel) or ``backbone.`` (an HFCN checkpoint's backbone).
     Every parameter and buffer of ``net`` must be present with the right shape; classification
     head keys (``fc.*``, ``classifier.*``...) are ignored, other unused keys give a warning.
-    Raises :class:`HfcnError` naming the file otherwise.
+    Raises :class:`HfcnError` naming the file otherwise. ``kind`` names what ``net`` is in the
+    messages (``"backbone"``; ``"TransUNet"`` for the segmenter).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -529,7 +532,7 @@ def load_backbone_weights(net: nn.Module, path: str | os.PathLike, name: str = "
     missing = [k for k in own if k not in state]
     if missing:
         raise HfcnError(
-            f"weights file {path} does not fit backbone {name}: {len(missing)} of its "
+            f"weights file {path} does not fit {kind} {name}: {len(missing)} of its "
             f"{len(own)} tensors are missing, e.g. {missing[:3]}",
             hint="the file must come from the same architecture (same options)",
         )
@@ -540,13 +543,13 @@ def load_backbone_weights(net: nn.Module, path: str | os.PathLike, name: str = "
     ]
     if bad:
         raise HfcnError(
-            f"weights file {path} does not fit backbone {name}: {len(bad)} shape mismatches, e.g. {bad[:2]}",
+            f"weights file {path} does not fit {kind} {name}: {len(bad)} shape mismatches, e.g. {bad[:2]}",
             hint="the file must come from the same architecture (same options)",
         )
     extra = [k for k in state if k not in own and not k.startswith(_HEAD_PREFIXES)]
     if extra:
         warnings.warn(
-            f"{len(extra)} tensors of {path} are not used by backbone {name}, e.g. {extra[:3]}",
+            f"{len(extra)} tensors of {path} are not used by {kind} {name}, e.g. {extra[:3]}",
             RuntimeWarning,
             stacklevel=3,
         )

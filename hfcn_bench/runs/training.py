@@ -180,7 +180,8 @@ def score_split(
 
 def pool_summary(per_fold: list[dict], same_frames: bool = False) -> dict:
     """Localisation summaries over folds: counts (ints) summed, rates and scores (floats)
-    averaged weighted by each fold's ``frames`` (or ``nodules``), plus the per-fold values.
+    averaged weighted by each fold's ``frames`` (or ``nodules``), a name (str) kept when every
+    fold gives the same one (e.g. which segmenter), plus the per-fold values.
     ``same_frames``: the summaries are of several models on the *same* frames (an external
     set scored by each fold model), so counts are averaged, not summed."""
     weight_key = "frames" if "frames" in per_fold[0] else "nodules"
@@ -192,6 +193,8 @@ def pool_summary(per_fold: list[dict], same_frames: bool = False) -> dict:
             out[key] = float(np.mean(vals)) if same_frames else int(sum(vals))
         elif all(isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in vals):
             out[key] = float(np.dot(w, vals) / w.sum()) if w.sum() > 0 else float("nan")
+        elif all(isinstance(v, str) for v in vals) and len(set(vals)) == 1:
+            out[key] = vals[0]
     return out
 
 

@@ -1,12 +1,16 @@
-"""The segmentation stage of the ``two_stage`` system: a small U-Net on whole frames, its
-training loop, mask quality (Dice / IoU), and the step from a predicted probability map to
+"""The segmentation stage of the ``two_stage`` system: a U-Net or a TransUNet on whole frames,
+its training loop, mask quality (Dice / IoU), and the step from a predicted probability map to
 nodule regions (connected components, their boxes and outlines) paired with the annotated
 nodules they are scored against.
 
 Abdelrazik et al., "A Deep Learning Framework for Thyroid Nodule Segmentation and Malignancy
 Classification from Ultrasound Images", arXiv 2511.11937 (2025) segment the nodule with a
-TransUNet. Here the segmenter is a plain U-Net (Ronneberger et al., MICCAI 2015) of
-configurable width and depth: a TransUNet's ViT encoder does not train in CPU-minutes.
+TransUNet. The segmenter is chosen by the config's ``segmenter`` (:data:`SEGMENTERS`,
+:func:`build_segmenter`): ``unet``, a plain U-Net (Ronneberger et al., MICCAI 2015) of
+configurable width and depth, the default (it trains in CPU-minutes); ``transunet``, the
+paper's TransUNet (R50 + ViT-B/16, :mod:`hfcn_bench.models.transunet`), for a GPU; or
+``transunet-small``, a reduced TransUNet a CPU trains. All are trained the same way, with the
+loss of TransUNet's authors: cross-entropy + Dice (:func:`segmentation_loss`).
 
 Pixels and coordinates. The network sees frames resized to ``(H, W)``
 (:class:`frames.FrameTensors`); ``scale = (sx, sy)`` is network pixels per frame pixel, and a
@@ -42,6 +46,9 @@ from .frames import FrameTensors, box_iou
 
 __all__ = [
     "UNet",
+    "SEGMENTERS",
+    "build_segmenter",
+    "segmentation_loss",
     "train_segmenter",
     "fit_segmenter",
     "TrainedSegmenter",
@@ -111,6 +118,33 @@ class UNet(nn.Module):
         return self.head(x)[..., :h, :w]
 
 
+#: The segmenters ``cfg.segmenter`` may name: the U-Net and the TransUNet configurations.
+SEGMENTERS = ("unet", "transunet", "transunet-small")
+
+
+def build_segmenter(cfg, weights: bool = True) -> nn.Module:
+    """The segmenter ``cfg.segmenter`` names, for one-channel frames of ``cfg.frame_size``,
+    one logit per pixel: a :class:`UNet` of ``cfg.unet_base`` / ``cfg.unet_depth``, or a
+    :class:`~hfcn_bench.models.TransUNet` of that named configuration built for
+    ``cfg.frame_size``. ``cfg.seg_weights`` (a local state dict; keys and shapes checked) is
+    loaded unless ``weights=False`` (a checkpoint replaces them). Random initialisation
+    follows the global torch seed: seed first."""
+    from ..models.backbones import load_backbone_weights
+
+    if cfg.segmenter == "unet":
+        net = UNet(1, cfg.unet_base, cfg.unet_depth)
+    elif cfg.segmenter in SEGMENTERS:
+        from ..models import TransUNet
+
+        net = TransUNet(cfg.segmenter, img_size=tuple(cfg.frame_size))
+    else:
+        raise HfcnError(f"segmenter must be one of {', '.join(SEGMENTERS)}, got {cfg.segmenter!r}")
+    if weights and cfg.seg_weights is not None:
+        kind = "U-Net" if cfg.segmenter == "unet" else "TransUNet"
+        load_backbone_weights(net, cfg.seg_weights, name=cfg.segmenter, kind=kind)
+    return net
+
+
 # ---------------------------------------------------------------------------------------------
 # mask quality
 
@@ -140,9 +174,15 @@ def dice_iou(prob_or_mask, target, thr: float = 0.5) -> tuple[torch.Tensor, torc
     return dice, iou
 
 
-def segmentation_summary(prob, target, thr: float = 0.5) -> dict:
+def segmentation_summary(
+    prob, target, thr: float = 0.5, case_ids: Sequence | None = None, n_boot: int = 1000, seed: int = 0
+) -> dict:
     """``{"frames", "dice", "iou", "dice_median", "iou_median", "empty_predictions",
-    "threshold"}`` over frames (means unless named): the mask quality of ``prob >= thr``."""
+    "threshold"}`` over frames (means unless named): the mask quality of ``prob >= thr``.
+
+    With ``case_ids`` (one per frame) also ``dice_ci`` and ``iou_ci``: 95 % percentile
+    intervals of the mean over ``n_boot`` case-level bootstrap resamples (frames of one case
+    are drawn together, as for the classification metrics; :func:`hfcn_bench.metrics.bootstrap_ci`)."""
     dice, iou = dice_iou(prob, target, thr)
     n = int(dice.numel())
     if n == 0:
@@ -156,7 +196,7 @@ def segmentation_summary(prob, target, thr: float = 0.5) -> dict:
             "threshold": float(thr),
         }
     empty = int((~_binary(prob, thr).any(1)).sum())
-    return {
+    out = {
         "frames": n,
         "dice": float(dice.mean()),
         "iou": float(iou.mean()),
@@ -165,6 +205,18 @@ def segmentation_summary(prob, target, thr: float = 0.5) -> dict:
         "empty_predictions": empty,
         "threshold": float(thr),
     }
+    if case_ids is not None:
+        from ..metrics import bootstrap_ci
+
+        none = np.zeros(n, dtype=np.int64)  # bootstrap_ci's labels; the mean ignores them
+
+        def mean(_, v):
+            return float(v.mean())
+
+        for key, vals in (("dice", dice), ("iou", iou)):
+            _, low, high = bootstrap_ci(none, vals.numpy(), list(case_ids), mean, n_boot=n_boot, seed=seed)
+            out[f"{key}_ci"] = [low, high]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,20 +231,31 @@ def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0
     return (1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
 
 
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy + Dice, the loss TransUNet's authors train with (their reference code:
+    ``0.5 * CE + 0.5 * Dice``; here both at weight 1, which only scales the step): binary
+    cross-entropy of the one logit per pixel (the two-class softmax cross-entropy of a
+    nodule-vs-background pair of logits) plus 1 - soft Dice per image. ``logits`` and
+    ``target`` are ``[B, 1, H, W]``, the target in {0, 1}."""
+    return F.binary_cross_entropy_with_logits(logits, target) + _soft_dice_loss(logits, target)
+
+
 @torch.no_grad()
 def predict_probs(model: nn.Module, frames: FrameTensors, batch: int = 16) -> torch.Tensor:
-    """Sigmoid probabilities of ``model`` on every frame: Tensor[N, 1, H, W] float32."""
+    """Sigmoid probabilities of ``model`` on every frame: Tensor[N, 1, H, W] float32, on the
+    CPU (the frames go to the model's device batch by batch)."""
     model.eval()
     n = len(frames)
-    out = [torch.sigmoid(model(frames.images(range(s, min(s + batch, n))))) for s in range(0, n, batch)]
+    dev = next(model.parameters()).device
+    out = [torch.sigmoid(model(frames.images(range(s, min(s + batch, n))).to(dev))).cpu() for s in range(0, n, batch)]
     return torch.cat(out) if out else torch.zeros(0, 1, frames.height, frames.width)
 
 
 @dataclass
 class TrainedSegmenter:
-    """The U-Net at its best validation epoch and how it got there."""
+    """The segmenter at its best validation epoch and how it got there."""
 
-    model: UNet
+    model: nn.Module
     history: list[dict]
     best_epoch: int
     best_val_dice: float
@@ -215,8 +278,9 @@ class TrainedSegmenter:
 
 
 class _SegmenterTask:
-    def __init__(self, model: UNet, fit: FrameTensors, val: FrameTensors, cfg):
+    def __init__(self, model: nn.Module, fit: FrameTensors, val: FrameTensors, cfg):
         self.model, self.fit, self.val, self.cfg = model, fit, val, cfg
+        self.device = next(model.parameters()).device
         self.n = len(fit)
         self.y_val = frame_targets(val)
 
@@ -227,10 +291,9 @@ class _SegmenterTask:
         rows = [int(r) for r in rows]
         # each frame's horizontal flip (p = 0.5) from (seed, epoch, index), as RoiDataset draws
         fl = [bool(np.random.default_rng([int(self.cfg.seed), epoch, r]).random() < 0.5) for r in rows]
-        x = self.fit.images(rows, fl)
-        y = torch.stack([self.fit.mask(r, f) for r, f in zip(rows, fl)])
-        logits = self.model(x)
-        loss = F.binary_cross_entropy_with_logits(logits, y) + _soft_dice_loss(logits, y)
+        x = self.fit.images(rows, fl).to(self.device)
+        y = torch.stack([self.fit.mask(r, f) for r, f in zip(rows, fl)]).to(self.device)
+        loss = segmentation_loss(self.model(x), y)
         return loss, float(len(rows)), float(len(rows))
 
     def validate(self, epoch):
@@ -244,8 +307,8 @@ class _SegmenterTask:
 
 def train_segmenter(
     fit: FrameTensors, val: FrameTensors, cfg, progress=None, stage: str = "seg_epoch"
-) -> tuple[UNet, list[dict], int, float]:
-    """Train a U-Net on ``fit``'s frames and masks; return ``(model, history, best_epoch,
+) -> tuple[nn.Module, list[dict], int, float]:
+    """Train the segmenter on ``fit``'s frames and masks; return ``(model, history, best_epoch,
     best_val_dice)`` with the model at its best validation epoch (mean Dice at 0.5 on ``val``,
     first epoch on ties). See :func:`fit_segmenter` for the details."""
     t = fit_segmenter(fit, val, cfg, progress, stage)
@@ -265,11 +328,13 @@ def fit_segmenter(
     """:func:`train_segmenter` returning a :class:`TrainedSegmenter` (with timings), through the
     shared epoch loop (``ckpt_dir``: its resumable checkpoints).
 
-    ``cfg`` needs ``unet_base``, ``unet_depth``, ``seg_epochs``, ``seg_batch``, ``seg_lr``,
-    ``seg_weight_decay`` and ``seed``. Seeded and deterministic at a fixed thread count:
+    ``cfg`` needs ``segmenter``, ``seg_weights``, ``frame_size``, ``unet_base``,
+    ``unet_depth``, ``seg_epochs``, ``seg_batch``, ``seg_lr``, ``seg_weight_decay``, ``seed``
+    (the network: :func:`build_segmenter`) and ``device`` (where it trains; the frames stay on
+    the CPU and go there batch by batch). Seeded and deterministic at a fixed thread count:
     ``torch.manual_seed(cfg.seed)`` before building, the batch order from ``(seed, epoch)``
     and each frame's horizontal flip (p = 0.5) from ``(seed, epoch, index)``. Loss:
-    BCE-with-logits + soft Dice; AdamW. ``progress(stage, epoch, epochs, info)`` after each
+    :func:`segmentation_loss` (cross-entropy + Dice); AdamW. ``progress(stage, epoch, epochs, info)`` after each
     epoch. Needs masks on both sets (``FrameTensors(..., masks=True)``)."""
     import dataclasses
 
@@ -280,8 +345,10 @@ def fit_segmenter(
             f"too few loadable frames to train the segmenter ({len(fit)} training, {len(val)} validation)",
             hint="the segmenter needs at least 2 training frames and 1 validation frame with outlines",
         )
+    from ..engine import device_of
+
     torch.manual_seed(int(cfg.seed))
-    model = UNet(1, cfg.unet_base, cfg.unet_depth)
+    model = build_segmenter(cfg).to(device_of(cfg.device))
     settings = LoopSettings(
         epochs=cfg.seg_epochs,
         batch_size=cfg.seg_batch,

@@ -6,9 +6,12 @@ segmentation network (TransUNet) outlines the nodule, the region of interest is 
 predicted mask, and a ResNet-18 classifies it; their baseline is a Random Forest on shape
 features of the mask. Here:
 
-1. **segmenter** — a U-Net (:mod:`.segmentation`; not TransUNet, which does not fit a 2-core
-   CPU budget) trained on whole frames resized to ``frame_size`` against the annotated
-   outlines rasterised as masks (BCE + soft Dice, best epoch by validation Dice). Fit and
+1. **segmenter** — ``segmenter`` picks it (:mod:`.segmentation`): ``unet`` (default), a U-Net
+   that trains in CPU-minutes; ``transunet``, the paper's TransUNet (R50 + ViT-B/16,
+   :mod:`hfcn_bench.models.transunet`), for a GPU; ``transunet-small``, a reduced TransUNet a
+   CPU trains. Trained on whole frames resized to ``frame_size`` against the annotated
+   outlines rasterised as masks (cross-entropy + Dice, as TransUNet's authors train it; best
+   epoch by validation Dice); ``seg_weights`` loads a local state dict into it first. Fit and
    validation frames come from the same case-level inner split of the training cases as the
    classifier's (``split_train_test(train, val_fraction, seed)``). Frames holding a salvaged
    (truncated) outline are left out of the segmenter's training and of the test Dice: their
@@ -17,8 +20,10 @@ features of the mask. Here:
    annotated nodule paired with one (the rule in :mod:`.segmentation`: best box IoU with the
    nodule's annotated box, else the largest region, counting *missed* nodules; an empty mask
    falls back to half the frame's maximum probability). The ROI is the region's box in frame
-   pixels grown by ``roi_margin`` (``data.rois.expand_box``; 0 matches DDTI's default
-   outline-box ROIs, which is what the classifier is trained on).
+   pixels grown by ``roi_margin`` (``data.rois.expand_box``). The paper's rule is the default,
+   0: "the mask gives a region of interest" (PAPERS.md section 4) names no margin, so the ROI
+   is the predicted region's tight box, the same rule as DDTI's default outline-box ROIs,
+   which is what the classifier is trained on.
 3. **classifier** — ResNet-18 trunk (torchvision layout, random init unless ``weights``) +
    global average pool + dropout + linear, trained with :mod:`.roi_classifier` on the
    *annotated* training ROIs (best epoch on validation AUC, threshold on the validation cases).
@@ -72,15 +77,21 @@ class ResNetClassifier(nn.Module):
 
 @dataclass
 class TwoStageConfig(RC.RoiTrainingSpec):
-    """Segmenter: ``frame_size`` (height, width) the frames are resized to; ``unet_base``
-    (first-level width), ``unet_depth`` (down steps); ``seg_epochs``, ``seg_batch``,
-    ``seg_lr``, ``seg_weight_decay``. ROI: ``roi_margin`` (fraction of the predicted box per
-    side). Classifier: ``weights`` (local ResNet-18 state dict, torchvision layout),
+    """Segmenter: ``segmenter`` (``unet``, ``transunet`` or ``transunet-small``);
+    ``seg_weights`` (local state dict of that network, or None: random initialisation);
+    ``frame_size`` (height, width) the frames are resized to; ``unet_base`` (first-level
+    width), ``unet_depth`` (down steps) of the U-Net; ``seg_epochs``, ``seg_batch``,
+    ``seg_lr``, ``seg_weight_decay``; ``device`` the segmenter trains and predicts on (``cpu``,
+    ``cuda``, ``cuda:N`` or ``auto``; the ResNet-18 and the forest stay on the CPU). ROI:
+    ``roi_margin`` (fraction of the predicted box per side; 0, the paper's rule, see the
+    module docstring). Classifier: ``weights`` (local ResNet-18 state dict, torchvision layout),
     ``image_size``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``dropout``;
     ``val_fraction`` (case-level validation part of the training cases, shared by both
     networks); ``threshold_rule``. Baseline: ``rf_trees``, ``threshold_folds``.
     ``threads``: torch threads (None leaves the setting alone)."""
 
+    segmenter: str = "unet"
+    seg_weights: str | None = None
     frame_size: tuple[int, int] = (160, 256)
     unet_base: int = 16
     unet_depth: int = 4
@@ -88,6 +99,7 @@ class TwoStageConfig(RC.RoiTrainingSpec):
     seg_batch: int = 8
     seg_lr: float = 1e-3
     seg_weight_decay: float = 1e-4
+    device: str = "cpu"
     roi_margin: float = 0.0
     weights: str | None = None
     image_size: int = 128
@@ -103,15 +115,21 @@ class TwoStageConfig(RC.RoiTrainingSpec):
         ):
             raise HfcnError(f"frame_size must be two integers (height, width), got {fs!r}")
         self.frame_size = (int(fs[0]), int(fs[1]))  # a JSON/CLI list becomes the documented tuple
+        if self.segmenter not in SEG.SEGMENTERS:
+            raise HfcnError(
+                f"segmenter must be one of {', '.join(SEG.SEGMENTERS)}, got {self.segmenter!r}",
+                hint="unet trains in CPU-minutes; transunet-small is a reduced TransUNet; transunet is the paper's",
+            )
         if not 1 <= self.unet_depth <= 6:
             raise HfcnError(f"unet_depth must be in 1..6, got {self.unet_depth}")
         if self.unet_base < 2:
             raise HfcnError(f"unet_base must be >= 2, got {self.unet_base}")
-        need = max(16, 2**self.unet_depth)
+        # a TransUNet's tokens are 16-pixel cells: a side under 16 leaves none
+        need = max(16, 2**self.unet_depth) if self.segmenter == "unet" else 16
         if min(self.frame_size) < need:
+            net = f"a depth-{self.unet_depth} U-Net" if self.segmenter == "unet" else f"the {self.segmenter} segmenter"
             raise HfcnError(
-                f"frame_size sides must be >= {need} for a depth-{self.unet_depth} U-Net, got "
-                f"{self.frame_size[0]}x{self.frame_size[1]}"
+                f"frame_size sides must be >= {need} for {net}, got {self.frame_size[0]}x{self.frame_size[1]}"
             )
         if self.seg_epochs < 1 or self.seg_batch < 2:
             raise HfcnError(f"seg_epochs must be >= 1 and seg_batch >= 2, got {self.seg_epochs} and {self.seg_batch}")
@@ -173,18 +191,63 @@ def _outlined(frame) -> bool:
     return all(s.polygon and len(s.polygon) >= 3 for s in frame.samples)
 
 
+def _segmenter_limitation(cfg) -> str:
+    """What the configured segmenter is, beside the paper's TransUNet."""
+    size = f"{cfg.frame_size[0]}x{cfg.frame_size[1]}"
+    if cfg.segmenter == "unet":
+        return (
+            f"segmenter: a U-Net at {size} instead of the paper's TransUNet (its ViT encoder does not train in a "
+            "CPU budget; --set segmenter=transunet-small trains a reduced one, segmenter=transunet the paper's)"
+        )
+    from ..models.transunet import CONFIGS
+
+    c = CONFIGS[cfg.segmenter]
+    shape = (
+        f"R50 v2 stem of {'/'.join(map(str, c.stem_units))} units at width {c.stem_width}, ViT of {c.layers} layers, "
+        f"hidden {c.hidden}, {c.heads} heads, MLP {c.mlp}, decoder {'/'.join(map(str, c.decoder_channels))}"
+    )
+    if cfg.segmenter == "transunet":
+        at = "" if cfg.frame_size == c.img_size else f" (the paper's runs at {c.img_size[0]}x{c.img_size[1]})"
+        return f"segmenter: the paper's TransUNet (transunet: {shape}) at {size}{at}"
+    return (
+        f"segmenter: {cfg.segmenter}, a reduced TransUNet ({shape}) at {size}, instead of the paper's R50 + ViT-B/16 "
+        "(transunet), which does not train in a CPU budget"
+    )
+
+
+def _initialisation_limitation(cfg) -> str:
+    """Where each network's initial weights come from."""
+    seg = "U-Net" if cfg.segmenter == "unet" else f"TransUNet ({cfg.segmenter})"
+    random = []
+    if cfg.seg_weights is None:
+        random.append(seg)
+    if cfg.weights is None:
+        random.append("ResNet-18")
+    parts = []
+    if random:
+        why = "no pretrained weights for them ship in a package here"
+        if cfg.segmenter != "unet" and cfg.seg_weights is None:
+            why += " (TransUNet's authors start from ImageNet-21k R50 + ViT-B/16 weights)"
+        parts.append(f"randomly initialised {' and '.join(random)} (seed {cfg.seed}): {why}")
+    if cfg.seg_weights is not None:
+        parts.append(f"{seg} weights from {cfg.seg_weights}")
+    if cfg.weights is not None:
+        parts.append(f"ResNet-18 trunk weights from {cfg.weights}")
+    return "; ".join(parts)
+
+
 def _stage_files(out_dir, stage: str) -> list[str]:
     d = Path(out_dir) / stage
     return [f"{stage}/{n}" for n in ("best.pt", "last.pt") if (d / n).is_file()]
 
 
 class TwoStage(System):
-    """``two_stage``: U-Net segmentation -> ROI from the predicted mask -> ResNet-18."""
+    """``two_stage``: U-Net or TransUNet segmentation -> ROI from the predicted mask -> ResNet-18."""
 
     name = "two_stage"
     paper = "Abdelrazik et al. 2025, arXiv 2511.11937 (PAPERS.md section 4)"
     description = (
-        "U-Net segmentation of the frame -> ROI from the predicted mask -> ResNet-18 (variants: "
+        "U-Net or TransUNet segmentation of the frame -> ROI from the predicted mask -> ResNet-18 (variants: "
         "annotated_roi, shape_rf_predicted)"
     )
     config_cls = TwoStageConfig
@@ -199,14 +262,8 @@ class TwoStage(System):
 
     def limitations(self, cfg) -> list[str]:
         return [
-            f"segmenter: a U-Net at {cfg.frame_size[0]}x{cfg.frame_size[1]} instead of the paper's TransUNet (its "
-            "ViT encoder does not train in a CPU budget)",
-            (
-                f"randomly initialised U-Net and ResNet-18 (seed {cfg.seed}): no ImageNet weights for them ship in a "
-                "package here"
-                if cfg.weights is None
-                else f"ResNet-18 trunk weights from {cfg.weights}; the U-Net is randomly initialised"
-            ),
+            _segmenter_limitation(cfg),
+            _initialisation_limitation(cfg),
             "segmentation targets are the annotated outline polygons rasterised at the network's resolution, not "
             "pixel masks drawn by the radiologists; Dice/IoU are measured at that resolution",
             "frames with salvaged (truncated) outlines are left out of the segmenter's training and of the test Dice; "
@@ -228,6 +285,13 @@ class TwoStage(System):
         skipped: list[str] = []
         # Refuse outline-less data before anything is trained (group_frames says why).
         group_frames(train_samples, need_outline=True, what="segmentation")
+        # Refuse a weights file that does not fit before anything is trained: building a network
+        # loads it with every key and shape checked (fit_segmenter and build_classifier seed
+        # before they build, so these throw-away builds change nothing).
+        if cfg.seg_weights is not None:
+            SEG.build_segmenter(cfg)
+        if cfg.weights is not None:
+            build_classifier(cfg)
         sub = (lambda name: None) if out_dir is None else (lambda name: Path(out_dir) / name)
         # -- the segmenter, on the classifier's inner fit/validation split of the cases
         inner = split_train_test(train_samples, test_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -258,7 +322,7 @@ class TwoStage(System):
         val = clf.val_predictions
         training = {
             **clf.summary(),
-            "segmenter": seg.summary(),
+            "segmenter": {"network": cfg.segmenter, **seg.summary()},
             "shape_rf_predicted": {k: v for k, v in rf_summary.items() if not k.endswith("_s")},
             "segmenter_parameters": sum(p.numel() for p in seg.model.parameters()),
         }
@@ -271,6 +335,7 @@ class TwoStage(System):
             training,
             {
                 "seg_train_s": seg.train_s,
+                "seg_device": str(next(seg.model.parameters()).device),
                 "train_s": clf.train_s,
                 "forest_s": rf_summary["features_s"] + rf_summary["train_s"],
             },
@@ -303,7 +368,11 @@ class TwoStage(System):
             summaries = {}
             if outlined:
                 clean = [i for i, f in enumerate(ft.frames) if not _salvaged(f)]
-                segm = SEG.segmentation_summary(prob[clean], SEG.frame_targets(ft, clean))
+                segm = {"segmenter": cfg.segmenter}
+                cases = [ft.frames[i].case_id for i in clean]
+                segm.update(
+                    SEG.segmentation_summary(prob[clean], SEG.frame_targets(ft, clean), case_ids=cases, seed=cfg.seed)
+                )
                 segm["salvaged_frames_excluded"] = len(ft) - len(clean)
                 summaries["segmentation"] = segm
             pairing = SEG.Pairing()
@@ -339,11 +408,13 @@ class TwoStage(System):
         from ..checkpoint import load_checkpoint, load_weights_into
 
         d = Path(directory)
-        unet = SEG.UNet(1, cfg.unet_base, cfg.unet_depth)
+        from ..engine import device_of
+
+        segmenter = SEG.build_segmenter(cfg, weights=False)
         seg_path = d / "segmenter" / f"{checkpoint}.pt"
-        load_weights_into(unet, load_checkpoint(seg_path)["model"], seg_path)
+        load_weights_into(segmenter, load_checkpoint(seg_path)["model"], seg_path)
         return {
-            "segmenter": unet.eval(),
+            "segmenter": segmenter.to(device_of(device)).eval(),
             "classifier": RC.load_weights(build_classifier(cfg, weights=False), d / "classifier" / f"{checkpoint}.pt"),
             "forest": C.load_sklearn(d / "forest.skops"),
         }
