@@ -22,6 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from .descriptors import NO_DESCRIPTORS
+
 __all__ = [
     "Box",
     "Sample",
@@ -67,7 +69,9 @@ class Sample:
     so that a result can always say where its labels came from. ``salvaged`` marks outlines
     rebuilt from truncated annotation text (their box may be smaller than the nodule).
     ``side`` is ``train`` or ``test`` for a dataset that ships its own split (folder format
-    with ``train/`` and ``test/``), else ``None``.
+    with ``train/`` and ``test/``), else ``None``. ``descriptors`` are the case's TI-RADS
+    descriptors as class indices (:mod:`hfcn_bench.data.descriptors`; ``-1`` = not recorded):
+    training targets of auxiliary heads, never a model input.
     """
 
     case_id: str
@@ -84,6 +88,7 @@ class Sample:
     salvaged: bool = False
     unit: str | None = None
     side: str | None = None
+    descriptors: tuple[int, ...] = NO_DESCRIPTORS
 
     @property
     def key(self) -> str:
