@@ -15,12 +15,13 @@ from .backbones import (
     feature_shape,
     load_backbone_weights,
 )
-from .hfcn import CROP_IMPLS, CROP_MODES, HFCN, HFCNConfig, HFCNOutput, ModelSpec, build_model
-from .loss import hfcn_loss
+from .hfcn import CROP_IMPLS, CROP_MODES, HEADS, HFCN, HFCNConfig, HFCNOutput, ModelSpec, build_model
+from .loss import descriptor_loss, hfcn_loss
 
 __all__ = [
     "CROP_IMPLS",
     "CROP_MODES",
+    "HEADS",
     "HFCN",
     "HFCNConfig",
     "HFCNOutput",
@@ -31,6 +32,7 @@ __all__ = [
     "available_backbones",
     "build_backbone",
     "build_model",
+    "descriptor_loss",
     "feature_shape",
     "hfcn_loss",
     "load_backbone_weights",

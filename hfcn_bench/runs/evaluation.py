@@ -29,6 +29,7 @@ from ..data.report import DataWarning
 from ..data.splits import verify_manifest
 from ..errors import HfcnError
 from ..protocol import ensemble, read_run, score_predictions
+from ..protocol.descriptors import descriptor_report
 from ..protocol.runfolder import RunFolder
 from ..systems import get_system
 from ..systems.base import config_to_dict
@@ -270,6 +271,9 @@ def _external(run, system, models, ds, aggregate, n_boot, allow_overlap, progres
         rep["skipped"] = list(ens.skipped)
         if name != "main":
             rep["description"] = system.variants.get(name, name)
+        desc = descriptor_report([ens], n_boot=n_boot, seed=cfg.seed)
+        if desc is not None:
+            rep["descriptors"] = desc
         rep["predictions"] = [
             {
                 "key": s.key,

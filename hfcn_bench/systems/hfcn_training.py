@@ -41,11 +41,13 @@ from .. import metrics as M
 from .. import ops
 from ..atomic import write_json_atomic
 from ..checkpoint import load_checkpoint, load_weights_into
+from ..data.descriptors import DESCRIPTORS
 from ..data.rois import Sample
 from ..engine import OPTIMIZERS, SCHEDULES, LoopSettings, device_of, fit_loop, torch_threads
 from ..errors import HfcnError
-from ..models import HFCN, HFCNConfig, ModelSpec, available_backbones, build_model, hfcn_loss
+from ..models import HFCN, HFCNConfig, ModelSpec, available_backbones, build_model, descriptor_loss, hfcn_loss
 from ..protocol import THRESHOLD_RULES, Predictions, threshold_from_predictions
+from ..protocol.descriptors import descriptor_aucs, descriptor_extras
 from .common import loadable_rois
 
 __all__ = [
@@ -108,6 +110,14 @@ class TrainConfig(ModelSpec):
         metadata=_meta("how the decision threshold is chosen on validation predictions", choices=THRESHOLD_RULES),
     )
     eval_batch_size: int = field(default=64, metadata=_meta("batch size of prediction"))
+    aux_descriptors: float = field(
+        default=0.0,
+        metadata=_meta(
+            "weight of the auxiliary TI-RADS descriptor loss (heads for composition, echogenicity, margins, "
+            "calcifications on the pooled global map; masked where a case lacks one; never a prediction input); "
+            "0: no descriptor heads"
+        ),
+    )
 
     def __post_init__(self):
         self.validate()
@@ -154,6 +164,9 @@ class TrainConfig(ModelSpec):
             not isinstance(self.grad_clip, (int, float)) or isinstance(self.grad_clip, bool) or not self.grad_clip > 0
         ):
             bad("grad_clip", "must be a positive number or None")
+        v = self.aux_descriptors
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            bad("aux_descriptors", "must be a number >= 0 (0: no descriptor heads)")
         if not isinstance(self.val_fraction, (int, float)) or not 0.0 <= self.val_fraction < 1.0:
             bad("val_fraction", "must be in [0, 1)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -168,7 +181,8 @@ class TrainConfig(ModelSpec):
     def model_config(self) -> HFCNConfig:
         """The :class:`HFCNConfig` this run builds (input size = ``image_size``, RFC seed = ``seed``)."""
         spec = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSpec)}
-        return HFCNConfig(**spec, seed=int(self.seed), input_size=int(self.image_size))
+        heads = tuple(len(v) for v in DESCRIPTORS.values()) if self.aux_descriptors > 0 else ()
+        return HFCNConfig(**spec, seed=int(self.seed), input_size=int(self.image_size), descriptor_classes=heads)
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
@@ -312,6 +326,10 @@ class RoiTensors:
         self.index = np.asarray(keep, dtype=np.int64)
         self.samples = [self.ds.samples[i] for i in keep]
         self.labels = torch.tensor([-1 if s.label is None else s.label for s in self.samples], dtype=torch.int64)
+        # [N, F] descriptor targets (-1 = missing): the auxiliary heads' labels, never an input
+        self.descriptors = torch.tensor(
+            [s.descriptors for s in self.samples] or np.zeros((0, len(DESCRIPTORS))), dtype=torch.int64
+        )
         self._fixed = None
         if not augment:
             self._fixed = (
@@ -367,6 +385,8 @@ def _predict_tensors(
     device = next(model.parameters()).device
     n = len(data)
     prob, gprob, cprob, cprobs = [], [], [], []
+    heads = model.config.descriptor_classes
+    desc: list[list[torch.Tensor]] = [[] for _ in heads]
     with _eval_mode(model):
         for b, start in enumerate(range(0, n, batch_size)):
             rows = torch.arange(start, min(n, start + batch_size))
@@ -376,6 +396,8 @@ def _predict_tensors(
             if out.crop_prob is not None:
                 cprob.append(out.crop_prob[:, 1].float().cpu())
                 cprobs.append(out.crop_probs[..., 1].float().cpu())
+            for f, lg in enumerate(out.descriptor_logits or ()):
+                desc[f].append(lg.softmax(dim=-1).float().cpu())
             if progress is not None:
                 progress("predict", b + 1, math.ceil(n / batch_size), {})
     cat = lambda xs: torch.cat(xs).numpy().astype(np.float64) if xs else np.zeros(0)  # noqa: E731
@@ -384,6 +406,7 @@ def _predict_tensors(
         "global_prob": cat(gprob),
         "crop_prob": cat(cprob) if cprob else np.full(n, np.nan),
         "crop_probs": torch.cat(cprobs).numpy().astype(np.float64) if cprobs else None,
+        "descriptors": {name: (cat(d) if d else np.zeros((0, k))) for name, k, d in zip(DESCRIPTORS, heads, desc)},
     }
 
 
@@ -396,7 +419,9 @@ def predict(
 ) -> Predictions:
     """Predict every loadable ROI of ``samples`` (eval mode, no augmentation): P(malignant) of
     the fused output (eq. 1), with ``extra`` ``global_prob``, ``crop_prob`` (NaN for
-    crop="none") and ``crop_probs`` [N, n_crops]."""
+    crop="none"), ``crop_probs`` [N, n_crops] and, for a model with descriptor heads,
+    ``descriptor_<field>`` [N, K] (each head's class probabilities; the samples' descriptors
+    are never read)."""
     with torch_threads(config.threads):
         data = data if data is not None else RoiTensors(samples, config, augment=False)
         out = _predict_tensors(model, data, config.eval_batch_size, progress)
@@ -407,6 +432,7 @@ def predict(
         global_prob=out["global_prob"],
         crop_prob=out["crop_prob"],
         crop_probs=out["crop_probs"],
+        **descriptor_extras(out["descriptors"]),
     )
 
 
@@ -453,7 +479,9 @@ def _val_score(p: np.ndarray, y: np.ndarray, loss: float) -> list[float]:
 
 class _HFCNTask:
     """HFCN's training task for :func:`engine.fit_loop`: the class-weighted loss of eqs. 4-8 on
-    a batch; validation ROC-AUC then loss on the validation ROIs."""
+    a batch, plus ``aux_descriptors`` times the descriptor heads' masked cross-entropy;
+    validation ROC-AUC then loss on the validation ROIs (the descriptor heads' validation AUCs
+    go into the history, not into the selection)."""
 
     def __init__(
         self, model: HFCN, train: RoiTensors, val: RoiTensors | None, config: TrainConfig, device: torch.device
@@ -474,9 +502,13 @@ class _HFCNTask:
         wsum = float(self.w[y_host].sum())
         x = self.train.batch(rows).to(self.device, non_blocking=True)
         y = y_host.to(self.device, non_blocking=True)
-        loss = hfcn_loss(
-            self.model(x), y, w_malignant=cfg.w_malignant, w_benign=cfg.w_benign, reduction=cfg.loss_reduction
-        )
+        out = self.model(x)
+        loss = hfcn_loss(out, y, w_malignant=cfg.w_malignant, w_benign=cfg.w_benign, reduction=cfg.loss_reduction)
+        if cfg.aux_descriptors > 0:
+            targets = self.train.descriptors[rows].to(self.device, non_blocking=True)
+            loss = loss + cfg.aux_descriptors * descriptor_loss(
+                out.descriptor_logits, targets, reduction=cfg.loss_reduction
+            )
         return loss, (1.0 if cfg.loss_reduction == "sum" else wsum), wsum
 
     def end_epoch(self, epoch: int) -> None:
@@ -497,7 +529,11 @@ class _HFCNTask:
             auc = float(M.roc_auc(y, vp["prob"]))
         except M.UndefinedMetricError:
             auc = None
-        return _val_score(vp["prob"], y, vl), {"val_loss": vl, "val_auc": auc}
+        metrics = {"val_loss": vl, "val_auc": auc}
+        if vp["descriptors"]:
+            heads = descriptor_aucs(self.val.descriptors.numpy(), vp["descriptors"])
+            metrics["val_descriptor_auc"] = {name: h["auc"] for name, h in heads.items()}
+        return _val_score(vp["prob"], y, vl), metrics
 
     def generators(self) -> dict[str, torch.Generator]:
         gen = _crop_generator(self.model)
