@@ -34,7 +34,7 @@ __all__ = [
     "PRESETS",
 ]
 
-PRESETS = ("paper", "cpu", "quick", "smoke")
+PRESETS = ("paper", "cpu", "quick", "smoke", "pretrained")
 
 
 @dataclass
@@ -77,6 +77,18 @@ class ReproduceOptions:
 
             if not torch.cuda.is_available():
                 raise HfcnError("--device cuda asked for, but no CUDA GPU is available", hint="use --device cpu")
+        if self.preset == "pretrained":
+            # the recipe for ImageNet trunks (issue 22): a row without one would be trained with
+            # a pooled head and a slow trunk that starts from random weights
+            from ..models.backbones import IMAGENET_WEIGHTS
+
+            rows = {c.backbone for c in build_configs(self.table, self.backbones, self.alphas)}
+            other = sorted(rows - set(IMAGENET_WEIGHTS))
+            if other:
+                raise HfcnError(
+                    f"--preset pretrained is the recipe for ImageNet trunks; these rows have none: {', '.join(other)}",
+                    hint=f"--backbones from {', '.join(IMAGENET_WEIGHTS)} (the EfficientNet rows), or another preset",
+                )
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise HfcnError(f"--out {out} is a file, not a folder")
