@@ -216,3 +216,10 @@ def test_recipe_trains_end_to_end(phantoms, tmp_path):
     ck = torch.load(out / "last.pt", weights_only=True, map_location="cpu")
     lrs = [g["lr"] for g in ck["optimizer"]["param_groups"]]
     assert len(lrs) == 2 and lrs[0] == pytest.approx(0.1 * lrs[1])
+
+
+def test_reproduce_report_lists_the_preset_differences():
+    from hfcn_bench.reproduce.report import _preset_differences
+
+    assert _preset_differences("cpu") == []
+    assert any("pooled head" in d for d in _preset_differences("pretrained"))
