@@ -24,7 +24,6 @@ import io
 import json
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 from ..atomic import atomic_write, write_json_atomic
 from ..errors import HfcnError
 from .cells import cell_done
+from .runner import check_record, load_trainable
 
 __all__ = ["Step", "STEPS", "FINAL", "step_config", "run_recipe", "recipe_table", "render_table", "export_run"]
 
@@ -194,33 +194,6 @@ def _record(ds, folds: int, seed: int, image_size: int, epochs: int | None, labe
     }
 
 
-def _check_record(path: Path, record: dict) -> None:
-    if not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise HfcnError(f"{path} is damaged", hint="remove it (the runs stay) or choose another folder") from None
-    for key in ("data_fingerprint", "label_rule", "folds", "seed", "image_size", "epochs"):
-        if old.get(key) != record[key]:
-            raise HfcnError(
-                f"{path.parent} holds an ablation with {key} = {old.get(key)!r}, not {record[key]!r}",
-                hint="choose other --work/--docs folders for another protocol",
-            )
-
-
-def _load(path: Path, label_rule: str):
-    from ..data import load_dataset
-    from ..data.report import DataWarning
-    from ..runs import check_trainable
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        ds = load_dataset(path, label_rule=label_rule)
-    check_trainable(ds)
-    return ds
-
-
 def _run_step(step: Step, cfg, ds, splits, run_dir: Path, n_boot: int, log: Callable[[str], None]) -> dict:
     from ..runs import train_run
     from ..systems import get_system
@@ -285,11 +258,12 @@ def run_recipe(
     chosen = _select(steps, final)
     results: dict[str, dict] = {}
     if not report_only:
-        ds = _load(Path(data), label_rule)
+        ds = load_trainable(Path(data), label_rule)
         from ..data import kfold
 
         record = _record(ds, folds, seed, image_size, epochs, label_rule)
-        _check_record(docs / "recipe-protocol.json", record)
+        keys = ("data_fingerprint", "label_rule", "folds", "seed", "image_size", "epochs")
+        check_record(docs / "recipe-protocol.json", record, keys, "an ablation", "--docs")
         splits = kfold(ds, k=folds, seed=seed)
         docs.mkdir(parents=True, exist_ok=True)
         write_json_atomic(docs / "recipe-protocol.json", record)
@@ -350,7 +324,7 @@ def _run_final(data, holdout, work, docs, cfg, folds, seed, n_boot, label_rule, 
         for p in (dev, held):
             if p is not None and not p.is_dir():
                 raise HfcnError(f"{p} does not exist", hint="write it with `hfcn-bench data holdout DATA --out DIR`")
-        ds = _load(dev, label_rule)
+        ds = load_trainable(dev, label_rule)
         run_dir = work / step.key
         res = _run_step(step, cfg, ds, kfold(ds, k=folds, seed=seed), run_dir, n_boot, log)
         extra = {}

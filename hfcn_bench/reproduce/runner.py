@@ -94,18 +94,25 @@ class ReproduceOptions:
             raise HfcnError(f"--out {out} is a file, not a folder")
 
 
-def _dataset(opts: ReproduceOptions):
-    from ..data import ensure_synthetic, load_dataset
+def load_trainable(path: Path, label_rule: str):
+    """A dataset every cell (or recipe step) can train on, loaded once by the driver; its data
+    warnings are the cells' to give (``data check`` lists them)."""
+    from ..data import load_dataset
     from ..data.report import DataWarning
-
-    path = Path(opts.data).expanduser().resolve() if opts.data else ensure_synthetic().resolve()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        ds = load_dataset(path, label_rule=opts.label_rule)
     from ..runs import check_trainable
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        ds = load_dataset(path, label_rule=label_rule)
     check_trainable(ds)
-    return path, ds
+    return ds
+
+
+def _dataset(opts: ReproduceOptions):
+    from ..data import ensure_synthetic
+
+    path = Path(opts.data).expanduser().resolve() if opts.data else ensure_synthetic().resolve()
+    return path, load_trainable(path, opts.label_rule)
 
 
 def _grid_record(opts: ReproduceOptions, ds, path: Path) -> dict:
@@ -122,20 +129,27 @@ def _grid_record(opts: ReproduceOptions, ds, path: Path) -> dict:
     }
 
 
-def _check_grid(out: Path, record: dict) -> None:
-    path = out / "grid.json"
+def check_record(path: Path, record: dict, keys: tuple[str, ...], what: str, flag: str) -> None:
+    """Refuse to add results to a folder whose protocol record (``path``) differs from
+    ``record`` in one of ``keys``: cached results of two protocols must never mix."""
     if not path.is_file():
         return
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        raise HfcnError(f"{path} is damaged", hint="remove it (the cells stay) or choose another --out") from None
-    for key in ("data_fingerprint", "label_rule", "preset", "folds", "seed"):
+        raise HfcnError(f"{path} is damaged", hint=f"remove it (the runs stay) or choose another {flag}") from None
+    for key in keys:
         if old.get(key) != record[key]:
             raise HfcnError(
-                f"{out} holds a grid with {key} = {old.get(key)!r}, not {record[key]!r}",
-                hint="choose another --out for another protocol",
+                f"{path.parent} holds {what} with {key} = {old.get(key)!r}, not {record[key]!r}",
+                hint=f"choose another {flag} for another protocol",
             )
+
+
+def _check_grid(out: Path, record: dict) -> None:
+    check_record(
+        out / "grid.json", record, ("data_fingerprint", "label_rule", "preset", "folds", "seed"), "a grid", "--out"
+    )
 
 
 def plan(opts: ReproduceOptions) -> tuple[list, Path, object]:
