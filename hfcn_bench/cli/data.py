@@ -265,7 +265,7 @@ def _report_tables(ds) -> list[Table]:
                 end_section=i == 2,
             )
 
-    tables = [overview, labels]
+    tables = [overview, labels, _descriptor_table(ds)]
     if r.warts:
         warts = Table(title=f"{len(r.warts)} warts handled", title_justify="left")
         for col, ratio in (("kind", 2), ("file", 2), ("frame", 1), ("what", 3), ("done", 3)):
@@ -275,6 +275,29 @@ def _report_tables(ds) -> list[Table]:
             warts.add_row(w.kind, w.file, "" if w.frame is None else str(w.frame), w.message, w.action)
         tables.append(warts)
     return tables
+
+
+def _descriptor_table(ds) -> Table:
+    """The TI-RADS descriptors of the labelled cases: how many record each, and the categories
+    (the targets of the auxiliary descriptor heads; missing ones are masked, never guessed)."""
+    from ..data.descriptors import DESCRIPTORS, descriptor_counts
+
+    counts = descriptor_counts(s for s in ds.samples if s.label is not None)
+    t = Table(
+        title="TI-RADS descriptors of the labelled cases (auxiliary targets; missing = masked)", title_justify="left"
+    )
+    t.add_column("descriptor")
+    t.add_column("missing (cases)", justify="right")
+    t.add_column("missing (ROIs)", justify="right")
+    t.add_column("cases per category")
+    for name, c in counts.items():
+        t.add_row(
+            name,
+            f"{c['cases_missing']} of {c['cases']}",
+            f"{c['rois_missing']} of {c['rois']}",
+            ", ".join(f"{k} {c['categories'][k]}" for k in DESCRIPTORS[name]),
+        )
+    return t
 
 
 def run_check(args, console) -> int:
@@ -304,10 +327,13 @@ def run_check(args, console) -> int:
             )
     r = ds.report
     if args.json:
+        from ..data.descriptors import descriptor_counts
+
         out = r.to_dict()
         out["fingerprint"] = ds.fingerprint
         out["links"] = [list(g) for g in ds.links()]
         out["near_duplicates"] = ds.near_duplicates
+        out["descriptors"] = descriptor_counts(s for s in ds.samples if s.label is not None)
         console.print_json(json.dumps(out))
     else:
         for table in _report_tables(ds):

@@ -56,7 +56,9 @@ def register(sub) -> None:
         choices=PRESETS,
         default="cpu",
         help="HFCN training preset of every cell: paper (SGD lr 1e-5, 100 epochs at 224 px: GPU), cpu "
-        "(224 px, 12 epochs, AdamW), quick (48 px, 8 epochs: engine benchmarks), smoke (seconds) (default cpu)",
+        "(224 px, 12 epochs, AdamW), quick (48 px, 8 epochs: engine benchmarks), smoke (seconds), pretrained (the "
+        "recipe for ImageNet trunks: pooled head, slower trunk, strong augmentation, 32 px context, descriptor "
+        "heads, flip TTA; EfficientNet rows only) (default cpu)",
     )
     r.add_argument(
         "--engine",

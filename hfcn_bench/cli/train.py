@@ -111,7 +111,9 @@ def register(sub) -> None:
         "--preset",
         default="default",
         help="the system's named settings: HFCN has paper (the paper's SGD at 224 px; long), cpu (224 px, "
-        "12 epochs), default (64 px, 15 epochs), quick (48 px, 8 epochs), smoke (seconds); every "
+        "12 epochs), default (64 px, 15 epochs), quick (48 px, 8 epochs), smoke (seconds), pretrained (the "
+        "recipe for an ImageNet EfficientNet-Lite0: pooled head, slower trunk, strong augmentation, 32 px "
+        "context, descriptor heads, flip TTA; 224 px, 12 epochs); every "
         "comparator has default, quick (its CPU-minutes setting) and smoke",
     )
     t.add_argument(

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .collection import LoadedDataset
-from .rois import Sample, load_roi
+from .rois import Sample, load_roi, parse_context
 
-__all__ = ["RoiDataset", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["RoiDataset", "IMAGENET_MEAN", "IMAGENET_STD", "AUGMENT_POLICIES"]
+
+# Augmentation policies (``RoiDataset(policy=...)``). "basic": a horizontal flip, a shift and
+# +-10 % brightness/contrast (what every earlier run used, bit for bit). "strong": the
+# geometric augmentation of Buda et al. (Radiology 2019) kept small enough for ultrasound: a
+# flip, rotations up to +-10 degrees, scale 0.85-1.15, the same shift, and +-20 %
+# brightness/contrast. Rotations this small leave "taller than wide" (an aspect ratio above
+# 1, a TI-RADS cue) almost untouched; vertical flips would not (depth runs downwards).
+AUGMENT_POLICIES: dict[str, dict[str, float]] = {
+    "basic": {"rotate_deg": 0.0, "scale": 0.0, "jitter": 0.1},
+    "strong": {"rotate_deg": 10.0, "scale": 0.15, "jitter": 0.2},
+}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,12 +41,17 @@ class RoiDataset(Dataset):
     ROIs are cropped and resized once and cached as uint8 (~150 KB each at 224: DDTI's
     ~470 ROIs take ~70 MB); ``cache=False`` re-reads the frame every time.
 
-    ``augment=True`` applies, per item, a horizontal flip (p = 0.5), a shift of up to
-    ``max_shift`` of the size and a brightness/contrast change of up to +-10 %. No vertical
-    flips or rotations: depth runs downwards in ultrasound, and "taller than wide" is a
-    malignancy cue that rotations would fake. The random draws depend only on (``seed``,
-    epoch, index), so a run is reproducible whatever the number of DataLoader workers; call
-    ``set_epoch`` each epoch to get new draws.
+    ``augment=True`` applies, per item, the ``policy`` of :data:`AUGMENT_POLICIES`: "basic" (the
+    default) a horizontal flip (p = 0.5), a shift of up to ``max_shift`` of the size and a
+    brightness/contrast change of up to +-10 %, no vertical flips or rotations (depth runs
+    downwards in ultrasound, and "taller than wide" is a malignancy cue that large rotations
+    would fake); "strong" adds rotations up to +-10 degrees and scale changes of +-15 % (one
+    bilinear resampling, border pixels repeated) and +-20 % brightness/contrast. The random
+    draws depend only on (``seed``, epoch, index), so a run is reproducible whatever the number
+    of DataLoader workers; call ``set_epoch`` each epoch to get new draws.
+
+    ``context`` grows every ROI box before cropping (``"0"``, ``"10%"``, ``"0.2"``, ``"32px"``:
+    :func:`~hfcn_bench.data.rois.context_box`), so the crop holds the nodule's surroundings.
     """
 
     def __init__(
@@ -46,6 +64,8 @@ class RoiDataset(Dataset):
         cache: bool = True,
         seed: int = 0,
         max_shift: float = 0.06,
+        policy: str = "basic",
+        context: str | float = "0",
     ):
         self.samples = list(samples.samples if isinstance(samples, LoadedDataset) else samples)
         if size <= 0:
@@ -60,6 +80,11 @@ class RoiDataset(Dataset):
         self.cache = bool(cache)
         self.seed = int(seed)
         self.max_shift = float(max_shift)
+        if policy not in AUGMENT_POLICIES:
+            raise ValueError(f"unknown augmentation policy {policy!r}; known: {', '.join(AUGMENT_POLICIES)}")
+        self.policy = policy
+        parse_context(context)  # a bad setting fails here, not at the first item
+        self.context = context
         self.epoch = 0
         if normalize == "imagenet":
             normalize = (IMAGENET_MEAN, IMAGENET_STD)
@@ -85,7 +110,7 @@ class RoiDataset(Dataset):
         """The resized ROI of sample ``i`` as uint8 (size, size, 3), before augmentation."""
         arr = self._cache.get(i)
         if arr is None:
-            arr = np.asarray(load_roi(self.samples[i], self.size, self.letterbox), dtype=np.uint8)
+            arr = np.asarray(load_roi(self.samples[i], self.size, self.letterbox, self.context), dtype=np.uint8)
             if self.cache:
                 self._cache[i] = arr
         return arr
@@ -105,14 +130,35 @@ class RoiDataset(Dataset):
         mean = x.mean()
         return np.clip((x - mean) * c + mean * b, 0.0, 1.0)
 
+    def _augment_strong(self, x: np.ndarray, i: int) -> torch.Tensor:
+        """Flip, rotation, scale and shift as one affine resampling, then brightness/contrast."""
+        p = AUGMENT_POLICIES[self.policy]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        flip = -1.0 if rng.uniform() < 0.5 else 1.0
+        angle = math.radians(rng.uniform(-p["rotate_deg"], p["rotate_deg"]))
+        scale = rng.uniform(1.0 - p["scale"], 1.0 + p["scale"])
+        tx, ty = rng.uniform(-self.max_shift, self.max_shift, size=2) * 2.0  # in [-1, 1] grid units
+        c, b = rng.uniform(1.0 - p["jitter"], 1.0 + p["jitter"], size=2)
+        cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+        # output -> input grid map: flip, then rotate/zoom about the centre, then shift
+        theta = torch.tensor([[cos * flip, -sin, tx], [sin * flip, cos, ty]], dtype=torch.float32)
+        t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
+        grid = F.affine_grid(theta[None], list(t.shape), align_corners=False)
+        t = F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+        mean = t.mean()
+        return ((t - mean) * float(c) + mean * float(b)).clamp(0.0, 1.0)
+
     def __getitem__(self, i: int):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         i = i % len(self)
         x = self.roi_array(i).astype(np.float32) / 255.0
-        if self.augment:
-            x = self._augment(x, i)
-        t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
+        if self.augment and self.policy != "basic":
+            t = self._augment_strong(x, i)
+        else:
+            if self.augment:
+                x = self._augment(x, i)
+            t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32))
         if self._mean is not None:
             t = (t - self._mean) / self._std
         label = self.samples[i].label

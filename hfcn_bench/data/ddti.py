@@ -12,6 +12,10 @@ category by a *label rule* (``LABEL_RULES``), recorded in every sample and resul
 4a/4b dropped; the MC-CNN paper's stricter reading). Cases without a usable TI-RADS value are
 excluded and counted in the report.
 
+Descriptors. The case's composition, echogenicity, margins and calcifications become
+``Sample.descriptors`` (coarse TI-RADS categories, :mod:`.descriptors`; empty or unknown ones
+masked): training targets of auxiliary heads, never a model input.
+
 Label leak. Frames carry burned-in scanner text on the right and at the bottom, and some
 show the TI-RADS score itself (e.g. 353_2: "TIRADS 2 4B"). A whole-frame classifier can read
 the answer; the nodule-box ROIs used here mostly exclude those areas, but a generous
@@ -37,6 +41,7 @@ from lxml import etree
 
 from ..errors import HfcnError
 from .collection import LABEL_NAMES, CaseInfo, LoadedDataset, case_sort_key
+from .descriptors import descriptor_targets
 from .links import link_cases
 from .report import LoadReport, RuleCounts
 from .rois import (
@@ -579,6 +584,7 @@ def load_ddti(
         label = f.case.label(label_rule)
         if (label is None and not keep_unlabelled) or not f.rois:
             continue
+        descriptors = descriptor_targets(f.case.fields)
         for polygon, box, region, kind, salvaged in f.rois:
             samples.append(
                 Sample(
@@ -594,6 +600,7 @@ def load_ddti(
                     kind,
                     f.case.tirads,
                     salvaged,
+                    descriptors=descriptors,
                 )
             )
         files[f.path.name] = f.sha1

@@ -22,11 +22,15 @@ from pathlib import Path
 
 from PIL import Image
 
+from .descriptors import NO_DESCRIPTORS
+
 __all__ = [
     "Box",
     "Sample",
     "polygon_bbox",
     "expand_box",
+    "parse_context",
+    "context_box",
     "is_outline",
     "pane_of",
     "is_dual_view",
@@ -67,7 +71,9 @@ class Sample:
     so that a result can always say where its labels came from. ``salvaged`` marks outlines
     rebuilt from truncated annotation text (their box may be smaller than the nodule).
     ``side`` is ``train`` or ``test`` for a dataset that ships its own split (folder format
-    with ``train/`` and ``test/``), else ``None``.
+    with ``train/`` and ``test/``), else ``None``. ``descriptors`` are the case's TI-RADS
+    descriptors as class indices (:mod:`hfcn_bench.data.descriptors`; ``-1`` = not recorded):
+    training targets of auxiliary heads, never a model input.
     """
 
     case_id: str
@@ -84,6 +90,7 @@ class Sample:
     salvaged: bool = False
     unit: str | None = None
     side: str | None = None
+    descriptors: tuple[int, ...] = NO_DESCRIPTORS
 
     @property
     def key(self) -> str:
@@ -143,6 +150,42 @@ def expand_box(box: Box, margin: float, frame_size: tuple[int, int]) -> Box:
     x1 = max(min(x1, w), x0 + 1)
     y1 = max(min(y1, h), y0 + 1)
     return (x0, y0, x1, y1)
+
+
+def parse_context(spec: str | float | int) -> tuple[str, float]:
+    """An ROI context setting as ``(unit, amount)``: ``"0"``, a fraction ``"0.1"``, a percentage
+    ``"10%"`` (both ``("fraction", 0.1)``: per side, times the box's width or height, as
+    :func:`expand_box`) or pixels ``"32px"`` (``("px", 32)``: per side, in frame pixels, as
+    Buda et al. (Radiology 2019) cropped 32 px around the calipers). Raises ``ValueError``
+    naming the setting."""
+    text = str(spec).strip().lower()
+    try:
+        if text.endswith("px"):
+            unit, value = "px", float(text[:-2])
+        elif text.endswith("%"):
+            unit, value = "fraction", float(text[:-1]) / 100.0
+        else:
+            unit, value = "fraction", float(text)
+    except ValueError:
+        raise ValueError(f"ROI context {spec!r}: use a fraction (0.1), a percentage (10%) or pixels (32px)") from None
+    if not value >= 0 or value != value or value == float("inf"):
+        raise ValueError(f"ROI context {spec!r} must be >= 0")
+    return unit, value
+
+
+def context_box(box: Box, spec: str | float | int, frame_size: tuple[int, int]) -> Box:
+    """``box`` grown by the context ``spec`` (:func:`parse_context`) on each side, clipped to the
+    frame. The surroundings of a nodule (its margin against the parenchyma, a halo, posterior
+    shadowing) are TI-RADS cues that a tight box cuts off."""
+    unit, value = parse_context(spec)
+    if unit == "fraction":
+        return expand_box(box, value, frame_size) if value > 0 else box
+    px = int(round(value))
+    if px == 0:
+        return box
+    w, h = frame_size
+    x0, y0, x1, y1 = box
+    return expand_box((max(0, x0 - px), max(0, y0 - px), min(w, x1 + px), min(h, y1 + px)), 0.0, frame_size)
 
 
 def is_outline(region_type: str, points: Sequence[Point]) -> bool:
@@ -326,6 +369,11 @@ def crop_roi(
     return canvas
 
 
-def load_roi(sample: Sample, size: int | tuple[int, int] = 224, letterbox: bool = False) -> Image.Image:
-    """Read the sample's frame and return its ROI, cropped and resized (RGB)."""
-    return crop_roi(open_rgb(sample.image_path), sample.bbox, size=size, letterbox=letterbox)
+def load_roi(
+    sample: Sample, size: int | tuple[int, int] = 224, letterbox: bool = False, context: str | float = "0"
+) -> Image.Image:
+    """Read the sample's frame and return its ROI (its box grown by ``context``, see
+    :func:`context_box`), cropped and resized (RGB)."""
+    image = open_rgb(sample.image_path)
+    box = context_box(sample.bbox, context, image.size)
+    return crop_roi(image, box, size=size, letterbox=letterbox)

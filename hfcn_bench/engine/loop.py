@@ -68,7 +68,10 @@ Progress = Callable[[str, int, int, dict], None]
 class LoopSettings:
     """Optimisation of one network: ``epochs``, ``batch_size``, ``lr``, ``weight_decay``,
     ``optimizer`` (sgd/adam/adamw), ``momentum`` (SGD), ``schedule`` ("none", or "cosine" per
-    epoch to 5 % of the initial lr), ``grad_clip`` (max gradient norm or None), ``seed``."""
+    epoch to 5 % of the initial lr), ``grad_clip`` (max gradient norm or None), ``seed``,
+    ``warmup_epochs`` (the learning rate rises linearly from ~0 over that many epochs' steps, a
+    fraction allowed; 0: none). Parameter groups (``fit_loop(params=[{"params": ..., "lr":
+    ...}])``) keep their own learning rates, each scheduled and warmed up alike."""
 
     epochs: int
     batch_size: int
@@ -79,6 +82,7 @@ class LoopSettings:
     schedule: str = "none"
     grad_clip: float | None = None
     seed: int = 0
+    warmup_epochs: float = 0.0
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -89,6 +93,8 @@ class LoopSettings:
             raise HfcnError(
                 f"epochs and batch_size must be >= 1 and lr > 0 (got {self.epochs}, {self.batch_size}, {self.lr})"
             )
+        if not self.warmup_epochs >= 0 or not math.isfinite(self.warmup_epochs):
+            raise HfcnError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
 
 
 class Task(Protocol):
@@ -166,7 +172,13 @@ def better(score: list[float] | None, best: list[float] | None) -> bool:
 
 
 def _optimizer(settings: LoopSettings, params) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        # parameter groups (e.g. a pretrained trunk at a lower learning rate than its head)
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in params if g["params"]]
+    else:
+        params = [p for p in params if p.requires_grad]
     if settings.optimizer == "sgd":
         return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
     if settings.optimizer == "adam":
@@ -174,15 +186,20 @@ def _optimizer(settings: LoopSettings, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
+def _schedule_factor(settings: LoopSettings, epoch: int) -> float:
+    """The schedule's learning-rate multiplier of ``epoch``. Cosine to 5 % of the initial lr,
+    stepped per epoch: the last epochs refine instead of bouncing, which makes "best on
+    validation" less of a lottery on small data."""
+    if settings.schedule == "none":
+        return 1.0
+    total = settings.epochs
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(epoch, total) / total))
+
+
 def _scheduler(settings: LoopSettings, opt: torch.optim.Optimizer):
     if settings.schedule == "none":
         return None
-    total = settings.epochs
-    # Cosine to 5 % of the initial lr, stepped per epoch: the last epochs refine instead of
-    # bouncing, which makes "best on validation" less of a lottery on small data.
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda e: 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(e, total) / total))
-    )
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: _schedule_factor(settings, e))
 
 
 def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
@@ -252,6 +269,7 @@ def fit_loop(
     device = next(model.parameters()).device
     opt = _optimizer(settings, model.parameters() if params is None else params)
     sched = _scheduler(settings, opt)
+    base_lrs = [g["lr"] for g in opt.param_groups] if sched is None else list(sched.base_lrs)
     gens = task.generators()
     history: list[dict] = []
     best_score: list[float] | None = None
@@ -307,8 +325,18 @@ def fit_loop(
         starts = batch_starts(n, settings.batch_size)
         loss_sum, count = 0.0, 0.0
         loss_dev = None  # on CUDA: the epoch's weighted loss sum, kept on the device
+        warm_steps = settings.warmup_epochs * len(starts)
         for b, s0 in enumerate(starts):
             s1 = starts[b + 1] if b + 1 < len(starts) else n
+            step = epoch * len(starts) + b
+            if step < warm_steps:
+                # a function of the step index alone, so a resumed run warms up as the original did
+                factor = _schedule_factor(settings, epoch) * (step + 1) / (warm_steps + 1)
+                for g, base in zip(opt.param_groups, base_lrs):
+                    g["lr"] = base * factor
+            elif warm_steps and step == math.ceil(warm_steps):
+                for g, base in zip(opt.param_groups, base_lrs):
+                    g["lr"] = base * _schedule_factor(settings, epoch)
             loss, scale, cnt = task.step(order[s0:s1], epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()

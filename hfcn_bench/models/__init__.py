@@ -16,14 +16,15 @@ from .backbones import (
     feature_shape,
     load_backbone_weights,
 )
-from .hfcn import CROP_IMPLS, CROP_MODES, HFCN, HFCNConfig, HFCNOutput, ModelSpec, build_model
-from .loss import hfcn_loss
+from .hfcn import CROP_IMPLS, CROP_MODES, HEADS, HFCN, HFCNConfig, HFCNOutput, ModelSpec, build_model
+from .loss import descriptor_loss, hfcn_loss
 from .transunet import CONFIGS as TRANSUNET_CONFIGS
 from .transunet import TransUNet, TransUNetConfig
 
 __all__ = [
     "CROP_IMPLS",
     "CROP_MODES",
+    "HEADS",
     "HFCN",
     "HFCNConfig",
     "HFCNOutput",
@@ -37,6 +38,7 @@ __all__ = [
     "available_backbones",
     "build_backbone",
     "build_model",
+    "descriptor_loss",
     "feature_shape",
     "hfcn_loss",
     "load_backbone_weights",

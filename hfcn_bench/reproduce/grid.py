@@ -15,8 +15,8 @@ alpha = 1.0 row equals the Global row of Table 4), so here:
 
 A *cell* is one configuration on one fold: an ordinary run folder of the protocol, a pure
 function of (configuration, fold, data) -- so the local engine and Ray produce identical
-cells, finished cells are skipped and interrupted ones resume. ``efficientnet_lite0`` cells use
-the ImageNet weights shipped in its package; every other backbone is randomly initialised.
+cells, finished cells are skipped and interrupted ones resume. EfficientNet-Lite0/1/2 cells use
+the ImageNet weights shipped in their packages; every other backbone is randomly initialised.
 """
 
 from __future__ import annotations
@@ -159,7 +159,9 @@ def build_cells(
 
 def config_overrides(cfg: Config) -> dict:
     """The HFCN config fields a grid configuration sets on top of its preset."""
+    from ..models.backbones import IMAGENET_WEIGHTS
+
     out = {"backbone": cfg.backbone, "crop": cfg.crop, "alpha": cfg.alpha, "branch_weight": cfg.branch_weight}
-    if cfg.backbone == "efficientnet_lite0":
+    if cfg.backbone in IMAGENET_WEIGHTS:
         out["weights"] = "imagenet"
     return out

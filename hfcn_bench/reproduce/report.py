@@ -349,6 +349,7 @@ def build_report(out: Path, cells, results: dict, opts, run_info: dict, measure_
         "options": {
             "table": opts.table,
             "preset": opts.preset,
+            "differences": _preset_differences(opts.preset),
             "folds": opts.folds,
             "seed": opts.seed,
             "n_boot": opts.n_boot,
@@ -417,6 +418,13 @@ def _pct(v):
     return "—" if v is None else f"{100 * v:.1f}"
 
 
+def _preset_differences(preset: str) -> list[str]:
+    """The recipe elements (issue 22) the grid's preset switches on, as its reports list them."""
+    from ..systems.hfcn_training import preset_config, recipe_differences
+
+    return recipe_differences(preset_config(preset))
+
+
 def render_markdown(rep: dict) -> str:
     o = io.StringIO()
     opts = rep["options"]
@@ -432,6 +440,12 @@ def render_markdown(rep: dict) -> str:
         f"`{str(d.get('fingerprint'))[:16]}`. Protocol: {opts['folds']}-fold case-level CV (seed {opts['seed']}), "
         f"each configuration pooled out of fold; preset `{opts['preset']}`.\n\n"
     )
+    if opts.get("differences"):
+        o.write(
+            "Differences of the preset from the paper, besides the optimiser: "
+            + "; ".join(opts["differences"])
+            + ".\n\n"
+        )
     run = rep["run"]
     s = rep["summary"]
     ran = run.get("cells_run", 0)

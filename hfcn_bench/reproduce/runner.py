@@ -46,7 +46,7 @@ __all__ = [
     "PRESETS",
 ]
 
-PRESETS = ("paper", "cpu", "quick", "smoke")
+PRESETS = ("paper", "cpu", "quick", "smoke", "pretrained")
 
 
 @dataclass
@@ -98,23 +98,42 @@ class ReproduceOptions:
 
             if not torch.cuda.is_available():
                 raise HfcnError("--device cuda asked for, but no CUDA GPU is available", hint="use --device cpu")
+        if self.preset == "pretrained":
+            # the recipe for ImageNet trunks (issue 22): a row without one would be trained with
+            # a pooled head and a slow trunk that starts from random weights
+            from ..models.backbones import IMAGENET_WEIGHTS
+
+            rows = {c.backbone for c in build_configs(self.table, self.backbones, self.alphas)}
+            other = sorted(rows - set(IMAGENET_WEIGHTS))
+            if other:
+                raise HfcnError(
+                    f"--preset pretrained is the recipe for ImageNet trunks; these rows have none: {', '.join(other)}",
+                    hint=f"--backbones from {', '.join(IMAGENET_WEIGHTS)} (the EfficientNet rows), or another preset",
+                )
         out = Path(self.out)
         if out.exists() and not out.is_dir():
             raise HfcnError(f"--out {out} is a file, not a folder")
 
 
-def _dataset(opts: ReproduceOptions):
-    from ..data import ensure_synthetic, load_dataset
+def load_trainable(path: Path, label_rule: str):
+    """A dataset every cell (or recipe step) can train on, loaded once by the driver; its data
+    warnings are the cells' to give (``data check`` lists them)."""
+    from ..data import load_dataset
     from ..data.report import DataWarning
-
-    path = Path(opts.data).expanduser().resolve() if opts.data else ensure_synthetic().resolve()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)
-        ds = load_dataset(path, label_rule=opts.label_rule)
     from ..runs import check_trainable
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        ds = load_dataset(path, label_rule=label_rule)
     check_trainable(ds)
-    return path, ds
+    return ds
+
+
+def _dataset(opts: ReproduceOptions):
+    from ..data import ensure_synthetic
+
+    path = Path(opts.data).expanduser().resolve() if opts.data else ensure_synthetic().resolve()
+    return path, load_trainable(path, opts.label_rule)
 
 
 def _grid_record(opts: ReproduceOptions, ds) -> dict:
@@ -135,20 +154,31 @@ def _grid_record(opts: ReproduceOptions, ds) -> dict:
     }
 
 
-def _check_grid(out: Path, record: dict) -> None:
-    path = out / "grid.json"
+def check_record(path: Path, record: dict, keys: tuple[str, ...], what: str, flag: str) -> None:
+    """Refuse to add results to a folder whose protocol record (``path``) differs from
+    ``record`` in one of ``keys``: cached results of two protocols must never mix."""
     if not path.is_file():
         return
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        raise HfcnError(f"{path} is damaged", hint="remove it (the cells stay) or choose another --out") from None
-    for key in ("data_fingerprint", "label_rule", "preset", "folds", "seed"):
+        raise HfcnError(f"{path} is damaged", hint=f"remove it (the runs stay) or choose another {flag}") from None
+    for key in keys:
         if old.get(key) != record[key]:
             raise HfcnError(
-                f"{out} holds a grid with {key} = {old.get(key)!r}, not {record[key]!r}",
-                hint="choose another --out for another protocol",
+                f"{path.parent} holds {what} with {key} = {old.get(key)!r}, not {record[key]!r}",
+                hint=f"choose another {flag} for another protocol",
             )
+
+
+def _check_grid(out: Path, record: dict) -> None:
+    check_record(
+        out / "grid.json", record, ("data_fingerprint", "label_rule", "preset", "folds", "seed"), "a grid", "--out"
+    )
+    path = out / "grid.json"
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
     # Linked cases share a fold; other links, other folds: the cells done would not pool.
     if "links" not in old:
         if record.get("near_duplicate_links"):

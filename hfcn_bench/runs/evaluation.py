@@ -30,6 +30,7 @@ from ..data.splits import verify_manifest
 from ..errors import HfcnError
 from ..protocol import ensemble, read_run, score_predictions
 from ..protocol.checks import check_n_boot
+from ..protocol.descriptors import descriptor_report
 from ..protocol.portable import recorded_root
 from ..protocol.runfolder import RunFolder
 from ..systems import get_system
@@ -276,6 +277,9 @@ def _external(run, system, models, ds, aggregate, n_boot, allow_overlap, progres
         rep["skipped"] = list(ens.skipped)
         if name != "main":
             rep["description"] = system.variants.get(name, name)
+        desc = descriptor_report([ens], n_boot=n_boot, seed=cfg.seed)
+        if desc is not None:
+            rep["descriptors"] = desc
         rep["predictions"] = [
             {
                 "key": s.key,

@@ -7,8 +7,9 @@ them), predicts the test cases, and every output (the main one and its variants)
 the threshold chosen on the training side (:meth:`Fitted.threshold`). One split gives its
 report; k folds are pooled out of fold (:func:`protocol.pool_folds`). The report carries the
 metrics with case-bootstrap intervals, the majority baseline, calibration, ROC points,
-localisation quality (a cascade's detector or segmenter), timings, the system's limitations,
-its configuration and the data's provenance.
+localisation quality (a cascade's detector or segmenter), the auxiliary descriptor heads'
+AUCs (held-out cases, pooled over folds), timings, the system's limitations, its
+configuration and the data's provenance.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..protocol import (
     write_header,
 )
 from ..protocol.checks import check_n_boot, check_seed
+from ..protocol.descriptors import descriptor_report
 from ..protocol.runfolder import clear_run, fit_dir
 from ..systems import get_system
 from ..systems.base import Fitted, Output, System, config_from_dict, config_to_dict
@@ -238,6 +240,9 @@ def assemble_report(
         return dict(results[0].report)
 
     report = one(folds["main"])
+    desc = descriptor_report([f.test for f in folds["main"]], n_boot=n_boot, seed=cfg.seed)
+    if desc is not None:
+        report["descriptors"] = desc
     variants = {}
     for name in folds:
         if name == "main":

@@ -65,14 +65,24 @@ def loadable_rois(
     letterbox: bool = False,
     progress: Callable[[str, int, int, dict], None] | None = None,
     what: str = "ROIs",
+    policy: str = "basic",
+    context: str = "0",
 ):
     """The samples as a RoiDataset (ImageNet normalisation, as the CNN trunks expect) and the
     indices of the ROIs that load; an unreadable frame skips its ROI with a warning, not the run.
-    ``progress("load", done, total, {"what": what})`` follows the decoding."""
+    ``progress("load", done, total, {"what": what})`` follows the decoding. ``policy`` and
+    ``context``: the augmentation policy and the ROI context (:class:`RoiDataset`)."""
     from ..data.dataset import RoiDataset
 
     ds = RoiDataset(
-        list(samples), size=image_size, letterbox=letterbox, normalize="imagenet", augment=augment, seed=seed
+        list(samples),
+        size=image_size,
+        letterbox=letterbox,
+        normalize="imagenet",
+        augment=augment,
+        seed=seed,
+        policy=policy,
+        context=context,
     )
     keep = []
     n = len(ds.samples)

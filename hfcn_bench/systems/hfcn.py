@@ -31,11 +31,13 @@ class HFCNSystem(System):
     presets = T.PRESETS
 
     def limitations(self, cfg) -> list[str]:
+        """What differs from the paper: the backbone's weights, the preset's optimisation, and
+        each element of the pretrained-trunk recipe that is switched on (issue 22)."""
         lim = []
         if cfg.weights is None and cfg.backbone != "paper":
             lim.append(
                 f"randomly initialised {cfg.backbone} backbone (the paper's Table 4 backbones were "
-                "ImageNet-pretrained; none but efficientnet_lite0 ship in a package here)"
+                "ImageNet-pretrained; only EfficientNet-Lite0/1/2 ship in a package here)"
             )
         elif cfg.weights == "imagenet":
             lim.append(f"ImageNet {cfg.backbone} backbone (weights shipped in a package)")
@@ -46,6 +48,7 @@ class HFCNSystem(System):
                 f"preset {cfg.preset}: {cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs at {cfg.image_size} px "
                 "instead of the paper's SGD lr 1e-5 at 224 px (the paper states no epoch count)"
             )
+        lim += T.recipe_differences(cfg)
         lim.append("no private data: the paper trained on DDTI plus 377 private images")
         return lim
 
@@ -97,12 +100,13 @@ class HFCNSystem(System):
         ICCV 2017) of the fused P(malignant) on the backbone's feature map. ``roi`` is the ROI
         resized to ``display`` pixels for drawing."""
         from ..data.dataset import IMAGENET_MEAN, IMAGENET_STD
-        from ..data.rois import crop_roi, open_rgb
+        from ..data.rois import context_box, crop_roi, open_rgb
 
         cfg = fitted.config
         model = fitted.models["model"]
         frame = open_rgb(sample.image_path)
-        roi = crop_roi(frame, sample.bbox, size=cfg.image_size, letterbox=cfg.letterbox)
+        box = context_box(sample.bbox, cfg.roi_context, frame.size)
+        roi = crop_roi(frame, box, size=cfg.image_size, letterbox=cfg.letterbox)
         x = torch.from_numpy(np.asarray(roi, dtype=np.float32).transpose(2, 0, 1) / 255.0)
         mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -111,7 +115,7 @@ class HFCNSystem(System):
             info = _explain(model, x)
         info.update(
             {
-                "roi": np.asarray(crop_roi(frame, sample.bbox, size=display, letterbox=cfg.letterbox)),
+                "roi": np.asarray(crop_roi(frame, box, size=display, letterbox=cfg.letterbox)),
                 "crop": cfg.crop,
                 "image_size": cfg.image_size,
                 "branch_weight": cfg.branch_weight,

