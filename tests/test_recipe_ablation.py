@@ -94,6 +94,24 @@ def test_finished_steps_are_reused_and_the_protocol_is_kept(ablation):
         R.run_recipe(data, work, docs, steps=("bogus",), **SMALL)
 
 
+def test_an_edited_step_is_refused_not_reused_or_retrained(ablation, tmp_path):
+    """A finished step whose split was edited afterwards is neither pooled nor silently trained
+    again: the step is recorded as failed, naming the file."""
+    import shutil
+
+    data, _, work, _, _ = ablation
+    copy = tmp_path / "work"
+    shutil.copytree(work / "base", copy / "base")
+    split = copy / "base" / "split.json"
+    split.write_text(split.read_text().replace('"seed": 0', '"seed": 1', 1))
+    before = (copy / "base" / "metrics.json").stat().st_mtime_ns
+    table = R.run_recipe(data, copy, tmp_path / "docs", steps=("base",), **SMALL)
+    assert table["this_run"]["base"]["status"] == "error"
+    rows = {r["key"]: r for r in table["rows"]}
+    assert "split.json was changed" in rows["base"]["error"]
+    assert (copy / "base" / "metrics.json").stat().st_mtime_ns == before
+
+
 def test_a_failing_step_is_recorded_and_the_rest_go_on(make_phantoms, tmp_path, monkeypatch):
     data = make_phantoms(24, 0)
     real = R.step_config

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..atomic import atomic_write, write_json_atomic
 from ..errors import HfcnError
-from .cells import cell_done
+from ..protocol.runfolder import read_run
 from .runner import check_record, load_trainable
 
 __all__ = ["Step", "STEPS", "FINAL", "step_config", "run_recipe", "recipe_table", "render_table", "export_run"]
@@ -194,11 +194,22 @@ def _record(ds, folds: int, seed: int, image_size: int, epochs: int | None, labe
     }
 
 
+def _step_done(run_dir: Path) -> bool:
+    """Whether a step's run folder holds a finished run. A step is a k-fold run folder, not a
+    grid cell (no cell record): its header, split and fitted records are checked by
+    :func:`read_run` (a damaged or edited one is an error naming the file, never retrained
+    over in silence)."""
+    if not (run_dir / "config.json").is_file():
+        return False
+    run = read_run(run_dir)
+    return run.finished and (run_dir / "metrics.json").is_file()
+
+
 def _run_step(step: Step, cfg, ds, splits, run_dir: Path, n_boot: int, log: Callable[[str], None]) -> dict:
     from ..runs import train_run
     from ..systems import get_system
 
-    if cell_done(run_dir):
+    if _step_done(run_dir):
         return {"status": "cached", "wall_s": 0.0}
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
