@@ -80,16 +80,21 @@ class CellState:
         return cls("damaged", exc.file, exc.what)
 
 
-def _json(d: Path, name: str):
-    path = d / name
+def _text(d: Path, name: str) -> str:
+    """A cell file's text; missing, unreadable or empty is a :class:`CellDamaged` naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (d / name).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CellDamaged(name, "missing") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CellDamaged(name, f"unreadable ({exc})") from None
     if not text.strip():
         raise CellDamaged(name, "empty")
+    return text
+
+
+def _json(d: Path, name: str):
+    text = _text(d, name)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -129,14 +134,7 @@ def _check_metrics(d: Path) -> dict:
 
 def _check_predictions(d: Path) -> list[dict]:
     name = "predictions.csv"
-    try:
-        text = (d / name).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CellDamaged(name, "missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CellDamaged(name, f"unreadable ({exc})") from None
-    if not text.strip():
-        raise CellDamaged(name, "empty")
+    text = _text(d, name)
     if not text.endswith("\n"):
         raise CellDamaged(name, "its last line is cut off (truncated?)")
     reader = csv.DictReader(io.StringIO(text))
