@@ -26,6 +26,7 @@ pytest.importorskip("gradio_client")
 pydicom = pytest.importorskip("pydicom")
 
 import apptools  # noqa: E402
+from clitools import default_sigint  # noqa: E402
 from clitools import run as cli  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
@@ -556,7 +557,11 @@ def test_the_command_serves_classifies_refuses_a_text_file_and_keeps_serving(run
     log = open(tmp_path / "app.log", "w")
     exe = shutil.which("hfcn-bench") or str(Path(sys.executable).with_name("hfcn-bench"))
     proc = subprocess.Popen(
-        [exe, "app", "--run", str(runs / "hfcn"), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
+        [exe, "app", "--run", str(runs / "hfcn"), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        preexec_fn=default_sigint,
     )
     try:
         url = f"http://127.0.0.1:{port}/"

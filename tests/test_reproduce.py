@@ -11,7 +11,7 @@ import shutil
 import time
 
 import pytest
-from clitools import run
+from clitools import default_sigint, run
 
 from hfcn_bench.reproduce import ReproduceOptions, build_cells, build_configs, reproduce
 from hfcn_bench.reproduce import cells as C
@@ -406,7 +406,14 @@ def test_a_signal_stops_the_ray_grid_cleanly_and_the_next_run_goes_on(data, tmp_
     out = tmp_path / "g"
     log = open(tmp_path / "run.log", "w")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "250"}
-    proc = subprocess.Popen(_grid_cmd(data, out), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        _grid_cmd(data, out),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=default_sigint,
+    )
     try:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 180 and proc.poll() is None:
