@@ -199,10 +199,13 @@ def _step_done(run_dir: Path) -> bool:
     grid cell (no cell record): its header, split and fitted records are checked by
     :func:`read_run` (a damaged or edited one is an error naming the file, never retrained
     over in silence)."""
-    if not (run_dir / "config.json").is_file():
+    try:
+        header = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # never started, or cut off before its header was whole: train (or resume) it
+    if not isinstance(header, dict) or header.get("status") != "finished":
         return False
-    run = read_run(run_dir)
-    return run.finished and (run_dir / "metrics.json").is_file()
+    return read_run(run_dir).finished and (run_dir / "metrics.json").is_file()
 
 
 def _run_step(step: Step, cfg, ds, splits, run_dir: Path, n_boot: int, log: Callable[[str], None]) -> dict:
