@@ -142,3 +142,102 @@ def test_default_run_has_no_descriptor_heads(phantoms, tmp_path):
     assert rc == 0, text
     assert "descriptors" not in json.loads((tmp_path / "R" / "metrics.json").read_text())
     assert "descriptor heads" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# the comparators' trained networks: MC-CNN's pyramid network, the two-stage ResNet-18, a
+# fine-tuned transfer trunk
+
+COMPARATORS = {
+    "mccnn_spp": [],
+    "two_stage": [],
+    "transfer_svm": ["--set", "finetune_layers=2", "--set", "epochs=2"],
+}
+
+
+def _find(obj, key):
+    """Every value stored under ``key`` anywhere in a JSON tree."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from ([v] if k == key else _find(v, key))
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _find(v, key)
+
+
+@pytest.fixture(scope="module", params=sorted(COMPARATORS))
+def comparator_aux_run(request, phantoms, tmp_path_factory):
+    system = request.param
+    out = tmp_path_factory.mktemp(f"aux-{system}") / "R"
+    rc, text = run(
+        ["train", "--data", str(phantoms), "--system", system, "--preset", "smoke"]
+        + ["--set", "aux_descriptors=0.5", *COMPARATORS[system], "--threads", "1", "--n-boot", "30"]
+        + ["--out", str(out)]
+    )
+    assert rc == 0, text
+    return system, out, text
+
+
+def test_comparators_train_descriptor_heads_and_report_them(comparator_aux_run):
+    system, out, text = comparator_aux_run
+    assert "auxiliary TI-RADS descriptor heads (loss weight 0.5)" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["descriptors"]) == set(DESCRIPTOR_FIELDS)
+    assert any(h["auc"] is not None for h in metrics["descriptors"].values())
+    # every epoch's history row has each head's validation AUC
+    rows = [r for h in _find(metrics, "history") for r in h if "val_descriptor_auc" in r]
+    assert rows and all(set(r["val_descriptor_auc"]) == set(DESCRIPTOR_FIELDS) for r in rows)
+
+
+def test_comparators_predict_without_reading_the_descriptors(comparator_aux_run, phantoms, tmp_path):
+    system, out, _ = comparator_aux_run
+    stripped = tmp_path / "stripped"
+    shutil.copytree(phantoms, stripped)
+    _strip_descriptors(stripped)
+    names = sorted(p.name for p in (phantoms / "xml").glob("*.xml"))[:5]
+    rows = {}
+    for where in (phantoms, stripped):
+        rc, text = run(
+            ["predict", "--run", str(out), "--no-png", "--json"] + [str(where / "xml" / n) for n in names], width=400
+        )
+        assert rc == 0, text
+        rows[where] = {(r["case_id"], r["frame"], r["region"]): r for r in json.loads(text)["rows"]}
+    a, b = rows[phantoms], rows[stripped]
+    assert a and a.keys() == b.keys()
+    for k in a:
+        assert a[k]["prob"] == b[k]["prob"]
+        assert a[k]["descriptor_margins"] == b[k]["descriptor_margins"]
+
+
+def test_comparator_heads_leave_the_malignancy_output_alone():
+    from hfcn_bench.systems import mccnn, transfer, two_stage
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    mc = mccnn.MCCNNConfig(**mccnn.SMOKE, aux_descriptors=0.5)
+    ts = two_stage.TwoStageConfig(**two_stage.SMOKE, aux_descriptors=0.5)
+    blocks, dim = transfer.build_trunk("efficientnet_lite0", "imagenet", 0)
+    nets = [mccnn.build_mccnn(mc), two_stage.build_classifier(ts), transfer._FineTuned(blocks, dim, HEADS)]
+    for net in nets:
+        net.eval()
+        logits, desc = net.forward_all(x)
+        assert [d.shape for d in desc] == [(2, k) for k in HEADS]
+        assert torch.equal(logits, net(x))
+        with torch.no_grad():
+            for p in net.descriptor_heads.parameters():
+                p.add_(1.0)
+        assert torch.equal(net(x), logits)
+    # without the weight, no heads: the network (and its checkpoint keys) is the one before heads
+    plain = mccnn.build_mccnn(mccnn.MCCNNConfig(**mccnn.SMOKE))
+    assert plain.descriptor_heads is None and not any("descriptor" in k for k in plain.state_dict())
+    assert plain.forward_all(x)[1] is None
+
+
+def test_comparator_configs_check_the_weight():
+    from hfcn_bench.systems import mccnn, transfer
+
+    with pytest.raises(HfcnError, match="aux_descriptors"):
+        mccnn.MCCNNConfig(aux_descriptors=-0.5).validate()
+    with pytest.raises(HfcnError, match="fine-tuned trunk"):
+        transfer.TransferConfig(aux_descriptors=0.5).validate()
+    transfer.TransferConfig(aux_descriptors=0.5, finetune_layers=1).validate()

@@ -46,6 +46,16 @@ def fmt(v, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
 
+def _epoch_value(v) -> str:
+    """A history value on the epoch line: 4 decimals, a per-head dict (descriptor AUCs) as
+    ``name 0.612, ...``."""
+    if isinstance(v, float):
+        return fmt(v, 4)
+    if isinstance(v, dict):
+        return "(" + ", ".join(f"{k} {fmt(x) if isinstance(x, float) or x is None else x}" for k, x in v.items()) + ")"
+    return str(v)
+
+
 def load_data(console, path, label_rule: str, margin: float, quiet: bool, classes=None, link_near_duplicates=True):
     """The dataset at ``path`` (the embedded phantoms when None), its load warnings printed;
     ``classes``: a folder dataset's class mapping (``--classes``); ``link_near_duplicates``:
@@ -126,10 +136,10 @@ def progress_bars(console, enabled: bool = True):
                 stage = _STAGES.get(kind, kind.replace("_epoch", " ") if kind != "epoch" else "")
                 tid = task(kind, f"{stage}epochs", total)
                 bar.update(tid, completed=done, total=total)
-                vals = "  ".join(
-                    f"{k} {fmt(v, 4) if isinstance(v, float) else v}" for k, v in info.items() if k.startswith("val_")
-                )
-                star = "  [green]* best[/green]" if info.get("best") and vals else ""
+                vals = "  ".join(f"{k} {_epoch_value(v)}" for k, v in info.items() if k.startswith("val_"))
+                # only a validation score picks epochs (the descriptor heads' AUCs do not)
+                scored = any(isinstance(v, float) for k, v in info.items() if k.startswith("val_"))
+                star = "  [green]* best[/green]" if info.get("best") and scored else ""
                 lr = f"  lr {info['lr']:.2e}" if "lr" in info else ""
                 bar.console.print(
                     f"{stage}epoch {done}/{total}  loss {info.get('train_loss', 0):.4f}  {vals}{lr}  "

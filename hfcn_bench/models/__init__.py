@@ -16,6 +16,7 @@ from .backbones import (
     feature_shape,
     load_backbone_weights,
 )
+from .descriptor_heads import DESCRIPTOR_CLASSES, DescriptorHeads, descriptor_classes
 from .hfcn import CROP_IMPLS, CROP_MODES, HEADS, HFCN, HFCNConfig, HFCNOutput, ModelSpec, build_model
 from .loss import descriptor_loss, hfcn_loss
 from .transunet import CONFIGS as TRANSUNET_CONFIGS
@@ -24,6 +25,8 @@ from .transunet import TransUNet, TransUNetConfig
 __all__ = [
     "CROP_IMPLS",
     "CROP_MODES",
+    "DESCRIPTOR_CLASSES",
+    "DescriptorHeads",
     "HEADS",
     "HFCN",
     "HFCNConfig",
@@ -38,6 +41,7 @@ __all__ = [
     "available_backbones",
     "build_backbone",
     "build_model",
+    "descriptor_classes",
     "descriptor_loss",
     "feature_shape",
     "hfcn_loss",

@@ -47,6 +47,7 @@ from .backbones import (
     check_backbone_name,
     feature_shape,
 )
+from .descriptor_heads import DescriptorHeads
 
 __all__ = [
     "CROP_MODES",
@@ -301,9 +302,7 @@ class HFCN(nn.Module):
             nn.Linear(config.hidden, config.num_classes),
         )
         self.descriptor_heads = (
-            nn.ModuleList(nn.Sequential(nn.Dropout(config.dropout), nn.Linear(C, k)) for k in config.descriptor_classes)
-            if config.descriptor_classes
-            else None
+            DescriptorHeads(C, config.descriptor_classes, config.dropout) if config.descriptor_classes else None
         )
         self.num_crops = config.n_crops
         # Fixed windows (BFC on the map, or BFC on the image for crop="image") live in a
@@ -405,8 +404,7 @@ class HFCN(nn.Module):
         ``Tensor[B, K_f]`` of logits per head (``None`` for a model without them)."""
         if self.descriptor_heads is None:
             return None
-        pooled = feat.mean(dim=(2, 3))
-        return tuple(head(pooled) for head in self.descriptor_heads)
+        return self.descriptor_heads(feat.mean(dim=(2, 3)))
 
     # ------------------------------------------------------------------ forward
 

@@ -46,10 +46,20 @@ from ..data.descriptors import DESCRIPTORS
 from ..data.rois import Sample, parse_context
 from ..engine import OPTIMIZERS, SCHEDULES, LoopSettings, device_of, fit_loop, torch_threads
 from ..errors import HfcnError
-from ..models import HFCN, HFCNConfig, ModelSpec, available_backbones, build_model, descriptor_loss, hfcn_loss
+from ..models import (
+    HFCN,
+    HFCNConfig,
+    ModelSpec,
+    available_backbones,
+    build_model,
+    descriptor_classes,
+    descriptor_loss,
+    hfcn_loss,
+)
 from ..models.backbones import IMAGENET_WEIGHTS
 from ..protocol import THRESHOLD_RULES, Predictions, threshold_from_predictions
 from ..protocol.descriptors import descriptor_aucs, descriptor_extras
+from . import descriptor_aux as DA
 from .common import loadable_rois
 
 __all__ = [
@@ -225,7 +235,7 @@ class TrainConfig(ModelSpec):
     def model_config(self) -> HFCNConfig:
         """The :class:`HFCNConfig` this run builds (input size = ``image_size``, RFC seed = ``seed``)."""
         spec = {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelSpec)}
-        heads = tuple(len(v) for v in DESCRIPTORS.values()) if self.aux_descriptors > 0 else ()
+        heads = descriptor_classes(self.aux_descriptors)
         return HFCNConfig(**spec, seed=int(self.seed), input_size=int(self.image_size), descriptor_classes=heads)
 
     def loop_settings(self) -> LoopSettings:
@@ -372,11 +382,7 @@ def recipe_differences(cfg: TrainConfig) -> list[str]:
     if parse_context(cfg.roi_context)[1] > 0:
         out.append(f"ROI context {cfg.roi_context} per side around the nodule box (the paper crops the box)")
     if cfg.aux_descriptors > 0:
-        out.append(
-            f"auxiliary TI-RADS descriptor heads (loss weight {cfg.aux_descriptors:g}) trained on the case "
-            "reports' composition, echogenicity, margins and calcifications: supervision the paper did not "
-            "use (prediction stays image-only)"
-        )
+        out.append(DA.limitation(cfg.aux_descriptors))
     if cfg.tta_flip:
         out.append("flip test-time augmentation (mean of the ROI and its mirror)")
     return out
@@ -431,9 +437,7 @@ class RoiTensors:
         self.samples = [self.ds.samples[i] for i in keep]
         self.labels = torch.tensor([-1 if s.label is None else s.label for s in self.samples], dtype=torch.int64)
         # [N, F] descriptor targets (-1 = missing): the auxiliary heads' labels, never an input
-        self.descriptors = torch.tensor(
-            [s.descriptors for s in self.samples] or np.zeros((0, len(DESCRIPTORS))), dtype=torch.int64
-        )
+        self.descriptors = DA.targets(self.samples)
         self._fixed = None
         if not augment:
             self._fixed = (

@@ -32,6 +32,7 @@ from ..data.rois import Sample
 from ..data.splits import split_train_test
 from ..engine import torch_threads
 from ..errors import HfcnError
+from . import descriptor_aux as DA
 from . import roi_classifier as RC
 from .base import Fitted, Output, System
 
@@ -80,20 +81,20 @@ class SpatialPyramidModule(nn.Module):
         return torch.cat([level(x) for level in self.levels], dim=1)
 
 
-class MCCNNClassifier(nn.Module):
-    """Trunk -> spatial pyramid module -> global average pool -> dropout -> linear (2 classes).
+class MCCNNClassifier(RC.PooledClassifier):
+    """Trunk -> spatial pyramid module -> global average pool -> dropout -> linear (2 classes),
+    with optional TI-RADS descriptor heads on the pooled pyramid features
+    (``descriptor_classes``; :class:`.roi_classifier.PooledClassifier`).
 
     ``x (Tensor[B, 3, H, W]) -> logits (Tensor[B, 2])``."""
 
-    def __init__(self, trunk: nn.Module, channels: int, dropout: float = 0.5):
-        super().__init__()
-        self.trunk = trunk
-        self.spm = SpatialPyramidModule(channels)
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(self.spm.out_channels, 2)
+    def __init__(self, trunk: nn.Module, channels: int, dropout: float = 0.5, descriptor_classes=()):
+        spm = SpatialPyramidModule(channels)
+        super().__init__(trunk, spm.out_channels, dropout, descriptor_classes)
+        self.spm = spm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.spm(self.trunk(x)).mean(dim=(2, 3))))
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spm(self.trunk(x))
 
 
 @dataclass
@@ -147,7 +148,7 @@ def build_mccnn(cfg: MCCNNConfig, weights: bool = True) -> MCCNNClassifier:
 
         trunk = build_backbone(cfg.trunk, weights=init)
         channels = trunk.num_features
-    return MCCNNClassifier(trunk, channels, cfg.dropout)
+    return MCCNNClassifier(trunk, channels, cfg.dropout, cfg.descriptor_classes())
 
 
 def _trunk_limitations(cfg: MCCNNConfig) -> list[str]:
@@ -163,6 +164,8 @@ def _trunk_limitations(cfg: MCCNNConfig) -> list[str]:
         lim = [f"trunk weights from {cfg.weights}"]
     if cfg.trunk != "alexnet":
         lim.append(f"trunk {cfg.trunk} instead of the published AlexNet")
+    if cfg.aux_descriptors > 0:
+        lim.append(DA.limitation(cfg.aux_descriptors))
     return lim
 
 

@@ -6,7 +6,14 @@ Training: the split's training cases minus a case-level validation part
 (``cfg.val_fraction``); AdamW, cross-entropy, the ``RoiDataset`` augmentation; the best epoch
 is picked on validation ROC-AUC (the first on ties) and the decision threshold is chosen on
 those validation cases. ``cfg`` is any config with ``image_size``, ``epochs``,
-``batch_size``, ``lr``, ``weight_decay``, ``val_fraction``, ``threshold_rule`` and ``seed``.
+``batch_size``, ``lr``, ``weight_decay``, ``val_fraction``, ``threshold_rule``, ``seed`` and
+``aux_descriptors``.
+
+A classifier may carry auxiliary TI-RADS descriptor heads (``aux_descriptors > 0``): it then
+has a ``forward_all(x) -> (logits, descriptor logits)`` method beside ``forward``. Their
+masked cross-entropy joins the loss at that weight, each epoch's history row gets their
+validation AUCs (``val_descriptor_auc``), and predictions carry their probabilities
+(``descriptor_<field>`` extras). The malignancy logits never read them.
 """
 
 from __future__ import annotations
@@ -26,10 +33,20 @@ from ..data.rois import Sample
 from ..data.splits import case_labels, split_train_test
 from ..engine import LoopSettings, fit_loop
 from ..errors import HfcnError
+from ..models import DescriptorHeads, descriptor_classes, descriptor_loss
 from ..protocol import Predictions
+from ..protocol.descriptors import DESCRIPTOR_PREFIX, descriptor_aucs
 from . import common as C
+from . import descriptor_aux as DA
 
-__all__ = ["RoiTrainingSpec", "TrainedClassifier", "train_classifier", "predict_rois", "load_weights"]
+__all__ = [
+    "RoiTrainingSpec",
+    "PooledClassifier",
+    "TrainedClassifier",
+    "train_classifier",
+    "predict_rois",
+    "load_weights",
+]
 
 
 @dataclass
@@ -38,7 +55,9 @@ class RoiTrainingSpec:
     network, the two-stage system's ResNet-18), declared once: ``epochs``, ``batch_size``,
     ``lr``, ``weight_decay``, ``dropout``, ``val_fraction`` (the case-level validation part of
     the training cases), ``threshold_rule``, ``threads`` (torch threads; None leaves the setting
-    alone) and ``seed``. A system's config subclasses it and adds its own fields."""
+    alone), ``seed`` and ``aux_descriptors`` (the weight of the auxiliary TI-RADS descriptor
+    loss; 0, the default, builds no descriptor heads). A system's config subclasses it and adds
+    its own fields."""
 
     epochs: int = 15
     batch_size: int = 16
@@ -49,6 +68,11 @@ class RoiTrainingSpec:
     threshold_rule: str = "youden"
     threads: int | None = None
     seed: int = 0
+    aux_descriptors: float = 0.0
+
+    def descriptor_classes(self) -> tuple[int, ...]:
+        """The descriptor heads the classifier carries (``()``: none)."""
+        return descriptor_classes(self.aux_descriptors)
 
     def validate_training(self) -> None:
         """Raise :class:`HfcnError` naming the first bad training field."""
@@ -60,6 +84,7 @@ class RoiTrainingSpec:
             raise HfcnError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.threshold_rule not in ("youden", "f1", "fixed"):
             raise HfcnError(f"threshold_rule must be youden, f1 or fixed, got {self.threshold_rule!r}")
+        self.aux_descriptors = DA.check_weight(self.aux_descriptors)
 
 
 @dataclass
@@ -86,22 +111,63 @@ class TrainedClassifier:
         }
 
 
+class PooledClassifier(nn.Module):
+    """``trunk`` -> global average pool -> dropout -> linear (2 classes), with optional
+    descriptor heads on the same pooled features (``descriptor_classes``: one class count per
+    head; empty: none).
+
+    ``x (Tensor[B, 3, S, S]) -> logits (Tensor[B, 2])``; ``forward_all(x)`` also returns the
+    heads' logits (one ``Tensor[B, K_f]`` each; ``None`` without heads). A subclass with more
+    layers before the pooling overrides :meth:`feature_map`; ``channels`` is the width of
+    what it returns."""
+
+    def __init__(self, trunk: nn.Module, channels: int, dropout: float = 0.5, descriptor_classes=()):
+        super().__init__()
+        self.trunk = trunk
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, 2)
+        self.descriptor_heads = DescriptorHeads(channels, descriptor_classes, dropout) if descriptor_classes else None
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.feature_map(x).mean(dim=(2, 3))))
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        z = self.feature_map(x).mean(dim=(2, 3))
+        return self.fc(self.drop(z)), (None if self.descriptor_heads is None else self.descriptor_heads(z))
+
+
+def _outputs(model: nn.Module, x: torch.Tensor):
+    forward_all = getattr(model, "forward_all", None)
+    return forward_all(x) if forward_all is not None else (model(x), None)
+
+
 @torch.no_grad()
-def _predict(model: nn.Module, ds, idx: list[int], batch: int = 64) -> np.ndarray:
+def _predict(model: nn.Module, ds, idx: list[int], batch: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """P(malignant) of ``ds``'s rows ``idx`` and the descriptor heads' probabilities
+    (``descriptor_<field>`` extras; empty without heads)."""
     model.eval()
-    out = [
-        torch.softmax(model(torch.stack([ds[i][0] for i in idx[s : s + batch]])), 1)[:, 1].double().numpy()
-        for s in range(0, len(idx), batch)
-    ]
-    return np.concatenate(out) if out else np.zeros(0)
+    prob, heads = [], []
+    for s in range(0, len(idx), batch):
+        logits, desc = _outputs(model, torch.stack([ds[i][0] for i in idx[s : s + batch]]))
+        prob.append(torch.softmax(logits, 1)[:, 1].double().numpy())
+        if desc is not None:
+            heads.append(desc)
+    return (np.concatenate(prob) if prob else np.zeros(0)), DA.extras(heads)
 
 
 class _ClassifierTask:
-    def __init__(self, model, ds_fit, i_fit, ds_val, i_val):
+    def __init__(self, model, ds_fit, i_fit, ds_val, i_val, aux_weight: float = 0.0):
         self.model, self.ds_fit, self.i_fit, self.ds_val, self.i_val = model, ds_fit, i_fit, ds_val, i_val
+        self.aux_weight = aux_weight
         self.n = len(i_fit)
         self.y_fit = torch.tensor([ds_fit.samples[i].label for i in i_fit])
         self.y_val = np.asarray([ds_val.samples[i].label for i in i_val])
+        # the descriptor heads' targets (-1 = not recorded): a loss term, never an input
+        self.d_fit = DA.targets([ds_fit.samples[i] for i in i_fit])
+        self.d_val = DA.targets([ds_val.samples[i] for i in i_val]).numpy()
 
     def start_epoch(self, epoch):
         self.ds_fit.set_epoch(epoch)
@@ -109,16 +175,23 @@ class _ClassifierTask:
 
     def step(self, rows, epoch):
         x = torch.stack([self.ds_fit[self.i_fit[int(r)]][0] for r in rows])
-        loss = nn.functional.cross_entropy(self.model(x), self.y_fit[rows])
+        logits, desc = _outputs(self.model, x)
+        loss = nn.functional.cross_entropy(logits, self.y_fit[rows])
+        if self.aux_weight > 0:
+            loss = loss + self.aux_weight * descriptor_loss(desc, self.d_fit[rows])
         return loss, float(len(rows)), float(len(rows))
 
     def validate(self, epoch):
-        p = _predict(self.model, self.ds_val, self.i_val)
+        p, heads = _predict(self.model, self.ds_val, self.i_val)
         try:
             auc = float(M.roc_auc(self.y_val, p))
         except M.UndefinedMetricError:
             auc = float("nan")
-        return [auc], {"val_auc": auc}
+        metrics = {"val_auc": auc}
+        if heads:
+            probs = {k.removeprefix(DESCRIPTOR_PREFIX): v for k, v in heads.items()}
+            metrics["val_descriptor_auc"] = {n: h["auc"] for n, h in descriptor_aucs(self.d_val, probs).items()}
+        return [auc], metrics
 
     def generators(self):
         return {}
@@ -155,7 +228,7 @@ def train_classifier(
     )
     loop = fit_loop(
         model,
-        _ClassifierTask(model, ds_fit, i_fit, ds_val, i_val),
+        _ClassifierTask(model, ds_fit, i_fit, ds_val, i_val, cfg.aux_descriptors),
         settings,
         config={**dataclasses.asdict(cfg), "stage": stage},
         ckpt_dir=ckpt_dir,
@@ -165,7 +238,8 @@ def train_classifier(
         keep_last=keep_last,
     )
     val_samples = [ds_val.samples[i] for i in i_val]
-    val_pred = Predictions.of(val_samples, _predict(model, ds_val, i_val))
+    prob, heads = _predict(model, ds_val, i_val)
+    val_pred = Predictions.of(val_samples, prob, **heads)
     best_auc = loop.best_score[0] if loop.best_score else float("nan")
     return TrainedClassifier(
         model, val_pred, loop.history, loop.best_epoch, best_auc, loop.seconds, len(i_fit), loop.checkpoints
@@ -178,7 +252,8 @@ def predict_rois(model: nn.Module, samples: Sequence[Sample], cfg, skipped: list
     ds, idx = C.loadable_rois(samples, cfg.image_size, cfg.seed, skipped)
     if not idx:
         raise HfcnError("no ROI could be loaded")
-    return Predictions.of([ds.samples[i] for i in idx], _predict(model, ds, idx), skipped)
+    prob, heads = _predict(model, ds, idx)
+    return Predictions.of([ds.samples[i] for i in idx], prob, skipped, **heads)
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:

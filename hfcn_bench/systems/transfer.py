@@ -16,6 +16,10 @@ softmax head, and SVM and Random Forest heads on VGG-16 features. Here:
   blocks plus a linear layer with cross-entropy for ``epochs`` on the training cases (minus a
   validation part) through the shared epoch loop, and the head is then fitted on the
   fine-tuned features;
+- ``aux_descriptors > 0`` (fine-tuning only) adds auxiliary TI-RADS descriptor heads on the
+  pooled features, trained beside the linear layer with a masked cross-entropy at that weight
+  (Buda et al., Radiology 2019); their validation AUCs go into the fine-tuning history and
+  their probabilities into the predictions. The classical head never sees them;
 - heads (scikit-learn, stored with skops): ``svm`` = standardised features -> RBF ``SVC``
   (score: logistic of the margin), ``rf`` = ``RandomForestClassifier``, ``softmax`` =
   standardised features -> multinomial logistic regression, which is what a softmax layer on
@@ -43,8 +47,11 @@ from ..data.rois import Sample
 from ..data.splits import case_labels, split_train_test
 from ..engine import LoopSettings, fit_loop, torch_threads
 from ..errors import HfcnError
+from ..models import DescriptorHeads, descriptor_classes, descriptor_loss
 from ..protocol import Predictions
+from ..protocol.descriptors import DESCRIPTOR_PREFIX, descriptor_aucs
 from . import common as C
+from . import descriptor_aux as DA
 from .base import Fitted, Output, System
 
 __all__ = ["TransferConfig", "TRUNKS", "HEADS", "build_trunk", "TransferSystem", "trunk_digest"]
@@ -59,7 +66,9 @@ class TransferConfig:
     weights, EfficientNet-Lite0/1/2 only), a local state dict of the torchvision layout, or None
     (random init); ``image_size`` the square ROI side; ``finetune_layers``/``epochs``/``lr``/
     ``batch_size``/``val_fraction``: the optional fine-tuning; ``svm_c``, ``rf_trees``,
-    ``softmax_c``: the heads; ``threads``: torch threads (None leaves the setting alone)."""
+    ``softmax_c``: the heads; ``threads``: torch threads (None leaves the setting alone);
+    ``aux_descriptors``: the weight of the auxiliary descriptor loss while fine-tuning (0: no
+    descriptor heads; needs ``finetune_layers > 0``)."""
 
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
@@ -76,6 +85,7 @@ class TransferConfig:
     threshold_folds: int = 5
     threads: int | None = None
     seed: int = 0
+    aux_descriptors: float = 0.0
 
     def validate(self) -> None:
         if self.backbone not in TRUNKS:
@@ -100,6 +110,13 @@ class TransferConfig:
             raise HfcnError("svm_c, softmax_c and lr must be > 0, rf_trees and batch_size >= 1")
         if self.threshold_rule not in ("youden", "f1", "fixed"):
             raise HfcnError(f"threshold_rule must be youden, f1 or fixed, got {self.threshold_rule!r}")
+        self.aux_descriptors = DA.check_weight(self.aux_descriptors)
+        if self.aux_descriptors > 0 and not self.finetune_layers:
+            raise HfcnError(
+                "aux_descriptors needs a fine-tuned trunk: frozen features are not trained, so descriptor heads "
+                "cannot shape them",
+                hint="add --set finetune_layers=N (N > 0), or leave aux_descriptors at 0",
+            )
 
 
 QUICK = {"image_size": 96, "rf_trees": 100}
@@ -214,15 +231,21 @@ def _forward(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
 
 
 class _FineTuned(nn.Module):
-    """The trunk's blocks and the linear layer fine-tuning trains them with."""
+    """The trunk's blocks and the linear layer fine-tuning trains them with, plus the optional
+    descriptor heads on the same pooled features (``descriptor_classes``)."""
 
-    def __init__(self, blocks: nn.ModuleList, dim: int):
+    def __init__(self, blocks: nn.ModuleList, dim: int, descriptor_classes: tuple[int, ...] = ()):
         super().__init__()
         self.blocks = blocks
         self.head = nn.Linear(dim, 2)
+        self.descriptor_heads = DescriptorHeads(dim, descriptor_classes) if descriptor_classes else None
 
     def forward(self, x):
         return self.head(_forward(self.blocks, x))
+
+    def forward_all(self, x):
+        z = _forward(self.blocks, x)
+        return self.head(z), (None if self.descriptor_heads is None else self.descriptor_heads(z))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,12 +267,17 @@ def _features(blocks: nn.ModuleList, ds, idx: list[int], cfg: TransferConfig, pr
 
 class _FineTuneTask:
     """Cross-entropy on the last ``n_train`` blocks + the linear layer; earlier blocks stay
-    frozen and in eval mode, so their batch-norm statistics do not move either."""
+    frozen and in eval mode, so their batch-norm statistics do not move either. With descriptor
+    heads (``aux_weight > 0``) their masked cross-entropy joins the loss, and each epoch's
+    history row gets their AUCs on the validation ROIs (``val``: dataset and rows); the last
+    epoch is kept either way."""
 
-    def __init__(self, model: _FineTuned, n_train: int, ds, idx: list[int]):
+    def __init__(self, model: _FineTuned, n_train: int, ds, idx: list[int], aux_weight: float = 0.0, val=None):
         self.model, self.n_train, self.ds, self.idx = model, n_train, ds, idx
         self.n = len(idx)
         self.labels = torch.tensor([ds.samples[i].label for i in idx])
+        self.aux_weight, self.val = aux_weight, val
+        self.targets = DA.targets([ds.samples[i] for i in idx])
 
     def start_epoch(self, epoch):
         self.ds.set_epoch(epoch)
@@ -257,14 +285,29 @@ class _FineTuneTask:
         for k, b in enumerate(blocks):
             b.train(k >= len(blocks) - self.n_train)
         self.model.head.train()
+        if self.model.descriptor_heads is not None:
+            self.model.descriptor_heads.train()
 
     def step(self, rows, epoch):
         x = torch.stack([self.ds[self.idx[int(r)]][0] for r in rows])
-        loss = nn.functional.cross_entropy(self.model(x), self.labels[rows])
+        logits, desc = self.model.forward_all(x)
+        loss = nn.functional.cross_entropy(logits, self.labels[rows])
+        if self.aux_weight > 0:
+            loss = loss + self.aux_weight * descriptor_loss(desc, self.targets[rows])
         return loss, float(len(rows)), float(len(rows))
 
     def validate(self, epoch):
-        return None, {}  # no epoch selection: the last epoch is kept
+        if self.aux_weight <= 0 or self.val is None or not self.val[1]:
+            return None, {}  # no epoch selection: the last epoch is kept
+        ds, idx = self.val
+        heads = []
+        self.model.eval()
+        with torch.no_grad():
+            for start in range(0, len(idx), 64):
+                heads.append(self.model.forward_all(torch.stack([ds[i][0] for i in idx[start : start + 64]]))[1])
+        probs = {k.removeprefix(DESCRIPTOR_PREFIX): v for k, v in DA.extras(heads).items()}
+        aucs = descriptor_aucs(DA.targets([ds.samples[i] for i in idx]).numpy(), probs)
+        return None, {"val_descriptor_auc": {n: h["auc"] for n, h in aucs.items()}}
 
     def generators(self):
         return {}
@@ -300,6 +343,24 @@ def _scores(kind: str, model, X: np.ndarray) -> np.ndarray:
         d = model.decision_function(X)
         return 1.0 / (1.0 + np.exp(-np.clip(d, -50, 50)))
     return model.predict_proba(X)[:, 1]
+
+
+def _heads_model(tuned: _FineTuned | None) -> dict:
+    """``{"descriptor_heads": ...}`` for a fine-tuned model with descriptor heads, else ``{}``."""
+    if tuned is None or tuned.descriptor_heads is None:
+        return {}
+    return {"descriptor_heads": tuned.descriptor_heads.eval()}
+
+
+@torch.no_grad()
+def _descriptor_extras(heads: DescriptorHeads | None, X: np.ndarray) -> dict[str, np.ndarray]:
+    """The descriptor heads' probabilities on pooled features ``X`` [N, D] (the float32
+    features :func:`_features` returned as float64: the cast back is exact); ``{}`` without
+    heads."""
+    if heads is None:
+        return {}
+    heads.eval()
+    return DA.extras([heads(torch.from_numpy(X).float())])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +414,8 @@ class TransferSystem(System):
             lim.append(f"the study put SVM/RF heads on VGG-16 features only; here on {cfg.backbone}")
         if self.head == "softmax" and not cfg.finetune_layers:
             lim.append("softmax head on frozen features = logistic regression (no end-to-end training)")
+        if cfg.aux_descriptors > 0:
+            lim.append(DA.limitation(cfg.aux_descriptors))
         return lim
 
     def fit(self, train_samples, cfg, *, out_dir=None, progress=None, resume=False, keep_last=True) -> Fitted:
@@ -375,16 +438,19 @@ class TransferSystem(System):
             for b in blocks[: len(blocks) - n_train]:
                 b.requires_grad_(False)
             torch.manual_seed(cfg.seed)
-            tuned = _FineTuned(blocks, dim)
+            tuned = _FineTuned(blocks, dim, descriptor_classes(cfg.aux_descriptors))
             params = [p for b in blocks[len(blocks) - n_train :] for p in b.parameters()] + list(
                 tuned.head.parameters()
             )
+            if tuned.descriptor_heads is not None:
+                params += list(tuned.descriptor_heads.parameters())
+            ds_va, i_va = C.loadable_rois(val_s, cfg.image_size, cfg.seed, skipped)
             settings = LoopSettings(
                 epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam", seed=cfg.seed
             )
             loop = fit_loop(
                 tuned,
-                _FineTuneTask(tuned, n_train, ds_aug, fit_idx),
+                _FineTuneTask(tuned, n_train, ds_aug, fit_idx, cfg.aux_descriptors, (ds_va, i_va)),
                 settings,
                 config={**dataclasses.asdict(cfg), "stage": "finetune", "head": self.head},
                 params=params,
@@ -408,10 +474,12 @@ class TransferSystem(System):
 
         t1 = time.perf_counter()
         model = _head(self.head, cfg).fit(Xfit, yfit)
+        heads: dict[str, np.ndarray] = {}
         if cfg.finetune_layers:
-            ds_va, i_va = C.loadable_rois(val_s, cfg.image_size, cfg.seed, skipped)
             thr_samples = [ds_va.samples[i] for i in i_va]
-            thr_prob = _scores(self.head, model, _features(blocks, ds_va, i_va, cfg, progress, "validation"))
+            X_va = _features(blocks, ds_va, i_va, cfg, progress, "validation")
+            thr_prob = _scores(self.head, model, X_va)
+            heads = _descriptor_extras(tuned.descriptor_heads, X_va)
             source = "validation"
         else:
             groups = np.asarray([s.case_id for s in fit_kept])
@@ -439,8 +507,8 @@ class TransferSystem(System):
         return Fitted(
             self.name,
             cfg,
-            {"blocks": blocks, "head": model},
-            {"main": Predictions.of(thr_samples, thr_prob)},
+            {"blocks": blocks, "head": model, **_heads_model(tuned if cfg.finetune_layers else None)},
+            {"main": Predictions.of(thr_samples, thr_prob, **heads)},
             {"main": source},
             training,
             {"train_s": features_s + head_s, "features_and_finetune_s": features_s, "head_s": head_s},
@@ -458,8 +526,10 @@ class TransferSystem(System):
                 raise HfcnError("no ROI could be loaded")
             X = _features(fitted.models["blocks"], ds, idx, cfg, progress, "predict")
         prob = _scores(self.head, fitted.models["head"], X)
+        heads = _descriptor_extras(fitted.models.get("descriptor_heads"), X)
         return Output(
-            {"main": Predictions.of([ds.samples[i] for i in idx], prob, skipped)}, seconds=time.perf_counter() - t
+            {"main": Predictions.of([ds.samples[i] for i in idx], prob, skipped, **heads)},
+            seconds=time.perf_counter() - t,
         )
 
     def save(self, fitted, out_dir) -> list[str]:
@@ -473,8 +543,9 @@ class TransferSystem(System):
 
         d = Path(directory)
         blocks, dim = build_trunk(cfg.backbone, cfg.weights, cfg.seed)
+        tuned = None
         if cfg.finetune_layers:
-            tuned = _FineTuned(blocks, dim)
+            tuned = _FineTuned(blocks, dim, descriptor_classes(cfg.aux_descriptors))
             path = d / "finetune" / f"{checkpoint}.pt"
             load_weights_into(tuned, load_checkpoint(path)["model"], path)
         want = (record.get("training") or {}).get("trunk_sha256")
@@ -486,4 +557,4 @@ class TransferSystem(System):
                 hint="retrain the run with this installation",
             )
         blocks.eval()
-        return {"blocks": blocks, "head": C.load_sklearn(d / "head.skops")}
+        return {"blocks": blocks, "head": C.load_sklearn(d / "head.skops"), **_heads_model(tuned)}

@@ -44,13 +44,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..data.rois import Sample, expand_box
 from ..data.splits import split_train_test
 from ..engine import torch_threads
 from ..errors import HfcnError
 from . import common as C
+from . import descriptor_aux as DA
 from . import roi_classifier as RC
 from . import segmentation as SEG
 from . import shape_rf
@@ -60,19 +60,11 @@ from .frames import FrameTensors, group_frames, to_frame_box, with_box
 __all__ = ["TwoStageConfig", "ResNetClassifier", "build_classifier", "TwoStage"]
 
 
-class ResNetClassifier(nn.Module):
-    """Trunk -> global average pool -> dropout -> linear (2 classes).
+class ResNetClassifier(RC.PooledClassifier):
+    """Trunk -> global average pool -> dropout -> linear (2 classes), with optional TI-RADS
+    descriptor heads on the pooled features (:class:`.roi_classifier.PooledClassifier`).
 
     ``x (Tensor[B, 3, S, S]) -> logits (Tensor[B, 2])``."""
-
-    def __init__(self, trunk: nn.Module, channels: int, dropout: float = 0.5):
-        super().__init__()
-        self.trunk = trunk
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(channels, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.trunk(x).mean(dim=(2, 3))))
 
 
 @dataclass
@@ -168,7 +160,7 @@ def build_classifier(cfg: TwoStageConfig, weights: bool = True) -> ResNetClassif
 
     torch.manual_seed(int(cfg.seed))
     trunk = build_backbone("resnet18", weights=cfg.weights if weights else None)
-    return ResNetClassifier(trunk, trunk.num_features, cfg.dropout)
+    return ResNetClassifier(trunk, trunk.num_features, cfg.dropout, cfg.descriptor_classes())
 
 
 def _frames(
@@ -274,6 +266,7 @@ class TwoStage(System):
             "variant shape_rf_predicted: features of the predicted outlines at test time, of the annotated outlines "
             "in training; predicted outlines are traced at the segmenter's resolution and so are smoother",
             "the paper's private images are not available; trained on the split's training cases only",
+            *filter(None, [DA.limitation(cfg.aux_descriptors)]),
         ]
 
     def fit(self, train_samples, cfg, *, out_dir=None, progress=None, resume=False, keep_last=True) -> Fitted:
