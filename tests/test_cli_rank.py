@@ -25,6 +25,7 @@ def runs(tmp_path_factory):
         ["--out", str(hfcn), "--preset", "quick", "--image-size", "32", "--epochs", "1", "--threads", "1"],
         ["--out", str(rf), "--system", "shape_rf", "--set", "n_estimators=20"],
         ["--out", str(other), "--system", "shape_rf", "--set", "n_estimators=20", "--seed", "3"],
+        ["--out", str(base / "rf5"), "--system", "shape_rf", "--set", "n_estimators=5"],
     ):
         rc, text = run(["train", *common, *argv])
         assert rc == 0, text
@@ -53,12 +54,52 @@ def test_rank_orders_by_auc_with_intervals_and_the_baseline(runs, tmp_path):
     assert "majority baseline" in text and "shape_rf" in text
 
 
+def test_runs_of_one_system_are_named_by_their_settings_and_paired_to_the_top(runs, tmp_path):
+    import numpy as np
+
+    from hfcn_bench.metrics import delong_test
+    from hfcn_bench.protocol.paired import run_scores
+
+    base, hfcn, rf, _ = runs
+    rc, text = run(["rank", str(rf), str(base / "rf5"), str(hfcn), "--n-boot", "200", "--out", str(tmp_path)])
+    assert rc == 0, text
+    result = json.loads((tmp_path / "rank.json").read_text())
+    names = {r["name"] for r in result["rows"]}
+    assert {"shape_rf (n_estimators=20)", "shape_rf (n_estimators=5)", "HFCN paper+bfc a0.6"} <= names
+    top, *rest = result["rows"]
+    assert "paired" not in top
+    for row in rest:
+        d = row["paired"]
+        assert d["low"] <= d["diff"] <= d["high"] and d["n_rois"] == top["n_samples"]
+        assert abs(d["diff"] - (row["auc"] - top["auc"])) < 1e-9
+        # DeLong on the same aligned scores, computed here from the two predictions files
+        a, b = run_scores(row["run"]), run_scores(top["run"])
+        order = [b["keys"].index(k) for k in a["keys"]]
+        want = delong_test(a["labels"], a["scores"], np.asarray(b["scores"])[order])
+        assert abs(d["delong_p"] - want["p"]) < 1e-12
+    assert "ΔAUC vs rank 1" in (tmp_path / "rank.md").read_text()
+    # a run whose predictions are gone is ranked, not paired, and the reason is named
+    gone = tmp_path / "gone"
+    shutil.copytree(base / "rf5", gone)
+    (gone / "predictions.csv").unlink()
+    rc, text = run(["rank", str(hfcn), str(gone), str(rf), "--json"])
+    assert rc == 0, text
+    ranked = json.loads(text)["rows"]
+    # below the top the lost run is unpaired; at the top, nothing can be paired to it
+    unpaired = (
+        ranked[1:]
+        if ranked[0]["name"] == "shape_rf (n_estimators=5)"
+        else [r for r in ranked if r["name"] == "shape_rf (n_estimators=5)"]
+    )
+    assert unpaired and all(r["paired"] is None and "predictions.csv: missing" in r["paired_note"] for r in unpaired)
+
+
 def test_rank_refuses_runs_on_other_cases_or_without_metrics(runs, tmp_path):
     base, hfcn, rf, other = runs
     rc, text = run(["rank", str(rf), str(other)])
     assert rc == 1 and "held out other cases than" in text and "--seed" in text
     rc, text = run(["rank", str(hfcn), str(hfcn)])
-    assert rc == 1 and "two runs of the same model: HFCN paper+bfc a0.6" in text
+    assert rc == 1 and "two runs of the same model with the same settings: HFCN paper+bfc a0.6" in text
     empty = tmp_path / "empty"
     empty.mkdir()
     rc, text = run(["rank", str(hfcn), str(empty)])

@@ -9,6 +9,12 @@ sorted by ROC-AUC (the threshold-free score; F1 depends on each run's chosen thr
 external AUC when there is one -- each with its 95 % case-bootstrap interval for AUC and F1;
 variants of a comparator (e.g. detected vs annotated ROIs) are rows of their own; the
 majority-class baseline closes the table.
+
+Two runs of one system with different settings (e.g. ``two_stage`` with a U-Net and with a
+TransUNet segmenter) are named by the settings that tell them apart. Without external reports
+each row also gets its paired ROC-AUC difference to the top row, on the same out-of-fold ROIs
+(paired case bootstrap and DeLong's test, :mod:`hfcn_bench.protocol.paired`), read from each
+run's ``predictions.csv``.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from pathlib import Path
 
 from ..atomic import read_json
 from ..errors import HfcnError
+from ..protocol.paired import paired_difference, run_scores
 from ..protocol.scoring import overlap_note
 
-__all__ = ["load_run", "load_eval", "rank_runs", "localisation", "markdown", "run_name"]
+__all__ = ["load_run", "load_eval", "rank_runs", "localisation", "markdown", "run_name", "delta_text"]
 
 
 def _json(path: Path, what: str) -> dict:
@@ -88,7 +95,7 @@ def _threshold_part(protocol: str | None) -> str:
     return next((p for p in (protocol or "").split(", ") if "threshold" in p), "")
 
 
-def _row(name: str, rep: dict, run: str, note: str | None) -> dict:
+def _row(name: str, rep: dict, run: str, note: str | None, output: str = "main") -> dict:
     m = rep["metrics"]
     ci = m.get("ci") or {}
     return {
@@ -105,6 +112,7 @@ def _row(name: str, rep: dict, run: str, note: str | None) -> dict:
         "n_samples": rep.get("n_samples"),
         "note": note,
         "run": run,
+        "output": output,
     }
 
 
@@ -150,7 +158,7 @@ def _common_protocol(reports: list[dict]) -> str:
     return ", ".join(p for p in parts[0] if all(p in q for q in parts[1:]) and "threshold" not in p)
 
 
-def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True) -> dict:
+def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True, n_boot: int = 1000, seed: int = 0) -> dict:
     """Rank the runs (run folders) and external evaluations (eval reports) in ``paths``;
     raises :class:`HfcnError` when they are not comparable.
 
@@ -161,7 +169,10 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True) -> dict
     ``internal_auc``, ``internal_auc_ci``, ``internal_f1``, ``internal_f1_ci`` (the run's own
     CV estimate) and ``overlap`` (how many external images are training images of the run,
     scored with ``eval --allow-overlap``; also said in ``note``), and ``external`` describes the
-    external set."""
+    external set. Without external reports every row below the first has ``paired``: its
+    ROC-AUC minus the top row's on the ROIs both scored (``diff``, ``low``, ``high``,
+    ``delong_p``, ``n_rois``; ``None`` when a run's predictions cannot be paired, with the
+    reason in ``paired_note``); ``n_boot``/``seed``: its bootstrap."""
     if not paths:
         raise HfcnError("no run folder to rank")
     evals = [load_eval(p) for p in paths if _is_eval(Path(p))]
@@ -211,13 +222,13 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True) -> dict
             "internal_protocol": _common_protocol([r["report"] for r in runs]),
         }
     else:
-        for r in runs:
+        names = _distinct_names(runs)
+        for r, name in zip(runs, names):
             rep = r["report"]
-            name = run_name(rep)
             rows.append(_row(name, rep, r["dir"], localisation(rep)))
             if variants:
                 for vname, v in (rep.get("variants") or {}).items():
-                    rows.append(_row(f"{name}/{vname}", v, r["dir"], v.get("description")))
+                    rows.append(_row(f"{name}/{vname}", v, r["dir"], v.get("description"), vname))
         base = runs[0]["report"].get("majority_baseline") or {}
         protocol = _common_protocol([r["report"] for r in runs])
         data = runs[0]["report"]["data"]
@@ -227,6 +238,8 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True) -> dict
     if dup:
         raise HfcnError(f"two runs of the same model: {', '.join(dup)}", hint="rank one run per model")
     rows.sort(key=lambda row: (-(row["auc"] if row["auc"] is not None else -1.0), row["name"]))
+    if external is None:
+        _paired_to_top(rows, n_boot, seed)
     return {
         "rows": rows,
         "baseline": base,
@@ -236,6 +249,86 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True) -> dict
         "runs": [r["dir"] for r in runs],
         "external": external,
     }
+
+
+# config fields that say how a run was executed, not what was trained
+_EXECUTION_FIELDS = ("threads", "device", "num_workers", "workers")
+
+
+def _config_with_defaults(report: dict) -> dict:
+    """A run's recorded config, with the system's defaults for the fields it predates (a run
+    recorded before a field existed was trained with that field's default)."""
+    import dataclasses
+
+    from ..systems import get_system
+
+    cfg = dict(report.get("config") or {})
+    sysinfo = report.get("system") if isinstance(report.get("system"), dict) else {}
+    try:
+        cls = get_system(sysinfo.get("name", "hfcn")).config_cls
+    except HfcnError:
+        return cfg
+    for f in dataclasses.fields(cls):
+        if f.name not in cfg and f.default is not dataclasses.MISSING:
+            cfg[f.name] = f.default
+    return cfg
+
+
+def _distinct_names(runs: list[dict]) -> list[str]:
+    """Each run's model name; runs of one model get the config settings that tell them apart
+    (``two_stage (segmenter=unet)``). Two runs of one model with the same settings are
+    refused: one of them would be ranked twice."""
+    base = [run_name(r["report"]) for r in runs]
+    out = list(base)
+    for name in set(base):
+        group = [i for i, b in enumerate(base) if b == name]
+        if len(group) < 2:
+            continue
+        cfgs = [_config_with_defaults(runs[i]["report"]) for i in group]
+        keys = sorted({k for c in cfgs for k in c} - set(_EXECUTION_FIELDS))
+        differ = [k for k in keys if len({repr(c.get(k)) for c in cfgs}) > 1]
+        if not differ:
+            raise HfcnError(
+                f"two runs of the same model with the same settings: {name} "
+                f"({', '.join(runs[i]['dir'] for i in group)})",
+                hint="rank one run per model and setting",
+            )
+        for i, c in zip(group, cfgs):
+            out[i] = f"{name} (" + ", ".join(f"{k}={c.get(k)}" for k in differ) + ")"
+    return out
+
+
+def _paired_to_top(rows: list[dict], n_boot: int, seed: int) -> None:
+    """Each row's paired ROC-AUC difference to the first row (see :func:`rank_runs`)."""
+    cache: dict[tuple[str, str], dict] = {}
+
+    def scores(row):
+        key = (row["run"], row["output"])
+        if key not in cache:
+            cache[key] = run_scores(row["run"], row["output"])
+        return cache[key]
+
+    if not rows:
+        return
+    try:
+        top = scores(rows[0])
+    except HfcnError as exc:
+        for row in rows[1:]:
+            row["paired"], row["paired_note"] = None, str(exc)
+        return
+    for row in rows[1:]:
+        try:
+            row["paired"] = paired_difference(scores(row), top, n_boot, seed)
+            row["paired_note"] = None if row["paired"] else "fewer than 4 shared ROIs, or one class only"
+        except HfcnError as exc:
+            row["paired"], row["paired_note"] = None, str(exc)
+
+
+def delta_text(row: dict) -> str:
+    d = row.get("paired")
+    if d is None:
+        return "—"
+    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (p {d['delong_p']:.3f})"
 
 
 def _ci(c) -> str:
@@ -263,13 +356,14 @@ def markdown(result: dict) -> str:
             )
     else:
         lines = [
-            "| rank | model | ROC-AUC [95% CI] | F1 [95% CI] | accuracy | precision | recall | specificity | "
-            "threshold | note |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| rank | model | ROC-AUC [95% CI] | ΔAUC vs rank 1, paired [95% CI] (DeLong p) | F1 [95% CI] | "
+            "accuracy | precision | recall | specificity | threshold | note |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for i, r in enumerate(result["rows"], 1):
             lines.append(
-                f"| {i} | {r['name']} | {_f(r['auc'])} {_ci(r['auc_ci'])} | {_f(r['f1'])} {_ci(r['f1_ci'])} | "
+                f"| {i} | {r['name']} | {_f(r['auc'])} {_ci(r['auc_ci'])} | {delta_text(r) if i > 1 else ''} | "
+                f"{_f(r['f1'])} {_ci(r['f1_ci'])} | "
                 f"{_f(r['accuracy'])} | {_f(r['precision'])} | {_f(r['recall'])} | {_f(r['specificity'])} | "
                 f"{r['threshold']} | {r['note'] or ''} |"
             )
@@ -283,7 +377,7 @@ def markdown(result: dict) -> str:
             )
         else:
             lines.append(
-                f"| — | always {who} (majority baseline) | {_f(b.get('auc'))} | {_f(b.get('f1'))} | "
+                f"| — | always {who} (majority baseline) | {_f(b.get('auc'))} | | {_f(b.get('f1'))} | "
                 f"{_f(b.get('accuracy'))} | {_f(b.get('precision'))} | {_f(b.get('recall'))} | "
                 f"{_f(b.get('specificity'))} | | |"
             )

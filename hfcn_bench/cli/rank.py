@@ -20,7 +20,10 @@ def register(sub) -> None:
         "scored on the same data, labels and held-out cases, and print one table ranked by "
         "ROC-AUC with 95%% case-bootstrap intervals for AUC and F1 and the majority baseline. "
         "Reports of `hfcn-bench eval --data OTHER --out DIR` (the folder or its eval_report.json) "
-        "rank by their external AUC, each beside its run's internal CV estimate.",
+        "rank by their external AUC, each beside its run's internal CV estimate. Without them, "
+        "each row also gets its paired ROC-AUC difference to the top row on the same out-of-fold "
+        "ROIs (paired case bootstrap, DeLong p); runs of one system with different settings are "
+        "named by those settings.",
     )
     r.add_argument(
         "runs",
@@ -32,17 +35,20 @@ def register(sub) -> None:
     r.add_argument("--out", type=Path, default=None, help="also write rank.md, rank.json and rank.png here")
     r.add_argument("--no-variants", action="store_true", help="leave out the comparators' variant rows")
     r.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    r.add_argument(
+        "--n-boot", type=int, default=1000, metavar="N", help="bootstrap resamples of the paired differences"
+    )
     r.set_defaults(handler=run_rank)
 
 
 def run_rank(args, console) -> int:
     from ..atomic import write_json_atomic, write_text_atomic
     from ..bench.figures import plot_forest
-    from ..bench.rank import markdown, rank_runs
+    from ..bench.rank import delta_text, markdown, rank_runs
     from .common import check_out_dir
 
     check_out_dir(args.out)
-    result = rank_runs(args.runs, variants=not args.no_variants)
+    result = rank_runs(args.runs, variants=not args.no_variants, n_boot=args.n_boot)
     ext = result.get("external")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -106,11 +112,18 @@ def run_rank(args, console) -> int:
             )
     else:
         t = Table(title=f"ranked by ROC-AUC: {result['protocol']}", title_justify="left")
-        for c in ("#", "model", "ROC-AUC", "95% CI", "F1", "95% CI ", "note"):
+        for c in ("#", "model", "ROC-AUC", "95% CI", "ΔAUC vs #1 (paired)", "F1", "95% CI ", "note"):
             t.add_column(c, justify="left" if c in ("model", "note") else "right", overflow="fold")
         for i, row in enumerate(result["rows"], 1):
             t.add_row(
-                str(i), row["name"], f(row["auc"]), ci(row["auc_ci"]), f(row["f1"]), ci(row["f1_ci"]), row["note"] or ""
+                str(i),
+                row["name"],
+                f(row["auc"]),
+                ci(row["auc_ci"]),
+                delta_text(row) if i > 1 else "",
+                f(row["f1"]),
+                ci(row["f1_ci"]),
+                row["note"] or "",
             )
         if b:
             t.add_row(
@@ -118,10 +131,14 @@ def run_rank(args, console) -> int:
                 f"always {('benign', 'malignant')[b.get('majority_class', 1)]} (majority baseline)",
                 f(b.get("auc")),
                 "",
+                "",
                 f(b.get("f1")),
                 "",
                 "",
             )
+        unpaired = [r for r in result["rows"][1:] if r.get("paired") is None and r.get("paired_note")]
+        for r in unpaired:
+            console.print(f"[yellow]not paired:[/yellow] {r['name']}: {r['paired_note']}", highlight=False)
     console.print(t)
     if args.out is not None:
         console.print(f"wrote {args.out / 'rank.md'}, rank.json, rank.png", highlight=False)

@@ -19,7 +19,6 @@ held-back part: internal CV beside external.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import time
@@ -28,10 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..atomic import atomic_write, write_json_atomic
 from ..errors import HfcnError
+from ..protocol.paired import run_scores
 from ..protocol.runfolder import read_run
 from .runner import check_record, load_trainable
 
@@ -159,22 +157,6 @@ def export_run(run_dir: Path, dest: Path, data_root: Path, extra: dict[str, Path
         atomic_write(dest / name, lambda fh, data=data: fh.write(data))
         out.append(dest / name)
     return out
-
-
-def _paired_scores(run: Path) -> dict:
-    """A finished run's pooled out-of-fold scores (probability minus its fold's threshold) per
-    ROI key, from its ``predictions.csv``: what paired comparisons read."""
-    rows = [
-        r
-        for r in csv.DictReader(io.StringIO((run / "predictions.csv").read_text(encoding="utf-8")))
-        if r["output"] == "main"
-    ]
-    return {
-        "keys": [r["key"] for r in rows],
-        "scores": np.asarray([float(r["prob"]) - float(r["threshold"]) for r in rows]),
-        "labels": np.asarray([int(r["label"]) for r in rows]),
-        "cases": np.asarray([r["case_id"] for r in rows], dtype=object),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +397,7 @@ def recipe_table(docs: str | Path, n_boot: int = 1000, seed: int = 0) -> dict:
                 "differences": m.get("limitations") or [],
             }
         )
-        paired[step.key] = {"_paired": _paired_scores(d)}
+        paired[step.key] = {"_paired": run_scores(d)}
         ext = d / "eval_report.json"
         if ext.is_file():
             e = json.loads(ext.read_text(encoding="utf-8"))

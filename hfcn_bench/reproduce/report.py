@@ -29,6 +29,7 @@ from .. import metrics as M
 from ..atomic import write_json_atomic, write_text_atomic
 from ..bench.report import PAPER_TABLE4, environment
 from ..protocol import FoldResult, Predictions, pool_folds
+from ..protocol.paired import paired_difference
 from ..protocol.portable import DATA_PLACEHOLDER, recorded_root
 from .cells import cell_log, cell_seconds
 from .grid import ARCH, PAPER_TABLE3
@@ -83,30 +84,8 @@ def pooled_config(cell_dirs: list[Path], seed: int, n_boot: int) -> dict | None:
 
 
 def _paired(a: dict, b: dict, n_boot: int, seed: int) -> dict | None:
-    pa, pb = a["_paired"], b["_paired"]
-    common = [k for k in pa["keys"] if k in set(pb["keys"])]
-    if len(common) < 4:
-        return None
-    ia = {k: i for i, k in enumerate(pa["keys"])}
-    ib = {k: i for i, k in enumerate(pb["keys"])}
-    sel_a = np.asarray([ia[k] for k in common])
-    sel_b = np.asarray([ib[k] for k in common])
-    y = pa["labels"][sel_a]
-    try:
-        boot = M.paired_auc_difference(
-            y, pa["scores"][sel_a], pb["scores"][sel_b], pa["cases"][sel_a], n_boot=n_boot, seed=seed
-        )
-        dl = M.delong_test(y, pa["scores"][sel_a], pb["scores"][sel_b])
-    except M.UndefinedMetricError:
-        return None
-    return {
-        **boot,
-        "delong_z": dl["z"],
-        "delong_p": dl["p"],
-        "auc_a": dl["auc_a"],
-        "auc_b": dl["auc_b"],
-        "n_rois": len(common),
-    }
+    """The paired ΔAUC of two pooled reports (:func:`pooled_config`'s ``_paired`` scores)."""
+    return paired_difference(a["_paired"], b["_paired"], n_boot, seed)
 
 
 def _aligned(reps: list[dict]):
