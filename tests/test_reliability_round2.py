@@ -310,7 +310,7 @@ def _fuzz_dicom(path, pi, bits, rows, cols, frames, syntax, slope, intercept, ce
 
 
 try:
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
 except ImportError:  # pragma: no cover - hypothesis is in the test extra
     given = None
@@ -334,6 +334,21 @@ if given is not None:
         width=st.sampled_from([None, "256", "1", "0", "NaN"]),
         palette=st.sampled_from([None, (256, 0, 16), (256, 0, 8), (0, 0, 16), (4, 0, 0), (256, 0, 33), (2, 5, 16)]),
         cut=st.sampled_from([None, None, 0, 1, 7]),
+    )
+    # found by this fuzz: a NaN RescaleIntercept without a RescaleSlope, which pydicom skips
+    @example(
+        pi="MONOCHROME1",
+        bits=1,
+        rows=1,
+        cols=1,
+        frames=None,
+        syntax="1.2.840.10008.1.2.1",
+        slope=None,
+        intercept="NaN",
+        center=None,
+        width=None,
+        palette=None,
+        cut=None,
     )
     def test_fuzzed_dicom_headers_give_a_frame_or_one_clear_error(
         tmp_path_factory, pi, bits, rows, cols, frames, syntax, slope, intercept, center, width, palette, cut

@@ -168,6 +168,13 @@ def _window(arr: np.ndarray, ds, bits: int, notes: list[str]) -> np.ndarray:
     module docstring)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    # A rescale field that is not a number is refused even where pydicom would skip the rescale
+    # (it applies one only with both fields present): the header says the pixels mean nothing.
+    rescale = {k: _first(ds.get(k)) for k in ("RescaleSlope", "RescaleIntercept") if k in ds}
+    if not all(v is None or np.isfinite(v) for v in rescale.values()):
+        raise HfcnError(
+            "a modality rescale that is not finite, NaN or infinity (" + ", ".join(f"{k} {v}" for k, v in rescale.items()) + ")"
+        )
     values = apply_modality_lut(arr, ds).astype(np.float64)
     if not np.isfinite(values).all():
         slope, intercept = ds.get("RescaleSlope", "absent"), ds.get("RescaleIntercept", "absent")
