@@ -328,7 +328,10 @@ def delta_text(row: dict) -> str:
     d = row.get("paired")
     if d is None:
         return "—"
-    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (p {d['delong_p']:.3f})"
+    p = d.get("delong_p")
+    # DeLong's p is undefined for two identical score sets (zero variance of the difference)
+    p_text = "—" if p is None or p != p else f"{p:.3f}"
+    return f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] (p {p_text})"
 
 
 def _ci(c) -> str:
