@@ -173,7 +173,9 @@ def _window(arr: np.ndarray, ds, bits: int, notes: list[str]) -> np.ndarray:
     rescale = {k: _first(ds.get(k)) for k in ("RescaleSlope", "RescaleIntercept") if k in ds}
     if not all(v is None or np.isfinite(v) for v in rescale.values()):
         raise HfcnError(
-            "a modality rescale that is not finite, NaN or infinity (" + ", ".join(f"{k} {v}" for k, v in rescale.items()) + ")"
+            "a modality rescale that is not finite, NaN or infinity ("
+            + ", ".join(f"{k} {v}" for k, v in rescale.items())
+            + ")"
         )
     values = apply_modality_lut(arr, ds).astype(np.float64)
     if not np.isfinite(values).all():
