@@ -113,22 +113,30 @@ def test_acceptance_train_reports_descriptor_head_aucs(aux_run):
     assert set(history[0]["val_descriptor_auc"]) == set(DESCRIPTOR_FIELDS)
 
 
-def test_predictions_do_not_read_the_descriptors(aux_run, phantoms, tmp_path):
-    out, _ = aux_run
+def _predict_with_and_without_descriptors(run_dir, phantoms, tmp_path, n: int) -> tuple[dict, dict]:
+    """``predict`` rows (by case, frame, region) of the first ``n`` phantom XMLs, as written and
+    with every descriptor field emptied."""
     stripped = tmp_path / "stripped"
     shutil.copytree(phantoms, stripped)
     _strip_descriptors(stripped)
     assert "<calcifications></calcifications>" in next((stripped / "xml").glob("*.xml")).read_text()
-    names = sorted(p.name for p in (phantoms / "xml").glob("*.xml"))[:6]
+    names = sorted(p.name for p in (phantoms / "xml").glob("*.xml"))[:n]
     rows = {}
     for where in (phantoms, stripped):
         rc, text = run(
-            ["predict", "--run", str(out), "--no-png", "--json"] + [str(where / "xml" / n) for n in names], width=400
+            ["predict", "--run", str(run_dir), "--no-png", "--json"] + [str(where / "xml" / n) for n in names],
+            width=400,
         )
         assert rc == 0, text
         rows[where] = {(r["case_id"], r["frame"], r["region"]): r for r in json.loads(text)["rows"]}
     a, b = rows[phantoms], rows[stripped]
     assert a and a.keys() == b.keys()
+    return a, b
+
+
+def test_predictions_do_not_read_the_descriptors(aux_run, phantoms, tmp_path):
+    out, _ = aux_run
+    a, b = _predict_with_and_without_descriptors(out, phantoms, tmp_path, 6)
     for k in a:
         assert a[k]["prob"] == b[k]["prob"]  # bitwise: the same float
         assert a[k]["descriptor_calcifications"] == b[k]["descriptor_calcifications"]
@@ -191,19 +199,7 @@ def test_comparators_train_descriptor_heads_and_report_them(comparator_aux_run):
 
 def test_comparators_predict_without_reading_the_descriptors(comparator_aux_run, phantoms, tmp_path):
     system, out, _ = comparator_aux_run
-    stripped = tmp_path / "stripped"
-    shutil.copytree(phantoms, stripped)
-    _strip_descriptors(stripped)
-    names = sorted(p.name for p in (phantoms / "xml").glob("*.xml"))[:5]
-    rows = {}
-    for where in (phantoms, stripped):
-        rc, text = run(
-            ["predict", "--run", str(out), "--no-png", "--json"] + [str(where / "xml" / n) for n in names], width=400
-        )
-        assert rc == 0, text
-        rows[where] = {(r["case_id"], r["frame"], r["region"]): r for r in json.loads(text)["rows"]}
-    a, b = rows[phantoms], rows[stripped]
-    assert a and a.keys() == b.keys()
+    a, b = _predict_with_and_without_descriptors(out, phantoms, tmp_path, 5)
     for k in a:
         assert a[k]["prob"] == b[k]["prob"]
         assert a[k]["descriptor_margins"] == b[k]["descriptor_margins"]
