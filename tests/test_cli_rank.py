@@ -130,3 +130,37 @@ def test_the_localisation_cell_names_the_segmenter():
     # a report written before the segmenter was named (or pooled over different ones)
     assert localisation({"segmentation": seg}) == "segmenter Dice 0.600, IoU 0.450 (12 frames)"
     assert localisation({"auc": 0.5}) is None
+
+
+def test_per_case_rankings_are_not_paired_per_roi_and_bad_n_boot_is_one_error(runs, tmp_path):
+    base, hfcn, rf, _ = runs
+    copies = []
+    for src in (rf, base / "rf5"):
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst)
+        metrics = json.loads((dst / "metrics.json").read_text())
+        metrics["level"] = "case-mean"  # as a run trained with --per-case records it
+        (dst / "metrics.json").write_text(json.dumps(metrics))
+        copies.append(dst)
+    rc, text = run(["rank", *map(str, copies), "--out", str(tmp_path / "out")])
+    assert rc == 0, text
+    result = json.loads((tmp_path / "out" / "rank.json").read_text())
+    assert all(r["paired"] is None and "per case-mean" in r["paired_note"] for r in result["rows"][1:])
+    assert "Not paired:" in (tmp_path / "out" / "rank.md").read_text() and "not paired:" in text
+    rc, text = run(["rank", str(rf), str(base / "rf5"), "--n-boot", "0"])
+    assert rc == 1 and "--n-boot 0" in text and "Traceback" not in text
+
+
+def test_settings_that_differ_only_in_form_or_execution_do_not_name_runs():
+    from hfcn_bench.bench.rank import _distinct_names
+    from hfcn_bench.errors import HfcnError
+
+    def fake(cfg, d):
+        return {"dir": d, "report": {"system": {"name": "two_stage"}, "config": cfg}}
+
+    a = fake({"frame_size": [96, 144], "roi_margin": 0, "threads": 1, "segmenter": "unet"}, "a")
+    b = fake({"frame_size": (96, 144), "roi_margin": 0.0, "threads": 2, "segmenter": "unet"}, "b")
+    with pytest.raises(HfcnError, match="same settings"):
+        _distinct_names([a, b])
+    c = fake({"frame_size": [96, 144], "roi_margin": 0, "segmenter": "transunet-small"}, "c")
+    assert _distinct_names([a, c]) == ["two_stage (segmenter=unet)", "two_stage (segmenter=transunet-small)"]

@@ -237,3 +237,23 @@ def test_comparator_configs_check_the_weight():
     with pytest.raises(HfcnError, match="fine-tuned trunk"):
         transfer.TransferConfig(aux_descriptors=0.5).validate()
     transfer.TransferConfig(aux_descriptors=0.5, finetune_layers=1).validate()
+
+
+def test_runs_without_heads_record_and_order_what_they_did_before():
+    """A checkpoint written before the field existed resumes (the loop compares every recorded
+    config key), and MC-CNN's parameters keep their order (an optimizer's state is matched by
+    position): trunk, pyramid, classifier."""
+    from hfcn_bench.systems import descriptor_aux as DA
+    from hfcn_bench.systems import mccnn
+
+    assert DA.loop_config({"lr": 1e-3, "aux_descriptors": 0.0}) == {"lr": 1e-3}
+    assert DA.loop_config({"lr": 1e-3, "aux_descriptors": 0.5}) == {"lr": 1e-3, "aux_descriptors": 0.5}
+    names = [n.split(".")[0] for n, _ in mccnn.build_mccnn(mccnn.MCCNNConfig(**mccnn.SMOKE)).named_parameters()]
+    assert list(dict.fromkeys(names)) == ["trunk", "spm", "fc"]
+    with_heads = mccnn.build_mccnn(mccnn.MCCNNConfig(**mccnn.SMOKE, aux_descriptors=0.5))
+    assert list(dict.fromkeys(n.split(".")[0] for n, _ in with_heads.named_parameters())) == [
+        "trunk",
+        "spm",
+        "fc",
+        "descriptor_heads",
+    ]

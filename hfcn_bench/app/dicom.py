@@ -168,8 +168,9 @@ def _window(arr: np.ndarray, ds, bits: int, notes: list[str]) -> np.ndarray:
     module docstring)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    # A rescale field that is not a number is refused even where pydicom would skip the rescale
-    # (it applies one only with both fields present): the header says the pixels mean nothing.
+    # A rescale field that is NaN or infinite is refused even where pydicom would skip the
+    # rescale (it applies one only with both fields present): the header says the pixels mean
+    # nothing. (A field that does not parse as a number is left to pydicom.)
     rescale = {k: _first(ds.get(k)) for k in ("RescaleSlope", "RescaleIntercept") if k in ds}
     if not all(v is None or np.isfinite(v) for v in rescale.values()):
         raise HfcnError(

@@ -28,7 +28,16 @@ from ..errors import HfcnError
 from ..protocol.paired import paired_difference, run_scores
 from ..protocol.scoring import overlap_note
 
-__all__ = ["load_run", "load_eval", "rank_runs", "localisation", "markdown", "run_name", "delta_text"]
+__all__ = [
+    "load_run",
+    "load_eval",
+    "rank_runs",
+    "localisation",
+    "markdown",
+    "run_name",
+    "delta_text",
+    "unpaired_notes",
+]
 
 
 def _json(path: Path, what: str) -> dict:
@@ -188,10 +197,11 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True, n_boot:
     by_dir = {str(Path(r["dir"])): r for r in runs}
     rows = []
     if evals:
+        named = dict(zip((str(Path(r["dir"])) for r in runs), _distinct_names(runs)))
         for e in evals:
             rep = e["report"]
             internal = by_dir[str(Path(rep["run"]))]["report"]
-            name = run_name(internal)
+            name = named[str(Path(rep["run"]))]
             pairs = [(name, rep, internal, localisation(rep))]
             if variants:
                 for vname, v in (rep.get("variants") or {}).items():
@@ -239,7 +249,7 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True, n_boot:
         raise HfcnError(f"two runs of the same model: {', '.join(dup)}", hint="rank one run per model")
     rows.sort(key=lambda row: (-(row["auc"] if row["auc"] is not None else -1.0), row["name"]))
     if external is None:
-        _paired_to_top(rows, n_boot, seed)
+        _paired_to_top(rows, n_boot, seed, runs[0]["report"].get("level") or "roi")
     return {
         "rows": rows,
         "baseline": base,
@@ -252,7 +262,26 @@ def rank_runs(paths: Sequence[str | os.PathLike], variants: bool = True, n_boot:
 
 
 # config fields that say how a run was executed, not what was trained
-_EXECUTION_FIELDS = ("threads", "device", "num_workers", "workers")
+_EXECUTION_FIELDS = ("threads", "device", "num_workers", "workers", "eval_batch_size", "seg_device")
+
+
+def _same_value(v):
+    """A config value as compared between runs: numbers as floats (0 and 0.0 agree), tuples as
+    lists (a default tuple and the JSON list a run recorded agree)."""
+    import json
+
+    def norm(x):
+        if isinstance(x, bool) or x is None or isinstance(x, str):
+            return x
+        if isinstance(x, (int, float)):
+            return float(x)
+        if isinstance(x, (list, tuple)):
+            return [norm(y) for y in x]
+        if isinstance(x, dict):
+            return {str(k): norm(y) for k, y in x.items()}
+        return repr(x)
+
+    return json.dumps(norm(v), sort_keys=True)
 
 
 def _config_with_defaults(report: dict) -> dict:
@@ -286,7 +315,7 @@ def _distinct_names(runs: list[dict]) -> list[str]:
             continue
         cfgs = [_config_with_defaults(runs[i]["report"]) for i in group]
         keys = sorted({k for c in cfgs for k in c} - set(_EXECUTION_FIELDS))
-        differ = [k for k in keys if len({repr(c.get(k)) for c in cfgs}) > 1]
+        differ = [k for k in keys if len({_same_value(c.get(k)) for c in cfgs}) > 1]
         if not differ:
             raise HfcnError(
                 f"two runs of the same model with the same settings: {name} "
@@ -298,7 +327,7 @@ def _distinct_names(runs: list[dict]) -> list[str]:
     return out
 
 
-def _paired_to_top(rows: list[dict], n_boot: int, seed: int) -> None:
+def _paired_to_top(rows: list[dict], n_boot: int, seed: int, level: str | None = "roi") -> None:
     """Each row's paired ROC-AUC difference to the first row (see :func:`rank_runs`)."""
     cache: dict[tuple[str, str], dict] = {}
 
@@ -309,6 +338,12 @@ def _paired_to_top(rows: list[dict], n_boot: int, seed: int) -> None:
         return cache[key]
 
     if not rows:
+        return
+    if level != "roi":
+        # predictions.csv holds one row per ROI; a per-case ranking would be paired on other units
+        for row in rows[1:]:
+            row["paired"] = None
+            row["paired_note"] = f"the ranking is per {level}; the paired difference is computed per ROI only"
         return
     try:
         top = scores(rows[0])
@@ -322,6 +357,15 @@ def _paired_to_top(rows: list[dict], n_boot: int, seed: int) -> None:
             row["paired_note"] = None if row["paired"] else "fewer than 4 shared ROIs, or one class only"
         except HfcnError as exc:
             row["paired"], row["paired_note"] = None, str(exc)
+
+
+def unpaired_notes(result: dict) -> list[str]:
+    """Why rows below the top have no paired difference, each reason once."""
+    rows = [r for r in result["rows"][1:] if r.get("paired") is None and r.get("paired_note")]
+    reasons: dict[str, list[str]] = {}
+    for r in rows:
+        reasons.setdefault(r["paired_note"], []).append(r["name"])
+    return [f"{', '.join(names)}: {why}" for why, names in reasons.items()]
 
 
 def delta_text(row: dict) -> str:
@@ -386,6 +430,10 @@ def markdown(result: dict) -> str:
             )
     d = result["data"]
     lines.append("")
+    notes = unpaired_notes(result) if not ext else []
+    if notes:
+        lines.append("Not paired: " + "; ".join(notes) + ".")
+        lines.append("")
     leaky = [r for r in result["rows"] if r.get("overlap")]
     if leaky:
         lines.append(

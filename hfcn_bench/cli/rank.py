@@ -44,9 +44,11 @@ def register(sub) -> None:
 def run_rank(args, console) -> int:
     from ..atomic import write_json_atomic, write_text_atomic
     from ..bench.figures import plot_forest
-    from ..bench.rank import delta_text, markdown, rank_runs
+    from ..bench.rank import delta_text, markdown, rank_runs, unpaired_notes
+    from ..protocol.checks import check_n_boot
     from .common import check_out_dir
 
+    check_n_boot(args.n_boot)
     check_out_dir(args.out)
     result = rank_runs(args.runs, variants=not args.no_variants, n_boot=args.n_boot)
     ext = result.get("external")
@@ -136,9 +138,8 @@ def run_rank(args, console) -> int:
                 "",
                 "",
             )
-        unpaired = [r for r in result["rows"][1:] if r.get("paired") is None and r.get("paired_note")]
-        for r in unpaired:
-            console.print(f"[yellow]not paired:[/yellow] {r['name']}: {r['paired_note']}", highlight=False)
+    for note in unpaired_notes(result):
+        console.print(f"[yellow]not paired:[/yellow] {note}", highlight=False)
     console.print(t)
     if args.out is not None:
         console.print(f"wrote {args.out / 'rank.md'}, rank.json, rank.png", highlight=False)

@@ -397,7 +397,10 @@ def recipe_table(docs: str | Path, n_boot: int = 1000, seed: int = 0) -> dict:
                 "differences": m.get("limitations") or [],
             }
         )
-        paired[step.key] = {"_paired": run_scores(d)}
+        try:
+            paired[step.key] = {"_paired": run_scores(d)}
+        except HfcnError as exc:  # ranked, but not paired with its parent or children
+            row["paired_note"] = str(exc)
         ext = d / "eval_report.json"
         if ext.is_file():
             e = json.loads(ext.read_text(encoding="utf-8"))

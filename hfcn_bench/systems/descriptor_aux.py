@@ -21,7 +21,7 @@ from ..data.rois import Sample
 from ..errors import HfcnError
 from ..protocol.descriptors import descriptor_extras
 
-__all__ = ["check_weight", "limitation", "targets", "head_probs", "extras"]
+__all__ = ["check_weight", "limitation", "targets", "head_probs", "extras", "loop_config"]
 
 
 def check_weight(value) -> float:
@@ -65,3 +65,13 @@ def extras(chunks) -> dict[str, np.ndarray]:
     """:func:`head_probs` as :class:`~hfcn_bench.protocol.Predictions` extras
     (``descriptor_<field>``)."""
     return descriptor_extras(head_probs(chunks))
+
+
+def loop_config(config: dict) -> dict:
+    """A config as the epoch loop records it for resume checks: ``aux_descriptors`` at 0 is left
+    out, so a checkpoint written before the field existed still resumes (the loop refuses a
+    resume whose recorded config differs in any key), and a run without heads records what it
+    recorded before."""
+    if not config.get("aux_descriptors"):
+        return {k: v for k, v in config.items() if k != "aux_descriptors"}
+    return dict(config)

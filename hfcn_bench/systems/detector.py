@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import HfcnError
+from . import descriptor_aux as DA
 from .frames import FrameTensors, box_iou, nms
 
 __all__ = [
@@ -422,7 +423,7 @@ def train_detector(
         model,
         _DetectorTask(model, fit, val, cfg),
         settings,
-        config={**dataclasses.asdict(cfg), "stage": "detector"},
+        config={**DA.loop_config(dataclasses.asdict(cfg)), "stage": "detector"},
         ckpt_dir=ckpt_dir,
         resume=resume,
         progress=progress,

@@ -90,11 +90,7 @@ class MCCNNClassifier(RC.PooledClassifier):
 
     def __init__(self, trunk: nn.Module, channels: int, dropout: float = 0.5, descriptor_classes=()):
         spm = SpatialPyramidModule(channels)
-        super().__init__(trunk, spm.out_channels, dropout, descriptor_classes)
-        self.spm = spm
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spm(self.trunk(x))
+        super().__init__(trunk, spm.out_channels, dropout, descriptor_classes, neck=("spm", spm))
 
 
 @dataclass

@@ -119,17 +119,31 @@ class PooledClassifier(nn.Module):
     ``x (Tensor[B, 3, S, S]) -> logits (Tensor[B, 2])``; ``forward_all(x)`` also returns the
     heads' logits (one ``Tensor[B, K_f]`` each; ``None`` without heads). A subclass with more
     layers before the pooling overrides :meth:`feature_map`; ``channels`` is the width of
-    what it returns."""
+    what it returns (``neck``: a named module between the trunk and the pooling)."""
 
-    def __init__(self, trunk: nn.Module, channels: int, dropout: float = 0.5, descriptor_classes=()):
+    def __init__(
+        self,
+        trunk: nn.Module,
+        channels: int,
+        dropout: float = 0.5,
+        descriptor_classes=(),
+        neck: tuple[str, nn.Module] | None = None,
+    ):
         super().__init__()
         self.trunk = trunk
+        # (name, module) between the trunk and the pooling, registered right after the trunk:
+        # parameter order (which an optimizer's saved state is matched by) stays trunk, neck,
+        # classifier, heads
+        self._neck = None if neck is None else neck[0]
+        if neck is not None:
+            self.add_module(*neck)
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, 2)
         self.descriptor_heads = DescriptorHeads(channels, descriptor_classes, dropout) if descriptor_classes else None
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.trunk(x)
+        f = self.trunk(x)
+        return f if self._neck is None else getattr(self, self._neck)(f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(self.feature_map(x).mean(dim=(2, 3))))
@@ -230,7 +244,7 @@ def train_classifier(
         model,
         _ClassifierTask(model, ds_fit, i_fit, ds_val, i_val, cfg.aux_descriptors),
         settings,
-        config={**dataclasses.asdict(cfg), "stage": stage},
+        config={**DA.loop_config(dataclasses.asdict(cfg)), "stage": stage},
         ckpt_dir=ckpt_dir,
         resume=resume,
         progress=progress,

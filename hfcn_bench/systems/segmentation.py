@@ -42,6 +42,7 @@ from torch.nn import functional as F
 
 from ..errors import HfcnError
 from . import common as C
+from . import descriptor_aux as DA
 from .frames import FrameTensors, box_iou
 
 __all__ = [
@@ -361,7 +362,7 @@ def fit_segmenter(
         model,
         _SegmenterTask(model, fit, val, cfg),
         settings,
-        config={**dataclasses.asdict(cfg), "stage": "segmenter"},
+        config={**DA.loop_config(dataclasses.asdict(cfg)), "stage": "segmenter"},
         ckpt_dir=ckpt_dir,
         resume=resume,
         progress=progress,

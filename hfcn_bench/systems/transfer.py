@@ -445,6 +445,11 @@ class TransferSystem(System):
             if tuned.descriptor_heads is not None:
                 params += list(tuned.descriptor_heads.parameters())
             ds_va, i_va = C.loadable_rois(val_s, cfg.image_size, cfg.seed, skipped)
+            if not i_va:
+                raise HfcnError(
+                    f"none of the {len(val_s)} validation ROIs could be loaded: the fine-tuned trunk's threshold is "
+                    "chosen on them (see the warnings above for each unreadable image)"
+                )
             settings = LoopSettings(
                 epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer="adam", seed=cfg.seed
             )
@@ -452,7 +457,7 @@ class TransferSystem(System):
                 tuned,
                 _FineTuneTask(tuned, n_train, ds_aug, fit_idx, cfg.aux_descriptors, (ds_va, i_va)),
                 settings,
-                config={**dataclasses.asdict(cfg), "stage": "finetune", "head": self.head},
+                config={**DA.loop_config(dataclasses.asdict(cfg)), "stage": "finetune", "head": self.head},
                 params=params,
                 ckpt_dir=None if out_dir is None else Path(out_dir) / "finetune",
                 resume=resume,
