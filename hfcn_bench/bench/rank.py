@@ -329,13 +329,9 @@ def _distinct_names(runs: list[dict]) -> list[str]:
 
 def _paired_to_top(rows: list[dict], n_boot: int, seed: int, level: str | None = "roi") -> None:
     """Each row's paired ROC-AUC difference to the first row (see :func:`rank_runs`)."""
-    cache: dict[tuple[str, str], dict] = {}
 
     def scores(row):
-        key = (row["run"], row["output"])
-        if key not in cache:
-            cache[key] = run_scores(row["run"], row["output"])
-        return cache[key]
+        return run_scores(row["run"], row["output"])
 
     if not rows:
         return

@@ -18,7 +18,7 @@ import numpy as np
 from .. import metrics as M
 from ..errors import HfcnError
 
-__all__ = ["run_scores", "paired_difference"]
+__all__ = ["run_scores", "aligned", "paired_difference"]
 
 
 def run_scores(run: str | Path, output: str = "main") -> dict:
@@ -44,22 +44,32 @@ def run_scores(run: str | Path, output: str = "main") -> dict:
     return out
 
 
+def aligned(sets: list[dict]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None:
+    """``(labels, cases, [scores of each set])`` on the ROIs every set scored (:func:`run_scores`
+    dicts), in the first set's order; ``None`` when fewer than 4 are shared."""
+    shared = set(sets[0]["keys"]).intersection(*(s["keys"] for s in sets[1:]))
+    keys = [k for k in sets[0]["keys"] if k in shared]
+    if len(keys) < 4:
+        return None
+    sel = []
+    for s in sets:
+        index = {k: i for i, k in enumerate(s["keys"])}
+        sel.append(np.asarray([index[k] for k in keys]))
+    first = sets[0]
+    return first["labels"][sel[0]], first["cases"][sel[0]], [s["scores"][i] for s, i in zip(sets, sel)]
+
+
 def paired_difference(a: dict, b: dict, n_boot: int = 1000, seed: int = 0) -> dict | None:
     """``AUC_a - AUC_b`` on the ROIs both ``a`` and ``b`` scored (:func:`run_scores` dicts):
     ``{"diff", "low", "high", "n_valid", "delong_z", "delong_p", "auc_a", "auc_b", "n_rois"}``;
     ``None`` when fewer than 4 ROIs are shared or the difference is undefined (one class)."""
-    shared = set(b["keys"])
-    common = [k for k in a["keys"] if k in shared]
-    if len(common) < 4:
+    both = aligned([a, b])
+    if both is None:
         return None
-    ia = {k: i for i, k in enumerate(a["keys"])}
-    ib = {k: i for i, k in enumerate(b["keys"])}
-    sel_a = np.asarray([ia[k] for k in common])
-    sel_b = np.asarray([ib[k] for k in common])
-    y = a["labels"][sel_a]
+    y, cases, (sa, sb) = both
     try:
-        boot = M.paired_auc_difference(y, a["scores"][sel_a], b["scores"][sel_b], a["cases"][sel_a], n_boot, seed=seed)
-        dl = M.delong_test(y, a["scores"][sel_a], b["scores"][sel_b])
+        boot = M.paired_auc_difference(y, sa, sb, cases, n_boot, seed=seed)
+        dl = M.delong_test(y, sa, sb)
     except M.UndefinedMetricError:
         return None
     return {
@@ -68,5 +78,5 @@ def paired_difference(a: dict, b: dict, n_boot: int = 1000, seed: int = 0) -> di
         "delong_p": dl["p"],
         "auc_a": dl["auc_a"],
         "auc_b": dl["auc_b"],
-        "n_rois": len(common),
+        "n_rois": len(y),
     }

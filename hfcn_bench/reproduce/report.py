@@ -29,7 +29,7 @@ from .. import metrics as M
 from ..atomic import write_json_atomic, write_text_atomic
 from ..bench.report import PAPER_TABLE4, environment
 from ..protocol import FoldResult, Predictions, pool_folds
-from ..protocol.paired import paired_difference
+from ..protocol.paired import aligned, paired_difference
 from ..protocol.portable import DATA_PLACEHOLDER, recorded_root
 from .cells import cell_log, cell_seconds
 from .grid import ARCH, PAPER_TABLE3
@@ -90,15 +90,7 @@ def _paired(a: dict, b: dict, n_boot: int, seed: int) -> dict | None:
 
 def _aligned(reps: list[dict]):
     """``(labels, cases, [scores of each report])`` on the ROIs every report scored, or None."""
-    keys = [k for k in reps[0]["_paired"]["keys"] if all(k in set(r["_paired"]["keys"]) for r in reps[1:])]
-    if len(keys) < 4:
-        return None
-    sel = []
-    for r in reps:
-        index = {k: i for i, k in enumerate(r["_paired"]["keys"])}
-        sel.append(np.asarray([index[k] for k in keys]))
-    first = reps[0]["_paired"]
-    return first["labels"][sel[0]], first["cases"][sel[0]], [r["_paired"]["scores"][i] for r, i in zip(reps, sel)]
+    return aligned([r["_paired"] for r in reps])
 
 
 def _seed_spread(

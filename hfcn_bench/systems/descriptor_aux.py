@@ -19,9 +19,9 @@ import torch
 from ..data.descriptors import DESCRIPTOR_FIELDS
 from ..data.rois import Sample
 from ..errors import HfcnError
-from ..protocol.descriptors import descriptor_extras
+from ..protocol.descriptors import descriptor_aucs, descriptor_extras
 
-__all__ = ["check_weight", "limitation", "targets", "head_probs", "extras", "loop_config"]
+__all__ = ["check_weight", "limitation", "targets", "head_probs", "extras", "head_aucs", "loop_config"]
 
 
 def check_weight(value) -> float:
@@ -65,6 +65,14 @@ def extras(chunks) -> dict[str, np.ndarray]:
     """:func:`head_probs` as :class:`~hfcn_bench.protocol.Predictions` extras
     (``descriptor_<field>``)."""
     return descriptor_extras(head_probs(chunks))
+
+
+def head_aucs(targets_: torch.Tensor | np.ndarray, probs: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Each head's summary AUC on validation rows (``{field: auc}``, ``None`` where undefined):
+    the ``val_descriptor_auc`` of an epoch's history row. ``targets_``: :func:`targets` of those
+    rows; ``probs``: :func:`head_probs`."""
+    t = targets_.numpy() if isinstance(targets_, torch.Tensor) else targets_
+    return {name: h["auc"] for name, h in descriptor_aucs(t, probs).items()}
 
 
 def loop_config(config: dict) -> dict:

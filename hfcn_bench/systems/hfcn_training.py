@@ -58,7 +58,7 @@ from ..models import (
 )
 from ..models.backbones import IMAGENET_WEIGHTS
 from ..protocol import THRESHOLD_RULES, Predictions, threshold_from_predictions
-from ..protocol.descriptors import descriptor_aucs, descriptor_extras
+from ..protocol.descriptors import descriptor_extras
 from . import descriptor_aux as DA
 from .common import loadable_rois
 
@@ -662,8 +662,7 @@ class _HFCNTask:
             auc = None
         metrics = {"val_loss": vl, "val_auc": auc}
         if vp["descriptors"]:
-            heads = descriptor_aucs(self.val.descriptors.numpy(), vp["descriptors"])
-            metrics["val_descriptor_auc"] = {name: h["auc"] for name, h in heads.items()}
+            metrics["val_descriptor_auc"] = DA.head_aucs(self.val.descriptors, vp["descriptors"])
         return _val_score(vp["prob"], y, vl), metrics
 
     def generators(self) -> dict[str, torch.Generator]:

@@ -35,7 +35,7 @@ from ..engine import LoopSettings, fit_loop
 from ..errors import HfcnError
 from ..models import DescriptorHeads, descriptor_classes, descriptor_loss
 from ..protocol import Predictions
-from ..protocol.descriptors import DESCRIPTOR_PREFIX, descriptor_aucs
+from ..protocol.descriptors import descriptor_extras
 from . import common as C
 from . import descriptor_aux as DA
 
@@ -161,7 +161,7 @@ def _outputs(model: nn.Module, x: torch.Tensor):
 @torch.no_grad()
 def _predict(model: nn.Module, ds, idx: list[int], batch: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """P(malignant) of ``ds``'s rows ``idx`` and the descriptor heads' probabilities
-    (``descriptor_<field>`` extras; empty without heads)."""
+    (``{field: [N, K]}``; empty without heads)."""
     model.eval()
     prob, heads = [], []
     for s in range(0, len(idx), batch):
@@ -169,7 +169,7 @@ def _predict(model: nn.Module, ds, idx: list[int], batch: int = 64) -> tuple[np.
         prob.append(torch.softmax(logits, 1)[:, 1].double().numpy())
         if desc is not None:
             heads.append(desc)
-    return (np.concatenate(prob) if prob else np.zeros(0)), DA.extras(heads)
+    return (np.concatenate(prob) if prob else np.zeros(0)), DA.head_probs(heads)
 
 
 class _ClassifierTask:
@@ -181,7 +181,7 @@ class _ClassifierTask:
         self.y_val = np.asarray([ds_val.samples[i].label for i in i_val])
         # the descriptor heads' targets (-1 = not recorded): a loss term, never an input
         self.d_fit = DA.targets([ds_fit.samples[i] for i in i_fit])
-        self.d_val = DA.targets([ds_val.samples[i] for i in i_val]).numpy()
+        self.d_val = DA.targets([ds_val.samples[i] for i in i_val])
 
     def start_epoch(self, epoch):
         self.ds_fit.set_epoch(epoch)
@@ -203,8 +203,7 @@ class _ClassifierTask:
             auc = float("nan")
         metrics = {"val_auc": auc}
         if heads:
-            probs = {k.removeprefix(DESCRIPTOR_PREFIX): v for k, v in heads.items()}
-            metrics["val_descriptor_auc"] = {n: h["auc"] for n, h in descriptor_aucs(self.d_val, probs).items()}
+            metrics["val_descriptor_auc"] = DA.head_aucs(self.d_val, heads)
         return [auc], metrics
 
     def generators(self):
@@ -253,7 +252,7 @@ def train_classifier(
     )
     val_samples = [ds_val.samples[i] for i in i_val]
     prob, heads = _predict(model, ds_val, i_val)
-    val_pred = Predictions.of(val_samples, prob, **heads)
+    val_pred = Predictions.of(val_samples, prob, **descriptor_extras(heads))
     best_auc = loop.best_score[0] if loop.best_score else float("nan")
     return TrainedClassifier(
         model, val_pred, loop.history, loop.best_epoch, best_auc, loop.seconds, len(i_fit), loop.checkpoints
@@ -267,7 +266,7 @@ def predict_rois(model: nn.Module, samples: Sequence[Sample], cfg, skipped: list
     if not idx:
         raise HfcnError("no ROI could be loaded")
     prob, heads = _predict(model, ds, idx)
-    return Predictions.of([ds.samples[i] for i in idx], prob, skipped, **heads)
+    return Predictions.of([ds.samples[i] for i in idx], prob, skipped, **descriptor_extras(heads))
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:

@@ -49,7 +49,6 @@ from ..engine import LoopSettings, fit_loop, torch_threads
 from ..errors import HfcnError
 from ..models import DescriptorHeads, descriptor_classes, descriptor_loss
 from ..protocol import Predictions
-from ..protocol.descriptors import DESCRIPTOR_PREFIX, descriptor_aucs
 from . import common as C
 from . import descriptor_aux as DA
 from .base import Fitted, Output, System
@@ -305,9 +304,8 @@ class _FineTuneTask:
         with torch.no_grad():
             for start in range(0, len(idx), 64):
                 heads.append(self.model.forward_all(torch.stack([ds[i][0] for i in idx[start : start + 64]]))[1])
-        probs = {k.removeprefix(DESCRIPTOR_PREFIX): v for k, v in DA.extras(heads).items()}
-        aucs = descriptor_aucs(DA.targets([ds.samples[i] for i in idx]).numpy(), probs)
-        return None, {"val_descriptor_auc": {n: h["auc"] for n, h in aucs.items()}}
+        aucs = DA.head_aucs(DA.targets([ds.samples[i] for i in idx]), DA.head_probs(heads))
+        return None, {"val_descriptor_auc": aucs}
 
     def generators(self):
         return {}
