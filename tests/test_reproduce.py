@@ -443,3 +443,76 @@ def test_a_signal_stops_the_ray_grid_cleanly_and_the_next_run_goes_on(data, tmp_
         rep = json.loads((out / "report.json").read_text())
         assert rep["summary"]["done"] == 18
         assert {c["key"] for c in rep["cells"] if c["status"] == "cached"} >= finished
+
+
+class _FakeRay:
+    """Just enough of Ray for the engine's interrupt path: ``ref1`` has ended (its reply is in),
+    the others are still running; Ctrl-C arrives as the second cell starts."""
+
+    def __init__(self, initialized=False):
+        self.cancelled, self.calls, self.n, self.initialized = [], [], 0, initialized
+        self.exceptions = type("E", (), {})
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, address=None, **kw):
+        self.calls.append(("init", address))
+
+    def shutdown(self):
+        self.calls.append(("shutdown", None))
+
+    def remote(self, **kw):
+        return lambda fn: type("T", (), {"remote": staticmethod(self._submit)})
+
+    def _submit(self, spec, submitted):
+        self.n += 1
+        return f"ref{self.n}"
+
+    def cluster_resources(self):
+        return {"CPU": 3}
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        ended = [r for r in refs if r == "ref1"][:num_returns]
+        return ended, [r for r in refs if r not in ended]
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append(ref)
+
+
+def _interrupt_on_second_start():
+    starts = []
+
+    def on_event(kind, spec, res):
+        if kind == "start":
+            starts.append(spec["key"])
+            if len(starts) == 2:
+                raise KeyboardInterrupt
+
+    return on_event
+
+
+@pytest.mark.parametrize(
+    "initialized, address, cancelled",
+    [
+        # Its own local instance: ray.shutdown() stops the workers. A cancel there raced the
+        # reply of a worker Ctrl-C had already stopped (a RAY_CHECK in Ray's driver, exit 1).
+        (False, None, []),
+        # A cluster, or an instance the caller owns: what is still running is cancelled, what
+        # has already ended (ref1) is not.
+        (False, "10.0.0.1:6379", ["ref2"]),
+        (True, None, ["ref2"]),
+    ],
+)
+def test_an_interrupted_ray_grid_cancels_only_what_still_runs_elsewhere(monkeypatch, initialized, address, cancelled):
+    import sys
+
+    from hfcn_bench.reproduce import engines
+
+    fake = _FakeRay(initialized)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    specs = [{"key": f"c{i}"} for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        engines.run_ray(specs, _interrupt_on_second_start(), workers=3, threads=1, address=address)
+    assert fake.cancelled == cancelled
+    assert ("shutdown", None) in fake.calls or initialized

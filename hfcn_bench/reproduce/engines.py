@@ -8,8 +8,8 @@ reporting beside the protocol's run folders.
 
 Both engines call :func:`~.cells.run_cell` on the same specs and report every result through
 ``on_result``; the driver owns progress and the report. ``KeyboardInterrupt`` stops cleanly:
-the Ray engine cancels what is queued and running and shuts its local instance down; cells
-left half-done resume on the next run.
+the Ray engine shuts its local instance down (which stops its workers), or on a cluster
+cancels what is queued and running; cells left half-done resume on the next run.
 
 Without ``--address`` the Ray engine starts an instance of its own (``address="local"``),
 whatever else runs on the machine: a plain ``ray.init()`` would join the cluster a ``ray start``
@@ -130,6 +130,10 @@ def run_ray(
                 address=address,
                 gpus_per_cell=gpus_per_cell,
                 retries=retries,
+                # Our own instance stops its workers in ray.shutdown() below; cancelling them
+                # first races Ray's own bookkeeping when Ctrl-C has already stopped a worker
+                # (its reply and the cancel both end the task: a RAY_CHECK in the driver, exit 1).
+                cancel=not (started and address is None),
             )
         finally:
             if started:
@@ -156,7 +160,7 @@ def _lost(ray, exc: BaseException) -> bool:
     return isinstance(exc, kinds)
 
 
-def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell, retries) -> dict:
+def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell, retries, cancel=True) -> dict:
     # Ray's own retries stay off: a lost cell is resubmitted here, so the report can count it.
     task = ray.remote(num_cpus=threads, num_gpus=gpus_per_cell, max_retries=0)(_timed_cell)
     pending: dict = {}
@@ -198,8 +202,12 @@ def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell
                 on_event("result", spec, res)
             submit()
     except KeyboardInterrupt:
-        for ref in list(pending):
-            ray.cancel(ref, force=True)
+        if cancel:  # a cluster (or an instance the caller owns) keeps running what is not cancelled
+            # Only what has not already ended: a cancel racing a task's reply is the case above.
+            ended = set(ray.wait(list(pending), num_returns=len(pending), timeout=0)[0]) if pending else set()
+            for ref in pending:
+                if ref not in ended:
+                    ray.cancel(ref, force=True)
         raise
     return {
         "engine": "ray",
