@@ -8,8 +8,9 @@ reporting beside the protocol's run folders.
 
 Both engines call :func:`~.cells.run_cell` on the same specs and report every result through
 ``on_result``; the driver owns progress and the report. ``KeyboardInterrupt`` stops cleanly:
-the Ray engine shuts its local instance down (which stops its workers), or on a cluster
-cancels what is queued and running; cells left half-done resume on the next run.
+the Ray engine shuts its own local instance down (which stops its workers), or, on a cluster
+or an instance the caller started, cancels what is queued and running; cells left half-done
+resume on the next run.
 
 Without ``--address`` the Ray engine starts an instance of its own (``address="local"``),
 whatever else runs on the machine: a plain ``ray.init()`` would join the cluster a ``ray start``
@@ -44,7 +45,7 @@ OnEvent = Callable[[str, dict, dict | None], None]  # (event: "start" | "result"
 @contextmanager
 def terminate_as_interrupt():
     """SIGTERM (a batch scheduler's time limit, ``kill``) stops the grid as Ctrl-C does: queued
-    and running cells are cancelled, finished ones kept, the report written, and the next run
+    and running cells are stopped, finished ones kept, the report written, and the next run
     resumes. Yields ``rearm()``: ``ray.init`` installs a SIGTERM handler of its own (it exits),
     so the Ray engine calls it once its instance is up; on leaving, the handler from before
     (before Ray's too) is restored. Only the main thread may set handlers; elsewhere nothing
@@ -137,7 +138,9 @@ def run_ray(
             )
         finally:
             if started:
-                ray.shutdown()
+                # Our own instance: wait until its processes are gone, so that a run started
+                # right after this one (the grid lock is released next) finds no worker of ours.
+                ray.shutdown(wait_for_processes=address is None)
 
 
 def _join(ray, address: str, kw: dict) -> None:
@@ -203,7 +206,8 @@ def _run_tasks(ray, specs, on_event, *, workers, threads, address, gpus_per_cell
             submit()
     except KeyboardInterrupt:
         if cancel:  # a cluster (or an instance the caller owns) keeps running what is not cancelled
-            # Only what has not already ended: a cancel racing a task's reply is the case above.
+            # Only what has not visibly ended: this narrows the race with a task's reply described
+            # above (a reply already on its way can still meet the cancel), it does not close it.
             ended = set(ray.wait(list(pending), num_returns=len(pending), timeout=0)[0]) if pending else set()
             for ref in pending:
                 if ref not in ended:
