@@ -302,6 +302,66 @@ def test_ctrl_c_stops_and_the_next_run_goes_on(data, tmp_path):
     assert sum(c["status"] == "cached" for c in rep["cells"]) == 2
 
 
+def test_a_second_ctrl_c_waits_for_the_report_of_the_finished_cells(data, tmp_path, monkeypatch):
+    """Ctrl-C stops the grid; a second one arriving while the report is written (its figures
+    take a moment) is held until the report is out, then stops the command as the first did."""
+    import os
+    import signal
+
+    from hfcn_bench.reproduce import report as R
+
+    out = tmp_path / "g"
+    write = R.write_report
+
+    written = []
+
+    def signalled_write(rep, folder):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered now, as the write begins
+        written.extend(write(rep, folder))
+        return written
+
+    monkeypatch.setattr(R, "write_report", signalled_write)
+    before = signal.getsignal(signal.SIGINT)
+
+    def interrupt_after_one(kind, spec, res):
+        if kind == "result":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(_opts(data, out, engine="local"), progress=interrupt_after_one)
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["run"]["interrupted"] and rep["summary"]["done"] == 1
+    assert {p.name for p in written} >= {"report.json", "report.md"}
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_interrupts_are_deferred_once_and_ignored_ones_stay_ignored():
+    import os
+    import signal
+
+    from hfcn_bench.reproduce.engines import interrupts_deferred
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("finished")
+    assert steps == ["finished"]
+    with pytest.raises(KeyboardInterrupt):  # a second one means it: raised at once
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("not reached")
+    assert steps == ["finished"]
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_dry_run_prices_every_cell(data, tmp_path):
     rc, text = run(
         [

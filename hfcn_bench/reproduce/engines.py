@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from ..errors import HfcnError
 from .cells import cell_log, run_cell
 
-__all__ = ["ENGINES", "DEFAULT_RETRIES", "run_local", "run_ray", "terminate_as_interrupt"]
+__all__ = ["ENGINES", "DEFAULT_RETRIES", "run_local", "run_ray", "terminate_as_interrupt", "interrupts_deferred"]
 
 ENGINES = ("ray", "local")
 DEFAULT_RETRIES = 2
@@ -68,6 +68,36 @@ def terminate_as_interrupt():
     finally:
         # None: the handler before was not set from Python.
         signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def interrupts_deferred():
+    """Ctrl-C or SIGTERM while the block runs (building and writing the report of the finished
+    cells) is held until the block ends and then raised as ``KeyboardInterrupt``, so a stop
+    never leaves the report half written. A second one during the block raises at once: whoever
+    presses Ctrl-C twice means it. A signal this process ignores (a background job's SIGINT)
+    stays ignored. Only the main thread may set handlers; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+
+    def hold(signum, frame):
+        if got:
+            raise KeyboardInterrupt
+        got.append(signum)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    held = [s for s, h in before.items() if h is not signal.SIG_IGN]
+    for s in held:
+        signal.signal(s, hold)
+    try:
+        yield
+    finally:
+        for s in held:
+            signal.signal(s, before[s] if before[s] is not None else signal.SIG_DFL)
+    if got:
+        raise KeyboardInterrupt
 
 
 def run_local(specs: list[dict], on_event: OnEvent, **_) -> dict:

@@ -31,7 +31,7 @@ from ..errors import HfcnError
 from ..protocol.checks import check_folds, check_n_boot, check_seed
 from ..protocol.portable import DATA_PLACEHOLDER
 from .cells import cell_spec
-from .engines import DEFAULT_RETRIES, ENGINES, run_local, run_ray
+from .engines import DEFAULT_RETRIES, ENGINES, interrupts_deferred, run_local, run_ray
 from .grid import build_cells, build_configs
 from .lock import GridBusy, grid_lock
 from .record import GridWarning, check_cell, seal_cell
@@ -453,14 +453,15 @@ def _run_grid(opts, cells, specs, out, path, record, workers, held, progress, R)
     except KeyboardInterrupt:
         interrupted = True
     wall = time.perf_counter() - t0
-    report = R.build_report(
-        out,
-        cells,
-        results,
-        opts,
-        {**info, "wall_s": wall, "interrupted": interrupted, "threads": opts.threads, "gpus_per_cell": gpus},
-    )
-    R.write_report(report, out)
+    with interrupts_deferred():  # a Ctrl-C now waits until the report of the finished cells is out
+        report = R.build_report(
+            out,
+            cells,
+            results,
+            opts,
+            {**info, "wall_s": wall, "interrupted": interrupted, "threads": opts.threads, "gpus_per_cell": gpus},
+        )
+        R.write_report(report, out)
     if interrupted:
         raise KeyboardInterrupt
     return report
