@@ -276,18 +276,24 @@ def test_a_failing_cell_is_an_error_row_and_the_grid_goes_on(data, tmp_path, mon
     assert rep["summary"]["done"] == 6 and not (out / "cells" / "paper-bfc-a0.6-w0-f1" / "error.json").exists()
 
 
-def test_ctrl_c_stops_and_the_next_run_goes_on(data, tmp_path):
-    out = tmp_path / "g"
+def _interrupt_at(kind: str, n: int):
+    """A progress callback (or engine event hook) that raises ``KeyboardInterrupt``, as Ctrl-C
+    does, at the n-th event of ``kind`` ("start" or "result")."""
     seen = []
 
-    def interrupt_after_two(kind, spec, res):
-        if kind == "result":
+    def on_event(k, spec, res):
+        if k == kind:
             seen.append(spec["key"])
-            if len(seen) == 2:
+            if len(seen) == n:
                 raise KeyboardInterrupt
 
+    return on_event
+
+
+def test_ctrl_c_stops_and_the_next_run_goes_on(data, tmp_path):
+    out = tmp_path / "g"
     with pytest.raises(KeyboardInterrupt):
-        reproduce(_opts(data, out, engine="local"), progress=interrupt_after_two)
+        reproduce(_opts(data, out, engine="local"), progress=_interrupt_at("result", 2))
     rep = json.loads((out / "report.json").read_text())
     assert rep["run"]["interrupted"] and rep["summary"]["done"] == 2
     # --report-only: the report of what is finished, nothing trained
@@ -322,13 +328,8 @@ def test_a_second_ctrl_c_waits_for_the_report_of_the_finished_cells(data, tmp_pa
 
     monkeypatch.setattr(R, "write_report", signalled_write)
     before = signal.getsignal(signal.SIGINT)
-
-    def interrupt_after_one(kind, spec, res):
-        if kind == "result":
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        reproduce(_opts(data, out, engine="local"), progress=interrupt_after_one)
+        reproduce(_opts(data, out, engine="local"), progress=_interrupt_at("result", 1))
     rep = json.loads((out / "report.json").read_text())
     assert rep["run"]["interrupted"] and rep["summary"]["done"] == 1
     assert {p.name for p in written} >= {"report.json", "report.md"}
@@ -541,18 +542,6 @@ class _FakeRay:
         self.cancelled.append(ref)
 
 
-def _interrupt_on_second_start():
-    starts = []
-
-    def on_event(kind, spec, res):
-        if kind == "start":
-            starts.append(spec["key"])
-            if len(starts) == 2:
-                raise KeyboardInterrupt
-
-    return on_event
-
-
 @pytest.mark.parametrize(
     "initialized, address, cancelled",
     [
@@ -574,7 +563,7 @@ def test_an_interrupted_ray_grid_cancels_only_what_still_runs_elsewhere(monkeypa
     monkeypatch.setitem(sys.modules, "ray", fake)
     specs = [{"key": f"c{i}"} for i in range(3)]
     with pytest.raises(KeyboardInterrupt):
-        engines.run_ray(specs, _interrupt_on_second_start(), workers=3, threads=1, address=address)
+        engines.run_ray(specs, _interrupt_at("start", 2), workers=3, threads=1, address=address)
     assert fake.cancelled == cancelled
     # An instance the caller started is the caller's to shut down; our own one is waited for.
     shutdowns = [c for c in fake.calls if c[0] == "shutdown"]
