@@ -308,7 +308,24 @@ def test_ctrl_c_stops_and_the_next_run_goes_on(data, tmp_path):
     assert sum(c["status"] == "cached" for c in rep["cells"]) == 2
 
 
-def test_a_second_ctrl_c_waits_for_the_report_of_the_finished_cells(data, tmp_path, monkeypatch):
+@pytest.fixture
+def interrupts_handled():
+    """For one test, SIGINT raises KeyboardInterrupt (Python's default, which a test run started
+    from a background shell lacks: there SIGINT is ignored) and so does SIGTERM."""
+    import signal
+
+    def term(signum, frame):
+        raise KeyboardInterrupt
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, term)
+    yield
+    for s, h in before.items():
+        signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def test_a_second_ctrl_c_waits_for_the_report_of_the_finished_cells(data, tmp_path, monkeypatch, interrupts_handled):
     """Ctrl-C stops the grid; a second one arriving while the report is written (its figures
     take a moment) is held until the report is out, then stops the command as the first did."""
     import os
@@ -336,7 +353,7 @@ def test_a_second_ctrl_c_waits_for_the_report_of_the_finished_cells(data, tmp_pa
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_interrupts_are_deferred_once_and_ignored_ones_stay_ignored():
+def test_interrupts_are_deferred_once_and_ignored_ones_stay_ignored(interrupts_handled):
     import os
     import signal
 
