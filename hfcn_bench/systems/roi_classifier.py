@@ -45,6 +45,7 @@ __all__ = [
     "TrainedClassifier",
     "train_classifier",
     "predict_rois",
+    "predict_outputs",
     "load_weights",
 ]
 
@@ -159,9 +160,10 @@ def _outputs(model: nn.Module, x: torch.Tensor):
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, ds, idx: list[int], batch: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def predict_outputs(model: nn.Module, ds, idx: list[int], batch: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """P(malignant) of ``ds``'s rows ``idx`` and the descriptor heads' probabilities
-    (``{field: [N, K]}``; empty without heads)."""
+    (``{field: [N, K]}``; empty without heads), in batches of ``batch``, in eval mode. A model
+    with a ``forward_all`` method (descriptor heads) is called through it."""
     model.eval()
     prob, heads = [], []
     for s in range(0, len(idx), batch):
@@ -196,7 +198,7 @@ class _ClassifierTask:
         return loss, float(len(rows)), float(len(rows))
 
     def validate(self, epoch):
-        p, heads = _predict(self.model, self.ds_val, self.i_val)
+        p, heads = predict_outputs(self.model, self.ds_val, self.i_val)
         try:
             auc = float(M.roc_auc(self.y_val, p))
         except M.UndefinedMetricError:
@@ -251,7 +253,7 @@ def train_classifier(
         keep_last=keep_last,
     )
     val_samples = [ds_val.samples[i] for i in i_val]
-    prob, heads = _predict(model, ds_val, i_val)
+    prob, heads = predict_outputs(model, ds_val, i_val)
     val_pred = Predictions.of(val_samples, prob, **descriptor_extras(heads))
     best_auc = loop.best_score[0] if loop.best_score else float("nan")
     return TrainedClassifier(
@@ -265,7 +267,7 @@ def predict_rois(model: nn.Module, samples: Sequence[Sample], cfg, skipped: list
     ds, idx = C.loadable_rois(samples, cfg.image_size, cfg.seed, skipped)
     if not idx:
         raise HfcnError("no ROI could be loaded")
-    prob, heads = _predict(model, ds, idx)
+    prob, heads = predict_outputs(model, ds, idx)
     return Predictions.of([ds.samples[i] for i in idx], prob, skipped, **descriptor_extras(heads))
 
 

@@ -52,6 +52,7 @@ from ..protocol import Predictions
 from . import common as C
 from . import descriptor_aux as DA
 from .base import Fitted, Output, System
+from .roi_classifier import predict_outputs
 
 __all__ = ["TransferConfig", "TRUNKS", "HEADS", "build_trunk", "TransferSystem", "trunk_digest"]
 
@@ -299,13 +300,8 @@ class _FineTuneTask:
         if self.aux_weight <= 0 or self.val is None or not self.val[1]:
             return None, {}  # no epoch selection: the last epoch is kept
         ds, idx = self.val
-        heads = []
-        self.model.eval()
-        with torch.no_grad():
-            for start in range(0, len(idx), 64):
-                heads.append(self.model.forward_all(torch.stack([ds[i][0] for i in idx[start : start + 64]]))[1])
-        aucs = DA.head_aucs(DA.targets([ds.samples[i] for i in idx]), DA.head_probs(heads))
-        return None, {"val_descriptor_auc": aucs}
+        _, heads = predict_outputs(self.model, ds, idx)
+        return None, {"val_descriptor_auc": DA.head_aucs(DA.targets([ds.samples[i] for i in idx]), heads)}
 
     def generators(self):
         return {}
